@@ -1,0 +1,51 @@
+"""aiocontain: a rootless Linux container runtime that is a first-class async library.
+
+    async with aiocontain.Container(aiocontain.ContainerSpec(["/bin/true"])) as c:
+        status = await c.wait()
+
+The public names are loaded on first use, so that the container's own child
+process (which imports ``aiocontain.child``) and the CLI's cold start do not pay
+for anyio, structlog or pyroute2 before they need them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "AiocontainError",
+    "CommandNotExecutable",
+    "CommandNotFound",
+    "Container",
+    "ContainerSpec",
+    "ExitStatus",
+    "NetworkMode",
+    "run",
+]
+
+_LAZY = {
+    "AiocontainError": "aiocontain.errors",
+    "CommandNotExecutable": "aiocontain.errors",
+    "CommandNotFound": "aiocontain.errors",
+    "Container": "aiocontain.container",
+    "ExitStatus": "aiocontain.container",
+    "run": "aiocontain.container",
+    "ContainerSpec": "aiocontain.spec",
+    "NetworkMode": "aiocontain.spec",
+}
+
+if TYPE_CHECKING:
+    from aiocontain.container import Container, ExitStatus, run
+    from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
+    from aiocontain.spec import ContainerSpec, NetworkMode
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiocontain' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

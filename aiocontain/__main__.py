@@ -1,0 +1,5 @@
+import sys
+
+from aiocontain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""PID 1 of the container: wait for the release, build the root, exec the command.
+
+With ``--init`` it stays PID 1 itself, like ``podman run --init``: it runs the
+command as PID 2, passes signals on to it and reaps every orphan, so that a
+command without signal handlers still stops on SIGTERM and zombies never pile up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import traceback
+from typing import NoReturn
+
+from aiocontain import messages, syscalls
+from aiocontain.child import rootfs
+from aiocontain.messages import Config, Failed
+
+# Signals that --init passes on to the command.
+_FORWARDED = {
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCONT,
+}
+_SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's ^C): the command got it too
+
+
+def main(config: Config, release_r: int, report_w: int) -> NoReturn:
+    try:
+        # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
+        syscalls.set_parent_death_signal(signal.SIGKILL)
+        if config.own_process_group:
+            os.setpgid(0, 0)
+        if os.read(release_r, 1) != b"R":
+            os._exit(0)  # the runtime went away before releasing us
+        os.close(release_r)
+        _become_root()
+        rootfs.build(config)
+        env = dict(config.env)
+        os.makedirs(config.workdir, exist_ok=True)
+        os.chdir(config.workdir)
+    except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
+        _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
+        os._exit(125)
+    if config.init:
+        _run_as_init(config.argv, env, report_w)
+    _exec(config.argv, env, report_w)
+
+
+def _become_root() -> None:
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    try:
+        os.setgroups([])  # drop the host's supplementary groups where setgroups is allowed
+    except OSError:
+        pass  # single-id mapping: setgroups is denied, and the host groups show as nogroup
+
+
+def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        _report(report_w, Failed("exec", f"{argv[0]}: {exc.strerror}", exc.errno or 0))
+        os._exit(code)
+
+
+def _run_as_init(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED | {signal.SIGCHLD})
+    exec_r, exec_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(exec_r)
+        os.close(report_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _exec(argv, env, exec_w)
+    os.close(exec_w)
+    failure = os.read(exec_r, messages.MAX_MESSAGE)
+    os.close(exec_r)
+    if failure:
+        os.write(report_w, failure)
+    os.close(report_w)  # end of stream without a report: the command was executed
+    status = None
+    while True:
+        info = signal.sigwaitinfo(_FORWARDED | {signal.SIGCHLD})
+        if info.si_signo != signal.SIGCHLD:
+            if info.si_code != _SI_KERNEL:
+                try:
+                    os.kill(child, info.si_signo)
+                except ProcessLookupError:
+                    pass
+            continue
+        while True:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == child:
+                status = wstatus
+        if status is not None:
+            # Leaving kills every other process of the namespace, as PID 1's exit does.
+            if os.WIFSIGNALED(status):
+                os._exit(128 + os.WTERMSIG(status))
+            os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _report(report_w: int, failure: Failed) -> None:
+    try:
+        os.write(report_w, messages.encode(failure))
+    except OSError:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror if not exc.filename else f"{exc.filename}: {exc.strerror}")
+    return "".join(traceback.format_exception_only(exc)).strip()

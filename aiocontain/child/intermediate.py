@@ -1,0 +1,104 @@
+"""The intermediate process: makes the namespaces, forks PID 1, relays, reports exit.
+
+The runtime starts it as ``python -I -S`` running ``main(fd)`` with one end of
+the control socket. It reads the Config, unshares the namespaces, forks the init
+(PID 1 of the new PID namespace) blocked on a pipe, and sends Ready with the
+netlink socket. From then on it is a relay: Release goes down to the init,
+failures and the exec come up, and the init's exit status is sent as Exited and
+becomes its own exit code. If the runtime goes away (the control socket reaches
+end of stream) it kills the init, and with it the whole PID namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+from typing import NoReturn
+
+from aiocontain import messages, syscalls
+from aiocontain.child import init, netdev
+from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
+
+_NAMESPACES = (
+    syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+)
+
+
+def main(fd: int) -> NoReturn:
+    sock = socket.socket(fileno=fd)
+    config, _ = messages.recv(sock)
+    if not isinstance(config, Config):
+        os._exit(125)
+    try:
+        syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if config.unshare_net else 0))
+        socket.sethostname(config.hostname)
+        if config.unshare_net:
+            netdev.bring_up("lo")
+        netlink = netdev.open_netlink() if config.want_netlink else None
+    except OSError as exc:
+        messages.send(sock, Failed("namespaces", str(exc), exc.errno or 0))
+        os._exit(125)
+
+    release_r, release_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release_w)
+        os.close(report_r)
+        sock.close()
+        if netlink is not None:
+            netlink.close()
+        init.main(config, release_r, report_w)
+    os.close(release_r)
+    os.close(report_w)
+    if config.own_process_group:
+        try:
+            os.setpgid(pid, pid)  # also done by the init: whichever runs first wins the race
+        except OSError:
+            pass
+    pidfd = os.pidfd_open(pid)
+    messages.send(sock, Ready(init_pid=pid), [netlink.fileno()] if netlink is not None else None)
+    if netlink is not None:
+        netlink.close()
+    _relay(sock, pid, pidfd, release_w, report_r)
+
+
+def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: int) -> NoReturn:
+    poller = select.poll()
+    for fd in (sock.fileno(), report_r, pidfd):
+        poller.register(fd, select.POLLIN)
+    failed = False
+    while True:
+        # The exit is handled last so that a failure report is never lost to it.
+        for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == pidfd):
+            if fd == sock.fileno():
+                message, _ = messages.recv(sock)
+                if message is None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    os._exit(137)
+                if isinstance(message, Release) and release_w >= 0:
+                    os.write(release_w, b"R")
+                    os.close(release_w)
+                    release_w = -1
+            elif fd == report_r:
+                report = os.read(report_r, messages.MAX_MESSAGE)
+                if report:
+                    failed = True
+                    sock.send(report)
+                else:
+                    poller.unregister(report_r)
+                    if not failed and release_w < 0:
+                        messages.send(sock, Started())
+            elif fd == pidfd:
+                _, status = os.waitpid(pid, 0)
+                if os.WIFSIGNALED(status):
+                    messages.send(sock, Exited(code=None, signal=os.WTERMSIG(status)))
+                    os._exit(128 + os.WTERMSIG(status))
+                code = os.waitstatus_to_exitcode(status)
+                messages.send(sock, Exited(code=code, signal=None))
+                os._exit(code)
+
+

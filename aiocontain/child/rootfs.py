@@ -1,0 +1,95 @@
+"""Build the container's root filesystem inside its mount namespace, then pivot into it.
+
+Runs in the init (PID 1) after the release, as root of the user namespace.
+pivot_root, not chroot: the host's root is detached afterwards, so the classic
+chroot escape (chroot into a subdirectory, then walk up) finds nothing above.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from aiocontain import syscalls as sc
+from aiocontain.messages import Config
+
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+
+
+def build(config: Config) -> None:
+    root = os.path.realpath(config.rootfs)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we do here propagates to the host
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
+    sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    _mount_sys(_target_dir(root, "sys"))
+    _mount_dev(_target_dir(root, "dev"))
+    sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+    for name, source in config.etc_files.items():
+        sc.mount(source, _target_file(root, "etc/" + name), None, sc.MS_BIND)
+    os.chdir(root)
+    sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _mount_sys(target: str) -> None:
+    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    try:
+        sc.mount("sysfs", target, "sysfs", flags)
+    except PermissionError:
+        # Sharing the host's network namespace: a new sysfs is not ours to mount; bind the host's read-only.
+        sc.mount("/sys", target, None, sc.MS_BIND | sc.MS_REC)
+        try:
+            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+        except OSError:
+            pass
+
+
+def _mount_dev(dev: str) -> None:
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in _DEVICES:
+        node = os.path.join(dev, name)
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
+        sc.mount("/dev/" + name, node, None, sc.MS_BIND)
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    sc.mount("devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(os.path.join(dev, "mqueue"), 0o755)
+    sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    for name, target in _DEV_LINKS.items():
+        os.symlink(target, os.path.join(dev, name))
+
+
+def _inside(root: str, relative: str) -> str:
+    """The path of relative under root, refusing symlinks on the way: they could point at the host."""
+    path = root
+    for part in relative.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            if part != relative.split("/")[-1] or not relative.startswith("etc/"):
+                raise OSError(0, f"{relative} in the root filesystem is a symlink; refusing to mount over it")
+            os.unlink(path)  # e.g. etc/resolv.conf -> a host path: replaced by the runtime's own file
+    return path
+
+
+def _target_dir(root: str, relative: str) -> str:
+    path = _inside(root, relative)
+    if not os.path.isdir(path):
+        os.makedirs(path, 0o755, exist_ok=True)
+    return path
+
+
+def _target_file(root: str, relative: str) -> str:
+    path = _inside(root, relative)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        return path
+    if not stat.S_ISREG(mode):
+        raise OSError(0, f"{relative} in the root filesystem is not a regular file")
+    return path

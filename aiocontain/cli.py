@@ -1,0 +1,163 @@
+"""The ``aiocontain`` command: run, doctor, rootfs init.
+
+Errors of aiocontain itself are one line on stderr and exit 125; 126 and 127
+are a command that cannot be executed or is not found, as in podman. Heavy
+imports (anyio, structlog, pyroute2) happen only on the path that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_ERROR = 125
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"aiocontain: {message} (see 'aiocontain {self.prog.split()[-1]} --help')\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aiocontain", description="Rootless Linux containers, as an async Python toolkit.")
+    commands = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a command in a new container")
+    run.add_argument("--rootfs", type=Path, help="root filesystem directory (default: rootfs_arm/)")
+    run.add_argument("--name", help="container name (default: the short container id)")
+    run.add_argument("--hostname", help="hostname inside (default: the container name)")
+    run.add_argument("--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "none", "host"])
+    run.add_argument("--mtu", type=int, default=65520, help="MTU of tap0 (default: 65520)")
+    run.add_argument("--allow-host-loopback", action="store_true", help="let 10.0.2.2 reach the host's 127.0.0.1")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
+    run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
+    run.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM/SIGINT to SIGKILL")
+    run.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    run.add_argument("--log-format", default="console", choices=["console", "json"])
+    run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+
+    doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
+    doctor.add_argument("--rootfs", type=Path, help="root filesystem to check (default: rootfs_arm/)")
+
+    rootfs = commands.add_parser("rootfs", help="manage root filesystems")
+    rootfs_commands = rootfs.add_subparsers(dest="rootfs_command", required=True, parser_class=_Parser)
+    init = rootfs_commands.add_parser("init", help="build a minimal root filesystem from a static busybox")
+    init.add_argument("dir", nargs="?", type=Path, help="where (default: rootfs_arm/)")
+    init.add_argument("--busybox", type=Path, help="static busybox binary (default: the host's /bin/busybox)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from aiocontain.errors import AiocontainError
+
+    try:
+        if args.subcommand == "run":
+            return _run(args)
+        if args.subcommand == "doctor":
+            from aiocontain import doctor
+
+            return doctor.main(args.rootfs)
+        from aiocontain import rootfs
+
+        target = args.dir or rootfs.default_rootfs()
+        rootfs.init_rootfs(target, args.busybox)
+        print(f"root filesystem ready in {target}", file=sys.stderr)
+        return 0
+    except AiocontainError as exc:
+        print(f"aiocontain: {exc.line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from aiocontain.errors import AiocontainError
+    from aiocontain.spec import ContainerSpec
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            if key not in os.environ:
+                raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
+            value = os.environ[key]  # podman: -e KEY passes the host's value on
+        env[key] = value
+    spec = ContainerSpec(
+        command=command,
+        rootfs=args.rootfs,
+        name=args.name,
+        hostname=args.hostname,
+        network=args.net,
+        mtu=args.mtu,
+        allow_host_loopback=args.allow_host_loopback,
+        env=env,
+        workdir=args.workdir,
+        init=args.init,
+        stop_timeout=args.stop_timeout,
+        terminal_foreground=_in_terminal_foreground(),
+    )
+    spec.validate()
+
+    import anyio
+
+    from aiocontain import events
+
+    events.configure(args.log_format, args.log_level)
+    result: dict[str, Any] = {}
+    anyio.run(_run_container, spec, result, backend=args.backend)
+    if "error" in result:
+        raise result["error"]
+    return int(result["code"])
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+async def _run_container(spec: Any, result: dict[str, Any]) -> None:
+    import signal
+
+    import anyio
+
+    from aiocontain.container import Container
+    from aiocontain.errors import AiocontainError
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with anyio.open_signal_receiver(*forwarded) as signals:
+        async with anyio.create_task_group() as tg:
+            container: Container | None = None
+
+            async def relay() -> None:
+                async for signum in signals:
+                    if container is None or container.pid is None:
+                        result["code"] = 128 + signum  # interrupted during set-up
+                        tg.cancel_scope.cancel()
+                        return
+                    container.send_signal(signum)
+                    if signum in (signal.SIGINT, signal.SIGTERM):
+                        tg.start_soon(grace_kill)
+
+            async def grace_kill() -> None:
+                await anyio.sleep(spec.stop_timeout)  # podman stop's grace period, then SIGKILL
+                if container is not None:
+                    container.kill()
+
+            tg.start_soon(relay)
+            try:
+                async with Container(spec) as container:
+                    status = await container.wait()
+                result["code"] = status.code
+            except AiocontainError as exc:
+                result["error"] = exc
+            tg.cancel_scope.cancel()

@@ -1,0 +1,214 @@
+"""The public handle: one container, set up by the stage pipeline inside its own task group."""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from aiocontain import events
+from aiocontain.errors import AiocontainError
+from aiocontain.messages import Exited
+from aiocontain.network import driver_for
+from aiocontain.spec import ContainerSpec
+from aiocontain.stages import PIPELINE, StageContext
+
+TEARDOWN_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the container's command ended. ``code`` follows the shell: 128+N when killed by signal N."""
+
+    code: int
+    signal: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+class Container:
+    """A running container; use as ``async with Container(spec) as c: status = await c.wait()``.
+
+    Entering runs the set-up pipeline (spawn, idmap, cgroup, network, tap,
+    release) in a task group of the container's own and returns once the command
+    runs. Leaving, on every path including the caller's cancellation, kills what
+    is still running and undoes every stage in reverse order.
+    """
+
+    def __init__(self, spec: ContainerSpec) -> None:
+        spec.validate()
+        self.spec = spec
+        self.id = spec.id
+        self.name = spec.effective_name
+        self.log = events.logger(container_id=spec.short_id, name=self.name)
+        self._ctx: StageContext | None = None
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._status: ExitStatus | None = None
+        self._started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        """Host PID of the container's PID 1."""
+        return self._ctx.init_pid if self._ctx else None
+
+    @property
+    def network(self) -> dict[str, Any]:
+        """What the network driver reported once ready (interface, address, gateway, mtu)."""
+        return dict(self._ctx.network) if self._ctx else {}
+
+    @property
+    def stdin(self) -> Any:
+        return self._process_stream("stdin")
+
+    @property
+    def stdout(self) -> Any:
+        return self._process_stream("stdout")
+
+    @property
+    def stderr(self) -> Any:
+        return self._process_stream("stderr")
+
+    def _process_stream(self, name: str) -> Any:
+        process = self._ctx.process if self._ctx else None
+        return getattr(process, name, None)
+
+    async def __aenter__(self) -> Container:
+        from aiocontain import rootfs as rootfs_module
+        from aiocontain.elf import check_arch
+
+        spec = self.spec
+        rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
+        rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
+        check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"])
+        driver = driver_for(spec)
+        driver.check()
+
+        self._started_at = time.perf_counter()
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        stack = self._stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            ctx = self._ctx = StageContext(
+                spec=spec, rootfs=rootfs.resolve(), log=self.log, tg=tg, stack=stack, driver=driver
+            )
+            self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
+            with ctx.setup_scope:
+                for stage, body in PIPELINE:
+                    await events.timed_stage(self.log, stage, lambda body=body: body(ctx))  # type: ignore[misc]
+            if ctx.failure is not None:
+                raise ctx.failure
+            if ctx.setup_scope.cancelled_caught:
+                raise AiocontainError("container set-up was stopped")
+        except BaseException as exc:
+            await self._teardown(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._teardown(exc_type, exc, tb)
+
+    async def _teardown(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stack, self._stack = self._stack, None
+        tg, self._tg = self._tg, None
+        if stack is None or tg is None:
+            return
+        if self._ctx is not None:
+            self._ctx.stopping = True
+            self._ctx.kill()
+        error: BaseException | None = None
+        # Shielded: a cancelled caller still gets every stage undone, in reverse order.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(TEARDOWN_TIMEOUT):
+            try:
+                await stack.__aexit__(exc_type, exc, tb)
+            except BaseException as problem:  # noqa: BLE001 - reported below, never hides the original error
+                error = problem
+        # The helper tasks (control reader, slirp4netns supervisor) end with their resources; cancel any straggler.
+        # None, not the caller's exception: a cancellation of the caller must stay the caller's.
+        tg.cancel_scope.cancel()
+        await tg.__aexit__(None, None, None)
+        if error is not None:
+            self.log.warning(events.TEARDOWN_FINISHED, error=repr(error))
+            if exc is None:
+                raise error
+            return
+        self.log.info(events.TEARDOWN_FINISHED)
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""
+        ctx = self._require()
+        if self._status is None:
+            code: int | None = None
+            sig: int | None = None
+            while True:
+                message, _ = await ctx.receive()
+                if message is None:
+                    break
+                if isinstance(message, Exited):
+                    code, sig = message.code, message.signal
+            if ctx.failure is not None:
+                raise ctx.failure
+            if code is None and sig is None:
+                assert ctx.process is not None
+                returncode = await ctx.process.wait()
+                code, sig = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
+            self._status = ExitStatus(code=128 + sig if sig is not None else int(code or 0), signal=sig)
+            self.log.info(
+                events.EXITED,
+                pid=ctx.init_pid,
+                exit_code=self._status.code,
+                signal=sig,
+                duration_ms=round((time.perf_counter() - self._started_at) * 1000, 3),
+            )
+        return self._status
+
+    def send_signal(self, signum: int) -> bool:
+        """Send a signal to the container's PID 1; False when it has already exited.
+
+        The kernel drops signals to a PID namespace's init that has no handler for
+        them: use ``stop`` for a command that may ignore SIGTERM, or ``--init``.
+        """
+        sent = self._require().kill(signum)
+        if sent:
+            self.log.info(events.SIGNAL_FORWARDED, signal=signal.Signals(signum).name)
+        return sent
+
+    def kill(self) -> bool:
+        """SIGKILL the container's PID 1, which ends every process in it."""
+        sent = self._require().kill(signal.SIGKILL)
+        if sent:
+            self.log.info(events.KILLED)
+        return sent
+
+    async def stop(self, timeout: float | None = None, signum: int = signal.SIGTERM) -> ExitStatus:
+        """Like ``podman stop``: send signum, and SIGKILL when not exited after timeout seconds."""
+        self.send_signal(signum)
+        with anyio.move_on_after(self.spec.stop_timeout if timeout is None else timeout):
+            return await self.wait()
+        self.kill()
+        return await self.wait()
+
+    def _require(self) -> StageContext:
+        if self._ctx is None or self._stack is None and self._status is None:
+            raise RuntimeError("the container is not running: use 'async with Container(spec) as c'")
+        return self._ctx
+
+
+async def run(spec: ContainerSpec) -> ExitStatus:
+    """Run a container to its end and return how it exited."""
+    async with Container(spec) as container:
+        return await container.wait()

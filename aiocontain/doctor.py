@@ -1,0 +1,274 @@
+"""``aiocontain doctor``: check every host prerequisite for rootless containers.
+
+Each check says what it found and, when it fails, the one command that fixes it,
+so a user learns everything missing at once instead of one failed stage at a time.
+Stdlib-only: the CLI imports it lazily.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiocontain import elf, subids, syscalls
+from aiocontain.errors import AiocontainError
+from aiocontain.rootfs import check_rootfs, default_rootfs
+
+# Module-level so tests can point the checks at fakes.
+TUN_PATH = Path("/dev/net/tun")
+SUBUID_PATH = Path("/etc/subuid")
+SUBGID_PATH = Path("/etc/subgid")
+MOUNTINFO_PATH = Path("/proc/self/mountinfo")
+PROC_CGROUP_PATH = Path("/proc/self/cgroup")
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+_SLIRP_MIN = (1, 0)
+_LIMIT_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check; only failures of required checks make doctor fail."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None
+    required: bool = True
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _sysctl(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def check_userns() -> Check:
+    """Really create a user namespace in a forked child: sysctls, AppArmor and seccomp can all forbid it."""
+    pid = os.fork()
+    if pid == 0:  # the child: only unshare and _exit, nothing that could touch the parent's state
+        code = 255  # kept if anything unexpected happens
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            code = 0
+        except OSError as err:
+            code = (err.errno or 1) & 0xFF
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    settings = [
+        f"{name}={value}"
+        for name, path in (
+            ("kernel.unprivileged_userns_clone", "/proc/sys/kernel/unprivileged_userns_clone"),
+            ("user.max_user_namespaces", "/proc/sys/user/max_user_namespaces"),
+            ("kernel.apparmor_restrict_unprivileged_userns", "/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+        )
+        if (value := _sysctl(path)) is not None
+    ]
+    shown = f" ({', '.join(settings)})" if settings else ""
+    if code == 0:
+        return Check("user namespaces", True, f"unshare(CLONE_NEWUSER) works{shown}", None)
+    reason = f"{errno.errorcode.get(code, code)} ({os.strerror(code)})" if 0 < code < 255 else f"exit {code}"
+    fix = "sudo sysctl -w user.max_user_namespaces=28633"
+    if _sysctl("/proc/sys/kernel/unprivileged_userns_clone") is not None:
+        fix = "sudo sysctl -w kernel.unprivileged_userns_clone=1 && " + fix
+    if _sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") not in (None, "0"):
+        fix += " && sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"
+    return Check("user namespaces", False, f"unshare(CLONE_NEWUSER) failed: {reason}{shown}", fix)
+
+
+def check_id_map_tool(name: str) -> Check:
+    """newuidmap/newgidmap must be setuid root (or carry file capabilities) to map subordinate ids."""
+    found = shutil.which(name)  # on PATH, as the idmap stage looks for it
+    if found is None:
+        return Check(name, False, f"{name} not found on PATH", "sudo apt-get install uidmap")
+    path = Path(found)
+    info = path.stat()
+    if info.st_mode & stat.S_ISUID and info.st_uid == 0:
+        return Check(name, True, f"{path} (setuid root)", None)
+    try:
+        has_caps = bool(os.getxattr(path, "security.capability"))
+    except OSError:
+        has_caps = False
+    if has_caps:
+        return Check(name, True, f"{path} (file capabilities)", None)
+    return Check(name, False, f"{path} is neither setuid root nor has file capabilities", f"sudo chmod u+s {path}")
+
+
+def check_subids(name: str, path: Path) -> Check:
+    """The current user needs a subordinate id range (by name or uid) to map more than one id."""
+    user = _user()
+    fix = f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
+    if not path.exists():
+        return Check(name, False, f"{path} does not exist", fix)
+    if not os.access(path, os.R_OK):
+        return Check(name, False, f"cannot read {path}", f"sudo chmod 0644 {path}")
+    found = subids.ranges(os.getuid(), path)  # the same parser the idmap stage uses
+    if not found:
+        return Check(name, False, f"no range for {user} in {path}", fix)
+    start, count = found[0]  # the idmap stage maps the first range
+    return Check(name, True, f"{user} has {count} ids from {start} in {path}", None)
+
+
+def check_slirp4netns() -> Check:
+    """slirp4netns gives rootless containers network access; aiocontain needs >= 1.0 (--exit-fd, --ready-fd)."""
+    minimum = ".".join(map(str, _SLIRP_MIN))
+    fix = "sudo apt-get install slirp4netns"
+    path = shutil.which("slirp4netns")
+    if path is None:
+        return Check("slirp4netns", False, "slirp4netns not found", fix)
+    try:
+        output = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        return Check("slirp4netns", False, f"`{path} --version` failed: {err}", fix)
+    match = re.search(r"version\s+(\d+)\.(\d+)(?:\.(\d+))?", output)
+    if match is None:
+        return Check("slirp4netns", False, f"cannot parse the version of {path}", fix)
+    version = match.group(0).split()[-1]
+    if (int(match.group(1)), int(match.group(2))) < _SLIRP_MIN:
+        return Check("slirp4netns", False, f"{path} is version {version}, needs >= {minimum}", f"upgrade it: {fix}")
+    return Check("slirp4netns", True, f"{path} version {version}", None)
+
+
+def check_tun() -> Check:
+    """slirp4netns opens the tun device as the current user."""
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR)
+    except FileNotFoundError:
+        return Check("tun", False, f"{TUN_PATH} does not exist", f"sudo modprobe tun && sudo chmod 0666 {TUN_PATH}")
+    except OSError as err:
+        return Check("tun", False, f"cannot open {TUN_PATH}: {err.strerror}", f"sudo chmod 0666 {TUN_PATH}")
+    os.close(fd)
+    return Check("tun", True, f"{TUN_PATH} opens read-write", None)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cgroup2_mounts() -> list[tuple[str, str]]:
+    """(mount point, root within the hierarchy) of every cgroup2 mount, from mountinfo (statvfs cannot tell)."""
+    mounts: list[tuple[str, str]] = []
+    for line in MOUNTINFO_PATH.read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) >= 5 and tail and tail[0] == "cgroup2":
+            mounts.append((_unescape(fields[4]), _unescape(fields[3])))
+    return mounts
+
+
+def check_cgroup() -> Check:
+    """Resource limits need a delegated cgroup v2 with the memory, pids and cpu controllers; containers run without."""
+    name = "cgroup v2"
+    delegate_fix = "run under a systemd user session with delegation: systemd-run --user --scope -p Delegate=yes ..."
+    v2_fix = "boot with systemd.unified_cgroup_hierarchy=1 (pure cgroup v2), then use systemd Delegate=yes"
+    mounts = _cgroup2_mounts()
+    if not mounts:
+        return Check(name, False, "no cgroup2 mount (cgroup v1 host): resource limits unavailable", v2_fix, False)
+    by_point = dict(mounts)
+    hybrid = CGROUP_ROOT not in by_point  # systemd's hybrid layout mounts cgroup2 at .../unified beside v1
+    point = CGROUP_ROOT if not hybrid else next((p for p in by_point if p == f"{CGROUP_ROOT}/unified"), mounts[0][0])
+    mount_root = by_point[point]
+    path = next(
+        (line[3:] for line in PROC_CGROUP_PATH.read_text().splitlines() if line.startswith("0::")),
+        None,
+    )
+    where = f"cgroup v2 at {point}" + (" (hybrid host)" if hybrid else "")
+    if path is None:
+        return Check(name, False, f"{where}: this process is in no cgroup v2 group", v2_fix, False)
+    if mount_root != "/" and path.startswith(mount_root):
+        path = path[len(mount_root) :]  # the mount shows only a subtree of the hierarchy
+    directory = Path(point) / path.lstrip("/")
+    try:
+        controllers = (directory / "cgroup.controllers").read_text().split()
+    except OSError:
+        controllers = []
+    delegated = os.access(directory, os.W_OK) and os.access(directory / "cgroup.subtree_control", os.W_OK)
+    missing = [c for c in _LIMIT_CONTROLLERS if c not in controllers]
+    detail = f"{where}: cgroup {path}, controllers {' '.join(controllers) or '(none)'}"
+    if not delegated:
+        detail += "; not delegated to this user"
+    if missing or not delegated:
+        unavailable = _LIMIT_CONTROLLERS if not delegated else missing
+        detail += f"; {'/'.join(unavailable)} limits unavailable"
+        return Check(name, False, detail, v2_fix if hybrid else delegate_fix, False)
+    return Check(name, True, detail + ", delegated", None, False)
+
+
+def check_rootfs_arch(rootfs: Path, *, is_default: bool) -> Check:
+    """The rootfs must exist, hold files, and be built for a machine this host runs (judged by its /bin/sh)."""
+    try:
+        check_rootfs(rootfs, is_default=is_default)
+        elf.check_arch(rootfs, "/bin/sh", "")
+    except AiocontainError as err:
+        return Check("rootfs", False, err.message, err.fix)
+    shell = elf.resolve_in_rootfs(rootfs, "/bin/sh")
+    machine = elf.elf_machine(shell) if shell is not None else None
+    if machine is None:
+        return Check("rootfs", True, f"{rootfs} (no ELF /bin/sh to tell its architecture)", None)
+    if machine == elf.host_machine():
+        return Check("rootfs", True, f"{rootfs} ({machine}, like the host)", None)
+    handler = elf.binfmt_handler(machine)
+    how = f"via binfmt_misc {handler}" if handler else f"natively on {elf.host_machine()}"
+    return Check("rootfs", True, f"{rootfs} ({machine}, runs {how})", None)
+
+
+def _safely(name: str, check: Callable[[], Check]) -> Check:
+    """A check that crashes is reported as failing rather than hiding the others."""
+    try:
+        return check()
+    except Exception as err:  # noqa: BLE001 - doctor must report every check
+        return Check(name, False, f"could not check: {err}", "report this as an aiocontain bug")
+
+
+def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
+    """Run every host check, in the order a user should fix them."""
+    if is_default is None:
+        is_default = rootfs == default_rootfs()
+    return [
+        _safely("user namespaces", check_userns),
+        _safely("newuidmap", lambda: check_id_map_tool("newuidmap")),
+        _safely("newgidmap", lambda: check_id_map_tool("newgidmap")),
+        _safely("subuid", lambda: check_subids("subuid", SUBUID_PATH)),
+        _safely("subgid", lambda: check_subids("subgid", SUBGID_PATH)),
+        _safely("slirp4netns", check_slirp4netns),
+        _safely("tun", check_tun),
+        _safely("cgroup v2", check_cgroup),
+        _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),
+    ]
+
+
+def format_check(check: Check) -> list[str]:
+    """The printed lines of one check: the verdict, then the fix when it failed."""
+    line = f"{'OK' if check.ok else 'FAIL':<6}{check.name}: {check.detail}"
+    if not check.ok and not check.required:
+        line += " (optional: containers still run)"
+    lines = [line]
+    if not check.ok and check.fix:
+        lines.append(f"      fix: {check.fix}")
+    return lines
+
+
+def main(rootfs: Path | None = None) -> int:
+    """Print one line per check; 0 when every required check passes, else 1."""
+    checks = run_checks(default_rootfs(), is_default=True) if rootfs is None else run_checks(rootfs)
+    for check in checks:
+        print("\n".join(format_check(check)))
+    return 0 if all(check.ok or not check.required for check in checks) else 1

@@ -1,0 +1,101 @@
+"""Read rtnetlink events from a socket and tell when an interface is configured.
+
+pyroute2 decodes the messages; the socket itself comes from the child, opened
+inside the container's network namespace (see ``aiocontain.child.netdev``), and
+is awaited with anyio, so readiness is learnt from the kernel, never by polling.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+RTM_NEWLINK = 16
+RTM_NEWADDR = 20
+RTM_NEWROUTE = 24
+_IFF_UP = 0x1
+_HEADER = struct.Struct("=IHHII")
+
+
+@dataclass
+class InterfaceState:
+    """What has been seen of one interface: enough to call it configured."""
+
+    name: str
+    index: int | None = None
+    up: bool = False
+    address: str | None = None
+    prefixlen: int | None = None
+    mtu: int | None = None
+    gateway: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.up and self.address is not None and self.gateway is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "interface": self.name,
+            "address": f"{self.address}/{self.prefixlen}",
+            "gateway": self.gateway,
+            "mtu": self.mtu,
+        }
+
+
+def split(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Each (type, bytes) netlink message of one datagram."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
+            return
+        yield kind, data[offset : offset + length]
+        offset += (length + 3) & ~3
+
+
+def update(state: InterfaceState, kind: int, raw: bytes) -> None:
+    """Fold one rtnetlink message into the state of the interface being watched."""
+    if kind == RTM_NEWLINK:
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        link = ifinfmsg(raw)
+        link.decode()
+        if link.get_attr("IFLA_IFNAME") == state.name:
+            state.index = link["index"]
+            state.up = bool(link["flags"] & _IFF_UP)
+            state.mtu = link.get_attr("IFLA_MTU")
+    elif kind == RTM_NEWADDR:
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+
+        addr = ifaddrmsg(raw)
+        addr.decode()
+        if addr.get_attr("IFA_LABEL") == state.name or (state.index is not None and addr["index"] == state.index):
+            state.address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
+            state.prefixlen = addr["prefixlen"]
+    elif kind == RTM_NEWROUTE:
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+        route = rtmsg(raw)
+        route.decode()
+        if route["dst_len"] == 0 and route.get_attr("RTA_GATEWAY"):
+            state.gateway = route.get_attr("RTA_GATEWAY")
+
+
+async def wait_configured(sock: socket.socket, name: str) -> InterfaceState:
+    """Read events until ``name`` is up with an IPv4 address and a default route exists."""
+    sock.setblocking(False)
+    state = InterfaceState(name)
+    while not state.configured:
+        await anyio.wait_readable(sock)
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            continue
+        for kind, raw in split(data):
+            update(state, kind, raw)
+    return state

@@ -1,0 +1,112 @@
+"""``--net slirp4netns``: user-mode networking, no root and no bridges.
+
+slirp4netns joins the child's user and network namespaces, creates tap0 and
+(``--configure``) gives it 10.0.2.100/24 with 10.0.2.2 as gateway and 10.0.2.3
+as DNS. It gets an exit fd, so it ends when the runtime closes the other end,
+and it is supervised: an early exit fails the run with its own stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import anyio
+
+from aiocontain.errors import AiocontainError
+from aiocontain.stages.context import StageContext
+
+TAP = "tap0"
+ADDRESS = "10.0.2.100"
+DNS = "10.0.2.3"
+_TUN = "/dev/net/tun"
+_STDERR_KEEP = 4096
+
+
+class Slirp4netns:
+    name = "slirp4netns"
+    unshare_netns = True
+    wants_netlink = True
+
+    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float) -> None:
+        self.mtu = mtu
+        self.allow_host_loopback = allow_host_loopback
+        self.timeout = timeout
+        self.binary: str | None = None
+
+    def check(self) -> None:
+        self.binary = shutil.which("slirp4netns")
+        if self.binary is None:
+            raise AiocontainError(
+                "slirp4netns is not installed", fix="sudo apt-get install slirp4netns, or run with --net none"
+            )
+        if not os.access(_TUN, os.R_OK | os.W_OK):
+            raise AiocontainError(
+                f"{_TUN} is not usable by this user, so slirp4netns cannot create tap0",
+                fix=f"sudo chmod 0666 {_TUN}, or run with --net none",
+            )
+
+    def resolv_conf(self) -> str:
+        return f"nameserver {DNS}\n"
+
+    def hosts_line(self, hostname: str) -> str:
+        return f"{ADDRESS}\t{hostname}\n"
+
+    async def start(self, ctx: StageContext) -> bool:
+        assert ctx.process is not None and self.binary is not None
+        exit_r, exit_w = os.pipe()
+        argv = [self.binary, "--configure", f"--mtu={self.mtu}", f"--exit-fd={exit_r}"]
+        if not self.allow_host_loopback:
+            argv.append("--disable-host-loopback")
+        argv += [str(ctx.process.pid), TAP]
+        try:
+            process = await anyio.open_process(
+                argv, pass_fds=(exit_r,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )
+        except BaseException:
+            os.close(exit_w)
+            raise
+        finally:
+            os.close(exit_r)
+        stderr = bytearray()
+
+        async def stop() -> None:
+            ctx.stopping = True
+            os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
+            with anyio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+
+        async def supervise() -> None:
+            assert process.stderr is not None
+            async for chunk in process.stderr:
+                stderr.extend(chunk)
+                del stderr[:-_STDERR_KEEP]
+            code = await process.wait()
+            if not ctx.stopping:
+                lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+                detail = lines[-1] if lines else "no message"
+                ctx.fail(AiocontainError(f"slirp4netns exited early with status {code}: {detail}"))
+
+        ctx.stack.push_async_callback(stop)
+        ctx.tg.start_soon(supervise)
+        ctx.log.debug("slirp4netns.started", pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback)
+        return True
+
+    async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
+        from aiocontain.netlink import wait_configured
+
+        assert ctx.netlink is not None
+        try:
+            with anyio.fail_after(self.timeout):
+                state = await wait_configured(ctx.netlink, TAP)
+        except TimeoutError:
+            raise AiocontainError(
+                f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
+            ) from None
+        return state.as_dict()

@@ -1,0 +1,106 @@
+"""What a container is to be: the one value the CLI builds and embedders pass in."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import IO, Any
+
+from aiocontain.errors import AiocontainError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_MTU = 65520
+_MTU_RANGE = (68, 65521)  # slirp4netns accepts at most 65521
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENV_KEY = re.compile(r"^[^=\0]+$")
+
+
+class NetworkMode(str, Enum):
+    """How the container reaches the network (podman's --network)."""
+
+    SLIRP4NETNS = "slirp4netns"  # own network namespace, user-mode TCP/IP to the host
+    NONE = "none"  # own network namespace with only loopback
+    HOST = "host"  # the host's network namespace
+
+
+Stdio = int | IO[Any] | None
+
+
+@dataclass
+class ContainerSpec:
+    """A container to run. Only ``command`` is required; the rest has podman's defaults.
+
+    stdin, stdout and stderr are passed to the container's process as for
+    ``anyio.open_process`` (None: inherit this process's).
+    """
+
+    command: Sequence[str]
+    rootfs: Path | None = None
+    name: str | None = None
+    hostname: str | None = None
+    network: NetworkMode = NetworkMode.SLIRP4NETNS
+    mtu: int = DEFAULT_MTU
+    allow_host_loopback: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    init: bool = False
+    stop_timeout: float = 10.0
+    network_timeout: float = 10.0
+    terminal_foreground: bool = False
+    stdin: Stdio = None
+    stdout: Stdio = None
+    stderr: Stdio = None
+    id: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    def validate(self) -> None:
+        """Refuse bad values before anything is started; the error is one line with the fix."""
+        if not self.command or not self.command[0]:
+            raise AiocontainError("no command given", fix="aiocontain run [OPTIONS] CMD [ARGS...]")
+        try:
+            self.network = NetworkMode(self.network)
+        except ValueError:
+            raise AiocontainError(
+                f"invalid network mode {self.network!r}", fix="use one of slirp4netns, none, host"
+            ) from None
+        if not _MTU_RANGE[0] <= self.mtu <= _MTU_RANGE[1]:
+            raise AiocontainError(f"invalid MTU {self.mtu}", fix=f"use a value from {_MTU_RANGE[0]} to {_MTU_RANGE[1]}")
+        if self.name is not None and not _NAME.match(self.name):
+            raise AiocontainError(
+                f"invalid container name {self.name!r}", fix="use letters, digits, '_', '.', '-' (at most 128)"
+            )
+        if not _HOSTNAME.match(self.effective_hostname) or len(self.effective_hostname) > 64:
+            raise AiocontainError(
+                f"invalid hostname {self.effective_hostname!r}", fix="use DNS labels of letters, digits and '-'"
+            )
+        for key in self.env:
+            if not _ENV_KEY.match(key):
+                raise AiocontainError(f"invalid environment variable name {key!r}", fix="use -e KEY=VALUE")
+        if not self.workdir.startswith("/"):
+            raise AiocontainError(f"invalid working directory {self.workdir!r}", fix="give an absolute path")
+        for what, value in (("stop timeout", self.stop_timeout), ("network timeout", self.network_timeout)):
+            if not value >= 0:
+                raise AiocontainError(f"invalid {what} {value!r}", fix="give a number of seconds >= 0")
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def effective_name(self) -> str:
+        return self.name or self.short_id
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.hostname or self.effective_name
+
+    def environment(self, term: str | None) -> dict[str, str]:
+        """The command's environment: podman's defaults, then the user's -e values."""
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": self.effective_hostname, "container": "aiocontain"}
+        env["TERM"] = term or "xterm"
+        env.update(self.env)
+        return env

@@ -1,0 +1,96 @@
+"""The state one container's set-up stages share, and the rules for failing it."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from aiocontain import messages
+from aiocontain.errors import AiocontainError
+from aiocontain.events import Logger
+from aiocontain.messages import Message
+from aiocontain.spec import ContainerSpec
+
+if TYPE_CHECKING:
+    from aiocontain.network import NetworkDriver
+
+
+@dataclass
+class StageContext:
+    """Everything the pipeline has built so far. Each resource is pushed on ``stack`` as it is made,
+    so teardown undoes set-up in reverse order on every path."""
+
+    spec: ContainerSpec
+    rootfs: Path
+    log: Logger
+    tg: TaskGroup
+    stack: AsyncExitStack
+    driver: NetworkDriver
+    setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    runtime_dir: Path | None = None
+    process: Process | None = None
+    control: socket.socket | None = None
+    init_pid: int | None = None
+    pidfd: int | None = None
+    netlink: socket.socket | None = None
+    network: dict[str, Any] = field(default_factory=dict)
+    failure: AiocontainError | None = None
+    stopping: bool = False
+    _inbox: Any = None
+    _outbox: Any = None
+
+    def __post_init__(self) -> None:
+        self._outbox, self._inbox = anyio.create_memory_object_stream[tuple[Message | None, list[int]]](math.inf)
+
+    async def receive(self) -> tuple[Message | None, list[int]]:
+        """The next message from the child; (None, []) once its control socket has closed."""
+        try:
+            return await self._inbox.receive()  # type: ignore[no-any-return]
+        except anyio.EndOfStream:
+            return None, []
+
+    async def read_control(self) -> None:
+        """Task: move messages from the control socket into the inbox until end of stream."""
+        assert self.control is not None
+        try:
+            while True:
+                await anyio.wait_readable(self.control)
+                try:
+                    item = messages.recv(self.control)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    item = (None, [])
+                if item[0] is None:
+                    for fd in item[1]:
+                        os.close(fd)
+                    return
+                await self._outbox.send(item)
+        finally:
+            self._outbox.close()
+
+    def fail(self, error: AiocontainError) -> None:
+        """A helper failed: remember the first error, stop set-up and kill the container."""
+        if self.failure is None:
+            self.failure = error
+        self.setup_scope.cancel()
+        self.kill()
+
+    def kill(self, signum: int = signal.SIGKILL) -> bool:
+        """Signal the container's PID 1 through its pidfd (no PID reuse race); False if it is gone."""
+        if self.pidfd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(self.pidfd, signum)
+        except (ProcessLookupError, OSError):
+            return False
+        return True

@@ -1,0 +1,134 @@
+"""Stage 1, spawn: start the container's first process, blocked until the release.
+
+The child is a fresh ``python -I -S`` (isolated, no site: stdlib only, so it
+starts fast) that unshares the namespaces, forks PID 1 and answers Ready with
+the netlink socket it opened inside the new network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from aiocontain import messages
+from aiocontain.errors import AiocontainError
+from aiocontain.messages import Config, Failed, Ready
+from aiocontain.stages.context import StageContext
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.intermediate import main;main({fd})"
+READY_TIMEOUT = 10.0
+
+
+async def run(ctx: StageContext) -> None:
+    ctx.runtime_dir = _make_runtime_dir(ctx)
+    etc_files = _write_etc_files(ctx, ctx.runtime_dir)
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ctx.control = parent
+    ctx.stack.callback(parent.close)
+    spec = ctx.spec
+    config = Config(
+        rootfs=str(ctx.rootfs),
+        argv=list(spec.command),
+        env=spec.environment(os.environ.get("TERM")),
+        workdir=spec.workdir,
+        hostname=spec.effective_hostname,
+        unshare_net=ctx.driver.unshare_netns,
+        want_netlink=ctx.driver.wants_netlink,
+        etc_files=etc_files,
+        init=spec.init,
+        own_process_group=spec.terminal_foreground,
+    )
+    messages.send(parent, config)  # waits in the socket buffer until the child reads it
+    try:
+        ctx.process = await anyio.open_process(
+            [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
+            pass_fds=(child.fileno(),),
+            stdin=spec.stdin,
+            stdout=spec.stdout,
+            stderr=spec.stderr,
+        )
+    finally:
+        child.close()
+    ctx.stack.push_async_callback(_stop_child, ctx)
+    parent.setblocking(False)
+    ctx.tg.start_soon(ctx.read_control)
+
+    with anyio.fail_after(READY_TIMEOUT):
+        message, fds = await ctx.receive()
+    if isinstance(message, Failed):
+        raise namespace_error(message)
+    if not isinstance(message, Ready):
+        raise AiocontainError("the container process exited during set-up")
+    ctx.init_pid = message.init_pid
+    if fds:
+        ctx.netlink = socket.socket(fileno=fds[0])
+        ctx.stack.callback(ctx.netlink.close)
+    # The init is blocked on its release pipe, so this pid is certainly still ours.
+    ctx.pidfd = os.pidfd_open(message.init_pid)
+    ctx.stack.callback(_close_pidfd, ctx)
+
+
+def namespace_error(failure: Failed) -> AiocontainError:
+    if "unshare" in failure.message:
+        return AiocontainError(
+            f"cannot create the container's namespaces: {failure.message}",
+            fix="enable unprivileged user namespaces: sudo sysctl -w kernel.unprivileged_userns_clone=1 "
+            "user.max_user_namespaces=28633 (and kernel.apparmor_restrict_unprivileged_userns=0 where it exists)",
+        )
+    return AiocontainError(f"container set-up failed: {failure.message}")
+
+
+def _make_runtime_dir(ctx: StageContext) -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.access(base, os.W_OK | os.X_OK):
+        base = None
+    path = Path(tempfile.mkdtemp(prefix=f"aiocontain-{ctx.spec.short_id}-", dir=base))
+    ctx.stack.callback(shutil.rmtree, path, True)
+    return path
+
+
+def _write_etc_files(ctx: StageContext, directory: Path) -> dict[str, str]:
+    hostname = ctx.spec.effective_hostname
+    files = {
+        "hostname": hostname + "\n",
+        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ctx.driver.hosts_line(hostname)}",
+        "resolv.conf": ctx.driver.resolv_conf(),
+    }
+    paths = {}
+    for name, content in files.items():
+        path = directory / name
+        path.write_text(content)
+        path.chmod(0o644)
+        paths[name] = str(path)
+    return paths
+
+
+async def _stop_child(ctx: StageContext) -> None:
+    """Closing the control socket makes the child kill the container; kill the child if it lingers."""
+    process, control = ctx.process, ctx.control
+    assert process is not None and control is not None
+    try:
+        control.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    with anyio.move_on_after(5):
+        await process.wait()
+    if process.returncode is None:
+        ctx.log.warning("child.kill", pid=process.pid)
+        process.kill()
+        await process.wait()
+    await process.aclose()
+
+
+def _close_pidfd(ctx: StageContext) -> None:
+    if ctx.pidfd is not None:
+        os.close(ctx.pidfd)
+        ctx.pidfd = None

@@ -1,0 +1,15 @@
+"""Stage 5, tap: wait until the container's interface is configured, by netlink events."""
+
+from __future__ import annotations
+
+from aiocontain import events
+from aiocontain.stages.context import StageContext
+
+
+async def run(ctx: StageContext) -> bool:
+    info = await ctx.driver.wait_ready(ctx)
+    if info is None:
+        return False
+    ctx.network = info
+    ctx.log.info(events.NETWORK_READY, **info)
+    return True

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepare a fresh Debian machine (as root) for aiocontain's test suite. Idempotent.
+# - host packages: slirp4netns, uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
+#   gcc/libc6-dev (the chroot-escape test builds a static probe), bubblewrap/podman/runc (benchmarks)
+# - /dev/net/tun usable by unprivileged users (0666, as desktop distributions ship it)
+# - an unprivileged test user with subordinate id ranges in /etc/subuid and /etc/subgid
+set -euo pipefail
+
+TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
+SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
+PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "host-setup: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "host-setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    chmod 0666 /dev/net/tun
+fi
+
+if ! id -u "$TEST_USER" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash "$TEST_USER"
+fi
+for file in /etc/subuid /etc/subgid; do
+    touch "$file"
+    if ! grep -q "^$TEST_USER:" "$file"; then
+        echo "$TEST_USER:$SUBID_START:65536" >>"$file"
+    fi
+done
+echo "host-setup: ready (test user $TEST_USER, uid $(id -u "$TEST_USER"))"

@@ -1,0 +1,139 @@
+"""Shared fixtures. Container tests start real containers as the (unprivileged) user running pytest.
+
+``nox -s tests`` runs the suite as an unprivileged test user when invoked as root;
+``AIOCONTAIN_TEST_ROOTFS`` names a prepared root filesystem (else one is built once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        return
+    skip = pytest.mark.skip(reason="container tests run unprivileged: use `nox -s tests`, which runs them as a test user")
+    for item in items:
+        if "container" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prepared = os.environ.get("AIOCONTAIN_TEST_ROOTFS")
+    if prepared:
+        return Path(prepared)
+    from aiocontain.rootfs import init_rootfs
+
+    path = tmp_path_factory.mktemp("rootfs") / "root"
+    init_rootfs(path)
+    return path
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, object]]:
+        found = []
+        for line in self.stderr.splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        return found
+
+    def names(self) -> list[str]:
+        return [str(event["event"]) for event in self.events()]
+
+
+@pytest.fixture
+def cli(rootfs: Path):
+    """Run `aiocontain run` as a real process; returns a function (args, **kw) -> Result."""
+
+    def run(*args: str, rootfs_dir: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+        argv = [sys.executable, "-m", "aiocontain", "run", "--rootfs", str(rootfs_dir or rootfs), *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def cli_argv(rootfs: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "aiocontain", "run", "--rootfs", str(rootfs), *args]
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[tuple[int, bytes]]:
+    """A TCP server on the host's 127.0.0.1 that answers every connection with a token, then closes."""
+    import threading
+
+    token = os.urandom(8).hex().encode()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.sendall(token + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], token
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def leftovers() -> dict[str, object]:
+    """What a container could leave behind: our slirp4netns processes, runtime dirs, children."""
+    uid = os.getuid()
+    slirps = []
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields.get("Uid", "-1").split()[0]) != uid:
+            continue
+        if cmdline and cmdline[0].endswith(b"slirp4netns"):
+            slirps.append(int(entry.name))
+        if int(fields.get("PPid", "0")) == os.getpid():
+            children.append(int(entry.name))
+    dirs: list[str] = []
+    for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
+        if os.path.isdir(base):
+            dirs += [name for name in os.listdir(base) if name.startswith("aiocontain-")]
+    return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs)}
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}

@@ -1,0 +1,241 @@
+"""``aiocontain doctor``: every host prerequisite is checked, and failures say how to fix them."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiocontain import doctor, elf
+from aiocontain.doctor import Check
+
+EXPECTED = {
+    "user namespaces",
+    "newuidmap",
+    "newgidmap",
+    "subuid",
+    "subgid",
+    "slirp4netns",
+    "tun",
+    "cgroup v2",
+    "rootfs",
+}
+
+
+def user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {check.name: check for check in checks}
+
+
+def test_run_checks_covers_every_prerequisite(tmp_path: Path) -> None:
+    checks = doctor.run_checks(tmp_path / "no-rootfs")
+    assert [c.name for c in checks] == list(by_name(checks))  # one check per name
+    assert set(by_name(checks)) == EXPECTED
+    for check in checks:
+        assert check.detail.strip(), check
+        if not check.ok:
+            assert check.fix, check
+    assert [c.name for c in checks if not c.required] == ["cgroup v2"]
+
+
+def test_main_prints_one_line_per_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-rootfs"
+    expected = doctor.run_checks(missing)
+    code = doctor.main(missing)
+    lines = capsys.readouterr().out.splitlines()
+    verdicts = [line for line in lines if not line.startswith(" ")]
+    assert len(verdicts) == len(expected)
+    for line, check in zip(verdicts, expected, strict=True):
+        assert line.startswith("OK    " if check.ok else "FAIL  ")
+        assert line[6:].startswith(f"{check.name}: ")
+    fixes = [line.strip() for line in lines if line.startswith(" ")]
+    assert fixes == [f"fix: {c.fix}" for c in expected if not c.ok]
+    assert code == 1  # the rootfs is missing, and that is required
+
+
+def test_missing_rootfs_fails_with_the_init_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-rootfs"
+    check = doctor.check_rootfs_arch(missing, is_default=False)
+    assert not check.ok and check.required
+    assert str(missing) in check.detail
+    assert check.fix == f"aiocontain rootfs init {missing}"
+    doctor.main(missing)
+    out = capsys.readouterr().out
+    assert f"FAIL  rootfs: rootfs {missing} does not exist" in out
+    assert f"fix: aiocontain rootfs init {missing}" in out
+
+
+def test_default_rootfs_fix_has_no_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOCONTAIN_ROOTFS", str(tmp_path / "default"))
+    check = by_name(doctor.run_checks(tmp_path / "default"))["rootfs"]
+    assert not check.ok and check.fix == "aiocontain rootfs init"
+
+
+def test_rootfs_of_a_foreign_architecture_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    foreign, e_machine = ("s390x", 22) if elf.host_machine() in ("aarch64", "arm") else ("aarch64", 183)
+    big = foreign == "s390x"
+    ident = b"\x7fELF" + bytes([2, 2 if big else 1, 1]) + bytes(9)
+    header = ident + struct.pack(">HH" if big else "<HH", 2, e_machine)  # e_type ET_EXEC, e_machine
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "busybox").write_bytes(header + bytes(44))
+    (tmp_path / "bin" / "sh").symlink_to("/bin/busybox")
+    monkeypatch.setattr(elf, "binfmt_handler", lambda machine, **_: None)
+    check = doctor.check_rootfs_arch(tmp_path, is_default=False)
+    assert not check.ok
+    assert foreign in check.detail and elf.host_machine() in check.detail
+    assert check.fix is not None and "qemu-user-static" in check.fix
+
+
+def test_rootfs_of_the_host_architecture_passes(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "sh").write_bytes(Path(sys.executable).read_bytes()[:64])
+    check = doctor.check_rootfs_arch(tmp_path, is_default=False)
+    assert check.ok, check
+    assert elf.host_machine() in check.detail
+
+
+def test_tun_missing_or_unopenable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "TUN_PATH", tmp_path / "tun")
+    check = doctor.check_tun()
+    assert not check.ok
+    assert check.fix is not None and f"chmod 0666 {tmp_path / 'tun'}" in check.fix
+    (tmp_path / "tun").write_bytes(b"")
+    assert doctor.check_tun().ok
+    if os.getuid() != 0:  # root opens anything
+        (tmp_path / "tun").chmod(0)
+        check = doctor.check_tun()
+        assert not check.ok and check.fix == f"sudo chmod 0666 {tmp_path / 'tun'}"
+
+
+def test_tun_failure_shows_in_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(doctor, "TUN_PATH", tmp_path / "tun")
+    assert doctor.main(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  tun: {tmp_path / 'tun'} does not exist" in out
+    assert "chmod 0666" in out
+
+
+def test_subids(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    check = doctor.check_subids("subuid", subuid)
+    assert not check.ok and "does not exist" in check.detail
+    usermod = f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user()}"
+    assert check.fix == usermod
+    subuid.write_text("someoneelse:100000:65536\n")
+    check = doctor.check_subids("subuid", subuid)
+    assert not check.ok and check.fix == usermod
+    subuid.write_text(f"someoneelse:100000:65536\n{os.getuid()}:200000:65536\n")
+    check = doctor.check_subids("subuid", subuid)
+    assert check.ok and "65536 ids from 200000" in check.detail
+
+
+def fake_slirp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    script = tmp_path / "slirp4netns"
+    script.write_text(f"#!/bin/sh\necho 'slirp4netns version {version}'\necho 'commit: x'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+
+def test_slirp4netns_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_slirp(tmp_path, monkeypatch, "0.4.3")
+    old = doctor.check_slirp4netns()
+    assert not old.ok and "0.4.3" in old.detail and ">= 1.0" in old.detail
+    assert old.fix is not None and "apt-get install slirp4netns" in old.fix
+    fake_slirp(tmp_path, monkeypatch, "1.2.0")
+    new = doctor.check_slirp4netns()
+    assert new.ok and "1.2.0" in new.detail
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    missing = doctor.check_slirp4netns()
+    assert not missing.ok and missing.fix == "sudo apt-get install slirp4netns"
+
+
+def test_id_map_tools_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    check = doctor.check_id_map_tool("newuidmap")
+    assert not check.ok and check.fix == "sudo apt-get install uidmap"
+    plain = tmp_path / "newuidmap"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o755)
+    check = doctor.check_id_map_tool("newuidmap")
+    assert not check.ok and check.fix == f"sudo chmod u+s {plain}"
+
+
+def test_userns_check_reports_the_real_attempt() -> None:
+    check = doctor.check_userns()
+    assert check.name == "user namespaces" and check.required
+    assert check.detail.startswith("unshare(CLONE_NEWUSER)")
+    if check.ok:
+        assert "works" in check.detail
+    else:
+        assert check.fix is not None and "max_user_namespaces" in check.fix
+
+
+def fake_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mountinfo: str, group: str) -> None:
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    (tmp_path / "cgroup").write_text(f"0::{group}\n")
+    monkeypatch.setattr(doctor, "MOUNTINFO_PATH", tmp_path / "mountinfo")
+    monkeypatch.setattr(doctor, "PROC_CGROUP_PATH", tmp_path / "cgroup")
+
+
+def test_cgroup_hybrid_host_is_an_optional_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cgroup(
+        tmp_path,
+        monkeypatch,
+        "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
+        "/",
+    )
+    check = doctor.check_cgroup()
+    assert not check.ok and not check.required
+    assert "cgroup v2 at /sys/fs/cgroup/unified (hybrid host)" in check.detail
+    assert "limits unavailable" in check.detail
+    assert check.fix is not None and "Delegate=yes" in check.fix
+
+
+def test_cgroup_v1_only_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cgroup(tmp_path, monkeypatch, "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n", "/")
+    check = doctor.check_cgroup()
+    assert not check.ok and not check.required and "v1" in check.detail
+
+
+def test_cgroup_delegated_unified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroupfs"
+    group = root / "user.slice" / "app"
+    group.mkdir(parents=True)
+    (group / "cgroup.subtree_control").write_text("")
+    (group / "cgroup.controllers").write_text("cpu memory pids\n")
+    monkeypatch.setattr(doctor, "CGROUP_ROOT", str(root))
+    fake_cgroup(tmp_path, monkeypatch, f"41 23 0:38 / {root} rw - cgroup2 cgroup2 rw\n", "/user.slice/app")
+    check = doctor.check_cgroup()
+    assert check.ok, check
+    assert f"cgroup v2 at {root}:" in check.detail and "delegated" in check.detail
+    (group / "cgroup.controllers").write_text("memory pids\n")
+    check = doctor.check_cgroup()
+    assert not check.ok and "cpu limits unavailable" in check.detail
+    assert check.fix is not None and "Delegate=yes" in check.fix
+
+
+def test_exit_code_counts_only_required_failures(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    optional = Check("cgroup v2", False, "limits unavailable", "use Delegate=yes", required=False)
+    passing = Check("tun", True, "opens", None)
+    monkeypatch.setattr(doctor, "run_checks", lambda rootfs, **_: [passing, optional])
+    assert doctor.main(tmp_path) == 0
+    assert "FAIL  cgroup v2: limits unavailable" in capsys.readouterr().out
+    required = Check("subuid", False, "no range", "sudo usermod ...")
+    monkeypatch.setattr(doctor, "run_checks", lambda rootfs, **_: [passing, optional, required])
+    assert doctor.main(tmp_path) == 1
