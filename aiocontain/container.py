@@ -203,7 +203,7 @@ class Container:
         return await self.wait()
 
     def _require(self) -> StageContext:
-        if self._ctx is None or self._stack is None and self._status is None:
+        if self._ctx is None or (self._stack is None and self._status is None):
             raise RuntimeError("the container is not running: use 'async with Container(spec) as c'")
         return self._ctx
 

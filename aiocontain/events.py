@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -35,12 +35,10 @@ def logger(**context: Any) -> Logger:
     return structlog.get_logger("aiocontain").bind(**context)
 
 
-def configure(log_format: str = "console", level: str = "warning", stream: IO[str] | None = None) -> None:
+def configure(log_format: str = "console", level: str = "warning", stream: TextIO | None = None) -> None:
     """Send events to stderr (never stdout: that is the container's), as console lines or JSON."""
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

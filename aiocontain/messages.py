@@ -11,7 +11,7 @@ import array
 import json
 import socket
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 MAX_MESSAGE = 1 << 20
 
@@ -74,7 +74,7 @@ class Exited:
     signal: int | None
 
 
-Message = Union[Config, Ready, Release, Started, Failed, Exited]
+Message = Config | Ready | Release | Started | Failed | Exited
 _TYPES: dict[str, type[Any]] = {t.kind: t for t in (Config, Ready, Release, Started, Failed, Exited)}
 
 

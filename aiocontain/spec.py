@@ -6,7 +6,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,7 +20,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY = re.compile(r"^[^=\0]+$")
 
 
-class NetworkMode(str, Enum):
+class NetworkMode(StrEnum):
     """How the container reaches the network (podman's --network)."""
 
     SLIRP4NETNS = "slirp4netns"  # own network namespace, user-mode TCP/IP to the host

@@ -26,7 +26,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         return
-    skip = pytest.mark.skip(reason="container tests run unprivileged: use `nox -s tests`, which runs them as a test user")
+    skip = pytest.mark.skip(
+        reason="container tests run unprivileged: use `nox -s tests`, which runs them as a test user"
+    )
     for item in items:
         if "container" in item.keywords:
             item.add_marker(skip)
@@ -65,7 +67,9 @@ class Result:
 def cli(rootfs: Path):
     """Run `aiocontain run` as a real process; returns a function (args, **kw) -> Result."""
 
-    def run(*args: str, rootfs_dir: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+    def run(
+        *args: str, rootfs_dir: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> Result:
         argv = [sys.executable, "-m", "aiocontain", "run", "--rootfs", str(rootfs_dir or rootfs), *args]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
         return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +16,14 @@ pytestmark = pytest.mark.container
 
 def test_root_inside_pid1_hostname_and_own_proc(cli):
     result = cli(
-        "--net", "none", "--hostname", "box1", "--",
-        "/bin/sh", "-c", 'id -u; id -g; hostname; cat /etc/hostname; echo $$; ls -d /proc/[0-9]* | wc -l',
+        "--net",
+        "none",
+        "--hostname",
+        "box1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; id -g; hostname; cat /etc/hostname; echo $$; ls -d /proc/[0-9]* | wc -l",
     )
     assert result.code == 0, result.stderr
     uid, gid, hostname, etc_hostname, pid, nprocs = result.stdout.split()
@@ -54,10 +60,23 @@ def test_not_executable_is_126(cli):
 
 
 def test_environment_and_workdir(cli):
-    result = cli("--net", "none", "-e", "GREETING=hello world", "-w", "/tmp/work", "--",
-                 "/bin/sh", "-c", 'echo "$GREETING|$HOME|$PATH|$(pwd)"')
+    result = cli(
+        "--net",
+        "none",
+        "-e",
+        "GREETING=hello world",
+        "-w",
+        "/tmp/work",
+        "--",
+        "/bin/sh",
+        "-c",
+        'echo "$GREETING|$HOME|$PATH|$(pwd)"',
+    )
     assert result.code == 0, result.stderr
-    assert result.stdout.strip() == "hello world|/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/tmp/work"
+    assert (
+        result.stdout.strip()
+        == "hello world|/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/tmp/work"
+    )
 
 
 def test_minimal_dev_tmp_and_readonly_sys(cli):
@@ -81,8 +100,16 @@ def test_minimal_dev_tmp_and_readonly_sys(cli):
 
 
 def test_tap0_event_and_configuration(cli):
-    result = cli("--log-format", "json", "--log-level", "info", "--",
-                 "/bin/sh", "-c", "cat /sys/class/net/tap0/mtu; ip -4 addr show tap0 | grep inet; cat /etc/resolv.conf")
+    result = cli(
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /sys/class/net/tap0/mtu; ip -4 addr show tap0 | grep inet; cat /etc/resolv.conf",
+    )
     assert result.code == 0, result.stderr
     ready = [e for e in result.events() if e["event"] == "network.ready"]
     assert len(ready) == 1
@@ -127,8 +154,13 @@ def test_host_loopback_only_when_allowed(cli, loopback_server):
 
 
 def _start(rootfs, *args):
-    return subprocess.Popen(cli_argv(rootfs, "--net", "none", *args), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cli_argv(rootfs, "--net", "none", *args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _started(proc, marker="ready"):
@@ -138,8 +170,13 @@ def _started(proc, marker="ready"):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 42), (signal.SIGINT, 43), (signal.SIGHUP, 44)])
 def test_signals_are_forwarded(rootfs, signum, code):
-    proc = _start(rootfs, "--", "/bin/sh", "-c",
-                  "trap 'exit 42' TERM; trap 'exit 43' INT; trap 'exit 44' HUP; echo ready; sleep 60 & wait")
+    proc = _start(
+        rootfs,
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'exit 42' TERM; trap 'exit 43' INT; trap 'exit 44' HUP; echo ready; sleep 60 & wait",
+    )
     _started(proc)
     proc.send_signal(signum)
     assert proc.wait(timeout=20) == code
@@ -147,8 +184,19 @@ def test_signals_are_forwarded(rootfs, signum, code):
 
 def test_ignored_sigterm_is_followed_by_kill_after_stop_timeout(rootfs):
     # A plain command as PID 1 has no handler: the kernel drops SIGTERM, so the grace period ends in SIGKILL.
-    proc = _start(rootfs, "--stop-timeout", "1", "--log-format", "json", "--log-level", "info", "--",
-                  "/bin/sh", "-c", "echo ready; exec sleep 60")
+    proc = _start(
+        rootfs,
+        "--stop-timeout",
+        "1",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ready; exec sleep 60",
+    )
     _started(proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 137
@@ -163,9 +211,16 @@ def test_init_passes_signals_to_the_command(rootfs):
 
 
 def test_init_is_pid1_and_reaps(cli):
-    result = cli("--net", "none", "--init", "--", "/bin/sh", "-c",
-                 "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; (sleep 0.1 &) ; sleep 0.5; "
-                 "grep -l zombie /proc/[0-9]*/status 2>/dev/null | wc -l")
+    result = cli(
+        "--net",
+        "none",
+        "--init",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; (sleep 0.1 &) ; sleep 0.5; "
+        "grep -l zombie /proc/[0-9]*/status 2>/dev/null | wc -l",
+    )
     assert result.code == 0, result.stderr
     pid, init_cmdline, zombies = result.stdout.splitlines()
     assert pid == "2"
@@ -218,8 +273,9 @@ int main(int argc, char **argv) {
     init_rootfs(box)
     subprocess.run([gcc, "-static", "-O1", "-o", str(box / "escape"), str(source)], check=True)
     # Control: under a plain chroot the probe does escape, so the test can fail.
-    control = subprocess.run(["unshare", "-Ur", "chroot", str(box), "/escape", str(marker)],
-                             capture_output=True, text=True)
+    control = subprocess.run(
+        ["unshare", "-Ur", "chroot", str(box), "/escape", str(marker)], capture_output=True, text=True
+    )
     assert control.stdout.strip() == "escaped", control.stderr
     result = cli("--net", "none", "--", "/escape", str(marker), rootfs_dir=box)
     assert result.code == 0, result.stderr
@@ -233,7 +289,7 @@ def test_invoking_uid_outside(rootfs):
         sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == b"sleep\x0060\x00"]
         assert sleepers
         for pid in sleepers:
-            status = open(f"/proc/{pid}/status").read()
+            status = Path(f"/proc/{pid}/status").read_text()
             uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
             assert uid_line.split()[1:] == [str(os.getuid())] * 4
     finally:

@@ -7,6 +7,7 @@ command without signal handlers still stops on SIGTERM and zombies never pile up
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -91,10 +92,8 @@ def _run_as_init(argv: list[str], env: dict[str, str], report_w: int) -> NoRetur
         info = signal.sigwaitinfo(_FORWARDED | {signal.SIGCHLD})
         if info.si_signo != signal.SIGCHLD:
             if info.si_code != _SI_KERNEL:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(child, info.si_signo)
-                except ProcessLookupError:
-                    pass
             continue
         while True:
             try:
@@ -113,10 +112,8 @@ def _run_as_init(argv: list[str], env: dict[str, str], report_w: int) -> NoRetur
 
 
 def _report(report_w: int, failure: Failed) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.write(report_w, messages.encode(failure))
-    except OSError:
-        pass
 
 
 def _describe(exc: BaseException) -> str:

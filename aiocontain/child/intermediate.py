@@ -22,7 +22,11 @@ from aiocontain.child import init, netdev
 from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
 
 _NAMESPACES = (
-    syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC
+    syscalls.CLONE_NEWUSER
+    | syscalls.CLONE_NEWNS
+    | syscalls.CLONE_NEWPID
+    | syscalls.CLONE_NEWUTS
+    | syscalls.CLONE_NEWIPC
 )
 
 
@@ -100,5 +104,3 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                 code = os.waitstatus_to_exitcode(status)
                 messages.send(sock, Exited(code=code, signal=None))
                 os._exit(code)
-
-

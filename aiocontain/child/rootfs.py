@@ -7,6 +7,7 @@ chroot escape (chroot into a subdirectory, then walk up) finds nothing above.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -14,7 +15,12 @@ from aiocontain import syscalls as sc
 from aiocontain.messages import Config
 
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
 
 
 def build(config: Config) -> None:
@@ -40,10 +46,8 @@ def _mount_sys(target: str) -> None:
     except PermissionError:
         # Sharing the host's network namespace: a new sysfs is not ours to mount; bind the host's read-only.
         sc.mount("/sys", target, None, sc.MS_BIND | sc.MS_REC)
-        try:
+        with contextlib.suppress(OSError):
             sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
-        except OSError:
-            pass
 
 
 def _mount_dev(dev: str) -> None:
@@ -53,10 +57,14 @@ def _mount_dev(dev: str) -> None:
         os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
         sc.mount("/dev/" + name, node, None, sc.MS_BIND)
     os.mkdir(os.path.join(dev, "pts"), 0o755)
-    sc.mount("devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    sc.mount(
+        "devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+    )
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    sc.mount("shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k")
+    sc.mount(
+        "shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k"
+    )
     os.mkdir(os.path.join(dev, "mqueue"), 0o755)
     sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for name, target in _DEV_LINKS.items():

@@ -7,6 +7,7 @@ the netlink socket it opened inside the new network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -115,10 +116,8 @@ async def _stop_child(ctx: StageContext) -> None:
     """Closing the control socket makes the child kill the container; kill the child if it lingers."""
     process, control = ctx.process, ctx.control
     assert process is not None and control is not None
-    try:
+    with contextlib.suppress(OSError):
         control.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     with anyio.move_on_after(5):
         await process.wait()
     if process.returncode is None:

@@ -1,0 +1,89 @@
+"""The one entry point for tests, lint and types: `nox -s lint types tests`.
+
+As root, `tests` stages an installed copy of the package, the tests and a root
+filesystem under /opt/aiocontain-test and runs pytest there as the unprivileged
+test user (containers are rootless: running them as root would test the wrong
+thing). As an unprivileged user it runs pytest in its own venv directly.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+TEST_USER = os.environ.get("AIOCONTAIN_TEST_USER", "aiotest")
+STAGE = Path(os.environ.get("AIOCONTAIN_TEST_STAGE", "/opt/aiocontain-test"))
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "aiocontain", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "aiocontain", "tests", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    session.install("mypy", ".")
+    session.run("mypy", "aiocontain")
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Both anyio backends, real containers, run as an unprivileged user."""
+    if os.geteuid() != 0:
+        session.run("python3", "-m", "venv", str(ROOT / ".nox" / "tests-user"))
+        python = str(ROOT / ".nox" / "tests-user" / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "--quiet", ".", *TEST_DEPS)
+        session.run(python, "-m", "pytest", *session.posargs)
+        return
+
+    user = pwd.getpwnam(TEST_USER)
+    venv, work = STAGE / "venv", STAGE / "work"
+    STAGE.mkdir(parents=True, exist_ok=True)
+    STAGE.chmod(0o755)
+    if not (venv / "bin" / "python").exists():
+        session.run("/usr/bin/python3", "-m", "venv", str(venv))
+    session.run(str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", ".", *TEST_DEPS)
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    shutil.copytree(ROOT / "tests", work / "tests")
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    (work / "home").mkdir()
+    for path in [work, *work.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+    as_user = [
+        "runuser",
+        "-u",
+        TEST_USER,
+        "--",
+        "env",
+        f"HOME={work / 'home'}",
+        "XDG_RUNTIME_DIR=",
+        f"PATH={venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]
+    session.run(*as_user, str(venv / "bin" / "aiocontain"), "rootfs", "init", str(work / "rootfs"), external=True)
+    session.chdir(work)
+    session.run(
+        *as_user,
+        f"AIOCONTAIN_TEST_ROOTFS={work / 'rootfs'}",
+        str(venv / "bin" / "python"),
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-ra",
+        *session.posargs,
+        external=True,
+    )

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine, as root: host set-up, then nox (lint, types, tests).
+# The container tests themselves run as the unprivileged test user that host-setup.sh creates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/host-setup.sh
+
+NOX_VENV=${AIOCONTAIN_NOX_VENV:-/opt/aiocontain-test/nox}
+if [ ! -x "$NOX_VENV/bin/nox" ]; then
+    /usr/bin/python3 -m venv "$NOX_VENV"
+    "$NOX_VENV/bin/pip" install --quiet --disable-pip-version-check nox
+fi
+exec "$NOX_VENV/bin/nox" --no-color -s lint types tests "$@"
