@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from aiocontain import messages, syscalls
 from aiocontain.child import init, netdev
-from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
+from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Started
 
 _NAMESPACES = (
     syscalls.CLONE_NEWUSER
@@ -42,7 +42,7 @@ def main(fd: int) -> NoReturn:
             netdev.bring_up("lo")
         netlink = netdev.open_netlink() if config.want_netlink else None
     except OSError as exc:
-        messages.send(sock, Failed("namespaces", str(exc), exc.errno or 0))
+        messages.send(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
         os._exit(125)
 
     release_r, release_w = os.pipe()
@@ -80,9 +80,7 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
             if fd == sock.fileno():
                 message, _ = messages.recv(sock)
                 if message is None:
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    os._exit(137)
+                    _kill_and_exit(pid, pidfd)
                 if isinstance(message, Release) and release_w >= 0:
                     os.write(release_w, b"R")
                     os.close(release_w)
@@ -91,16 +89,37 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                 report = os.read(report_r, messages.MAX_MESSAGE)
                 if report:
                     failed = True
-                    sock.send(report)
+                    _send_or_die(sock, pid, pidfd, raw=report)
                 else:
                     poller.unregister(report_r)
                     if not failed and release_w < 0:
-                        messages.send(sock, Started())
+                        _send_or_die(sock, pid, pidfd, Started())
             elif fd == pidfd:
                 _, status = os.waitpid(pid, 0)
-                if os.WIFSIGNALED(status):
-                    messages.send(sock, Exited(code=None, signal=os.WTERMSIG(status)))
-                    os._exit(128 + os.WTERMSIG(status))
-                code = os.waitstatus_to_exitcode(status)
-                messages.send(sock, Exited(code=code, signal=None))
+                signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+                code = 128 + signum if signum is not None else os.waitstatus_to_exitcode(status)
+                try:
+                    messages.send(sock, Exited(code=None if signum else code, signal=signum))
+                except OSError:
+                    pass  # the runtime has gone; the exit code still tells
                 os._exit(code)
+
+
+def _send_or_die(sock: socket.socket, pid: int, pidfd: int, message: Message | None = None, raw: bytes = b"") -> None:
+    """Send upward; if the runtime is gone, nobody may be left running in the container."""
+    try:
+        if message is not None:
+            messages.send(sock, message)
+        else:
+            sock.send(raw)
+    except OSError:
+        _kill_and_exit(pid, pidfd)
+
+
+def _kill_and_exit(pid: int, pidfd: int) -> NoReturn:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    os.waitpid(pid, 0)
+    os._exit(137)

@@ -1,0 +1,126 @@
+"""Bad input: one clear line, exit 125 (126/127 for the command), no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Result, leftovers
+
+pytestmark = pytest.mark.container
+
+
+def run(*args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None) -> Result:
+    argv = [*(prefix or []), sys.executable, "-m", "aiocontain", "run", *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, *needles: str, code: int = 125) -> None:
+    assert result.code == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aiocontain: ")
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    before = leftovers()
+    yield
+    assert leftovers() == before
+
+
+def test_missing_rootfs(tmp_path):
+    missing = tmp_path / "nope"
+    assert_one_line_error(run("--rootfs", str(missing), "true"), str(missing), f"aiocontain rootfs init {missing}")
+
+
+def test_empty_rootfs(tmp_path):
+    assert_one_line_error(run("--rootfs", str(tmp_path), "true"), f"aiocontain rootfs init {tmp_path}")
+
+
+def test_empty_default_rootfs_names_the_command_that_fills_it(tmp_path):
+    (tmp_path / "README.md").write_text("placeholder")
+    result = run("true", env={**os.environ, "AIOCONTAIN_ROOTFS": str(tmp_path)})
+    assert_one_line_error(result, "aiocontain rootfs init")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--mtu", "70000"], "invalid MTU 70000"),
+        (["--mtu", "abc"], "invalid int value"),
+        (["--net", "bridge"], "invalid choice"),
+        (["--hostname", "bad_host!"], "invalid hostname"),
+        (["--name", "bad/name"], "invalid container name"),
+        (["-w", "relative/dir"], "invalid working directory"),
+        (["-e", "AIOCONTAIN_SURELY_UNSET_VAR"], "invalid --env"),
+        (["--stop-timeout", "-1"], "invalid stop timeout"),
+    ],
+)
+def test_invalid_options(rootfs, args, needle):
+    assert_one_line_error(run("--rootfs", str(rootfs), *args, "true"), needle)
+
+
+def test_no_command(rootfs):
+    assert_one_line_error(run("--rootfs", str(rootfs)), "no command given")
+
+
+def test_foreign_architecture_is_named(tmp_path):
+    from aiocontain.rootfs import init_rootfs
+
+    root = tmp_path / "root"
+    init_rootfs(root)
+    foreign = root / "bin" / "foreign"
+    # a 64-bit little-endian ELF header for EM_AARCH64 (183)
+    foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HH", 2, 183) + b"\0" * 44)
+    foreign.chmod(0o755)
+    result = run("--rootfs", str(root), "--net", "none", "/bin/foreign")
+    assert_one_line_error(result, "aarch64", "x86_64" if os.uname().machine == "x86_64" else os.uname().machine)
+
+
+def test_slirp4netns_missing(rootfs, tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}
+    assert_one_line_error(run("--rootfs", str(rootfs), "true", env=env), "slirp4netns is not installed", "--net none")
+
+
+def test_user_namespaces_disabled(rootfs):
+    # user.max_user_namespaces is per user namespace: set it to 0 in one of our own, then run inside it.
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    prefix = ["unshare", "-Ur", "sh", "-c", script, "sh"]
+    result = run("--rootfs", str(rootfs), "--net", "none", "true", prefix=prefix)
+    assert_one_line_error(result, "cannot create the container's namespaces", "user.max_user_namespaces")
+
+
+def test_failing_command_in_a_missing_workdir_parent_is_created(rootfs):
+    # podman creates a missing working directory rather than failing
+    result = run("--rootfs", str(rootfs), "--net", "none", "-w", "/new/dir", "pwd")
+    assert (result.code, result.stdout.strip()) == (0, "/new/dir")
+
+
+def test_unknown_subcommand_is_125():
+    proc = subprocess.run([sys.executable, "-m", "aiocontain", "frobnicate"], capture_output=True, text=True)
+    assert proc.returncode == 125
+    assert "Traceback" not in proc.stderr
+
+
+def test_rootfs_path_is_a_file(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert_one_line_error(run("--rootfs", str(file), "true"), str(file))
+
+
+def test_error_leaves_no_runtime_dir(rootfs):
+    # a failure after the runtime dir exists (the command is missing) still removes it
+    before = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("aiocontain-")}
+    result = run("--rootfs", str(rootfs), "--net", "none", "missing-cmd")
+    assert_one_line_error(result, "missing-cmd: command not found", code=127)
+    assert {p.name for p in Path("/tmp").iterdir() if p.name.startswith("aiocontain-")} == before

@@ -1,0 +1,127 @@
+"""The library API under both anyio backends: real containers started in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aiocontain
+from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.errors import AiocontainError, CommandNotFound
+from tests.conftest import leftovers, open_fds
+
+pytestmark = [pytest.mark.anyio, pytest.mark.container]
+
+
+def spec(rootfs: Path, *command: str, **options: object) -> ContainerSpec:
+    return ContainerSpec(list(command), rootfs=rootfs, **options)  # type: ignore[arg-type]
+
+
+async def test_run_returns_exit_status(rootfs):
+    status = await aiocontain.run(spec(rootfs, "/bin/sh", "-c", "exit 5", network=NetworkMode.NONE))
+    assert (status.code, status.signal, status.ok) == (5, None, False)
+
+
+async def test_output_and_network_info(rootfs):
+    s = spec(rootfs, "/bin/sh", "-c", "echo $(id -u) $(hostname); cat /sys/class/net/tap0/mtu", stdout=subprocess.PIPE)
+    s.hostname = "embedded"
+    async with Container(s) as container:
+        assert container.network == {
+            "interface": "tap0",
+            "address": "10.0.2.100/24",
+            "gateway": "10.0.2.2",
+            "mtu": 65520,
+        }
+        output = b"".join([chunk async for chunk in container.stdout])
+        status = await container.wait()
+    assert status.ok
+    assert output.decode().split() == ["0", "embedded", "65520"]
+
+
+async def test_cancelling_the_caller_tears_the_container_down(rootfs):
+    before, fds = leftovers(), open_fds()
+    pid = None
+    with anyio.move_on_after(30) as scope:
+        async with Container(spec(rootfs, "sleep", "60")) as container:
+            pid = container.pid
+            assert pid is not None and Path(f"/proc/{pid}").exists()
+            scope.cancel()
+            await container.wait()
+    assert scope.cancelled_caught
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_stop_sends_sigterm_then_kills(rootfs):
+    async with Container(spec(rootfs, "/bin/sh", "-c", "trap 'exit 9' TERM; sleep 60 & wait")) as container:
+        status = await container.stop(timeout=10)
+    assert status.code == 9
+    async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as container:
+        status = await container.stop(timeout=0.5)  # PID 1 without a handler ignores SIGTERM
+    assert (status.code, status.signal) == (137, signal.SIGKILL)
+
+
+async def test_command_not_found_raises_and_leaves_nothing(rootfs):
+    before, fds = leftovers(), open_fds()
+    with pytest.raises(CommandNotFound) as caught:
+        async with Container(spec(rootfs, "does-not-exist")):
+            pytest.fail("the container should not start")
+    assert caught.value.exit_code == 127
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_slirp4netns_failure_is_reported_with_its_stderr(rootfs, tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "slirp4netns"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'fake failure: cannot join namespace' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    before, fds = leftovers(), open_fds()
+    with pytest.raises(AiocontainError, match=r"slirp4netns exited early with status 3: fake failure"):
+        async with Container(spec(rootfs, "true")):
+            pass
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_slirp4netns_dying_mid_run_fails_the_run(rootfs):
+    before = leftovers()
+    async with Container(spec(rootfs, "sleep", "60")) as container:
+        slirps = [pid for pid in leftovers()["slirp4netns"] if pid not in before["slirp4netns"]]
+        assert len(slirps) == 1
+        os.kill(slirps[0], signal.SIGKILL)
+        with pytest.raises(AiocontainError, match="slirp4netns exited early"):
+            await container.wait()
+    assert leftovers() == before
+
+
+async def test_unusable_tun_device_is_a_clear_error(rootfs, monkeypatch):
+    from aiocontain.network import slirp4netns
+
+    monkeypatch.setattr(slirp4netns, "_TUN", "/nonexistent/tun")
+    with pytest.raises(AiocontainError, match=r"chmod 0666 /nonexistent/tun"):
+        async with Container(spec(rootfs, "true")):
+            pass
+
+
+async def test_many_containers_concurrently(rootfs):
+    before, fds = leftovers(), open_fds()
+    results: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        status = await aiocontain.run(spec(rootfs, "/bin/sh", "-c", f"exit {i}", network=NetworkMode.NONE))
+        results[i] = status.code
+
+    async with anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(one, i)
+    assert results == {i: i for i in range(8)}
+    assert leftovers() == before
+    assert open_fds() == fds
