@@ -283,23 +283,28 @@ int main(int argc, char **argv) {
 
 
 def test_invoking_uid_outside(rootfs):
-    proc = _start(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
+    proc = _start(rootfs, "--stop-timeout", "0", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
     _started(proc)
     try:
-        sleepers = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == b"sleep\x0060\x00"]
-        assert sleepers
-        for pid in sleepers:
-            status = Path(f"/proc/{pid}/status").read_text()
-            uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-            assert uid_line.split()[1:] == [str(os.getuid())] * 4
+        (intermediate,) = _children(proc.pid)
+        (init,) = _children(intermediate)
+        status = Path(f"/proc/{init}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["Uid"].split() == [str(os.getuid())] * 4  # root inside is the invoking user outside
+        assert fields["NSpid"].split() == [str(init), "1"]  # and PID 1 of its own namespace
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
 
 
-def _cmdline(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -59,7 +59,9 @@ async def test_cancelling_the_caller_tears_the_container_down(rootfs):
 
 
 async def test_stop_sends_sigterm_then_kills(rootfs):
-    async with Container(spec(rootfs, "/bin/sh", "-c", "trap 'exit 9' TERM; sleep 60 & wait")) as container:
+    command = "trap 'exit 9' TERM; echo ready; sleep 60 & wait"
+    async with Container(spec(rootfs, "/bin/sh", "-c", command, stdout=subprocess.PIPE)) as container:
+        assert await container.stdout.receive() == b"ready\n"  # the trap is set
         status = await container.stop(timeout=10)
     assert status.code == 9
     async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as container:

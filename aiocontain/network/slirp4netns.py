@@ -14,6 +14,7 @@ import subprocess
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
@@ -71,23 +72,23 @@ class Slirp4netns:
         finally:
             os.close(exit_r)
         stderr = bytearray()
+        supervised = anyio.Event()
 
         async def stop() -> None:
             ctx.stopping = True
             os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
             with anyio.move_on_after(5):
-                await process.wait()
+                await supervised.wait()  # its stderr reached end of file and it has been reaped
             if process.returncode is None:
                 process.kill()
-                await process.wait()
             await process.aclose()
 
         async def supervise() -> None:
-            assert process.stderr is not None
-            async for chunk in process.stderr:
-                stderr.extend(chunk)
-                del stderr[:-_STDERR_KEEP]
-            code = await process.wait()
+            try:
+                await _watch(process, stderr)
+            finally:
+                supervised.set()
+            code = process.returncode
             if not ctx.stopping:
                 lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
                 detail = lines[-1] if lines else "no message"
@@ -110,3 +111,12 @@ class Slirp4netns:
                 f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
             ) from None
         return state.as_dict()
+
+
+async def _watch(process: anyio.abc.Process, stderr: bytearray) -> None:
+    """Keep the tail of the helper's stderr until it ends, then reap it."""
+    assert process.stderr is not None
+    async for chunk in process.stderr:
+        stderr.extend(chunk)
+        del stderr[:-_STDERR_KEEP]
+    await process.wait()
