@@ -51,11 +51,20 @@ _ETC_FILES: tuple[tuple[str, str], ...] = (
 
 
 def default_rootfs() -> Path:
-    """``$AIOCONTAIN_ROOTFS`` if set, else ``rootfs_arm/`` beside the package directory."""
+    """Where ``run`` looks without ``--rootfs``.
+
+    ``$AIOCONTAIN_ROOTFS`` if set; else ``rootfs_arm/`` of the source checkout the
+    package runs from (an editable install); else, for an installed package,
+    ``$XDG_DATA_HOME/aiocontain/rootfs_arm`` (~/.local/share/aiocontain/rootfs_arm).
+    """
     configured = os.environ.get("AIOCONTAIN_ROOTFS")
     if configured:
         return Path(configured).expanduser()
-    return Path(__file__).resolve().parent.parent / "rootfs_arm"
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "rootfs_arm").is_dir():
+        return checkout / "rootfs_arm"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "aiocontain" / "rootfs_arm"
 
 
 def is_empty(path: Path) -> bool:

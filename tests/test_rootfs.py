@@ -187,9 +187,14 @@ def test_default_rootfs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.setenv("AIOCONTAIN_ROOTFS", str(tmp_path))
     assert rootfs.default_rootfs() == tmp_path
     monkeypatch.delenv("AIOCONTAIN_ROOTFS")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     default = rootfs.default_rootfs()
     assert default.name == "rootfs_arm"
-    assert (default.parent / "aiocontain" / "rootfs.py").is_file()
+    checkout = Path(rootfs.__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():  # running from a source checkout
+        assert default == checkout / "rootfs_arm"
+    else:  # an installed package keeps its default rootfs in the user's data directory
+        assert default == tmp_path / "data" / "aiocontain" / "rootfs_arm"
 
 
 @pytest.mark.parametrize("is_default", [True, False])

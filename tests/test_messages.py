@@ -1,0 +1,151 @@
+"""The parent <-> child messages: JSON encoding, and datagrams with fds over a SOCK_SEQPACKET pair."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from aiocontain import messages
+from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
+
+ALL_MESSAGES = [
+    Config(
+        rootfs="/tmp/rootfs",
+        argv=["sh", "-c", "echo 'hé'"],
+        env={"PATH": "/bin", "EMPTY": ""},
+        workdir="/work",
+        hostname="box",
+        unshare_net=True,
+        want_netlink=True,
+        etc_files={"/etc/hosts": "127.0.0.1 localhost\n"},
+        init=True,
+        own_process_group=True,
+    ),
+    Config(
+        rootfs="/r",
+        argv=["true"],
+        env={},
+        workdir="/",
+        hostname="h",
+        unshare_net=False,
+        want_netlink=False,
+    ),
+    Ready(init_pid=4242),
+    Release(),
+    Started(),
+    Failed(step="exec", message="no such file", errno=2),
+    Failed(step="setup", message="mount failed"),
+    Exited(code=3, signal=None),
+    Exited(code=None, signal=9),
+]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        yield a, b
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: type(m).__name__)
+def test_encode_decode_round_trip(message: messages.Message) -> None:
+    data = messages.encode(message)
+    assert isinstance(data, bytes)
+    assert json.loads(data)["kind"] == type(message).kind
+    decoded = messages.decode(data)
+    assert type(decoded) is type(message)
+    assert decoded == message
+
+
+def test_every_message_type_is_covered() -> None:
+    assert {type(m) for m in ALL_MESSAGES} == {Config, Ready, Release, Started, Failed, Exited}
+    assert {type(m).kind for m in ALL_MESSAGES} == {"config", "ready", "release", "started", "failed", "exited"}
+
+
+def test_decode_rejects_unknown_kind() -> None:
+    with pytest.raises(KeyError):
+        messages.decode(b'{"kind": "bogus"}')
+
+
+@pytest.mark.parametrize("message", ALL_MESSAGES, ids=lambda m: type(m).__name__)
+def test_send_recv_without_fds(pair: tuple[socket.socket, socket.socket], message: messages.Message) -> None:
+    a, b = pair
+    messages.send(a, message)
+    received, fds = messages.recv(b)
+    assert received == message
+    assert fds == []
+
+
+def test_messages_keep_their_boundaries(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    for message in ALL_MESSAGES:
+        messages.send(a, message)
+    for message in ALL_MESSAGES:
+        assert messages.recv(b) == (message, [])
+
+
+def test_send_recv_passes_a_real_fd(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    read_end, write_end = os.pipe()
+    try:
+        messages.send(a, Ready(init_pid=77), [write_end])
+        received, fds = messages.recv(b)
+        assert received == Ready(init_pid=77)
+        assert len(fds) == 1
+        passed = fds[0]
+        try:
+            assert passed != write_end  # a new descriptor for the same pipe
+            assert os.write(passed, b"through scm_rights") == len(b"through scm_rights")
+        finally:
+            os.close(passed)
+        os.close(write_end)
+        write_end = -1
+        assert os.read(read_end, 100) == b"through scm_rights"
+        assert os.read(read_end, 100) == b""  # every write end is closed now
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+
+
+def test_send_recv_passes_several_fds_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        messages.send(a, Started(), [w for _, w in pipes])
+        received, fds = messages.recv(b)
+        try:
+            assert received == Started()
+            assert len(fds) == 3
+            for index, fd in enumerate(fds):
+                os.write(fd, str(index).encode())
+        finally:
+            close_all(fds)
+        for index, (r, _) in enumerate(pipes):
+            assert os.read(r, 10) == str(index).encode()
+    finally:
+        close_all([fd for p in pipes for fd in p])
+
+
+def test_recv_returns_none_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    messages.send(a, Exited(code=0, signal=None))
+    a.close()
+    assert messages.recv(b) == (Exited(code=0, signal=None), [])
+    assert messages.recv(b) == (None, [])
+    assert messages.recv(b) == (None, [])  # and stays there
+
+
+def test_recv_end_of_stream_in_the_other_direction(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    b.close()
+    assert messages.recv(a) == (None, [])

@@ -1,0 +1,309 @@
+"""rtnetlink events folded into an interface's state, built with pyroute2's own message classes."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from aiocontain import netlink
+from aiocontain.netlink import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, InterfaceState
+
+pytestmark = pytest.mark.anyio
+
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_RUNNING = 0x40
+
+
+def link(name: str, index: int, *, up: bool = True, mtu: int = 65520) -> bytes:
+    msg = ifinfmsg()
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["family"] = socket.AF_UNSPEC
+    msg["index"] = index
+    msg["flags"] = (IFF_UP | IFF_RUNNING if up else 0) | IFF_BROADCAST
+    msg["change"] = 0xFFFFFFFF
+    msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu)]
+    msg.encode()
+    return bytes(msg.data)
+
+
+def addr(
+    index: int,
+    *,
+    local: str | None = "10.0.2.100",
+    address: str | None = None,
+    label: str | None = "tap0",
+    prefixlen: int = 24,
+) -> bytes:
+    msg = ifaddrmsg()
+    msg["header"]["type"] = RTM_NEWADDR
+    msg["family"] = socket.AF_INET
+    msg["prefixlen"] = prefixlen
+    msg["index"] = index
+    attrs = []
+    if address is not None:
+        attrs.append(("IFA_ADDRESS", address))
+    if local is not None:
+        attrs.append(("IFA_LOCAL", local))
+    if label is not None:
+        attrs.append(("IFA_LABEL", label))
+    msg["attrs"] = attrs
+    msg.encode()
+    return bytes(msg.data)
+
+
+def route(*, gateway: str | None = "10.0.2.2", dst: str | None = None, dst_len: int = 0, oif: int = 2) -> bytes:
+    msg = rtmsg()
+    msg["header"]["type"] = RTM_NEWROUTE
+    msg["family"] = socket.AF_INET
+    msg["dst_len"] = dst_len
+    msg["table"] = 254
+    msg["proto"] = 4
+    msg["scope"] = 0 if gateway else 253
+    msg["type"] = 1
+    attrs = [("RTA_TABLE", 254), ("RTA_OIF", oif)]
+    if dst is not None:
+        attrs.append(("RTA_DST", dst))
+    if gateway is not None:
+        attrs.append(("RTA_GATEWAY", gateway))
+    msg["attrs"] = attrs
+    msg.encode()
+    return bytes(msg.data)
+
+
+def fold(name: str, *datagrams: bytes) -> InterfaceState:
+    state = InterfaceState(name)
+    for datagram in datagrams:
+        for kind, raw in netlink.split(datagram):
+            netlink.update(state, kind, raw)
+    return state
+
+
+# split
+
+
+def test_split_one_message() -> None:
+    raw = link("tap0", 2)
+    assert list(netlink.split(raw)) == [(RTM_NEWLINK, raw)]
+
+
+def test_split_several_concatenated_messages() -> None:
+    parts = [link("lo", 1), link("tap0", 2), addr(2), route(), addr(2, local="10.0.2.101", label="tap0:1")]
+    found = list(netlink.split(b"".join(parts)))
+    assert [kind for kind, _ in found] == [RTM_NEWLINK, RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWADDR]
+    assert [raw for _, raw in found] == parts
+
+
+def test_split_honours_4_byte_alignment() -> None:
+    # A message whose length is not a multiple of 4 is followed by padding up to the next boundary.
+    first = bytearray(link("tap0", 2))
+    first[0:4] = (len(first) - 3).to_bytes(4, "little")  # claim a length of len-3: 1 byte is padding
+    second = route()
+    found = list(netlink.split(bytes(first) + second))
+    assert len(found) == 2
+    assert found[0] == (RTM_NEWLINK, bytes(first[: len(first) - 3]))
+    assert found[1] == (RTM_NEWROUTE, second)
+
+
+def test_split_empty_and_short_data() -> None:
+    assert list(netlink.split(b"")) == []
+    assert list(netlink.split(b"\x00" * 15)) == []  # shorter than a header
+
+
+def test_split_stops_at_a_corrupt_length() -> None:
+    good = link("tap0", 2)
+    corrupt = b"\x04\x00\x00\x00" + b"\x00" * 12  # length 4 < header size
+    assert list(netlink.split(good + corrupt + route())) == [(RTM_NEWLINK, good)]
+
+
+# update
+
+
+def test_link_of_the_watched_interface() -> None:
+    state = fold("tap0", link("tap0", 2, up=True, mtu=1500))
+    assert state.index == 2
+    assert state.up is True
+    assert state.mtu == 1500
+    assert not state.configured
+
+
+def test_other_interfaces_are_ignored() -> None:
+    state = fold("tap0", link("lo", 1), link("eth0", 3), link("tap01", 4), addr(3, label="eth0"))
+    assert state == InterfaceState("tap0")
+
+
+def test_link_going_down_again() -> None:
+    state = fold("tap0", link("tap0", 2, up=True))
+    assert state.up
+    state = fold("tap0", link("tap0", 2, up=True) + link("tap0", 2, up=False))
+    assert state.up is False
+    assert state.index == 2
+
+
+def test_address_by_label_before_the_link_is_known() -> None:
+    state = fold("tap0", addr(2, local="10.0.2.100", label="tap0", prefixlen=24))
+    assert state.address == "10.0.2.100"
+    assert state.prefixlen == 24
+    assert state.index is None
+
+
+def test_address_by_index_without_label() -> None:
+    state = fold("tap0", link("tap0", 7), addr(7, local="10.0.2.100", label=None, prefixlen=16))
+    assert state.address == "10.0.2.100"
+    assert state.prefixlen == 16
+
+
+def test_address_of_another_index_without_label_is_ignored() -> None:
+    state = fold("tap0", link("tap0", 7), addr(8, local="192.168.1.5", label=None))
+    assert state.address is None
+    assert state.prefixlen is None
+
+
+def test_address_from_ifa_address_when_ifa_local_is_missing() -> None:
+    state = fold("tap0", addr(2, local=None, address="10.0.2.55"))
+    assert state.address == "10.0.2.55"
+
+
+def test_ifa_local_is_preferred_over_ifa_address() -> None:
+    # Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL our own address.
+    state = fold("tap0", addr(2, local="10.0.2.100", address="10.0.2.1"))
+    assert state.address == "10.0.2.100"
+
+
+def test_default_route_sets_the_gateway() -> None:
+    state = fold("tap0", route(gateway="10.0.2.2", dst_len=0))
+    assert state.gateway == "10.0.2.2"
+
+
+def test_non_default_route_does_not_set_the_gateway() -> None:
+    state = fold("tap0", route(gateway="10.0.2.3", dst="10.1.0.0", dst_len=16))
+    assert state.gateway is None
+
+
+def test_default_route_without_gateway_is_ignored() -> None:
+    state = fold("tap0", route(gateway=None, dst_len=0))
+    assert state.gateway is None
+
+
+def test_link_route_then_default_route() -> None:
+    state = fold("tap0", route(gateway=None, dst="10.0.2.0", dst_len=24), route(gateway="10.0.2.2"))
+    assert state.gateway == "10.0.2.2"
+
+
+def test_unrelated_message_types_are_ignored() -> None:
+    raw = bytearray(link("tap0", 2))
+    raw[4:6] = (17).to_bytes(2, "little")  # RTM_DELLINK
+    state = fold("tap0", bytes(raw))
+    assert state == InterfaceState("tap0")
+
+
+# configured
+
+
+@pytest.mark.parametrize(
+    "parts, expected",
+    [
+        ((), False),
+        (("up",), False),
+        (("addr",), False),
+        (("gw",), False),
+        (("up", "addr"), False),
+        (("up", "gw"), False),
+        (("addr", "gw"), False),
+        (("down", "addr", "gw"), False),
+        (("up", "addr", "gw"), True),
+        (("addr", "gw", "up"), True),
+        (("up", "addr", "gw", "down"), False),
+    ],
+)
+def test_configured_needs_up_address_and_gateway(parts: tuple[str, ...], expected: bool) -> None:
+    pieces = {
+        "up": link("tap0", 2, up=True),
+        "down": link("tap0", 2, up=False),
+        "addr": addr(2),
+        "gw": route(),
+    }
+    state = fold("tap0", b"".join(pieces[p] for p in parts))
+    assert state.configured is expected
+
+
+def test_configured_state_as_dict() -> None:
+    state = fold("tap0", link("tap0", 2, mtu=65520) + addr(2) + route())
+    assert state.configured
+    assert state.as_dict() == {"interface": "tap0", "address": "10.0.2.100/24", "gateway": "10.0.2.2", "mtu": 65520}
+
+
+# wait_configured, on a real datagram socket pair
+
+
+@pytest.fixture
+def dgram_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        yield a, b
+
+
+async def test_wait_configured_reads_until_configured(dgram_pair: tuple[socket.socket, socket.socket]) -> None:
+    writer, reader = dgram_pair
+    datagrams = [
+        link("lo", 1) + link("tap0", 2, up=False),
+        link("tap0", 2, up=True, mtu=1500),
+        addr(2, local="10.0.2.100", prefixlen=24),
+        route(gateway=None, dst="10.0.2.0", dst_len=24) + route(gateway="10.0.2.2"),
+    ]
+
+    async def feed() -> None:
+        for datagram in datagrams:
+            await anyio.sleep(0.01)
+            writer.send(datagram)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed)
+            state = await netlink.wait_configured(reader, "tap0")
+    assert state.configured
+    assert state.as_dict() == {"interface": "tap0", "address": "10.0.2.100/24", "gateway": "10.0.2.2", "mtu": 1500}
+    assert state.index == 2
+
+
+async def test_wait_configured_with_everything_already_queued(
+    dgram_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    writer, reader = dgram_pair
+    writer.send(link("tap0", 3) + addr(3) + route())
+    with anyio.fail_after(5):
+        state = await netlink.wait_configured(reader, "tap0")
+    assert state.configured
+    assert state.index == 3
+
+
+async def test_wait_configured_keeps_waiting_without_gateway(
+    dgram_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    writer, reader = dgram_pair
+    writer.send(link("tap0", 2))
+    writer.send(addr(2))
+    writer.send(route(gateway=None, dst="10.0.2.0", dst_len=24))
+    finished = False
+    with anyio.move_on_after(0.3) as scope:
+        await netlink.wait_configured(reader, "tap0")
+        finished = True
+    assert scope.cancelled_caught
+    assert not finished
+    # every datagram was consumed while it waited
+    with pytest.raises(BlockingIOError):
+        reader.recv(1 << 16)
+
+
+async def test_wait_configured_ignores_another_interface(dgram_pair: tuple[socket.socket, socket.socket]) -> None:
+    writer, reader = dgram_pair
+    writer.send(link("eth0", 5) + addr(5, label="eth0") + route())
+    with anyio.move_on_after(0.3) as scope:
+        await netlink.wait_configured(reader, "tap0")
+    assert scope.cancelled_caught
