@@ -58,7 +58,8 @@ def tests(session: nox.Session) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     shutil.copytree(ROOT / "tests", work / "tests")
-    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, work / name)
     (work / "home").mkdir()
     for path in [work, *work.rglob("*")]:
         os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)

@@ -308,3 +308,25 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def test_id_maps_use_subordinate_ids_when_the_user_has_them(cli):
+    from aiocontain import subids
+
+    result = cli(
+        "--net",
+        "none",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/self/uid_map /proc/self/gid_map; touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u:%g /tmp/f",
+    )
+    uid_ranges = subids.ranges(os.getuid(), Path("/etc/subuid"))
+    maps = [line.split() for line in result.stdout.splitlines()[:-1]]
+    if uid_ranges:
+        start, count = uid_ranges[0]
+        assert maps[0] == ["0", str(os.getuid()), "1"]
+        assert maps[1] == ["1", str(start), str(count)]
+        assert result.stdout.splitlines()[-1] == "1000:1000"  # a second user exists inside
+    else:
+        assert maps == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]

@@ -127,3 +127,14 @@ async def test_many_containers_concurrently(rootfs):
     assert results == {i: i for i in range(8)}
     assert leftovers() == before
     assert open_fds() == fds
+
+
+@pytest.mark.parametrize("delay", [0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25])
+async def test_cancellation_during_set_up_leaves_nothing(rootfs, delay):
+    # the delays land in different stages (spawn, idmap, network, tap, release) from run to run
+    before, fds = leftovers(), open_fds()
+    with anyio.move_on_after(delay):
+        async with Container(spec(rootfs, "sleep", "60")) as container:
+            await container.wait()
+    assert leftovers() == before
+    assert open_fds() == fds

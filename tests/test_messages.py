@@ -12,7 +12,7 @@ import pytest
 from aiocontain import messages
 from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
 
-ALL_MESSAGES = [
+ALL_MESSAGES: list[messages.Message] = [
     Config(
         rootfs="/tmp/rootfs",
         argv=["sh", "-c", "echo 'hé'"],

@@ -67,7 +67,7 @@ def route(*, gateway: str | None = "10.0.2.2", dst: str | None = None, dst_len: 
     msg["proto"] = 4
     msg["scope"] = 0 if gateway else 253
     msg["type"] = 1
-    attrs = [("RTA_TABLE", 254), ("RTA_OIF", oif)]
+    attrs: list[tuple[str, int | str]] = [("RTA_TABLE", 254), ("RTA_OIF", oif)]
     if dst is not None:
         attrs.append(("RTA_DST", dst))
     if gateway is not None:
