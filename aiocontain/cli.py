@@ -19,7 +19,7 @@ EXIT_ERROR = 125
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"aiocontain: {message} (see 'aiocontain {self.prog.split()[-1]} --help')\n")
+        self.exit(EXIT_ERROR, f"aiocontain: {message} (see '{self.prog} --help')\n")
 
 
 def _parser() -> argparse.ArgumentParser:

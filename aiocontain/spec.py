@@ -96,7 +96,11 @@ class ContainerSpec:
 
     @property
     def effective_hostname(self) -> str:
-        return self.hostname or self.effective_name
+        """--hostname, else the name made a valid hostname (as podman does), else the short id."""
+        if self.hostname:
+            return self.hostname
+        label = re.sub(r"[^A-Za-z0-9-]+", "-", self.effective_name)[:63].strip("-")
+        return label or self.short_id
 
     def environment(self, term: str | None) -> dict[str, str]:
         """The command's environment: podman's defaults, then the user's -e values."""
