@@ -10,7 +10,7 @@ for anyio, structlog or pyroute2 before they need them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not from typing: the child imports this package on the start-up hot path
 
 __all__ = [
     "AiocontainError",
@@ -35,6 +35,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from aiocontain.container import Container, ExitStatus, run
     from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
     from aiocontain.spec import ContainerSpec, NetworkMode

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
-import platform
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -74,9 +73,9 @@ def umount2(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2): swap the root mount, so the old one can be detached (unlike chroot)."""
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(_errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(_errno.ENOSYS, f"pivot_root: unknown syscall number on {os.uname().machine}")
     _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root")
 
 

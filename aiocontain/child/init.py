@@ -11,12 +11,14 @@ import contextlib
 import errno
 import os
 import signal
-import traceback
-from typing import NoReturn
 
 from aiocontain import messages, syscalls
 from aiocontain.child import rootfs
 from aiocontain.messages import Config, Failed
+
+TYPE_CHECKING = False  # typing is a heavy import for the child
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # Signals that --init passes on to the command.
 _FORWARDED = {
@@ -65,11 +67,26 @@ def _become_root() -> None:
 
 def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
     try:
-        os.execvpe(argv[0], argv, env)
+        _execvpe(argv, env)
     except OSError as exc:
         code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
         _report(report_w, Failed("exec", f"{argv[0]}: {exc.strerror}", exc.errno or 0))
         os._exit(code)
+
+
+def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
+    """os.execvpe's PATH search, without its lazy imports: after pivot_root the host's stdlib is gone."""
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, env)
+    first_error: OSError | None = None
+    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            first_error = first_error or exc  # e.g. EACCES: keep looking, as execvp does, but remember it
+    raise first_error or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
 
 
 def _run_as_init(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
@@ -119,4 +136,5 @@ def _report(report_w: int, failure: Failed) -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return str(exc.strerror if not exc.filename else f"{exc.filename}: {exc.strerror}")
-    return "".join(traceback.format_exception_only(exc)).strip()
+    # No traceback module: after pivot_root nothing more can be imported from the host.
+    return f"{type(exc).__name__}: {exc}"

@@ -15,11 +15,14 @@ import os
 import select
 import signal
 import socket
-from typing import NoReturn
 
 from aiocontain import messages, syscalls
 from aiocontain.child import init, netdev
 from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Started
+
+TYPE_CHECKING = False  # typing is a heavy import for the child
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _NAMESPACES = (
     syscalls.CLONE_NEWUSER
