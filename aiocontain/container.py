@@ -15,10 +15,10 @@ from anyio.abc import TaskGroup
 
 from aiocontain import events
 from aiocontain.errors import AiocontainError
-from aiocontain.messages import Exited
 from aiocontain.network import driver_for
 from aiocontain.spec import ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
+from aiocontain.stages import wait as wait_stage
 
 TEARDOWN_TIMEOUT = 15.0
 
@@ -152,26 +152,13 @@ class Container:
         """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""
         ctx = self._require()
         if self._status is None:
-            code: int | None = None
-            sig: int | None = None
-            while True:
-                message, _ = await ctx.receive()
-                if message is None:
-                    break
-                if isinstance(message, Exited):
-                    code, sig = message.code, message.signal
-            if ctx.failure is not None:
-                raise ctx.failure
-            if code is None and sig is None:
-                assert ctx.process is not None
-                returncode = await ctx.process.wait()
-                code, sig = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
-            self._status = ExitStatus(code=128 + sig if sig is not None else int(code or 0), signal=sig)
+            code, signum = await wait_stage.run(ctx)
+            self._status = ExitStatus(code=code, signal=signum)
             self.log.info(
                 events.EXITED,
                 pid=ctx.init_pid,
-                exit_code=self._status.code,
-                signal=sig,
+                exit_code=code,
+                signal=signum,
                 duration_ms=round((time.perf_counter() - self._started_at) * 1000, 3),
             )
         return self._status

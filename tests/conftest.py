@@ -113,7 +113,7 @@ def loopback_server() -> Iterator[tuple[int, bytes]]:
 
 
 def leftovers() -> dict[str, object]:
-    """What a container could leave behind: our slirp4netns processes, runtime dirs, children."""
+    """What a container could leave behind: our slirp4netns processes, runtime dirs, children, mounts."""
     uid = os.getuid()
     slirps = []
     children = []
@@ -136,7 +136,9 @@ def leftovers() -> dict[str, object]:
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):
             dirs += [name for name in os.listdir(base) if name.startswith("aiocontain-")]
-    return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs)}
+    # mounts happen only inside the container's mount namespace: the host's table must not change
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs), "mounts": mounts}
 
 
 def open_fds() -> set[int]:

@@ -13,6 +13,8 @@ from tests.conftest import cli_argv, leftovers
 
 pytestmark = pytest.mark.container
 
+JSON_LOGS = ("--log-format", "json", "--log-level", "info")
+
 
 def test_root_inside_pid1_hostname_and_own_proc(cli):
     result = cli(
@@ -101,10 +103,7 @@ def test_minimal_dev_tmp_and_readonly_sys(cli):
 
 def test_tap0_event_and_configuration(cli):
     result = cli(
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
+        *JSON_LOGS,
         "--",
         "/bin/sh",
         "-c",
@@ -130,7 +129,7 @@ def test_mtu_option(cli):
 
 
 def test_stage_events_in_order(cli):
-    result = cli("--net", "none", "--log-format", "json", "--log-level", "info", "--", "true")
+    result = cli("--net", "none", *JSON_LOGS, "--", "true")
     assert result.code == 0
     stages = [(e["event"], e.get("stage")) for e in result.events() if str(e["event"]).startswith("stage.")]
     order = ["spawn", "idmap", "cgroup", "network", "tap", "release"]
@@ -188,10 +187,7 @@ def test_ignored_sigterm_is_followed_by_kill_after_stop_timeout(rootfs):
         rootfs,
         "--stop-timeout",
         "1",
-        "--log-format",
-        "json",
-        "--log-level",
-        "info",
+        *JSON_LOGS,
         "--",
         "/bin/sh",
         "-c",

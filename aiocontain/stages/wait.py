@@ -1,0 +1,31 @@
+"""Stage 7, wait: follow the container to its exit, then teardown.
+
+The child reports the exit status of the container's PID 1 as Exited; when the
+child itself was killed before it could, its own exit code stands in. A helper
+failure (slirp4netns exiting early) fails the wait instead. Teardown is the
+stage stack unwound in reverse by ``Container`` on every path.
+"""
+
+from __future__ import annotations
+
+from aiocontain.messages import Exited
+from aiocontain.stages.context import StageContext
+
+
+async def run(ctx: StageContext) -> tuple[int, int | None]:
+    """(code, signal) of the container's command; code is 128+N when signal N killed it."""
+    code: int | None = None
+    signum: int | None = None
+    while True:
+        message, _ = await ctx.receive()
+        if message is None:
+            break
+        if isinstance(message, Exited):
+            code, signum = message.code, message.signal
+    if ctx.failure is not None:
+        raise ctx.failure
+    if code is None and signum is None:
+        assert ctx.process is not None
+        returncode = await ctx.process.wait()
+        code, signum = (None, -returncode) if returncode < 0 else (returncode, None)
+    return (128 + signum if signum is not None else int(code or 0)), signum
