@@ -22,18 +22,21 @@ ROOT = Path(__file__).parent
 TEST_USER = os.environ.get("AIOCONTAIN_TEST_USER", "aiotest")
 STAGE = Path(os.environ.get("AIOCONTAIN_TEST_STAGE", "/opt/aiocontain-test"))
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3"]
+# Pinned so that a new release cannot turn main red overnight; bump them in a commit of their own.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install(RUFF)
     session.run("ruff", "check", "aiocontain", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "aiocontain", "tests", "noxfile.py")
 
 
 @nox.session
 def types(session: nox.Session) -> None:
-    session.install("mypy", ".")
+    session.install(MYPY, ".")
     session.run("mypy", "aiocontain")
 
 
