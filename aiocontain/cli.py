@@ -134,28 +134,38 @@ async def _run_container(spec: Any, result: dict[str, Any]) -> None:
     from aiocontain.errors import AiocontainError
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    container = Container(spec)
+    pending: list[int] = []
+
+    def forward(signum: int, tg: Any) -> None:
+        container.send_signal(signum)
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            tg.start_soon(grace_kill)
+
+    async def grace_kill() -> None:
+        await anyio.sleep(spec.stop_timeout)  # podman stop's grace period, then SIGKILL
+        container.kill()
+
     with anyio.open_signal_receiver(*forwarded) as signals:
         async with anyio.create_task_group() as tg:
-            container: Container | None = None
 
             async def relay() -> None:
                 async for signum in signals:
-                    if container is None or container.pid is None:
-                        result["code"] = 128 + signum  # interrupted during set-up
+                    state = container.state
+                    if state == "running":
+                        forward(signum, tg)
+                    elif state == "released":
+                        pending.append(signum)  # the command is being executed: deliver once it runs
+                    else:
+                        result["code"] = 128 + signum  # interrupted before anything ran: stop set-up
                         tg.cancel_scope.cancel()
                         return
-                    container.send_signal(signum)
-                    if signum in (signal.SIGINT, signal.SIGTERM):
-                        tg.start_soon(grace_kill)
-
-            async def grace_kill() -> None:
-                await anyio.sleep(spec.stop_timeout)  # podman stop's grace period, then SIGKILL
-                if container is not None:
-                    container.kill()
 
             tg.start_soon(relay)
             try:
-                async with Container(spec) as container:
+                async with container:
+                    for signum in pending:
+                        forward(signum, tg)
                     status = await container.wait()
                 result["code"] = status.code
             except AiocontainError as exc:

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -21,6 +21,8 @@ from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.stages import wait as wait_stage
 
 TEARDOWN_TIMEOUT = 15.0
+
+State = Literal["created", "setting-up", "released", "running", "exited"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,18 @@ class Container:
     def pid(self) -> int | None:
         """Host PID of the container's PID 1."""
         return self._ctx.init_pid if self._ctx else None
+
+    @property
+    def state(self) -> State:
+        """created -> setting-up -> released (the command is being executed) -> running -> exited."""
+        ctx = self._ctx
+        if self._status is not None:
+            return "exited"
+        if ctx is None:
+            return "created"
+        if ctx.started:
+            return "running"
+        return "released" if ctx.released else "setting-up"
 
     @property
     def network(self) -> dict[str, Any]:

@@ -141,5 +141,11 @@ def leftovers() -> dict[str, object]:
     return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs), "mounts": mounts}
 
 
-def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+def open_fds() -> dict[int, str]:
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the fd listdir itself used
+    return found

@@ -138,3 +138,12 @@ async def test_cancellation_during_set_up_leaves_nothing(rootfs, delay):
             await container.wait()
     assert leftovers() == before
     assert open_fds() == fds
+
+
+async def test_state_follows_the_lifecycle(rootfs):
+    container = Container(spec(rootfs, "true", network=NetworkMode.NONE))
+    assert container.state == "created"
+    async with container:
+        assert container.state in ("running", "exited")
+        await container.wait()
+        assert container.state == "exited"

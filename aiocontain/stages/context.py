@@ -44,9 +44,12 @@ class StageContext:
     netlink: socket.socket | None = None
     network: dict[str, Any] = field(default_factory=dict)
     failure: AiocontainError | None = None
+    released: bool = False
+    started: bool = False
     stopping: bool = False
     _inbox: Any = None
     _outbox: Any = None
+    _drained: bool = False
 
     def __post_init__(self) -> None:
         self._outbox, self._inbox = anyio.create_memory_object_stream[tuple[Message | None, list[int]]](math.inf)
@@ -70,13 +73,24 @@ class StageContext:
                     continue
                 except OSError:
                     item = (None, [])
-                if item[0] is None:
-                    for fd in item[1]:
-                        os.close(fd)
-                    return
-                await self._outbox.send(item)
+                if item[0] is None or self._drained:
+                    _close_all(item[1])  # nobody will ever receive these fds
+                    if item[0] is None:
+                        return
+                    continue
+                self._outbox.send_nowait(item)  # no checkpoint: cancellation cannot drop it, fds and all
         finally:
             self._outbox.close()
+
+    def drain(self) -> None:
+        """Teardown: close the fds of messages nobody received (a Ready whose set-up was cancelled)."""
+        self._drained = True
+        while True:
+            try:
+                _message, fds = self._inbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            _close_all(fds)
 
     def fail(self, error: AiocontainError) -> None:
         """A helper failed: remember the first error, stop set-up and kill the container."""
@@ -94,3 +108,8 @@ class StageContext:
         except (ProcessLookupError, OSError):
             return False
         return True
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

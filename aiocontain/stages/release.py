@@ -21,9 +21,11 @@ async def run(ctx: StageContext) -> None:
     if ctx.spec.terminal_foreground:
         _hand_terminal_to(ctx)
     messages.send(ctx.control, Release())
+    ctx.released = True
     ctx.log.debug(events.RELEASED, pid=ctx.init_pid)
     message, _ = await ctx.receive()
     if isinstance(message, Started):
+        ctx.started = True
         ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
         return
     if isinstance(message, Failed):

@@ -58,6 +58,7 @@ async def run(ctx: StageContext) -> None:
         )
     finally:
         child.close()
+    ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
     ctx.stack.push_async_callback(_stop_child, ctx)
     parent.setblocking(False)
     ctx.tg.start_soon(ctx.read_control)
