@@ -6,6 +6,7 @@ import signal
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -97,6 +98,8 @@ class Container:
         return getattr(process, name, None)
 
     async def __aenter__(self) -> Container:
+        if self._ctx is not None or self._stack is not None:
+            raise RuntimeError("a Container runs once: make a new one for the next run")
         from aiocontain import rootfs as rootfs_module
         from aiocontain.elf import check_arch
 
@@ -119,7 +122,7 @@ class Container:
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
-                    await events.timed_stage(self.log, stage, lambda body=body: body(ctx))  # type: ignore[misc]
+                    await events.timed_stage(self.log, stage, partial(body, ctx))
             if ctx.failure is not None:
                 raise ctx.failure
             if ctx.setup_scope.cancelled_caught:

@@ -131,7 +131,7 @@ def leftovers() -> dict[str, object]:
         if cmdline and cmdline[0].endswith(b"slirp4netns"):
             slirps.append(int(entry.name))
         if int(fields.get("PPid", "0")) == os.getpid():
-            children.append(int(entry.name))
+            children.append((int(entry.name), fields.get("State", "").strip(), b" ".join(cmdline).decode()[:80]))
     dirs: list[str] = []
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):

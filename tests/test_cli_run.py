@@ -326,3 +326,17 @@ def test_id_maps_use_subordinate_ids_when_the_user_has_them(cli):
         assert result.stdout.splitlines()[-1] == "1000:1000"  # a second user exists inside
     else:
         assert maps == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]
+
+
+def test_net_none_has_loopback_up_only(cli):
+    result = cli("--net", "none", "--", "/bin/sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/flags")
+    assert result.code == 0, result.stderr
+    *interfaces, flags = result.stdout.split()
+    assert interfaces == ["lo"]
+    assert int(flags, 16) & 0x1  # IFF_UP
+
+
+def test_net_host_shares_the_hosts_interfaces(cli):
+    result = cli("--net", "host", "--", "ls", "/sys/class/net")
+    assert result.code == 0, result.stderr
+    assert sorted(result.stdout.split()) == sorted(os.listdir("/sys/class/net"))

@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from aiocontain import processes
 from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
@@ -63,7 +64,7 @@ class Slirp4netns:
             argv.append("--disable-host-loopback")
         argv += [str(ctx.process.pid), TAP]
         try:
-            process = await anyio.open_process(
+            process = await processes.spawn(
                 argv, pass_fds=(exit_r,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
             )
         except BaseException:

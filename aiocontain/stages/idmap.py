@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import subids
+from aiocontain import processes, subids
 from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
@@ -40,10 +40,10 @@ async def run(ctx: StageContext) -> None:
 
 async def _helper(tool: str, pid: int, outside: int, extra: tuple[int, int]) -> None:
     argv = [tool, str(pid), "0", str(outside), "1", "1", str(extra[0]), str(extra[1])]
-    result = await anyio.run_process(argv, check=False, stdin=None)
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
+    code, stderr = await processes.run(argv)
+    if code != 0:
+        detail = stderr.decode(errors="replace").strip().splitlines()
         raise AiocontainError(
-            f"{os.path.basename(tool)} failed: {detail[-1] if detail else f'exit status {result.returncode}'}",
+            f"{os.path.basename(tool)} failed: {detail[-1] if detail else f'exit status {code}'}",
             fix="check the user's ranges in /etc/subuid and /etc/subgid (aiocontain doctor)",
         )

@@ -22,7 +22,7 @@ async def run(ctx: StageContext) -> None:
         _hand_terminal_to(ctx)
     messages.send(ctx.control, Release())
     ctx.released = True
-    ctx.log.debug(events.RELEASED, pid=ctx.init_pid)
+    ctx.log.info(events.RELEASED, pid=ctx.init_pid)
     message, _ = await ctx.receive()
     if isinstance(message, Started):
         ctx.started = True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import messages
+from aiocontain import messages, processes
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config, Failed, Ready
 from aiocontain.stages.context import StageContext
@@ -49,7 +49,7 @@ async def run(ctx: StageContext) -> None:
     )
     messages.send(parent, config)  # waits in the socket buffer until the child reads it
     try:
-        ctx.process = await anyio.open_process(
+        ctx.process = await processes.spawn(
             [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
             pass_fds=(child.fileno(),),
             stdin=spec.stdin,
