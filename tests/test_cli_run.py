@@ -167,10 +167,13 @@ def _started(proc, marker="ready"):
     assert line.strip() == marker, proc.stderr.read() if proc.poll() is not None else line
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 42), (signal.SIGINT, 43), (signal.SIGHUP, 44)])
-def test_signals_are_forwarded(rootfs, signum, code):
+def test_signals_are_forwarded(rootfs, signum, code, backend):
     proc = _start(
         rootfs,
+        "--backend",
+        backend,
         "--",
         "/bin/sh",
         "-c",
@@ -340,3 +343,34 @@ def test_net_host_shares_the_hosts_interfaces(cli):
     result = cli("--net", "host", "--", "ls", "/sys/class/net")
     assert result.code == 0, result.stderr
     assert sorted(result.stdout.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
+    proc = subprocess.Popen(
+        cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    _started(proc)
+    children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)}
+    (intermediate,) = [pid for pid, cmdline in children.items() if b"aiocontain.child" in cmdline]
+    (slirp,) = [pid for pid, cmdline in children.items() if cmdline.split(b"\0")[0].endswith(b"slirp4netns")]
+    (init,) = _children(intermediate)
+    pidfds = [os.pidfd_open(pid) for pid in (intermediate, init, slirp)]
+    proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
+    proc.wait()
+    try:
+        import select
+
+        for pidfd in pidfds:  # a pidfd becomes readable when its process exits: no polling
+            assert select.select([pidfd], [], [], 10)[0] == [pidfd]
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_exit_code_under_each_backend(cli, backend):
+    assert cli("--backend", backend, "--", "/bin/sh", "-c", "exit 12").code == 12
