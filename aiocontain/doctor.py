@@ -7,6 +7,7 @@ Stdlib-only: the CLI imports it lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pwd
@@ -42,7 +43,7 @@ class Check:
     ok: bool
     detail: str
     fix: str | None
-    required: bool = True
+    required: bool = True  # False: a failure only narrows what containers can do
 
 
 def _user() -> str:
@@ -242,12 +243,16 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
     """Run every host check, in the order a user should fix them."""
     if is_default is None:
         is_default = rootfs == default_rootfs()
-    return [
-        _safely("user namespaces", check_userns),
+    # Without the id-map tools or subordinate ids, the idmap stage falls back to mapping uid 0 alone.
+    id_maps = [
         _safely("newuidmap", lambda: check_id_map_tool("newuidmap")),
         _safely("newgidmap", lambda: check_id_map_tool("newgidmap")),
         _safely("subuid", lambda: check_subids("subuid", SUBUID_PATH)),
         _safely("subgid", lambda: check_subids("subgid", SUBGID_PATH)),
+    ]
+    return [
+        _safely("user namespaces", check_userns),
+        *(dataclasses.replace(check, required=False) for check in id_maps),
         _safely("slirp4netns", check_slirp4netns),
         _safely("tun", check_tun),
         _safely("cgroup v2", check_cgroup),
