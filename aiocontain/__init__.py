@@ -12,6 +12,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not from typing: the child imports this package on the start-up hot path
 
+__version__ = "0.1.0"
+
 __all__ = [
     "AiocontainError",
     "CommandNotExecutable",

@@ -24,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aiocontain", description="Rootless Linux containers, as an async Python toolkit.")
+    from aiocontain import __version__
+
+    parser.add_argument("--version", action="version", version=f"aiocontain {__version__}")
     commands = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a command in a new container")

@@ -106,7 +106,7 @@ class Container:
         spec = self.spec
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
-        check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"])
+        check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
         driver = driver_for(spec)
         driver.check()
 
