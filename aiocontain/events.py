@@ -32,7 +32,19 @@ Logger = Any  # structlog's BoundLogger is a protocol-like proxy; keep the publi
 
 
 def logger(**context: Any) -> Logger:
-    return structlog.get_logger("aiocontain").bind(**context)
+    """The container's event logger.
+
+    Until the application configures structlog, events go to stderr at warning
+    level and above, not to structlog's default of everything on stdout: a
+    container's stdout belongs to the container and the embedding program.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger("aiocontain").bind(**context)
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    ).bind(**context)
 
 
 def configure(log_format: str = "console", level: str = "warning", stream: TextIO | None = None) -> None:

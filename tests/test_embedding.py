@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -147,3 +148,16 @@ async def test_state_follows_the_lifecycle(rootfs):
         assert container.state in ("running", "exited")
         await container.wait()
         assert container.state == "exited"
+
+
+def test_unconfigured_structlog_keeps_stdout_clean(rootfs):
+    # a fresh interpreter in which nobody configured structlog: info events must not reach stdout
+    code = (
+        "import anyio, aiocontain\n"
+        f"spec = aiocontain.ContainerSpec(['/bin/sh', '-c', 'echo out'], rootfs={str(rootfs)!r})\n"
+        "print(anyio.run(aiocontain.run, spec).code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["out", "0"]
+    assert "stage.started" not in proc.stdout + proc.stderr
