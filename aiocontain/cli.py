@@ -78,6 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug still ends in one line (the traceback with --log-level debug)
+        if getattr(args, "log_level", None) == "debug":
+            import traceback
+
+            traceback.print_exc()
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # task groups wrap what they raise
+        print(
+            f"aiocontain: unexpected error: {type(exc).__name__}: {exc} (this is a bug; --log-level debug shows where)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:

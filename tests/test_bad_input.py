@@ -124,3 +124,8 @@ def test_error_leaves_no_runtime_dir(rootfs):
     result = run("--rootfs", str(rootfs), "--net", "none", "missing-cmd")
     assert_one_line_error(result, "missing-cmd: command not found", code=127)
     assert {p.name for p in Path("/tmp").iterdir() if p.name.startswith("aiocontain-")} == before
+
+
+def test_oversized_environment_is_refused_in_one_line(rootfs):
+    big = ["-e" + f"BIG{i}=" + "x" * 100_000 for i in range(3)]  # each argument under exec's 128 KiB limit
+    assert_one_line_error(run("--rootfs", str(rootfs), *big, "true"), "too large")

@@ -346,6 +346,7 @@ def test_net_host_shares_the_hosts_interfaces(cli):
 
 
 def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
+    before = leftovers()
     proc = subprocess.Popen(
         cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60"),
         stdin=subprocess.DEVNULL,
@@ -369,6 +370,7 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
     finally:
         for pidfd in pidfds:
             os.close(pidfd)
+    assert leftovers() == before  # not even the runtime directory: it goes as soon as the command runs
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 
 from aiocontain import events, messages
@@ -26,6 +27,10 @@ async def run(ctx: StageContext) -> None:
     message, _ = await ctx.receive()
     if isinstance(message, Started):
         ctx.started = True
+        if ctx.runtime_dir is not None:
+            # The container's /etc files are bind-mounted by now and live on without their host path:
+            # removing it early means even a SIGKILLed aiocontain leaves nothing behind.
+            shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
         ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
         return
     if isinstance(message, Failed):

@@ -8,6 +8,7 @@ the netlink socket it opened inside the new network namespace.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import socket
@@ -47,7 +48,17 @@ async def run(ctx: StageContext) -> None:
         init=spec.init,
         own_process_group=spec.terminal_foreground,
     )
-    messages.send(parent, config)  # waits in the socket buffer until the child reads it
+    try:
+        messages.send(parent, config)  # waits in the socket buffer until the child reads it
+    except OSError as exc:
+        child.close()
+        if exc.errno != errno.EMSGSIZE:
+            raise
+        size = len(messages.encode(config))
+        raise AiocontainError(
+            f"the command, environment and options are too large ({size} bytes)",
+            fix="pass large data through a file in the rootfs instead of -e or arguments",
+        ) from None
     try:
         ctx.process = await processes.spawn(
             [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
