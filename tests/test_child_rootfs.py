@@ -1,0 +1,115 @@
+"""The mount plan of the container's root, with the syscall boundary doubled (no privileges needed)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from aiocontain import syscalls
+from aiocontain.child import rootfs
+from aiocontain.messages import Config
+
+
+class RecordingSyscalls:
+    """Stands in for aiocontain.syscalls: same constants, calls recorded instead of made."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        for name in dir(syscalls):
+            if name.isupper():
+                setattr(self, name, getattr(syscalls, name))
+
+    def mount(self, source, target, fstype, flags=0, data=None):
+        self.calls.append(("mount", source, target, fstype, flags, data))
+
+    def umount2(self, target, flags=0):
+        self.calls.append(("umount2", target, flags))
+
+    def pivot_root(self, new_root, put_old):
+        self.calls.append(("pivot_root", new_root, put_old, os.getcwd()))
+
+
+@pytest.fixture
+def plan(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    for name in ("hosts", "hostname", "resolv.conf"):
+        (runtime / name).write_text(name)
+    fake = RecordingSyscalls()
+    monkeypatch.setattr(rootfs, "sc", fake)
+    chdirs: list[str] = []
+    monkeypatch.setattr(rootfs.os, "chdir", chdirs.append)
+
+    def build() -> list[tuple[object, ...]]:
+        config = Config(
+            rootfs=str(root),
+            argv=["true"],
+            env={},
+            workdir="/",
+            hostname="h",
+            unshare_net=True,
+            want_netlink=False,
+            etc_files={name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")},
+        )
+        rootfs.build(config)
+        return fake.calls
+
+    return root, build, chdirs
+
+
+def mounts_at(calls, target):
+    return [call for call in calls if call[0] == "mount" and call[2] == target]
+
+
+def test_mount_plan(plan):
+    root, build, chdirs = plan
+    calls = build()
+    r = str(root)
+    sc = syscalls
+    # first: nothing propagates to the host; then the rootfs becomes a mount point of its own
+    assert calls[0] == ("mount", None, "/", None, sc.MS_REC | sc.MS_PRIVATE, None)
+    assert calls[1] == ("mount", r, r, None, sc.MS_BIND | sc.MS_REC, None)
+    assert mounts_at(calls, f"{r}/proc") == [
+        ("mount", "proc", f"{r}/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None)
+    ]
+    (sysfs,) = mounts_at(calls, f"{r}/sys")
+    assert sysfs[3] == "sysfs" and sysfs[4] & sc.MS_RDONLY
+    (tmp,) = mounts_at(calls, f"{r}/tmp")
+    assert tmp[3] == "tmpfs" and "mode=1777" in tmp[5]
+    for device in ("null", "zero", "full", "random", "urandom", "tty"):
+        assert mounts_at(calls, f"{r}/dev/{device}") == [
+            ("mount", f"/dev/{device}", f"{r}/dev/{device}", None, sc.MS_BIND, None)
+        ]
+    (devpts,) = mounts_at(calls, f"{r}/dev/pts")
+    assert devpts[3] == "devpts" and "newinstance" in devpts[5] and "ptmxmode=0666" in devpts[5]
+    assert os.readlink(root / "dev" / "ptmx") == "pts/ptmx"
+    assert mounts_at(calls, f"{r}/dev/shm")[0][3] == "tmpfs"
+    for name in ("hosts", "hostname", "resolv.conf"):
+        (bind,) = mounts_at(calls, f"{r}/etc/{name}")
+        assert bind[4] == sc.MS_BIND and (root / "etc" / name).is_file()
+    # pivot_root into the new root, then detach the old one: no way back to the host's tree
+    assert calls[-2][:3] == ("pivot_root", ".", ".")
+    assert calls[-1] == ("umount2", ".", sc.MNT_DETACH)
+    assert chdirs == [r, "/"]
+
+
+def test_a_symlinked_etc_file_is_replaced_not_followed(plan, tmp_path):
+    root, build, _ = plan
+    host_file = tmp_path / "host-secret"
+    host_file.write_text("host")
+    (root / "etc" / "resolv.conf").symlink_to(host_file)
+    calls = build()
+    (bind,) = mounts_at(calls, f"{root}/etc/resolv.conf")
+    assert not (root / "etc" / "resolv.conf").is_symlink()
+    assert host_file.read_text() == "host"
+    assert bind[2] == f"{root}/etc/resolv.conf"
+
+
+def test_a_symlinked_mount_point_is_refused(plan, tmp_path):
+    root, build, _ = plan
+    (root / "proc").symlink_to(tmp_path)  # would mount the container's /proc over a host directory
+    with pytest.raises(OSError, match="proc in the root filesystem is a symlink"):
+        build()
