@@ -100,10 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
+        if not key:
+            raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
         if not sep:
             if key not in os.environ:
-                raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
-            value = os.environ[key]  # podman: -e KEY passes the host's value on
+                continue  # podman and docker: -e KEY of an unset variable sets nothing
+            value = os.environ[key]  # -e KEY passes the host's value on
         env[key] = value
     spec = ContainerSpec(
         command=command,

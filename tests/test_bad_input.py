@@ -62,7 +62,7 @@ def test_empty_default_rootfs_names_the_command_that_fills_it(tmp_path):
         (["--hostname", "bad_host!"], "invalid hostname"),
         (["--name", "bad/name"], "invalid container name"),
         (["-w", "relative/dir"], "invalid working directory"),
-        (["-e", "AIOCONTAIN_SURELY_UNSET_VAR"], "invalid --env"),
+        (["-e", "=x"], "invalid --env"),
         (["--stop-timeout", "-1"], "invalid stop timeout"),
     ],
 )

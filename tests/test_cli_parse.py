@@ -207,14 +207,17 @@ def test_later_env_wins(fake_run: FakeRun) -> None:
     assert fake_run.spec.env == {"K": "2"}
 
 
-def test_env_key_missing_on_the_host_is_an_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fake_run: FakeRun
-) -> None:
+def test_env_key_missing_on_the_host_sets_nothing(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun) -> None:
     monkeypatch.delenv("AIOCONTAIN_TEST_NOT_SET", raising=False)
-    assert cli.main(["run", "-e", "AIOCONTAIN_TEST_NOT_SET", "true"]) == 125
+    assert cli.main(["run", "-e", "AIOCONTAIN_TEST_NOT_SET", "-e", "K=v", "true"]) == 0  # as podman and docker do
+    assert fake_run.spec.env == {"K": "v"}
+
+
+def test_env_without_a_name_is_an_error(capsys: pytest.CaptureFixture[str], fake_run: FakeRun) -> None:
+    assert cli.main(["run", "-e", "=value", "true"]) == 125
     err = capsys.readouterr().err
     assert err.splitlines() == [err.strip()]
-    assert err.startswith("aiocontain: invalid --env 'AIOCONTAIN_TEST_NOT_SET'")
+    assert err.startswith("aiocontain: invalid --env '=value'")
     assert fake_run.calls == []
 
 
@@ -228,7 +231,7 @@ def test_env_key_missing_on_the_host_is_an_error(
         (["run", "--name", "bad name", "true"], "invalid container name"),
         (["run", "--hostname=-x", "true"], "invalid hostname"),
         (["run", "-w", "relative", "true"], "invalid working directory"),
-        (["run", "-e", "=v", "true"], "invalid environment variable name"),
+        (["run", "-e", "=v", "true"], "invalid --env"),
         (["run", "--stop-timeout", "-1", "true"], "invalid stop timeout"),
         (["run", "--stop-timeout", "nan", "true"], "invalid stop timeout"),
     ],
