@@ -131,14 +131,17 @@ async def test_many_containers_concurrently(rootfs):
 
 
 @pytest.mark.parametrize("delay", [0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25])
-async def test_cancellation_during_set_up_leaves_nothing(rootfs, delay):
+async def test_cancellation_during_set_up_leaves_nothing(rootfs, delay, tmp_path):
     # the delays land in different stages (spawn, idmap, network, tap, release) from run to run
     before, fds = leftovers(), open_fds()
-    with anyio.move_on_after(delay):
-        async with Container(spec(rootfs, "sleep", "60")) as container:
-            await container.wait()
-    assert leftovers() == before
-    assert open_fds() == fds
+    with (tmp_path / "stderr").open("w") as stderr:
+        with anyio.move_on_after(delay):
+            async with Container(spec(rootfs, "sleep", "60", stderr=stderr)) as container:
+                await container.wait()
+        assert leftovers() == before
+        assert open_fds() == {**fds, stderr.fileno(): str(tmp_path / "stderr")}
+    # the container's side leaves quietly too: no traceback on the stderr it shares with the command
+    assert (tmp_path / "stderr").read_text() == ""
 
 
 async def test_state_follows_the_lifecycle(rootfs):

@@ -35,7 +35,10 @@ _NAMESPACES = (
 
 def main(fd: int) -> NoReturn:
     sock = socket.socket(fileno=fd)
-    config, _ = messages.recv(sock)
+    try:
+        config, _ = messages.recv(sock)
+    except OSError:
+        config = None  # the runtime went away before we started
     if not isinstance(config, Config):
         os._exit(125)
     try:
@@ -45,7 +48,7 @@ def main(fd: int) -> NoReturn:
             netdev.bring_up("lo")
         netlink = netdev.open_netlink() if config.want_netlink else None
     except OSError as exc:
-        messages.send(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
+        _send_or_exit(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
         os._exit(125)
 
     release_r, release_w = os.pipe()
@@ -66,7 +69,7 @@ def main(fd: int) -> NoReturn:
         except OSError:
             pass
     pidfd = os.pidfd_open(pid)
-    messages.send(sock, Ready(init_pid=pid), [netlink.fileno()] if netlink is not None else None)
+    _send_or_exit(sock, Ready(init_pid=pid), [netlink.fileno()] if netlink is not None else None, pid, pidfd)
     if netlink is not None:
         netlink.close()
     _relay(sock, pid, pidfd, release_w, report_r)
@@ -81,7 +84,10 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
         # The exit is handled last so that a failure report is never lost to it.
         for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == pidfd):
             if fd == sock.fileno():
-                message, _ = messages.recv(sock)
+                try:
+                    message, _ = messages.recv(sock)
+                except OSError:
+                    message = None
                 if message is None:
                     _kill_and_exit(pid, pidfd)
                 if isinstance(message, Release) and release_w >= 0:
@@ -92,11 +98,11 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                 report = os.read(report_r, messages.MAX_MESSAGE)
                 if report:
                     failed = True
-                    _send_or_die(sock, pid, pidfd, raw=report)
+                    _send_or_exit(sock, report, None, pid, pidfd)  # already encoded by the init
                 else:
                     poller.unregister(report_r)
                     if not failed and release_w < 0:
-                        _send_or_die(sock, pid, pidfd, Started())
+                        _send_or_exit(sock, Started(), None, pid, pidfd)
             elif fd == pidfd:
                 _, status = os.waitpid(pid, 0)
                 signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
@@ -104,19 +110,24 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                 try:
                     messages.send(sock, Exited(code=None if signum else code, signal=signum))
                 except OSError:
-                    pass  # the runtime has gone; the exit code still tells
+                    pass  # the runtime has gone; our exit code still tells
                 os._exit(code)
 
 
-def _send_or_die(sock: socket.socket, pid: int, pidfd: int, message: Message | None = None, raw: bytes = b"") -> None:
-    """Send upward; if the runtime is gone, nobody may be left running in the container."""
+def _send_or_exit(
+    sock: socket.socket, message: Message | bytes, fds: list[int] | None = None, pid: int = 0, pidfd: int = -1
+) -> None:
+    """Send upward. If the runtime is gone (a cancelled set-up), leave quietly, never with a traceback
+    on the container's stderr, and take the container's init, if there is one, along."""
     try:
-        if message is not None:
-            messages.send(sock, message)
+        if isinstance(message, bytes):
+            sock.send(message)
         else:
-            sock.send(raw)
+            messages.send(sock, message, fds)
     except OSError:
-        _kill_and_exit(pid, pidfd)
+        if pid:
+            _kill_and_exit(pid, pidfd)
+        os._exit(125)
 
 
 def _kill_and_exit(pid: int, pidfd: int) -> NoReturn:
