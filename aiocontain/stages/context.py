@@ -105,7 +105,7 @@ class StageContext:
             return False
         try:
             signal.pidfd_send_signal(self.pidfd, signum)
-        except (ProcessLookupError, OSError):
+        except OSError:  # ProcessLookupError: it has exited
             return False
         return True
 

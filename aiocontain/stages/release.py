@@ -64,8 +64,7 @@ def _take_terminal_back() -> None:
     try:
         previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # we are a background group by now
     except ValueError:
-        previous = None  # not the main thread: tcsetpgrp may stop us, so try it only when safe
-        return
+        return  # not the main thread: without ignoring SIGTTOU, tcsetpgrp would stop us
     try:
         os.tcsetpgrp(0, os.getpgrp())
     except OSError:
