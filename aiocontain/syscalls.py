@@ -36,6 +36,10 @@ MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
 
+IN_MODIFY = 0x2
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
 # glibc has no pivot_root wrapper; the number differs per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "i686": 217}
 
@@ -44,6 +48,8 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
 
 def _check(result: int, what: str) -> None:
@@ -82,3 +88,19 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
+    """inotify_init1(2): an fd that becomes readable when a watched file changes (no polling)."""
+    fd: int = _libc.inotify_init1(flags)
+    if fd < 0:
+        _check(-1, "inotify_init1")
+    return fd
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """inotify_add_watch(2); cgroup files such as memory.events and cgroup.events report IN_MODIFY."""
+    wd: int = _libc.inotify_add_watch(fd, _b(path), mask)
+    if wd < 0:
+        _check(-1, f"inotify_add_watch {path}")
+    return wd
