@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiocontain import elf, subids, syscalls
+from aiocontain.cgroups import hierarchy
 from aiocontain.errors import AiocontainError
 from aiocontain.rootfs import check_rootfs, default_rootfs
 
@@ -27,12 +28,8 @@ from aiocontain.rootfs import check_rootfs, default_rootfs
 TUN_PATH = Path("/dev/net/tun")
 SUBUID_PATH = Path("/etc/subuid")
 SUBGID_PATH = Path("/etc/subgid")
-MOUNTINFO_PATH = Path("/proc/self/mountinfo")
-PROC_CGROUP_PATH = Path("/proc/self/cgroup")
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 _SLIRP_MIN = (1, 0)
-_LIMIT_CONTROLLERS = ("memory", "pids", "cpu")
 
 
 @dataclass(frozen=True)
@@ -160,57 +157,37 @@ def check_tun() -> Check:
     return Check("tun", True, f"{TUN_PATH} opens read-write", None)
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _cgroup2_mounts() -> list[tuple[str, str]]:
-    """(mount point, root within the hierarchy) of every cgroup2 mount, from mountinfo (statvfs cannot tell)."""
-    mounts: list[tuple[str, str]] = []
-    for line in MOUNTINFO_PATH.read_text().splitlines():
-        before, _, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if len(fields) >= 5 and tail and tail[0] == "cgroup2":
-            mounts.append((_unescape(fields[4]), _unescape(fields[3])))
-    return mounts
-
-
 def check_cgroup() -> Check:
-    """Resource limits need a delegated cgroup v2 with the memory, pids and cpu controllers; containers run without."""
+    """Resource limits need a delegated cgroup v2 with the memory, pids and cpu controllers; containers run without.
+
+    The same discovery the cgroup stage uses (``aiocontain.cgroups.hierarchy``), so doctor says what run will do.
+    """
     name = "cgroup v2"
-    delegate_fix = "run under a systemd user session with delegation: systemd-run --user --scope -p Delegate=yes ..."
-    v2_fix = "boot with systemd.unified_cgroup_hierarchy=1 (pure cgroup v2), then use systemd Delegate=yes"
-    mounts = _cgroup2_mounts()
-    if not mounts:
-        return Check(name, False, "no cgroup2 mount (cgroup v1 host): resource limits unavailable", v2_fix, False)
-    by_point = dict(mounts)
-    hybrid = CGROUP_ROOT not in by_point  # systemd's hybrid layout mounts cgroup2 at .../unified beside v1
-    point = CGROUP_ROOT if not hybrid else next((p for p in by_point if p == f"{CGROUP_ROOT}/unified"), mounts[0][0])
-    mount_root = by_point[point]
-    path = next(
-        (line[3:] for line in PROC_CGROUP_PATH.read_text().splitlines() if line.startswith("0::")),
-        None,
-    )
-    where = f"cgroup v2 at {point}" + (" (hybrid host)" if hybrid else "")
-    if path is None:
-        return Check(name, False, f"{where}: this process is in no cgroup v2 group", v2_fix, False)
-    if mount_root != "/" and path.startswith(mount_root):
-        path = path[len(mount_root) :]  # the mount shows only a subtree of the hierarchy
-    directory = Path(point) / path.lstrip("/")
-    try:
-        controllers = (directory / "cgroup.controllers").read_text().split()
-    except OSError:
-        controllers = []
-    delegated = os.access(directory, os.W_OK) and os.access(directory / "cgroup.subtree_control", os.W_OK)
-    missing = [c for c in _LIMIT_CONTROLLERS if c not in controllers]
-    detail = f"{where}: cgroup {path}, controllers {' '.join(controllers) or '(none)'}"
-    if not delegated:
-        detail += "; not delegated to this user"
-    if missing or not delegated:
-        unavailable = _LIMIT_CONTROLLERS if not delegated else missing
-        detail += f"; {'/'.join(unavailable)} limits unavailable"
-        return Check(name, False, detail, v2_fix if hybrid else delegate_fix, False)
-    return Check(name, True, detail + ", delegated", None, False)
+    found = hierarchy.mounts()
+    if not found:
+        return Check(
+            name, False, "no cgroup2 mount (cgroup v1 host): resource limits unavailable", hierarchy.FIX_V2, False
+        )
+    if hierarchy.is_hybrid(found):
+        points = ", ".join(str(mount.point) for mount in found)
+        detail = f"cgroup v2 at {points} (hybrid host: memory, pids and cpu are on cgroup v1); limits unavailable"
+        return Check(name, False, detail, hierarchy.FIX_V2, False)
+    own = hierarchy.own_directory(found)
+    mount = hierarchy.mount_of(own, found) if own is not None else None
+    if own is None or mount is None:
+        return Check(name, False, "this process is in no cgroup v2 group; limits unavailable", hierarchy.FIX_V2, False)
+    top = hierarchy.delegation_root(own, mount)
+    where = f"cgroup v2 at {mount.point}"
+    if top is None:
+        detail = f"{where}: own cgroup {own} is not delegated to {_user()}; limits unavailable"
+        return Check(name, False, detail, hierarchy.FIX_SCOPE, False)
+    controllers = hierarchy.controllers_of(top)
+    detail = f"{where}: delegated subtree {top}, controllers {' '.join(controllers) or '(none)'}"
+    missing = [c for c in hierarchy.REPORTED if c not in controllers]
+    if missing:
+        detail += f"; {'/'.join(missing)} limits unavailable"
+        return Check(name, False, detail, hierarchy.fix_delegate("cpu cpuset io memory pids"), False)
+    return Check(name, True, detail, None, False)
 
 
 def check_rootfs_arch(rootfs: Path, *, is_default: bool) -> Check:

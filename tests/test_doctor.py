@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aiocontain import doctor, elf
+from aiocontain.cgroups import hierarchy
 from aiocontain.doctor import Check
 
 EXPECTED = {
@@ -186,8 +187,8 @@ def test_userns_check_reports_the_real_attempt() -> None:
 def fake_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mountinfo: str, group: str) -> None:
     (tmp_path / "mountinfo").write_text(mountinfo)
     (tmp_path / "cgroup").write_text(f"0::{group}\n")
-    monkeypatch.setattr(doctor, "MOUNTINFO_PATH", tmp_path / "mountinfo")
-    monkeypatch.setattr(doctor, "PROC_CGROUP_PATH", tmp_path / "cgroup")
+    monkeypatch.setattr(hierarchy, "MOUNTINFO_PATH", tmp_path / "mountinfo")
+    monkeypatch.setattr(hierarchy, "PROC_CGROUP_PATH", tmp_path / "cgroup")
 
 
 def test_cgroup_hybrid_host_is_an_optional_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,9 +202,9 @@ def test_cgroup_hybrid_host_is_an_optional_failure(tmp_path: Path, monkeypatch: 
     )
     check = doctor.check_cgroup()
     assert not check.ok and not check.required
-    assert "cgroup v2 at /sys/fs/cgroup/unified (hybrid host)" in check.detail
+    assert "cgroup v2 at /sys/fs/cgroup/unified (hybrid host" in check.detail
     assert "limits unavailable" in check.detail
-    assert check.fix is not None and "Delegate=yes" in check.fix
+    assert check.fix is not None and "systemd.unified_cgroup_hierarchy=1" in check.fix
 
 
 def test_cgroup_v1_only_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,20 +213,41 @@ def test_cgroup_v1_only_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert not check.ok and not check.required and "v1" in check.detail
 
 
+def make_group(path: Path, controllers: str = "", procs: str = "") -> Path:
+    """A directory that looks like a cgroup2 group delegated to us (what discovery reads and checks)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cgroup.controllers").write_text(controllers + "\n")
+    (path / "cgroup.subtree_control").write_text("")
+    (path / "cgroup.procs").write_text(procs)
+    return path
+
+
 def test_cgroup_delegated_unified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "cgroupfs"
-    group = root / "user.slice" / "app"
-    group.mkdir(parents=True)
-    (group / "cgroup.subtree_control").write_text("")
-    (group / "cgroup.controllers").write_text("cpu memory pids\n")
-    monkeypatch.setattr(doctor, "CGROUP_ROOT", str(root))
+    group = make_group(root / "user.slice" / "app", "cpu memory pids")
+    monkeypatch.setattr(hierarchy, "CGROUP_ROOT", root)
     fake_cgroup(tmp_path, monkeypatch, f"41 23 0:38 / {root} rw - cgroup2 cgroup2 rw\n", "/user.slice/app")
     check = doctor.check_cgroup()
     assert check.ok, check
-    assert f"cgroup v2 at {root}:" in check.detail and "delegated" in check.detail
-    (group / "cgroup.controllers").write_text("memory pids\n")
+    # user.slice has no cgroup.procs to write: the delegation starts at our own group
+    assert check.detail == f"cgroup v2 at {root}: delegated subtree {group}, controllers cpu memory pids"
+    make_group(root / "user.slice", "memory pids")
     check = doctor.check_cgroup()
-    assert not check.ok and "cpu limits unavailable" in check.detail
+    assert not check.ok and "cpu limits unavailable" in check.detail, check
+    assert f"delegated subtree {root / 'user.slice'}," in check.detail
+    assert check.fix is not None and "Delegate=cpu cpuset io memory pids" in check.fix
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anything: nothing is undelegated")
+def test_cgroup_not_delegated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroupfs"
+    group = make_group(root / "user.slice", "cpu memory pids")
+    monkeypatch.setattr(hierarchy, "CGROUP_ROOT", root)
+    fake_cgroup(tmp_path, monkeypatch, f"41 23 0:38 / {root} rw - cgroup2 cgroup2 rw\n", "/user.slice")
+    (group / "cgroup.procs").chmod(0o444)
+    check = doctor.check_cgroup()
+    assert not check.ok and not check.required
+    assert f"own cgroup {group} is not delegated" in check.detail
     assert check.fix is not None and "Delegate=yes" in check.fix
 
 
