@@ -16,12 +16,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiocontainError",
+    "CgroupsMode",
     "CommandNotExecutable",
     "CommandNotFound",
     "Container",
     "ContainerSpec",
     "ExitStatus",
     "NetworkMode",
+    "ResourceUsage",
     "run",
 ]
 
@@ -34,14 +36,17 @@ _LAZY = {
     "run": "aiocontain.container",
     "ContainerSpec": "aiocontain.spec",
     "NetworkMode": "aiocontain.spec",
+    "CgroupsMode": "aiocontain.spec",
+    "ResourceUsage": "aiocontain.cgroups.leaf",
 }
 
 if TYPE_CHECKING:
     from typing import Any
 
+    from aiocontain.cgroups.leaf import ResourceUsage
     from aiocontain.container import Container, ExitStatus, run
     from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
-    from aiocontain.spec import ContainerSpec, NetworkMode
+    from aiocontain.spec import CgroupsMode, ContainerSpec, NetworkMode
 
 
 def __getattr__(name: str) -> Any:

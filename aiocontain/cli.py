@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
     run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
+    run.add_argument("-m", "--memory", help="memory limit (memory.max), e.g. 2m, 512k, 1g or bytes")
+    run.add_argument("--memory-swap", help="memory plus swap limit (memory.swap.max); -1 for unlimited swap")
+    run.add_argument("--pids-limit", type=int, help="most processes at once (pids.max); -1 for no limit")
+    run.add_argument("--cpus", type=float, help="CPUs the container may use (cpu.max), e.g. 0.5")
+    run.add_argument("--cgroups", default="enabled", choices=["enabled", "disabled"], help="own cgroup or none")
+    run.add_argument("--cgroup-parent", type=Path, help="cgroup2 directory you own to make the container's cgroup in")
     run.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM/SIGINT to SIGKILL")
     run.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     run.add_argument("--log-format", default="console", choices=["console", "json"])
@@ -119,6 +125,12 @@ def _run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         init=args.init,
         stop_timeout=args.stop_timeout,
+        memory=args.memory,
+        memory_swap=args.memory_swap,
+        pids_limit=args.pids_limit,
+        cpus=args.cpus,
+        cgroups=args.cgroups,
+        cgroup_parent=args.cgroup_parent,
         terminal_foreground=_in_terminal_foreground(),
     )
     spec.validate()
@@ -132,6 +144,11 @@ def _run(args: argparse.Namespace) -> int:
     anyio.run(_run_container, spec, result, backend=args.backend)
     if "error" in result:
         raise result["error"]
+    if result.get("oom_killed"):
+        from aiocontain.cgroups import format_size
+
+        limit = f" of {format_size(spec.limits.memory)}" if spec.limits.memory else ""
+        print(f"aiocontain: the container was killed by the OOM killer at its memory limit{limit}", file=sys.stderr)
     return int(result["code"])
 
 
@@ -185,6 +202,7 @@ async def _run_container(spec: Any, result: dict[str, Any]) -> None:
                         forward(signum, tg)
                     status = await container.wait()
                 result["code"] = status.code
+                result["oom_killed"] = status.oom_killed
             except AiocontainError as exc:
                 result["error"] = exc
             tg.cancel_scope.cancel()

@@ -15,10 +15,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from aiocontain import events
+from aiocontain.cgroups import ResourceUsage
 from aiocontain.errors import AiocontainError
 from aiocontain.network import driver_for
-from aiocontain.spec import ContainerSpec
+from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
+from aiocontain.stages import cgroup as cgroup_stage
 from aiocontain.stages import wait as wait_stage
 
 TEARDOWN_TIMEOUT = 15.0
@@ -28,10 +30,16 @@ State = Literal["created", "setting-up", "released", "running", "exited"]
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How the container's command ended. ``code`` follows the shell: 128+N when killed by signal N."""
+    """How the container's command ended. ``code`` follows the shell: 128+N when killed by signal N.
+
+    ``usage`` is read from the container's cgroup when it had one; ``oom_killed``
+    says the OOM killer ended it (SIGKILL, with an OOM kill in its cgroup).
+    """
 
     code: int
     signal: int | None = None
+    usage: ResourceUsage | None = None
+    oom_killed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -77,6 +85,12 @@ class Container:
         return "released" if ctx.released else "setting-up"
 
     @property
+    def cgroup(self) -> Path | None:
+        """The container's own cgroup v2 directory (its limits and usage), None when it has none."""
+        leaf = self._ctx.cgroup if self._ctx else None
+        return leaf.path if leaf is not None else None
+
+    @property
     def network(self) -> dict[str, Any]:
         """What the network driver reported once ready (interface, address, gateway, mtu)."""
         return dict(self._ctx.network) if self._ctx else {}
@@ -109,6 +123,9 @@ class Container:
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
         driver = driver_for(spec)
         driver.check()
+        from aiocontain.cgroups import place
+
+        placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
 
         self._started_at = time.perf_counter()
         tg = self._tg = anyio.create_task_group()
@@ -117,7 +134,13 @@ class Container:
         await stack.__aenter__()
         try:
             ctx = self._ctx = StageContext(
-                spec=spec, rootfs=rootfs.resolve(), log=self.log, tg=tg, stack=stack, driver=driver
+                spec=spec,
+                rootfs=rootfs.resolve(),
+                log=self.log,
+                tg=tg,
+                stack=stack,
+                driver=driver,
+                placement=placement,
             )
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
@@ -170,13 +193,20 @@ class Container:
         ctx = self._require()
         if self._status is None:
             code, signum = await wait_stage.run(ctx)
-            self._status = ExitStatus(code=code, signal=signum)
+            usage = None
+            if ctx.cgroup is not None:
+                usage = ctx.cgroup.usage()
+                cgroup_stage.report_oom(ctx, ctx.cgroup)  # a kill the watcher had no time to see
+            oom_killed = code == 137 and usage is not None and usage.oom_kills > 0
+            self._status = ExitStatus(code=code, signal=signum, usage=usage, oom_killed=oom_killed)
             self.log.info(
                 events.EXITED,
                 pid=ctx.init_pid,
                 exit_code=code,
                 signal=signum,
                 duration_ms=round((time.perf_counter() - self._started_at) * 1000, 3),
+                oom_killed=self._status.oom_killed,
+                **(usage.fields() if usage is not None else {}),
             )
         return self._status
 

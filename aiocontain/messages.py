@@ -51,6 +51,7 @@ class Config(_Message):
         "etc_files",
         "hostname",
         "init",
+        "mount_cgroup",
         "own_process_group",
         "rootfs",
         "unshare_net",
@@ -70,6 +71,7 @@ class Config(_Message):
         etc_files: dict[str, str] | None = None,
         init: bool = False,
         own_process_group: bool = False,
+        mount_cgroup: bool = False,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -81,6 +83,7 @@ class Config(_Message):
         self.etc_files = etc_files or {}
         self.init = init
         self.own_process_group = own_process_group
+        self.mount_cgroup = mount_cgroup
 
 
 class Ready(_Message):
@@ -94,10 +97,16 @@ class Ready(_Message):
 
 
 class Release(_Message):
-    """Parent -> child: the host side is set up; build the root filesystem and exec."""
+    """Parent -> child: the host side is set up; build the root filesystem and exec.
+
+    ``cgroup`` is the container's leaf: the child removes it if the runtime dies.
+    """
 
     kind = "release"
-    __slots__ = ()
+    __slots__ = ("cgroup",)
+
+    def __init__(self, cgroup: str | None = None) -> None:
+        self.cgroup = cgroup
 
 
 class Started(_Message):

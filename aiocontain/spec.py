@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
+from aiocontain.cgroups.limits import Limits
 from aiocontain.errors import AiocontainError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -28,12 +29,24 @@ class NetworkMode(StrEnum):
     HOST = "host"  # the host's network namespace
 
 
+class CgroupsMode(StrEnum):
+    """Whether the container gets a cgroup of its own (podman's --cgroups)."""
+
+    ENABLED = "enabled"  # a leaf when limits are asked for or a cgroup v2 subtree is delegated
+    DISABLED = "disabled"  # never; limits are then refused
+
+
 Stdio = int | IO[Any] | None
 
 
 @dataclass
 class ContainerSpec:
     """A container to run. Only ``command`` is required; the rest has podman's defaults.
+
+    Limits take podman's units: ``memory="2m"`` (or bytes), ``memory_swap``
+    (memory plus swap, -1 unlimited), ``pids_limit`` (-1 unlimited) and ``cpus``.
+    They need a delegated cgroup v2 subtree: the one aiocontain runs in, or
+    ``cgroup_parent`` (a directory of a cgroup2 mount the user owns).
 
     stdin, stdout and stderr are passed to the container's process as for
     ``anyio.open_process`` (None: inherit this process's).
@@ -52,6 +65,12 @@ class ContainerSpec:
     stop_timeout: float = 10.0
     network_timeout: float = 10.0
     terminal_foreground: bool = False
+    memory: int | str | None = None
+    memory_swap: int | str | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+    cgroups: CgroupsMode = CgroupsMode.ENABLED
+    cgroup_parent: Path | None = None
     stdin: Stdio = None
     stdout: Stdio = None
     stderr: Stdio = None
@@ -82,9 +101,19 @@ class ContainerSpec:
                 raise AiocontainError(f"invalid environment variable name {key!r}", fix="use -e KEY=VALUE")
         if not self.workdir.startswith("/"):
             raise AiocontainError(f"invalid working directory {self.workdir!r}", fix="give an absolute path")
+        try:
+            self.cgroups = CgroupsMode(self.cgroups)
+        except ValueError:
+            raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
+        _ = self.limits  # parses, refusing malformed sizes
         for what, value in (("stop timeout", self.stop_timeout), ("network timeout", self.network_timeout)):
             if not value >= 0:
                 raise AiocontainError(f"invalid {what} {value!r}", fix="give a number of seconds >= 0")
+
+    @property
+    def limits(self) -> Limits:
+        """The resource limits, parsed and checked (AiocontainError on a malformed value)."""
+        return Limits.parse(self.memory, self.memory_swap, self.pids_limit, self.cpus)
 
     @property
     def short_id(self) -> str:

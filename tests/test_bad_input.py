@@ -64,6 +64,20 @@ def test_empty_default_rootfs_names_the_command_that_fills_it(tmp_path):
         (["-w", "relative/dir"], "invalid working directory"),
         (["-e", "=x"], "invalid --env"),
         (["--stop-timeout", "-1"], "invalid stop timeout"),
+        (["--memory", "2x"], "invalid --memory '2x'"),
+        (["-m", "0"], "must be more than 0 bytes"),
+        (["--memory=-5m"], "invalid --memory '-5m'"),
+        (["--memory", ""], "invalid --memory ''"),
+        (["--memory-swap", "4m"], "--memory-swap needs --memory"),
+        (["-m", "4m", "--memory-swap", "2m"], "less than --memory"),
+        (["-m", "4m", "--memory-swap", "lots"], "invalid --memory-swap 'lots'"),
+        (["--pids-limit", "-2"], "invalid --pids-limit -2"),
+        (["--pids-limit", "ten"], "invalid int value"),
+        (["--cpus", "0"], "invalid --cpus"),
+        (["--cpus", "1000"], "invalid --cpus"),
+        (["--cgroups", "split"], "invalid choice"),
+        (["--cgroups", "disabled", "-m", "2m"], "--cgroups=disabled"),
+        (["--cgroup-parent", "relative/dir"], "not an absolute path"),
     ],
 )
 def test_invalid_options(rootfs, args, needle):
@@ -129,3 +143,60 @@ def test_error_leaves_no_runtime_dir(rootfs):
 def test_oversized_environment_is_refused_in_one_line(rootfs):
     big = ["-e" + f"BIG{i}=" + "x" * 100_000 for i in range(3)]  # each argument under exec's 128 KiB limit
     assert_one_line_error(run("--rootfs", str(rootfs), *big, "true"), "too large")
+
+
+def cgroup2_tree() -> list[str]:
+    """Every group of every cgroup2 mount: a refused run must not have made one."""
+    from aiocontain.cgroups import hierarchy
+
+    return sorted(root for mount in hierarchy.mounts() for root, _dirs, _files in os.walk(mount.point))
+
+
+def test_limits_on_a_host_without_usable_cgroup_v2_name_cause_and_fix(rootfs):
+    from aiocontain.cgroups import hierarchy
+
+    found = hierarchy.mounts()
+    if not hierarchy.is_hybrid(found):
+        pytest.skip("this host is not hybrid: the VM tier covers limits on cgroup v2")
+    before = cgroup2_tree()
+    result = run("--rootfs", str(rootfs), "--net", "none", "--memory", "2m", "true")
+    assert_one_line_error(result, "hybrid", "cgroup v1", "systemd.unified_cgroup_hierarchy=1", "--cgroups=disabled")
+    assert cgroup2_tree() == before
+
+
+def test_hybrid_host_runs_without_limits_and_without_a_cgroup(rootfs):
+    # No limit asked for: nothing to refuse, and no group is made on the hugetlb-only cgroup2 either.
+    before = cgroup2_tree()
+    result = run("--rootfs", str(rootfs), "--net", "none", "--log-level", "debug", "--log-format", "json", "true")
+    assert result.code == 0, result
+    skipped = [e for e in result.events() if e["event"] == "stage.skipped"]
+    from aiocontain.cgroups import hierarchy
+
+    if hierarchy.is_hybrid(hierarchy.mounts()):
+        assert [e["stage"] for e in skipped if e["stage"] == "cgroup"] == ["cgroup"]
+    assert cgroup2_tree() == before
+
+
+@pytest.mark.parametrize(
+    "parent, needle",
+    [
+        ("/tmp", "not a cgroup v2 directory"),
+        ("/nonexistent/group", "no such directory"),
+        ("/proc/self/cgroup", "no such directory"),
+    ],
+)
+def test_cgroup_parent_that_is_not_a_cgroup2_directory(rootfs, parent, needle):
+    assert_one_line_error(run("--rootfs", str(rootfs), "--cgroup-parent", parent, "-m", "2m", "true"), parent, needle)
+
+
+def test_cgroup_parent_not_writable(rootfs):
+    from aiocontain.cgroups import hierarchy
+
+    found = hierarchy.mounts()
+    if not found or os.geteuid() == 0:
+        pytest.skip("needs a cgroup2 mount that this user does not own")
+    before = cgroup2_tree()
+    point = str(found[0].point)
+    result = run("--rootfs", str(rootfs), "--cgroup-parent", point, "-m", "2m", "true")
+    assert_one_line_error(result, f"--cgroup-parent {point}: not writable by", "sudo chown")
+    assert cgroup2_tree() == before

@@ -43,6 +43,8 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         if os.read(release_r, 1) != b"R":
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
+        # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         _become_root()
         rootfs.build(config)
         env = dict(config.env)

@@ -6,7 +6,8 @@ the control socket. It reads the Config, unshares the namespaces, forks the init
 netlink socket. From then on it is a relay: Release goes down to the init,
 failures and the exec come up, and the init's exit status is sent as Exited and
 becomes its own exit code. If the runtime goes away (the control socket reaches
-end of stream) it kills the init, and with it the whole PID namespace.
+end of stream) it kills the init, and with it the whole PID namespace, and
+removes the container's cgroup that the runtime can no longer remove.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import select
 import signal
 import socket
+import time
 
 from aiocontain import messages, syscalls
 from aiocontain.child import init, netdev
@@ -23,6 +25,11 @@ from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release,
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
     from typing import NoReturn
+
+_EMPTY_TIMEOUT = 5.0
+# The container's leaf, once the Release named it: (fd of its parent directory, its name). An fd, because the
+# init's pivot_root moves our root too (we share its mount namespace): the host path is unreachable afterwards.
+_cgroup: tuple[int, str] | None = None
 
 _NAMESPACES = (
     syscalls.CLONE_NEWUSER
@@ -76,6 +83,7 @@ def main(fd: int) -> NoReturn:
 
 
 def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: int) -> NoReturn:
+    global _cgroup  # read by _kill_and_exit, which every exit path reaches
     poller = select.poll()
     for fd in (sock.fileno(), report_r, pidfd):
         poller.register(fd, select.POLLIN)
@@ -89,8 +97,14 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                 except OSError:
                     message = None
                 if message is None:
-                    _kill_and_exit(pid, pidfd)
+                    _kill_and_exit(pid, pidfd, cleanup=True)
                 if isinstance(message, Release) and release_w >= 0:
+                    if message.cgroup:
+                        parent, name = os.path.split(message.cgroup)
+                        try:
+                            _cgroup = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
+                        except OSError:
+                            pass  # the runtime removes it, as on every path where it lives
                     os.write(release_w, b"R")
                     os.close(release_w)
                     release_w = -1
@@ -126,14 +140,44 @@ def _send_or_exit(
             messages.send(sock, message, fds)
     except OSError:
         if pid:
-            _kill_and_exit(pid, pidfd)
+            _kill_and_exit(pid, pidfd, cleanup=True)
         os._exit(125)
 
 
-def _kill_and_exit(pid: int, pidfd: int) -> NoReturn:
+def _kill_and_exit(pid: int, pidfd: int, cleanup: bool = False) -> NoReturn:
+    """The runtime is gone: kill the container and, with cleanup, remove its cgroup too."""
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except OSError:
         pass
     os.waitpid(pid, 0)
+    if cleanup and _cgroup:
+        _remove_cgroup(*_cgroup)
     os._exit(137)
+
+
+def _remove_cgroup(parent: int, name: str) -> None:
+    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir."""
+    try:
+        kill = os.open(name + "/cgroup.kill", os.O_WRONLY, dir_fd=parent)
+        try:
+            os.write(kill, b"1")
+        finally:
+            os.close(kill)
+        events = os.open(name + "/cgroup.events", os.O_RDONLY, dir_fd=parent)
+    except OSError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(events, select.POLLPRI)
+        deadline = time.monotonic() + _EMPTY_TIMEOUT
+        while b"populated 1" in os.pread(events, 4096, 0):
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                break
+    finally:
+        os.close(events)
+    try:
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        pass

@@ -29,6 +29,10 @@ def build(config: Config) -> None:
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _mount_sys(_target_dir(root, "sys"))
+    if config.mount_cgroup:
+        # The container's own cgroup (the root of its cgroup namespace) with its limits, read-only as in podman.
+        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        sc.mount("cgroup2", os.path.join(root, "sys/fs/cgroup"), "cgroup2", flags)
     _mount_dev(_target_dir(root, "dev"))
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():

@@ -1,15 +1,66 @@
-"""Stage 3, cgroup: put the container in a cgroup v2 leaf with its limits.
+"""Stage 3, cgroup: put the container's PID 1 in a cgroup v2 leaf of its own, with its limits.
 
-Resource limits are not part of the spec yet, so the stage always reports
-itself skipped; it keeps its place in the pipeline so that events and plugins
-see the same stages now as once limits exist.
+Before the release, so the command is limited from its first instruction.
+Where the leaf goes was decided before anything started
+(``aiocontain.cgroups.hierarchy.place``); without a usable delegation and
+without limits asked for, the stage is skipped. While the container runs, an
+inotify watch on memory.events reports each OOM kill as it happens; teardown
+kills what is left (cgroup.kill) and removes the leaf.
 """
 
 from __future__ import annotations
 
+import anyio
+from anyio.abc import TaskStatus
+
+from aiocontain import events
+from aiocontain.cgroups import Leaf, format_size
+from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> bool:
-    ctx.log.debug("cgroup.skipped", reason="no resource limit requested")
-    return False
+    placement = ctx.placement
+    if placement is None:
+        ctx.log.debug("cgroup.skipped", reason="no cgroup v2 delegation and no limit asked for")
+        return False
+    assert ctx.init_pid is not None
+    limits = ctx.spec.limits
+    try:
+        leaf = Leaf.create(placement, ctx.spec.short_id, limits)
+    except OSError as exc:
+        raise AiocontainError(f"cannot create the container's cgroup in {placement.parent}: {exc.strerror}") from None
+    ctx.cgroup = leaf
+    ctx.stack.push_async_callback(leaf.remove)
+    try:
+        leaf.add(ctx.init_pid)
+    except OSError as exc:
+        raise AiocontainError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
+    ctx.log.debug("cgroup.created", path=str(leaf.path), controllers=list(placement.controllers), **limits.describe())
+    if "memory" in placement.controllers:
+        scope = anyio.CancelScope()
+        await ctx.tg.start(_watch_oom, ctx, leaf, scope)
+        ctx.stack.callback(scope.cancel)
+    return True
+
+
+async def _watch_oom(ctx: StageContext, leaf: Leaf, scope: anyio.CancelScope, *, task_status: TaskStatus[None]) -> None:
+    with scope, leaf.watch_memory_events() as watch:
+        task_status.started()
+        while True:
+            await watch.changed()
+            report_oom(ctx, leaf)
+
+
+def report_oom(ctx: StageContext, leaf: Leaf) -> None:
+    """Emit container.oom for kills not reported yet (the watcher's, or ones read at exit)."""
+    new = leaf.new_oom_kills()
+    if new:
+        memory = leaf.limits.memory
+        ctx.log.warning(
+            events.OOM,
+            pid=ctx.init_pid,
+            oom_kills=leaf.oom_reported,
+            memory_limit=memory,
+            limit=format_size(memory) if memory is not None else None,
+        )

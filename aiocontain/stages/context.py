@@ -21,6 +21,7 @@ from aiocontain.messages import Message
 from aiocontain.spec import ContainerSpec
 
 if TYPE_CHECKING:
+    from aiocontain.cgroups import Leaf, Placement
     from aiocontain.network import NetworkDriver
 
 
@@ -35,6 +36,8 @@ class StageContext:
     tg: TaskGroup
     stack: AsyncExitStack
     driver: NetworkDriver
+    placement: Placement | None = None
+    cgroup: Leaf | None = None
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: Path | None = None
     process: Process | None = None

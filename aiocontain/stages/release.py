@@ -21,7 +21,7 @@ async def run(ctx: StageContext) -> None:
     assert ctx.control is not None and ctx.init_pid is not None
     if ctx.spec.terminal_foreground:
         _hand_terminal_to(ctx)
-    messages.send(ctx.control, Release())
+    messages.send(ctx.control, Release(cgroup=str(ctx.cgroup.path) if ctx.cgroup is not None else None))
     ctx.released = True
     ctx.log.info(events.RELEASED, pid=ctx.init_pid)
     message, _ = await ctx.receive()

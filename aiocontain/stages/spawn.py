@@ -47,6 +47,7 @@ async def run(ctx: StageContext) -> None:
         etc_files=etc_files,
         init=spec.init,
         own_process_group=spec.terminal_foreground,
+        mount_cgroup=ctx.placement is not None,
     )
     try:
         messages.send(parent, config)  # waits in the socket buffer until the child reads it
