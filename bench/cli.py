@@ -110,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         absent = external.missing(*TOOLS.get(name, ()))
         if absent:
             skipped[name] = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
-            names.remove(name)
+        elif name.startswith("podman.") and podman.unusable():
+            skipped[name] = str(podman.unusable())
+        else:
+            continue
+        names.remove(name)
     host = report.machine()
     extra: dict[str, Any] = {"skipped": skipped}
     pause = podman.PauseProcess()

@@ -24,6 +24,17 @@ from pathlib import Path
 from typing import Any
 
 GLOBAL_FLAGS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
+# Measured here: with an XDG_RUNTIME_DIR of 40 characters or more, every `podman run` (4.3.1) waits out
+# conmon's 20 s timeout ("Exceeded conmon timeout waiting for container to exit") before it returns.
+RUNTIME_DIR_MAX = 39
+
+
+def unusable() -> str | None:
+    """Why podman's times would be meaningless in this environment, or None."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if len(runtime_dir) > RUNTIME_DIR_MAX:
+        return f"XDG_RUNTIME_DIR {runtime_dir} is longer than {RUNTIME_DIR_MAX} characters: podman 4.3 then waits 20 s"
+    return None
 
 
 def run_argv(rootfs: Path, network: str, command: list[str]) -> list[str]:
