@@ -108,13 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = {}
     for name in list(names):
         absent = external.missing(*TOOLS.get(name, ()))
+        why = podman.unusable() if name.startswith("podman.") else None
         if absent:
-            skipped[name] = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
-        elif name.startswith("podman.") and podman.unusable():
-            skipped[name] = str(podman.unusable())
-        else:
-            continue
-        names.remove(name)
+            why = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
+        if why:
+            skipped[name] = why
+            names.remove(name)
     host = report.machine()
     extra: dict[str, Any] = {"skipped": skipped}
     pause = podman.PauseProcess()
