@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine (as root) for aiocontain's test suite. Idempotent.
 # - host packages: slirp4netns, uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
-#   gcc/libc6-dev (the chroot-escape test builds a static probe), bubblewrap/podman/runc (benchmarks)
+#   gcc/libc6-dev (the chroot-escape test builds a static probe)
+# - with --bench (what `nox -s bench` runs), also the runtimes the benchmark compares against:
+#   bubblewrap, podman and runc (crun refuses hybrid cgroups; naming runc makes apt pick it for
+#   podman's "crun | runc"). No test needs them, so the test run does not install them.
 # - /dev/net/tun usable by unprivileged users (0666, as desktop distributions ship it)
 # - an unprivileged test user with subordinate id ranges in /etc/subuid and /etc/subgid
 set -euo pipefail
@@ -9,6 +12,15 @@ set -euo pipefail
 TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
 SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
 PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps)
+for arg in "$@"; do
+    case $arg in
+    --bench) PACKAGES+=(bubblewrap podman runc) ;;
+    *)
+        echo "host-setup: unknown argument $arg (usage: $0 [--bench])" >&2
+        exit 2
+        ;;
+    esac
+done
 
 if [ "$(id -u)" != 0 ]; then
     echo "host-setup: run as root (sudo $0)" >&2
@@ -21,8 +33,10 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "host-setup: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Wait for another apt (a concurrent set-up) instead of failing on its lock.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 
 if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then

@@ -1,0 +1,139 @@
+"""``python -m bench``: choose the cases, run them interleaved, print the table, write the JSON.
+
+Cases (``--cases``, comma-separated; groups or single names):
+
+- start: ``/bin/true`` without network: cli.none, embedded.none, bwrap.none, podman.none
+- net: with slirp4netns: cli.net, embedded.net, podman.net, shell.net
+- batch: batch.concurrent and batch.sequential (``--batch`` networked containers)
+- throughput: throughput.default_mtu and throughput.mtu1500
+- memory: what each running container costs the runtime
+
+A case whose tool is not installed is skipped and the report says so (as root,
+``nox -s bench`` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import embedded, external, podman, report, throughput
+from bench.runner import Case, run_interleaved
+
+GROUPS = {
+    "start": ["cli.none", "embedded.none", "bwrap.none", "podman.none"],
+    "net": ["cli.net", "embedded.net", "podman.net", "shell.net"],
+    "batch": ["batch.concurrent", "batch.sequential"],
+    "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
+    "memory": ["memory"],
+}
+TOOLS = {
+    "bwrap.none": ("bwrap",),
+    "podman.none": ("podman", "runc"),
+    "podman.net": ("podman", "runc", "slirp4netns"),
+    "shell.net": ("unshare", "slirp4netns"),
+}
+DEFAULT_JSON = Path(".bench/results.json")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rootfs", type=Path, default=Path(__file__).resolve().parent.parent / "rootfs_arm")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where the results go (default {DEFAULT_JSON})"
+    )
+    parser.add_argument("--cases", default="all", help=f"comma-separated: all, {', '.join(GROUPS)}, or case names")
+    parser.add_argument("--reps", type=int, default=11, help="repetitions of the single-container cases")
+    parser.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first")
+    parser.add_argument("--batch", type=int, default=50, help="containers in the batch cases")
+    parser.add_argument("--batch-reps", type=int, default=3)
+    parser.add_argument("--throughput-mb", type=int, default=128, help="MiB sent per throughput run")
+    parser.add_argument("--throughput-reps", type=int, default=3)
+    parser.add_argument("--sender", default="wget", choices=throughput.SENDERS, help="busybox tool that sends")
+    parser.add_argument("--memory-count", type=int, default=10, help="containers running at once in the memory case")
+    parser.add_argument("--memory-reps", type=int, default=3)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"], help="the embedded event loop")
+    return parser.parse_args(argv)
+
+
+def selected(spec: str) -> list[str]:
+    names: list[str] = []
+    for item in spec.split(","):
+        item = item.strip()
+        if item == "all":
+            wanted = [name for group in GROUPS.values() for name in group]
+        elif item in GROUPS:
+            wanted = GROUPS[item]
+        elif any(item in group for group in GROUPS.values()):
+            wanted = [item]
+        else:
+            raise SystemExit(f"bench: unknown case {item!r}: use all, {', '.join(GROUPS)} or a case name")
+        names += [name for name in wanted if name not in names]
+    return names
+
+
+IN_WORKER = ("embedded", "batch")
+
+
+def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -> Case:
+    """The case of that name, with its repetitions from the options."""
+    rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
+    if group == "cli":
+        return external.cli(rootfs, name == "cli.net", reps)
+    if group == "bwrap":
+        return external.bwrap(rootfs, reps)
+    if group == "podman":
+        return external.podman_run(rootfs, name == "podman.net", reps)
+    if group == "shell":
+        return external.shell_baseline(rootfs, reps)
+    if group == "throughput":
+        mtu = None if name == "throughput.default_mtu" else 1500
+        return throughput.ThroughputCase(name, rootfs, mtu, args.throughput_mb, args.sender, args.throughput_reps)
+    if group == "memory":
+        return embedded.MemoryCase(rootfs, args.backend, args.memory_count, args.memory_reps)
+    assert worker is not None and group in IN_WORKER
+    if group == "embedded":
+        return embedded.start(worker, name == "embedded.net", reps)
+    return embedded.batch(worker, args.batch, name == "batch.concurrent", args.batch_reps)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if not (args.rootfs / "bin" / "busybox").exists():
+        raise SystemExit(f"bench: no rootfs at {args.rootfs}: run `aiocontain rootfs init {args.rootfs}` first")
+    names = selected(args.cases)
+    skipped = {}
+    for name in list(names):
+        absent = external.missing(*TOOLS.get(name, ()))
+        why = podman.unusable() if name.startswith("podman.") else None
+        if absent:
+            why = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
+        if why:
+            skipped[name] = why
+            names.remove(name)
+    host = report.machine()
+    extra: dict[str, Any] = {"skipped": skipped}
+    pause = podman.PauseProcess()
+    if any(name.startswith("podman.") for name in names):
+        try:
+            extra["podman"] = podman.probe(args.rootfs)
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            extra["podman"] = {"probe_error": str(exc)}
+    needs_worker = any(name.split(".")[0] in IN_WORKER for name in names)
+    worker = embedded.Worker(args.rootfs, args.backend) if needs_worker else None
+    try:
+        cases = [build(name, args, worker) for name in names]
+        results = run_interleaved(cases, warmup=args.warmup)
+    finally:
+        if worker is not None:
+            worker.close()
+        pause.stop()
+    checks = report.ratios(args.batch)
+    print(report.table(results, checks, skipped))
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    report.write_json(args.json, report.document(results, checks, settings, extra, host))
+    print(f"\nbench: {results.seconds:.0f} s of measuring; results in {args.json}", file=sys.stderr)
+    return 1 if results.errors else 0

@@ -1,0 +1,94 @@
+"""Cases that are one command each, timed from before its start to after its exit.
+
+aiocontain's CLI, bubblewrap, podman and the shell baseline all run ``/bin/true``
+in the same rootfs with the same namespaces (user, mount, pid, uts, ipc, net),
+with stdin and stdout on /dev/null. The wall time of the whole process is what a
+user of the command waits for, so that is what is measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import podman
+from bench.runner import Metric
+
+TRUE = ["/bin/true"]
+SHELL_BASELINE = Path(__file__).with_name("slirp_baseline.sh")
+
+
+def timed(argv: list[str], timeout: float = 120) -> float:
+    """Seconds from the start of argv to its exit; raises when it fails, with the tail of its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip()[-400:]
+        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {tail}")
+    return elapsed
+
+
+@dataclass
+class CommandCase:
+    """One command per run; its metric (milliseconds) has the case's name."""
+
+    name: str
+    argv: list[str]
+    description: str
+    repetitions: int
+    metrics: tuple[Metric, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = (Metric(self.name, "ms", self.description),)
+
+    def run(self) -> Mapping[str, float]:
+        return {self.name: timed(self.argv) * 1000}
+
+
+def aiocontain_executable() -> str:
+    """The console script next to this interpreter (the staged venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "aiocontain"
+    return str(beside) if beside.exists() else shutil.which("aiocontain") or "aiocontain"
+
+
+def cli(rootfs: Path, network: bool, repetitions: int) -> CommandCase:
+    """``aiocontain run``, a fresh interpreter each time; networking is the CLI's default (slirp4netns)."""
+    argv = [aiocontain_executable(), "run", "--rootfs", str(rootfs)]
+    if not network:
+        argv += ["--net", "none"]
+    name = "cli.net" if network else "cli.none"
+    what = "with slirp4netns" if network else "--net none"
+    return CommandCase(name, [*argv, *TRUE], f"aiocontain run {what} /bin/true", repetitions)
+
+
+def bwrap(rootfs: Path, repetitions: int) -> CommandCase:
+    """bubblewrap with aiocontain's namespaces (not --unshare-all: that adds a cgroup namespace)."""
+    argv = ["bwrap", "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    argv += ["--uid", "0", "--gid", "0", "--hostname", "bench", "--bind", str(rootfs), "/"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *TRUE]
+    return CommandCase("bwrap.none", argv, "bwrap, same namespaces, /bin/true", repetitions)
+
+
+def podman_run(rootfs: Path, network: bool, repetitions: int) -> CommandCase:
+    mode = "slirp4netns" if network else "none"
+    name = "podman.net" if network else "podman.none"
+    return CommandCase(name, podman.run_argv(rootfs, mode, TRUE), f"podman run --network {mode}", repetitions)
+
+
+def shell_baseline(rootfs: Path, repetitions: int) -> CommandCase:
+    """unshare + slirp4netns --ready-fd in a small sh script: the floor for a networked start."""
+    argv = ["sh", str(SHELL_BASELINE), str(rootfs), *TRUE]
+    return CommandCase("shell.net", argv, "unshare + slirp4netns --ready-fd (sh)", repetitions)
+
+
+def missing(*tools: str) -> list[str]:
+    """The tools of a case that are not installed (the case is then skipped, and the report says why)."""
+    return [tool for tool in tools if shutil.which(tool) is None]

@@ -1,0 +1,182 @@
+"""The result: medians, the ratios the issue sets targets for, the table and the JSON.
+
+Absolute times on a shared machine are noise; two cases measured side by side
+in the same rounds share the noise, so their ratio is the result. A target is
+met, missed, or not known (a side was not measured); missing a target is a
+finding, not a failure: the benchmark's exit status says only whether it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.runner import Results
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """numerator's median / denominator's median, with an optional target bound."""
+
+    label: str
+    numerator: str
+    denominator: str
+    limit: float | None = None
+    at_least: bool = False  # the target is ratio >= limit (throughput) rather than <= limit (times)
+
+    @property
+    def target(self) -> str:
+        if self.limit is None:
+            return ""
+        return f"{'>=' if self.at_least else '<='} {self.limit:g}"
+
+    def value(self, results: Results) -> float | None:
+        top, bottom = results.median(self.numerator), results.median(self.denominator)
+        if top is None or not bottom:
+            return None
+        return top / bottom
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None or self.limit is None:
+            return None
+        return value >= self.limit if self.at_least else value <= self.limit
+
+
+def ratios(batch: int) -> list[Ratio]:
+    """The issue's five targets first, then ratios that explain them."""
+    return [
+        Ratio("embedded start-to-exit, no network / bubblewrap", "embedded.none", "bwrap.none", 2.0),
+        Ratio("CLI start-to-exit with network / podman", "cli.net", "podman.net", 1.0),
+        Ratio("embedded with network / podman", "embedded.net", "podman.net", 0.5),
+        Ratio(f"{batch} concurrent / one networked container", "batch.concurrent", "embedded.net", 5.0),
+        Ratio("throughput, default MTU / MTU 1500", "throughput.default_mtu", "throughput.mtu1500", 4.0, True),
+        Ratio("CLI, no network / podman", "cli.none", "podman.none"),
+        Ratio("CLI, no network / bubblewrap", "cli.none", "bwrap.none"),
+        Ratio("embedded, no network / podman", "embedded.none", "podman.none"),
+        Ratio("CLI with network / shell baseline", "cli.net", "shell.net"),
+        Ratio("embedded with network / shell baseline", "embedded.net", "shell.net"),
+        Ratio("podman with network / shell baseline", "podman.net", "shell.net"),
+        Ratio(f"{batch} one after another / {batch} concurrent", "batch.sequential", "batch.concurrent"),
+    ]
+
+
+def _first_line(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the load average says how shared the machine was)."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown",
+    )
+    try:
+        debian = Path("/etc/debian_version").read_text().strip()
+    except OSError:
+        debian = None
+    try:
+        version = metadata.version("aiocontain")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "debian": debian,
+        "python": platform.python_version(),
+        "cgroups": "hybrid (v1 controllers + empty v2)" if Path("/sys/fs/cgroup/unified").is_dir() else "unified v2",
+        "user": os.getuid(),
+        "load_average": list(os.getloadavg()),
+        "versions": {
+            "aiocontain": version,
+            "bwrap": _first_line(["bwrap", "--version"]),
+            "podman": _first_line(["podman", "--version"]),
+            "runc": _first_line(["runc", "--version"]),
+            "slirp4netns": _first_line(["slirp4netns", "--version"]),
+            "unshare": _first_line(["unshare", "--version"]),
+        },
+    }
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def table(results: Results, checks: list[Ratio], skipped: dict[str, str]) -> str:
+    """Markdown: one table of medians, one of ratios with targets, then what was skipped or failed."""
+    lines = ["| case | median | min | max | n | what |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for name, summary in results.summaries.items():
+        samples = summary.samples
+        cells = [_number(summary.median if samples else None), _number(min(samples, default=None))]
+        cells += [_number(max(samples, default=None)), str(len(samples))]
+        unit = summary.metric.unit
+        lines.append(f"| {name} ({unit}) | {' | '.join(cells)} | {summary.metric.description} |")
+    lines += ["", "| ratio of medians | value | target | met |", "| --- | ---: | --- | --- |"]
+    for ratio in checks:
+        value = ratio.value(results)
+        met = ratio.met(value)
+        verdict = "" if ratio.limit is None else {True: "yes", False: "**no**", None: "not measured"}[met]
+        lines.append(f"| {ratio.label} | {_number(value)} | {ratio.target} | {verdict} |")
+    notes = [f"- skipped {name}: {why}" for name, why in skipped.items()]
+    notes += [f"- failed {name}: {error}" for name, error in results.errors.items()]
+    return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def document(
+    results: Results, checks: list[Ratio], settings: dict[str, Any], extra: dict[str, Any], host: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything in the table, plus every sample, the settings, the machine and podman's probe."""
+    host = {**host, "load_average_end": list(os.getloadavg())}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": host,
+        "settings": settings,
+        "seconds": round(results.seconds, 1),
+        "metrics": {
+            name: {
+                "unit": summary.metric.unit,
+                "description": summary.metric.description,
+                "higher_is_better": summary.metric.higher_is_better,
+                "median": summary.median if summary.samples else None,
+                "samples": summary.samples,
+            }
+            for name, summary in results.summaries.items()
+        },
+        "ratios": [
+            {
+                "label": ratio.label,
+                "numerator": ratio.numerator,
+                "denominator": ratio.denominator,
+                "value": ratio.value(results),
+                "target": ratio.target or None,
+                "met": ratio.met(ratio.value(results)),
+            }
+            for ratio in checks
+        ],
+        "errors": results.errors,
+        **extra,
+    }
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")

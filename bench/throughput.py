@@ -1,0 +1,143 @@
+"""TCP throughput from a container to a server on the host's loopback, through slirp4netns.
+
+The server is this process, on 127.0.0.1; the container reaches it as 10.0.2.2
+(``--allow-host-loopback``). The rate is measured on the server side, from the
+first payload byte to the last, so the container's start does not count.
+
+The sender is what the busybox rootfs has. busybox ``nc`` copies stdin to the
+socket 1 KiB per write(2), so with it the sender's syscalls, not the link, set
+the pace and the MTU barely shows. ``wget --post-file`` writes its whole body
+in one call, so the default sender is wget (an HTTP POST; the server answers
+200 after Content-Length bytes); ``nc`` stays selectable for comparison.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.external import aiocontain_executable
+from bench.runner import Metric
+
+SENDERS = ("wget", "nc")
+CONNECT_TIMEOUT = 60.0
+TRANSFER_TIMEOUT = 120.0
+_MB = 1_000_000
+_HEADER_END = b"\r\n\r\n"
+
+
+def sender_script(sender: str, megabytes: int, port: int) -> str:
+    """The shell command run in the container: send megabytes MiB to 10.0.2.2:port."""
+    size = megabytes * 1024 * 1024
+    if sender == "nc":
+        return f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | nc 10.0.2.2 {port}"
+    # wget sends the file as a C string, so the payload has no NUL bytes. Not `yes | head -c`: in an
+    # aiocontain container SIGPIPE is ignored (inherited from the Python intermediate), so yes never ends.
+    payload = "/tmp/payload"
+    return (
+        f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | tr '\\0' a >{payload}"
+        f" && wget -q -O /dev/null --post-file {payload} http://10.0.2.2:{port}/"
+    )
+
+
+def receive(connection: socket.socket) -> tuple[int, float]:
+    """Read one sender's payload; (bytes after the first chunk, seconds from the first chunk to the last).
+
+    The first chunk only starts the clock. A payload that starts with ``POST``
+    is wget's: its header is skipped, Content-Length bytes are read, and 200 is
+    answered; anything else is read to end of file.
+    """
+    connection.settimeout(TRANSFER_TIMEOUT)
+    buffer = bytearray(1 << 20)
+    chunk = _recv(connection, buffer)
+    expected: int | None = None
+    if chunk.startswith(b"POST "):
+        while _HEADER_END not in chunk:
+            chunk += _recv(connection, buffer)
+        header, _, chunk = chunk.partition(_HEADER_END)
+        expected = _content_length(header)
+        if not chunk:
+            chunk = _recv(connection, buffer)
+    received = len(chunk)
+    first = last = time.perf_counter()
+    while expected is None or received < expected:
+        size = connection.recv_into(buffer)
+        if not size:
+            break
+        received += size
+        last = time.perf_counter()
+    if expected is not None:
+        connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+    if last <= first:
+        raise RuntimeError(f"too little payload to measure ({received} bytes)")
+    return received - len(chunk), last - first
+
+
+def _recv(connection: socket.socket, buffer: bytearray) -> bytes:
+    size = connection.recv_into(buffer)
+    if not size:
+        raise RuntimeError("the sender closed before its payload")
+    return bytes(buffer[:size])
+
+
+def _content_length(header: bytes) -> int:
+    for line in header.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise RuntimeError("POST without Content-Length")
+
+
+@dataclass
+class ThroughputCase:
+    """One aiocontain CLI container sending to the server here per run; MB/s (10^6 bytes) as seen by the server."""
+
+    name: str
+    rootfs: Path
+    mtu: int | None  # None: aiocontain's default
+    megabytes: int
+    sender: str
+    repetitions: int
+    metrics: tuple[Metric, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        which = "aiocontain's default MTU" if self.mtu is None else f"--mtu {self.mtu}"
+        what = f"{self.megabytes} MiB container -> host 127.0.0.1 via 10.0.2.2, {which}, busybox {self.sender}"
+        self.metrics = (Metric(self.name, "MB/s", what, higher_is_better=True),)
+
+    def run(self) -> Mapping[str, float]:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            argv = [aiocontain_executable(), "run", "--rootfs", str(self.rootfs), "--allow-host-loopback"]
+            if self.mtu is not None:
+                argv += ["--mtu", str(self.mtu)]
+            argv += ["--", "sh", "-c", sender_script(self.sender, self.megabytes, port)]
+            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as process:
+                try:
+                    connection = _accept(server, process)
+                    with connection:
+                        counted, seconds = receive(connection)
+                    code = process.wait(timeout=TRANSFER_TIMEOUT)
+                finally:
+                    if process.poll() is None:
+                        process.kill()
+        if code != 0:
+            raise RuntimeError(f"the sending container exited {code}")
+        return {self.name: counted / seconds / _MB}
+
+
+def _accept(server: socket.socket, process: subprocess.Popen[bytes]) -> socket.socket:
+    """The sender's connection; fails early when the container exits without connecting."""
+    server.settimeout(0.5)
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return server.accept()[0]
+        except TimeoutError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the sending container exited {process.returncode} without connecting") from None
+    raise RuntimeError(f"no connection within {CONNECT_TIMEOUT:g}s")
