@@ -376,3 +376,11 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_exit_code_under_each_backend(cli, backend):
     assert cli("--backend", backend, "--", "/bin/sh", "-c", "exit 12").code == 12
+
+
+@pytest.mark.parametrize("init", [[], ["--init"]])
+def test_the_command_starts_with_no_signal_ignored(cli, init):
+    # The runtime's Python ignores SIGPIPE; a container must not inherit that (`yes | head` must end).
+    result = cli("--net", "none", *init, "--", "/bin/sh", "-c", "grep SigIgn /proc/self/status; yes | head -c 4")
+    assert result.code == 0, result.stderr
+    assert result.stdout.split() == ["SigIgn:", "0000000000000000", "y", "y"]

@@ -68,6 +68,10 @@ def _become_root() -> None:
 
 
 def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
+    # Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals ignored: without this,
+    # `yes | head` would never end in the container. The command starts as podman's do, with none ignored.
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
     try:
         _execvpe(argv, env)
     except OSError as exc:
