@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 EXIT_ERROR = 125
 
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     run.add_argument("--log-format", default="console", choices=["console", "json"])
     run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--events", type=Path, metavar="FILE", help="write every event as a JSON line to FILE")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
 
     doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
@@ -140,8 +141,18 @@ def _run(args: argparse.Namespace) -> int:
     from aiocontain import events
 
     events.configure(args.log_format, args.log_level)
+    events_file = None
+    if args.events is not None:
+        try:
+            events_file = open(args.events, "w", encoding="utf-8")  # noqa: SIM115 - closed below, on every path
+        except OSError as exc:
+            raise AiocontainError(f"cannot write the events file {args.events}: {exc.strerror}") from None
     result: dict[str, Any] = {}
-    anyio.run(_run_container, spec, result, backend=args.backend)
+    try:
+        anyio.run(_run_container, spec, result, events_file, backend=args.backend)
+    finally:
+        if events_file is not None:
+            events_file.close()
     if "error" in result:
         raise result["error"]
     if result.get("oom_killed"):
@@ -159,16 +170,41 @@ def _in_terminal_foreground() -> bool:
         return False
 
 
-async def _run_container(spec: Any, result: dict[str, Any]) -> None:
+async def _write_events(stream: Any, file: TextIO) -> None:
+    """--events FILE: one JSON object a line, every event of the container, flushed as it happens."""
+    import json
+
+    from aiocontain.events import as_json
+
+    async for event in stream:
+        file.write(json.dumps(as_json(event), default=str) + "\n")
+        file.flush()
+
+
+async def _run_container(spec: Any, result: dict[str, Any], events_file: TextIO | None = None) -> None:
+    import anyio
+
+    from aiocontain.container import Container
+
+    container = Container(spec)
+    # Outside the signal-handling group: its cancellation must not cut the file short.
+    async with anyio.create_task_group() as outer:
+        if events_file is not None:
+            outer.start_soon(_write_events, container.events(), events_file)
+        try:
+            await _supervise(container, spec, result)
+        finally:
+            container.log.close()  # already closed after teardown; this covers a run cut short before set-up
+
+
+async def _supervise(container: Any, spec: Any, result: dict[str, Any]) -> None:
     import signal
 
     import anyio
 
-    from aiocontain.container import Container
     from aiocontain.errors import AiocontainError
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    container = Container(spec)
     pending: list[int] = []
 
     def forward(signum: int, tg: Any) -> None:

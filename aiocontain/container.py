@@ -15,9 +15,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from aiocontain import events
-from aiocontain.cgroups import ResourceUsage
+from aiocontain.cgroups import Placement, ResourceUsage
 from aiocontain.errors import AiocontainError
-from aiocontain.network import driver_for
+from aiocontain.network import NetworkDriver, driver_for
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.stages import cgroup as cgroup_stage
@@ -60,7 +60,7 @@ class Container:
         self.spec = spec
         self.id = spec.id
         self.name = spec.effective_name
-        self.log = events.logger(container_id=spec.short_id, name=self.name)
+        self.log = events.EventLog(spec.short_id, self.name)
         self._ctx: StageContext | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -83,6 +83,18 @@ class Container:
         if ctx.started:
             return "running"
         return "released" if ctx.released else "setting-up"
+
+    def events(self) -> events.EventStream:
+        """Every lifecycle event of this container as typed ``Event`` objects, from container.created on
+        (however late the iteration starts), ending after teardown.finished::
+
+            container = Container(spec)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(show, container.events())
+                async with container:
+                    await container.wait()
+        """
+        return self.log.stream()
 
     @property
     def cgroup(self) -> Path | None:
@@ -114,19 +126,12 @@ class Container:
     async def __aenter__(self) -> Container:
         if self._ctx is not None or self._stack is not None:
             raise RuntimeError("a Container runs once: make a new one for the next run")
-        from aiocontain import rootfs as rootfs_module
-        from aiocontain.elf import check_arch
-
+        try:
+            rootfs, driver, placement = self._check()
+        except BaseException:
+            self.log.close()  # nothing was started: event streams end here
+            raise
         spec = self.spec
-        rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
-        rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
-        check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
-        driver = driver_for(spec)
-        driver.check()
-        from aiocontain.cgroups import place
-
-        placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
-
         self._started_at = time.perf_counter()
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -154,6 +159,21 @@ class Container:
             await self._teardown(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _check(self) -> tuple[Path, NetworkDriver, Placement | None]:
+        """Everything that can be refused before anything starts: rootfs, architecture, network, cgroup."""
+        from aiocontain import rootfs as rootfs_module
+        from aiocontain.cgroups import place
+        from aiocontain.elf import check_arch
+
+        spec = self.spec
+        rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
+        rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
+        check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
+        driver = driver_for(spec)
+        driver.check()
+        placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
+        return rootfs, driver, placement
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -183,10 +203,12 @@ class Container:
         await tg.__aexit__(None, None, None)
         if error is not None:
             self.log.warning(events.TEARDOWN_FINISHED, error=repr(error))
+            self.log.close()
             if exc is None:
                 raise error
             return
         self.log.info(events.TEARDOWN_FINISHED)
+        self.log.close()
 
     async def wait(self) -> ExitStatus:
         """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""

@@ -1,7 +1,11 @@
-"""Structured events: stable names, and the structlog pipeline the CLI writes them with.
+"""Lifecycle events: the catalogue of stable names and fields, and how they are emitted.
 
-The library only emits through ``structlog.get_logger("aiocontain")``; an
-embedding service configures structlog as it likes. The CLI calls ``configure``.
+Every event goes two ways at once: to structlog (``structlog.get_logger("aiocontain")``,
+configured by the embedding program, or by the CLI through ``configure``) and,
+as a typed ``Event``, to the container's own event stream
+(``Container.events()``). The catalogue below is the contract: a test fails when
+code emits an event or a field that it does not list, and docs/events.md is
+checked against it.
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import anyio
 import structlog
 
 CREATED = "container.created"
@@ -19,21 +25,101 @@ STAGE_STARTED = "stage.started"
 STAGE_FINISHED = "stage.finished"
 STAGE_FAILED = "stage.failed"
 STAGE_SKIPPED = "stage.skipped"
+IDMAP_MAPPED = "idmap.mapped"
+CGROUP_CREATED = "cgroup.created"
+SLIRP_STARTED = "slirp4netns.started"
 NETWORK_READY = "network.ready"
 RELEASED = "container.released"
 COMMAND_STARTED = "command.started"
 SIGNAL_FORWARDED = "signal.forwarded"
 KILLED = "container.killed"
 OOM = "container.oom"
-EXITED = "container.exited"
 HELPER_FAILED = "helper.failed"
+CHILD_KILLED = "child.killed"
+HOOK_FINISHED = "hook.finished"
+HOOK_FAILED = "hook.failed"
+EXITED = "container.exited"
 TEARDOWN_FINISHED = "teardown.finished"
+PLUGIN_SKIPPED = "plugin.skipped"
 
-Logger = Any  # structlog's BoundLogger is a protocol-like proxy; keep the public surface simple
+COMMON_FIELDS = ("container_id", "name")  # on every event of a container
 
 
-def logger(**context: Any) -> Logger:
-    """The container's event logger.
+@dataclass(frozen=True)
+class EventSpec:
+    """One catalogue entry: the level it is emitted at, its fields (beyond the common ones), what it means."""
+
+    level: str  # "info/warning": either
+    fields: tuple[str, ...]
+    meaning: str
+    container: bool = True  # False: emitted outside any container (plugin loading)
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    CREATED: EventSpec("info", ("command", "rootfs", "network"), "the container's set-up begins"),
+    STAGE_STARTED: EventSpec("info", ("stage",), "a set-up stage begins"),
+    STAGE_FINISHED: EventSpec("info", ("stage", "duration_ms"), "a set-up stage is done"),
+    STAGE_SKIPPED: EventSpec("info", ("stage", "duration_ms"), "a stage had nothing to do (no network, no cgroup)"),
+    STAGE_FAILED: EventSpec("info", ("stage", "duration_ms", "error"), "a stage failed or was cancelled"),
+    IDMAP_MAPPED: EventSpec("debug", ("mode", "uid_range", "gid_range"), "uid/gid maps written: subordinate or single"),
+    CGROUP_CREATED: EventSpec(
+        "debug",
+        ("path", "controllers", "memory", "memory_swap", "pids_limit", "cpus"),
+        "the container's cgroup leaf exists with its limits",
+    ),
+    SLIRP_STARTED: EventSpec("debug", ("pid", "mtu", "host_loopback"), "slirp4netns runs against the container"),
+    NETWORK_READY: EventSpec(
+        "info", ("interface", "address", "gateway", "mtu"), "tap0 is up with its address and default route"
+    ),
+    RELEASED: EventSpec("info", ("pid",), "PID 1 may build its root and exec the command"),
+    COMMAND_STARTED: EventSpec("info", ("pid", "command"), "the command was executed"),
+    SIGNAL_FORWARDED: EventSpec("info", ("signal",), "a signal was sent to the container's PID 1"),
+    KILLED: EventSpec("info", (), "the container's PID 1 was sent SIGKILL"),
+    OOM: EventSpec(
+        "warning", ("pid", "oom_kills", "memory_limit", "limit"), "the OOM killer killed a process of the container"
+    ),
+    HELPER_FAILED: EventSpec("warning", ("helper", "error"), "a helper (slirp4netns) failed; the container is killed"),
+    CHILD_KILLED: EventSpec("warning", ("pid",), "the container's child process lingered at teardown and was killed"),
+    HOOK_FINISHED: EventSpec("debug", ("plugin", "hook", "duration_ms"), "a plugin's hook returned"),
+    HOOK_FAILED: EventSpec("warning", ("plugin", "hook", "error"), "a plugin's hook raised, timed out or vetoed"),
+    EXITED: EventSpec(
+        "info",
+        (
+            "pid",
+            "exit_code",
+            "signal",
+            "duration_ms",
+            "oom_killed",
+            "memory_peak",
+            "cpu_usec",
+            "oom_kills",
+            "pids_peak",
+        ),
+        "the command ended; resource use where the container had a cgroup",
+    ),
+    TEARDOWN_FINISHED: EventSpec(
+        "info/warning", ("error",), "everything the container used is gone (warning: with an error)"
+    ),
+    PLUGIN_SKIPPED: EventSpec(
+        "warning", ("plugin", "error"), "a plugin could not be loaded; runs go on without it", container=False
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One lifecycle event, as embedders receive it from ``Container.events()``."""
+
+    name: str
+    level: str
+    container_id: str
+    container_name: str
+    time: float  # time.time() when emitted
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _structlog_logger(**context: Any) -> Any:
+    """structlog's logger for aiocontain.
 
     Until the application configures structlog, events go to stderr at warning
     level and above, not to structlog's default of everything on stdout: a
@@ -46,6 +132,79 @@ def logger(**context: Any) -> Logger:
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     ).bind(**context)
+
+
+class EventLog:
+    """A container's emitter: each event goes to structlog and to the container's typed event stream.
+
+    The stream keeps the container's whole history (a few dozen events), so a
+    subscriber that starts late still sees every event from container.created on.
+    """
+
+    def __init__(self, container_id: str, name: str) -> None:
+        self.container_id = container_id
+        self.name = name
+        self.history: list[Event] = []
+        self.closed = False
+        self._log = _structlog_logger(container_id=container_id, name=name)
+        self._changed: anyio.Event | None = None
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.emit("warning", event, fields)
+
+    def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        getattr(self._log, level)(event, **fields)
+        self.history.append(Event(event, level, self.container_id, self.name, time.time(), dict(fields)))
+        self._wake()
+
+    def close(self) -> None:
+        """No more events: every stream ends once it has delivered the history."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def changed(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def stream(self) -> EventStream:
+        return EventStream(self)
+
+
+class EventStream:
+    """``async for event in container.events()``: every event from the first, ending after teardown."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._index = 0
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while self._index >= len(self._log.history):
+            if self._log.closed:
+                raise StopAsyncIteration
+            await self._log.changed()
+        event = self._log.history[self._index]
+        self._index += 1
+        return event
+
+
+# Kept for code that emitted through a bare structlog logger (e.g. plugin loading, outside any container).
+def logger(**context: Any) -> Any:
+    return _structlog_logger(**context)
 
 
 def configure(log_format: str = "console", level: str = "warning", stream: TextIO | None = None) -> None:
@@ -65,7 +224,20 @@ def configure(log_format: str = "console", level: str = "warning", stream: TextI
     )
 
 
-async def timed_stage(log: Logger, stage: str, body: Callable[[], Awaitable[bool | None]]) -> None:
+def as_json(event: Event) -> dict[str, Any]:
+    """One event as the JSON object `--events FILE` writes (one a line)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.time)) + f".{int(event.time % 1 * 1e6):06d}Z"
+    return {
+        "event": event.name,
+        "level": event.level,
+        "timestamp": stamp,
+        "container_id": event.container_id,
+        "name": event.container_name,
+        **event.fields,
+    }
+
+
+async def timed_stage(log: EventLog, stage: str, body: Callable[[], Awaitable[bool | None]]) -> None:
     """Run one set-up stage between its start and end events; a body returning False was skipped."""
     log.info(STAGE_STARTED, stage=stage)
     started = time.perf_counter()

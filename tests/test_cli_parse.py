@@ -84,8 +84,8 @@ class FakeRun:
         self.code = code
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, func: Any, spec: ContainerSpec, result: dict[str, Any], *, backend: str) -> None:
-        self.calls.append({"func": func, "spec": spec, "backend": backend})
+    def __call__(self, func: Any, spec: ContainerSpec, result: dict[str, Any], *args: Any, backend: str) -> None:
+        self.calls.append({"func": func, "spec": spec, "backend": backend, "args": args})
         result["code"] = self.code
 
     @property

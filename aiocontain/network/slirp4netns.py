@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from aiocontain import processes
+from aiocontain import events, processes
 from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
@@ -93,11 +93,13 @@ class Slirp4netns:
             if not ctx.stopping:
                 lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
                 detail = lines[-1] if lines else "no message"
-                ctx.fail(AiocontainError(f"slirp4netns exited early with status {code}: {detail}"))
+                error = f"slirp4netns exited early with status {code}: {detail}"
+                ctx.log.warning(events.HELPER_FAILED, helper="slirp4netns", error=error)
+                ctx.fail(AiocontainError(error))
 
         ctx.stack.push_async_callback(stop)
         ctx.tg.start_soon(supervise)
-        ctx.log.debug("slirp4netns.started", pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback)
+        ctx.log.debug(events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback)
         return True
 
     async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:

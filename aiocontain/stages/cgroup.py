@@ -22,7 +22,6 @@ from aiocontain.stages.context import StageContext
 async def run(ctx: StageContext) -> bool:
     placement = ctx.placement
     if placement is None:
-        ctx.log.debug("cgroup.skipped", reason="no cgroup v2 delegation and no limit asked for")
         return False
     assert ctx.init_pid is not None
     limits = ctx.spec.limits
@@ -36,7 +35,8 @@ async def run(ctx: StageContext) -> bool:
         leaf.add(ctx.init_pid)
     except OSError as exc:
         raise AiocontainError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
-    ctx.log.debug("cgroup.created", path=str(leaf.path), controllers=list(placement.controllers), **limits.describe())
+    controllers = list(placement.controllers)
+    ctx.log.debug(events.CGROUP_CREATED, path=str(leaf.path), controllers=controllers, **limits.describe())
     if "memory" in placement.controllers:
         scope = anyio.CancelScope()
         await ctx.tg.start(_watch_oom, ctx, leaf, scope)

@@ -16,7 +16,7 @@ from anyio.abc import Process, TaskGroup
 
 from aiocontain import messages
 from aiocontain.errors import AiocontainError
-from aiocontain.events import Logger
+from aiocontain.events import EventLog
 from aiocontain.messages import Message
 from aiocontain.spec import ContainerSpec
 
@@ -32,7 +32,7 @@ class StageContext:
 
     spec: ContainerSpec
     rootfs: Path
-    log: Logger
+    log: EventLog
     tg: TaskGroup
     stack: AsyncExitStack
     driver: NetworkDriver

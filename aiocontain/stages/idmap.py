@@ -14,7 +14,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import processes, subids
+from aiocontain import events, processes, subids
 from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
@@ -29,13 +29,13 @@ async def run(ctx: StageContext) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_helper, str(helpers[0]), pid, uid, uid_ranges[0])
             tg.start_soon(_helper, str(helpers[1]), pid, gid, gid_ranges[0])
-        ctx.log.debug("idmap.mapped", mode="subordinate", uid_range=uid_ranges[0], gid_range=gid_ranges[0])
+        ctx.log.debug(events.IDMAP_MAPPED, mode="subordinate", uid_range=uid_ranges[0], gid_range=gid_ranges[0])
         return
     proc = Path(f"/proc/{pid}")
     (proc / "setgroups").write_text("deny")
     (proc / "uid_map").write_text(f"0 {uid} 1\n")
     (proc / "gid_map").write_text(f"0 {gid} 1\n")
-    ctx.log.debug("idmap.mapped", mode="single")
+    ctx.log.debug(events.IDMAP_MAPPED, mode="single")
 
 
 async def _helper(tool: str, pid: int, outside: int, extra: tuple[int, int]) -> None:

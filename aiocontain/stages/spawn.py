@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import messages, processes
+from aiocontain import events, messages, processes
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config, Failed, Ready
 from aiocontain.stages.context import StageContext
@@ -134,7 +134,7 @@ async def _stop_child(ctx: StageContext) -> None:
     with anyio.move_on_after(5):
         await process.wait()
     if process.returncode is None:
-        ctx.log.warning("child.kill", pid=process.pid)
+        ctx.log.warning(events.CHILD_KILLED, pid=process.pid)
         process.kill()
         await process.wait()
     await process.aclose()
