@@ -12,7 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    from aiocontain.plugins import Installed, Plugin
 
 EXIT_ERROR = 125
 
@@ -22,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"aiocontain: {message} (see '{self.prog} --help')\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="aiocontain", description="Rootless Linux containers, as an async Python toolkit.")
     from aiocontain import __version__
 
@@ -50,7 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", default="console", choices=["console", "json"])
     run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     run.add_argument("--events", type=Path, metavar="FILE", help="write every event as a JSON line to FILE")
+    run.add_argument("--enable-plugin", action="append", default=[], metavar="NAME", help="use a plugin for this run")
+    run.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="leave a plugin out")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+
+    for item in installed:
+        if item.plugin is not None:
+            try:
+                item.plugin.add_arguments(run)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is skipped, not fatal
+                item.plugin, item.error = None, f"cannot add its options: {type(exc).__name__}: {exc}"
+
+    commands.add_parser("plugins", help="list the installed plugins")
 
     doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
     doctor.add_argument("--rootfs", type=Path, help="root filesystem to check (default: rootfs_arm/)")
@@ -64,12 +78,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from aiocontain.plugins.loading import discover
+
+    installed = discover()
+    args = _parser(installed).parse_args(argv)
     from aiocontain.errors import AiocontainError
 
     try:
         if args.subcommand == "run":
-            return _run(args)
+            return _run(args, installed)
+        if args.subcommand == "plugins":
+            return _list_plugins(installed)
         if args.subcommand == "doctor":
             from aiocontain import doctor
 
@@ -99,7 +118,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _run(args: argparse.Namespace) -> int:
+def _list_plugins(installed: Sequence[Installed]) -> int:
+    """`aiocontain plugins`: what is installed, whether each runs by default, and why one cannot run."""
+    from aiocontain.plugins.loading import ENTRY_POINT_GROUP
+
+    if not installed:
+        print(f"no plugins installed (entry-point group {ENTRY_POINT_GROUP})")
+        return 0
+    rows = [("NAME", "PACKAGE", "API", "DEFAULT", "DESCRIPTION")]
+    for item in installed:
+        if item.plugin is None:
+            rows.append((item.name, item.distribution, "-", "skipped", str(item.error)))
+        else:
+            default = "enabled" if item.plugin.enabled_by_default else "disabled"
+            rows.append((item.name, item.distribution, str(item.plugin.api_version), default, item.plugin.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    return 0
+
+
+def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
@@ -141,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     from aiocontain import events
 
     events.configure(args.log_format, args.log_level)
+    plugins = _plugins(args, installed)
     events_file = None
     if args.events is not None:
         try:
@@ -149,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             raise AiocontainError(f"cannot write the events file {args.events}: {exc.strerror}") from None
     result: dict[str, Any] = {}
     try:
-        anyio.run(_run_container, spec, result, events_file, backend=args.backend)
+        anyio.run(_run_container, spec, result, events_file, plugins, backend=args.backend)
     finally:
         if events_file is not None:
             events_file.close()
@@ -181,12 +221,35 @@ async def _write_events(stream: Any, file: TextIO) -> None:
         file.flush()
 
 
-async def _run_container(spec: Any, result: dict[str, Any], events_file: TextIO | None = None) -> None:
+def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
+    """The plugins of this run, configured; each one that cannot run is one warning line, and the run goes on."""
+    from aiocontain import events
+    from aiocontain.errors import AiocontainError
+    from aiocontain.plugins.loading import select
+
+    chosen = select(list(installed), args.enable_plugin, args.disable_plugin)
+    log = events.logger()
+    for item in installed:
+        if item.plugin is None and item.name not in args.disable_plugin:
+            log.warning(events.PLUGIN_SKIPPED, plugin=item.name, error=item.error)
+    for plugin in chosen:
+        try:
+            plugin.configure(args)
+        except AiocontainError as exc:
+            raise AiocontainError(f"plugin {plugin.display_name()}: {exc.message}", fix=exc.fix) from None
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is named after the plugin, in one line
+            raise AiocontainError(f"plugin {plugin.display_name()}: {type(exc).__name__}: {exc}") from None
+    return chosen
+
+
+async def _run_container(
+    spec: Any, result: dict[str, Any], events_file: TextIO | None = None, plugins: Sequence[Plugin] = ()
+) -> None:
     import anyio
 
     from aiocontain.container import Container
 
-    container = Container(spec)
+    container = Container(spec, plugins)
     # Outside the signal-handling group: its cancellation must not cut the file short.
     async with anyio.create_task_group() as outer:
         if events_file is not None:

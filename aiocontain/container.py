@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,8 @@ from aiocontain import events
 from aiocontain.cgroups import Placement, ResourceUsage
 from aiocontain.errors import AiocontainError
 from aiocontain.network import NetworkDriver, driver_for
+from aiocontain.plugins.api import ExitedContext, Plugin, StartedContext
+from aiocontain.plugins.hooks import run_hooks
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.stages import cgroup as cgroup_stage
@@ -55,9 +58,10 @@ class Container:
     is still running and undoes every stage in reverse order.
     """
 
-    def __init__(self, spec: ContainerSpec) -> None:
+    def __init__(self, spec: ContainerSpec, plugins: Sequence[Plugin] = ()) -> None:
         spec.validate()
         self.spec = spec
+        self.plugins = list(plugins)  # their hooks run in this order (exited hooks in reverse)
         self.id = spec.id
         self.name = spec.effective_name
         self.log = events.EventLog(spec.short_id, self.name)
@@ -146,6 +150,8 @@ class Container:
                 stack=stack,
                 driver=driver,
                 placement=placement,
+                container=self,
+                plugins=self.plugins,
             )
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
@@ -155,6 +161,9 @@ class Container:
                 raise ctx.failure
             if ctx.setup_scope.cancelled_caught:
                 raise AiocontainError("container set-up was stopped")
+            if self.plugins:
+                assert ctx.init_pid is not None
+                await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self.log)
         except BaseException as exc:
             await self._teardown(type(exc), exc, exc.__traceback__)
             raise
@@ -230,6 +239,8 @@ class Container:
                 oom_killed=self._status.oom_killed,
                 **(usage.fields() if usage is not None else {}),
             )
+            if self.plugins:
+                await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self.log)
         return self._status
 
     def send_signal(self, signum: int) -> bool:

@@ -52,6 +52,7 @@ class Config(_Message):
         "hostname",
         "init",
         "mount_cgroup",
+        "mounts",
         "own_process_group",
         "rootfs",
         "unshare_net",
@@ -72,6 +73,7 @@ class Config(_Message):
         init: bool = False,
         own_process_group: bool = False,
         mount_cgroup: bool = False,
+        mounts: list[list[str | bool]] | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -84,6 +86,7 @@ class Config(_Message):
         self.init = init
         self.own_process_group = own_process_group
         self.mount_cgroup = mount_cgroup
+        self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
 
 
 class Ready(_Message):

@@ -132,7 +132,7 @@ def test_stage_events_in_order(cli):
     result = cli("--net", "none", *JSON_LOGS, "--", "true")
     assert result.code == 0
     stages = [(e["event"], e.get("stage")) for e in result.events() if str(e["event"]).startswith("stage.")]
-    order = ["spawn", "idmap", "cgroup", "network", "tap", "release"]
+    order = ["prepare", "spawn", "idmap", "cgroup", "network", "tap", "prestart", "release"]
     assert [s for event, s in stages if event == "stage.started"] == order
     assert [s for event, s in stages if event != "stage.started"] == order
     assert ("stage.skipped", "cgroup") in stages

@@ -37,6 +37,12 @@ def build(config: Config) -> None:
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():
         sc.mount(source, _target_file(root, "etc/" + name), None, sc.MS_BIND)
+    for host_path, target, readonly in config.mounts:
+        relative = str(target).strip("/")
+        path = _target_dir(root, relative) if os.path.isdir(str(host_path)) else _target_file(root, relative)
+        sc.mount(str(host_path), path, None, sc.MS_BIND | sc.MS_REC)
+        if readonly:
+            _remount_readonly(path)
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
     sc.umount2(".", sc.MNT_DETACH)
@@ -52,6 +58,26 @@ def _mount_sys(target: str) -> None:
         sc.mount("/sys", target, None, sc.MS_BIND | sc.MS_REC)
         with contextlib.suppress(OSError):
             sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+
+
+# statvfs flags a bind remount must keep: the kernel refuses to drop a locked one in a user namespace
+_KEPT_FLAGS = (
+    (os.ST_NOSUID, sc.MS_NOSUID),
+    (os.ST_NODEV, sc.MS_NODEV),
+    (os.ST_NOEXEC, sc.MS_NOEXEC),
+    (os.ST_NOATIME, sc.MS_NOATIME),
+    (os.ST_NODIRATIME, sc.MS_NODIRATIME),
+    (os.ST_RELATIME, sc.MS_RELATIME),
+)
+
+
+def _remount_readonly(path: str) -> None:
+    flags = os.statvfs(path).f_flag
+    kept = 0
+    for st_flag, ms_flag in _KEPT_FLAGS:
+        if flags & st_flag:
+            kept |= ms_flag
+    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | kept)
 
 
 def _mount_dev(dev: str) -> None:

@@ -3,11 +3,14 @@
 slirp4netns joins the child's user and network namespaces, creates tap0 and
 (``--configure``) gives it 10.0.2.100/24 with 10.0.2.2 as gateway and 10.0.2.3
 as DNS. It gets an exit fd, so it ends when the runtime closes the other end,
-and it is supervised: an early exit fails the run with its own stderr.
+and it is supervised: an early exit fails the run with its own stderr. Its API
+socket (in the runtime directory) lets plugins add port forwards before the
+command starts (``api``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +40,7 @@ class Slirp4netns:
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
         self.binary: str | None = None
+        self.api_socket: str | None = None
 
     def check(self) -> None:
         self.binary = shutil.which("slirp4netns")
@@ -59,7 +63,15 @@ class Slirp4netns:
     async def start(self, ctx: StageContext) -> bool:
         assert ctx.process is not None and self.binary is not None
         exit_r, exit_w = os.pipe()
-        argv = [self.binary, "--configure", f"--mtu={self.mtu}", f"--exit-fd={exit_r}"]
+        assert ctx.runtime_dir is not None
+        self.api_socket = str(ctx.runtime_dir / "slirp4netns.sock")
+        argv = [
+            self.binary,
+            "--configure",
+            f"--mtu={self.mtu}",
+            f"--exit-fd={exit_r}",
+            f"--api-socket={self.api_socket}",
+        ]
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
         argv += [str(ctx.process.pid), TAP]
@@ -101,6 +113,29 @@ class Slirp4netns:
         ctx.tg.start_soon(supervise)
         ctx.log.debug(events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback)
         return True
+
+    async def api(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to slirp4netns's API (one JSON object a connection), e.g. add_hostfwd.
+
+        The socket lives in the runtime directory, which goes once the command
+        runs: this is for hooks before the release.
+        """
+        if self.api_socket is None:
+            raise RuntimeError("slirp4netns has not been started")
+        async with await anyio.connect_unix(self.api_socket) as stream:
+            await stream.send(json.dumps(request).encode())
+            reply = bytearray()
+            with anyio.fail_after(self.timeout):
+                try:
+                    while True:
+                        reply += await stream.receive()
+                except anyio.EndOfStream:
+                    pass
+        answer: dict[str, Any] = json.loads(reply)
+        if "error" in answer:
+            detail = answer["error"].get("desc", answer["error"]) if isinstance(answer["error"], dict) else answer
+            raise AiocontainError(f"slirp4netns refused {request.get('execute')}: {detail}")
+        return answer
 
     async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
         from aiocontain.netlink import wait_configured

@@ -22,7 +22,9 @@ from aiocontain.spec import ContainerSpec
 
 if TYPE_CHECKING:
     from aiocontain.cgroups import Leaf, Placement
+    from aiocontain.container import Container
     from aiocontain.network import NetworkDriver
+    from aiocontain.plugins import BindMount, Plugin
 
 
 @dataclass
@@ -37,7 +39,12 @@ class StageContext:
     stack: AsyncExitStack
     driver: NetworkDriver
     placement: Placement | None = None
+    container: Container | None = None  # the handle the plugins' hooks see
+    plugins: list[Plugin] = field(default_factory=list)
     cgroup: Leaf | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
+    mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks
+    files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: Path | None = None
     process: Process | None = None

@@ -31,6 +31,8 @@ READY_TIMEOUT = 10.0
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
     etc_files = _write_etc_files(ctx, ctx.runtime_dir)
+    mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
+    mounts += _write_plugin_files(ctx, ctx.runtime_dir)
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.control = parent
@@ -39,7 +41,7 @@ async def run(ctx: StageContext) -> None:
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
-        env=spec.environment(os.environ.get("TERM")),
+        env={**spec.environment(os.environ.get("TERM")), **ctx.extra_env},
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
@@ -48,6 +50,7 @@ async def run(ctx: StageContext) -> None:
         init=spec.init,
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
+        mounts=mounts,
     )
     try:
         messages.send(parent, config)  # waits in the socket buffer until the child reads it
@@ -123,6 +126,17 @@ def _write_etc_files(ctx: StageContext, directory: Path) -> dict[str, str]:
         path.chmod(0o644)
         paths[name] = str(path)
     return paths
+
+
+def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | bool]]:
+    """Files the prepare hooks asked for: written here, bind-mounted writable at their place in the container."""
+    mounts: list[list[str | bool]] = []
+    for index, (target, (content, mode)) in enumerate(ctx.files.items()):
+        path = directory / f"file-{index}"
+        path.write_bytes(content)
+        path.chmod(mode)
+        mounts.append([str(path), target, False])
+    return mounts
 
 
 async def _stop_child(ctx: StageContext) -> None:

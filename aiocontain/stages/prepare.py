@@ -1,0 +1,23 @@
+"""Stage 0, prepare: the plugins' prepare hooks, before anything is started.
+
+They may set environment variables, add bind mounts and files, or veto the run;
+what they ask for is kept on the context for the spawn stage to pass on.
+"""
+
+from __future__ import annotations
+
+from aiocontain.plugins.api import PrepareContext
+from aiocontain.plugins.hooks import run_hooks
+from aiocontain.stages.context import StageContext
+
+
+async def run(ctx: StageContext) -> bool:
+    if not ctx.plugins:
+        return False
+    assert ctx.container is not None
+    context = PrepareContext(ctx.container)
+    called = await run_hooks(ctx.plugins, "prepare", context, ctx.log)
+    ctx.extra_env.update(context.env)
+    ctx.mounts.extend(context.mounts)
+    ctx.files.update(context.files)
+    return called

@@ -1,0 +1,271 @@
+"""Plugins: hooks at each lifecycle point, registered in code or found through entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.errors import AiocontainError
+from aiocontain.plugins import (
+    ExitedContext,
+    Plugin,
+    PrepareContext,
+    PrestartContext,
+    StartedContext,
+)
+from tests.conftest import cli_argv, leftovers, open_fds
+
+pytestmark = pytest.mark.container
+
+
+class Recorder(Plugin):
+    """Records each hook it sees, with what the hook was given."""
+
+    def __init__(self, name: str, calls: list[tuple[str, str]]) -> None:
+        self.label = name
+        self.calls = calls
+
+    def display_name(self) -> str:
+        return self.label
+
+    async def prepare(self, context: PrepareContext) -> None:
+        self.calls.append((self.label, "prepare"))
+
+    async def prestart(self, context: PrestartContext) -> None:
+        assert context.pid > 0 and Path(f"/proc/{context.pid}").exists()
+        self.calls.append((self.label, "prestart"))
+
+    async def started(self, context: StartedContext) -> None:
+        self.calls.append((self.label, "started"))
+
+    async def exited(self, context: ExitedContext) -> None:
+        self.calls.append((self.label, f"exited {context.status.code}"))
+
+
+def spec(rootfs: Path, command: str, **options: object) -> ContainerSpec:
+    return ContainerSpec(["/bin/sh", "-c", command], rootfs=rootfs, network=NetworkMode.NONE, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_hooks_run_in_order_and_exited_hooks_in_reverse(rootfs):
+    calls: list[tuple[str, str]] = []
+    plugins = [Recorder("first", calls), Recorder("second", calls)]
+    async with Container(spec(rootfs, "exit 3"), plugins) as container:
+        assert (await container.wait()).code == 3
+    assert calls == [
+        ("first", "prepare"),
+        ("second", "prepare"),
+        ("first", "prestart"),
+        ("second", "prestart"),
+        ("first", "started"),
+        ("second", "started"),
+        ("second", "exited 3"),
+        ("first", "exited 3"),
+    ]
+    names = [e.name async for e in container.events() if e.name == "hook.finished"]
+    assert len(names) == 8
+
+
+class Changer(Plugin):
+    name = "changer"
+
+    def __init__(self, shared: Path) -> None:
+        self.shared = shared
+
+    async def prepare(self, context: PrepareContext) -> None:
+        context.env["FROM_PLUGIN"] = "yes"
+        context.add_mount(self.shared, "/mnt/shared")  # read-only by default
+        context.add_file("/etc/plugin.conf", "written by a plugin\n")
+
+
+@pytest.mark.anyio
+async def test_prepare_hooks_change_the_container(rootfs, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data").write_text("host data\n")
+    command = "echo $FROM_PLUGIN; cat /mnt/shared/data /etc/plugin.conf; touch /mnt/shared/x 2>/dev/null || echo ro"
+    s = spec(rootfs, command, stdout=subprocess.PIPE)
+    async with Container(s, [Changer(shared)]) as container:
+        output = b"".join([chunk async for chunk in container.stdout]).decode()
+        assert (await container.wait()).ok
+    assert output.splitlines() == ["yes", "host data", "written by a plugin", "ro"]
+    assert not (shared / "x").exists()
+    placeholder = Path(rootfs) / "etc" / "plugin.conf"  # the mount point, made empty as for /etc/hosts
+    assert placeholder.read_text() == ""
+    placeholder.unlink()
+
+
+class Failing(Plugin):
+    name = "failing"
+    hook_timeout = 1.0
+
+    def __init__(self, hook: str, how: str) -> None:
+        self.hook, self.how = hook, how
+
+    async def _act(self, context: PrepareContext | PrestartContext | StartedContext) -> None:
+        if self.how == "veto":
+            raise_veto = getattr(context, "veto", None)
+            assert raise_veto is not None
+            raise_veto("not today")
+        if self.how == "hang":
+            await anyio.sleep_forever()
+        raise RuntimeError("boom")
+
+    async def prepare(self, context: PrepareContext) -> None:
+        if self.hook == "prepare":
+            await self._act(context)
+
+    async def prestart(self, context: PrestartContext) -> None:
+        if self.hook == "prestart":
+            await self._act(context)
+
+    async def started(self, context: StartedContext) -> None:
+        if self.hook == "started":
+            await self._act(context)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "hook, how, message",
+    [
+        ("prepare", "veto", "plugin failing stopped the run: not today"),
+        ("prestart", "veto", "plugin failing stopped the run: not today"),
+        ("prestart", "raise", "plugin failing failed in its prestart hook: RuntimeError: boom"),
+        ("started", "raise", "plugin failing failed in its started hook: RuntimeError: boom"),
+        ("prestart", "hang", "plugin failing: its prestart hook did not return within 1s"),
+    ],
+)
+async def test_a_failing_hook_stops_the_run_cleanly_and_names_the_plugin(rootfs, hook, how, message):
+    before, fds = leftovers(), open_fds()
+    s = ContainerSpec(["sleep", "30"], rootfs=rootfs)  # with slirp4netns: it must go too
+    with pytest.raises(AiocontainError) as caught:
+        async with Container(s, [Failing(hook, how)]) as container:
+            await container.wait()
+    assert caught.value.message == message
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+class BadExit(Plugin):
+    name = "bad-exit"
+
+    async def exited(self, context: ExitedContext) -> None:
+        raise RuntimeError("cannot report")
+
+
+@pytest.mark.anyio
+async def test_a_failing_exited_hook_is_reported_and_the_status_stands(rootfs):
+    async with Container(spec(rootfs, "exit 4"), [BadExit()]) as container:
+        status = await container.wait()
+    assert status.code == 4
+    failed = [e async for e in container.events() if e.name == "hook.failed"]
+    assert [(e.fields["plugin"], e.fields["hook"]) for e in failed] == [("bad-exit", "exited")]
+
+
+def make_plugin_distribution(site: Path, name: str, source: str, entry: str) -> None:
+    """An installed distribution as importlib.metadata sees one: a dist-info with entry_points.txt."""
+    (site / f"{name}.py").write_text(textwrap.dedent(source))
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[aiocontain.plugins]\n{entry} = {name}:make\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin_distribution(
+        site,
+        "greeter",
+        """
+        from aiocontain.plugins import Plugin
+
+        class Greeter(Plugin):
+            description = "sets GREETING"
+            def add_arguments(self, parser):
+                parser.add_argument("--greeting", default="hello")
+            def configure(self, args):
+                self.greeting = args.greeting
+            async def prepare(self, context):
+                context.env["GREETING"] = self.greeting
+
+        def make():
+            return Greeter()
+        """,
+        "greeter",
+    )
+    make_plugin_distribution(site, "broken", "raise ImportError('no such thing')\n", "broken")
+    make_plugin_distribution(
+        site,
+        "future",
+        """
+        from aiocontain.plugins import Plugin
+
+        class Future(Plugin):
+            api_version = 99
+
+        def make():
+            return Future()
+        """,
+        "future",
+    )
+    return site
+
+
+def run_cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_installed_plugins_are_listed_with_why_some_cannot_run(site):
+    proc = run_cli(site, sys.executable, "-m", "aiocontain", "plugins")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "enabled" in lines["greeter"] and "sets GREETING" in lines["greeter"]
+    assert "skipped" in lines["broken"] and "ImportError: no such thing" in lines["broken"]
+    assert "interface version 99; this aiocontain speaks 1" in lines["future"]
+
+
+def test_entry_point_plugins_run_and_broken_ones_are_one_warning_each(site, rootfs):
+    argv = cli_argv(rootfs, "--net", "none", "--greeting", "bonjour", "--", "/bin/sh", "-c", "echo $GREETING")
+    proc = run_cli(site, *argv)
+    assert (proc.returncode, proc.stdout) == (0, "bonjour\n"), proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 2 and "Traceback" not in proc.stderr
+    assert "plugin.skipped" in warnings[0] and "plugin=broken" in warnings[0]
+    assert "plugin.skipped" in warnings[1] and "plugin=future" in warnings[1]
+    quiet = run_cli(
+        site,
+        *cli_argv(
+            rootfs,
+            "--net",
+            "none",
+            "--disable-plugin",
+            "broken",
+            "--disable-plugin",
+            "future",
+            "--disable-plugin",
+            "greeter",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo ${GREETING:-none}",
+        ),
+    )
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "none\n", "")
+
+
+def test_unknown_plugin_name_is_one_line(site, rootfs):
+    proc = run_cli(site, *cli_argv(rootfs, "--enable-plugin", "nope", "true"))
+    assert proc.returncode == 125
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "aiocontain: no plugin named 'nope' is installed (fix: aiocontain plugins lists them)"
+    )
