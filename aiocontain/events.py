@@ -41,6 +41,7 @@ HOOK_FAILED = "hook.failed"
 EXITED = "container.exited"
 TEARDOWN_FINISHED = "teardown.finished"
 PLUGIN_SKIPPED = "plugin.skipped"
+PLUGIN_EVENT = "plugin.event"
 
 COMMON_FIELDS = ("container_id", "name")  # on every event of a container
 
@@ -99,6 +100,9 @@ CATALOGUE: dict[str, EventSpec] = {
     ),
     TEARDOWN_FINISHED: EventSpec(
         "info/warning", ("error",), "everything the container used is gone (warning: with an error)"
+    ),
+    PLUGIN_EVENT: EventSpec(
+        "info", ("plugin", "kind", "data"), "a plugin's own event (Plugin.emit): its kind and data are the plugin's"
     ),
     PLUGIN_SKIPPED: EventSpec(
         "warning", ("plugin", "error"), "a plugin could not be loaded; runs go on without it", container=False

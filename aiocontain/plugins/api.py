@@ -130,6 +130,12 @@ class Plugin:
     async def exited(self, context: ExitedContext) -> None:
         """The command ended."""
 
+    def emit(self, container: Container, kind: str, **data: Any) -> None:
+        """Emit this plugin's own event on the container's stream: ``plugin.event`` with plugin, kind and data."""
+        from aiocontain import events
+
+        container.log.info(events.PLUGIN_EVENT, plugin=self.display_name(), kind=kind, data=data)
+
     def overrides(self, hook: str) -> bool:
         """Whether this plugin has its own ``hook`` (the base class's do nothing and are not called)."""
         return getattr(type(self), hook, None) is not getattr(Plugin, hook)
