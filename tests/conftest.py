@@ -135,7 +135,13 @@ def leftovers() -> dict[str, object]:
     dirs: list[str] = []
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):
-            dirs += [name for name in os.listdir(base) if name.startswith("aiocontain-")]
+            for name in os.listdir(base):
+                try:
+                    ours = name.startswith("aiocontain-") and os.lstat(os.path.join(base, name)).st_uid == uid
+                except OSError:
+                    continue  # gone meanwhile
+                if ours:  # another user's containers are not ours to count
+                    dirs.append(name)
     # mounts happen only inside the container's mount namespace: the host's table must not change
     mounts = Path("/proc/self/mountinfo").read_text()
     return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs), "mounts": mounts}

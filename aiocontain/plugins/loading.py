@@ -7,9 +7,11 @@ each run says so in one warning line and goes on without it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 
 from aiocontain.errors import AiocontainError
 from aiocontain.plugins.api import SUPPORTED_API_VERSIONS, Plugin
@@ -34,22 +36,73 @@ class Installed:
 def discover() -> list[Installed]:
     """Every installed plugin, in the order they run (``order``, then name)."""
     found: list[Installed] = []
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = f"{entry.dist.name} {entry.dist.version}" if entry.dist is not None else "?"
+    for name, value, dist in entry_points(ENTRY_POINT_GROUP):
         try:
-            plugin = _instantiate(entry.load())
+            plugin = _instantiate(_load(value))
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break aiocontain
-            found.append(Installed(entry.name, dist, None, f"cannot be loaded: {type(exc).__name__}: {exc}"))
+            found.append(Installed(name, dist, None, f"cannot be loaded: {type(exc).__name__}: {exc}"))
             continue
         if plugin is None:
-            found.append(Installed(entry.name, dist, None, "is not an aiocontain.plugins.Plugin"))
+            found.append(Installed(name, dist, None, "is not an aiocontain.plugins.Plugin"))
         elif plugin.api_version not in SUPPORTED_API_VERSIONS:
             supported = ", ".join(map(str, sorted(SUPPORTED_API_VERSIONS)))
             error = f"speaks plugin interface version {plugin.api_version}; this aiocontain speaks {supported}"
-            found.append(Installed(entry.name, dist, None, error))
+            found.append(Installed(name, dist, None, error))
         else:
-            found.append(Installed(plugin.name or entry.name, dist, plugin))
+            found.append(Installed(plugin.name or name, dist, plugin))
     return sorted(found, key=lambda item: (item.plugin.order if item.plugin else 0, item.name))
+
+
+def entry_points(group: str) -> Iterator[tuple[str, str, str]]:
+    """(name, "module:attr", "distribution version") of each entry point in group, first on sys.path winning.
+
+    Reads the installed distributions' entry_points.txt directly: importlib.metadata
+    costs ~55 ms of imports on every CLI start, for a few small text files.
+    """
+    seen: set[str] = set()
+    for directory in sys.path:
+        try:
+            names = sorted(os.listdir(directory or "."))
+        except OSError:
+            continue
+        for info in names:
+            if not info.endswith((".dist-info", ".egg-info")):
+                continue
+            dist, _, version = info.rsplit(".", 1)[0].partition("-")
+            key = dist.lower().replace("-", "_")
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                with open(os.path.join(directory or ".", info, "entry_points.txt"), encoding="utf-8") as file:
+                    text = file.read()
+            except OSError:
+                continue
+            for name, value in _section(text, group):
+                yield name, value, f"{dist} {version}".strip()
+
+
+def _section(text: str, group: str) -> Iterator[tuple[str, str]]:
+    """The ``name = value`` lines of one [group] of an entry_points.txt (an INI file)."""
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1].strip()
+        elif current == group and "=" in line:
+            name, _, value = line.partition("=")
+            yield name.strip(), value.strip()
+
+
+def _load(value: str) -> object:
+    """Import "module:attr.sub" as an entry point names it (extras in [...] are ignored)."""
+    module, _, attr = value.split("[", 1)[0].strip().partition(":")
+    obj: object = importlib.import_module(module.strip())
+    for part in filter(None, attr.strip().split(".")):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _instantiate(obj: object) -> Plugin | None:
