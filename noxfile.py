@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nox
@@ -50,13 +52,36 @@ def tests(session: nox.Session) -> None:
         session.run(python, "-m", "pytest", *session.posargs)
         return
 
+    stage = _stage(session)
+    session.chdir(stage.work)
+    session.run(*stage.pytest(*session.posargs), external=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An installed copy of the package, the tests and a root filesystem, owned by the test user."""
+
+    venv: Path
+    work: Path
+    as_user: list[str]  # runuser as the test user, with the environment the tests run in
+
+    def pytest(self, *args: str, env: Sequence[str] = ()) -> list[str]:
+        """The command that runs pytest (from `work`) as the test user; `env` adds KEY=VALUE settings."""
+        python = str(self.venv / "bin" / "python")
+        rootfs = f"AIOCONTAIN_TEST_ROOTFS={self.work / 'rootfs'}"
+        return [*self.as_user, rootfs, *env, python, "-m", "pytest", "-p", "no:cacheprovider", "-ra", *args]
+
+
+def _stage(session: nox.Session) -> Stage:
+    """Install the package into STAGE's venv and lay out a fresh work dir (tests, rootfs, a HOME) there."""
     user = pwd.getpwnam(TEST_USER)
     venv, work = STAGE / "venv", STAGE / "work"
     STAGE.mkdir(parents=True, exist_ok=True)
     STAGE.chmod(0o755)
     if not (venv / "bin" / "python").exists():
-        session.run("/usr/bin/python3", "-m", "venv", str(venv))
-    session.run(str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", ".", *TEST_DEPS)
+        session.run("/usr/bin/python3", "-m", "venv", str(venv), external=True)
+    pip = str(venv / "bin" / "pip")
+    session.run(pip, "install", "--quiet", "--disable-pip-version-check", ".", *TEST_DEPS, external=True)
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -78,16 +103,4 @@ def tests(session: nox.Session) -> None:
         f"PATH={venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin",
     ]
     session.run(*as_user, str(venv / "bin" / "aiocontain"), "rootfs", "init", str(work / "rootfs"), external=True)
-    session.chdir(work)
-    session.run(
-        *as_user,
-        f"AIOCONTAIN_TEST_ROOTFS={work / 'rootfs'}",
-        str(venv / "bin" / "python"),
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-ra",
-        *session.posargs,
-        external=True,
-    )
+    return Stage(venv, work, as_user)
