@@ -94,6 +94,15 @@ def test_a_container_runs_without_network(cli):
 
 
 @pytest.mark.container
+def test_a_container_maps_the_subordinate_ids(cli):
+    """newuidmap and newgidmap stay setuid through the guest's 9p root and overlays (neither is nosuid)."""
+    result = cli("--net", "none", "/bin/sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map", timeout=120)
+    assert result.code == 0, result.stderr
+    mappings = [line.split() for line in result.stdout.splitlines()]
+    assert len(mappings) == 4 and all(inside in ("0", "1") for inside, _, _ in mappings), result.stdout
+
+
+@pytest.mark.container
 def test_a_container_gets_slirp4netns_networking(cli):
     result = cli("/bin/sh", "-c", "ip -4 addr show tap0", timeout=120)
     assert result.code == 0, result.stderr
