@@ -5,13 +5,18 @@
 # - with --bench (what `nox -s bench` runs), also the runtimes the benchmark compares against:
 #   bubblewrap, podman and runc (crun refuses hybrid cgroups; naming runc makes apt pick it for
 #   podman's "crun | runc"). No test needs them, so the test run does not install them.
+# - for the VM tier (nox -s vm; virtme-ng itself comes from PyPI into nox's venv): qemu-system-x86, Debian's
+#   standard kernel linux-image-amd64 (not -cloud-: it lacks 9p, which shares the root with the guest), kmod
+#   (modprobe, depmod) and udev, whose rules name the virtio-serial ports that carry the guest's output and
+#   exit code (without it virtme-ng loses both); busybox-static above builds virtme-ng's initramfs
 # - /dev/net/tun usable by unprivileged users (0666, as desktop distributions ship it)
 # - an unprivileged test user with subordinate id ranges in /etc/subuid and /etc/subgid
 set -euo pipefail
 
 TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
 SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
-PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps)
+PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps
+    qemu-system-x86 linux-image-amd64 kmod udev)
 for arg in "$@"; do
     case $arg in
     --bench) PACKAGES+=(bubblewrap podman runc) ;;

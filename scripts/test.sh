@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian machine, as root: host set-up, then nox (lint, types, tests).
-# The container tests themselves run as the unprivileged test user that host-setup.sh creates.
+# The whole test suite on a fresh Debian machine, as root: host set-up, then nox (lint, types, tests, vm).
+# The container tests themselves run as the unprivileged test user that host-setup.sh creates; vm runs
+# tests/vm in a QEMU guest with a real cgroup v2 hierarchy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +12,4 @@ if [ ! -x "$NOX_VENV/bin/nox" ]; then
     /usr/bin/python3 -m venv "$NOX_VENV"
     "$NOX_VENV/bin/pip" install --quiet --disable-pip-version-check nox
 fi
-exec "$NOX_VENV/bin/nox" --no-color -s lint types tests "$@"
+exec "$NOX_VENV/bin/nox" --no-color -s lint types tests vm "$@"
