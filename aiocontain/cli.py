@@ -48,6 +48,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("--cpus", type=float, help="CPUs the container may use (cpu.max), e.g. 0.5")
     run.add_argument("--cgroups", default="enabled", choices=["enabled", "disabled"], help="own cgroup or none")
     run.add_argument("--cgroup-parent", type=Path, help="cgroup2 directory you own to make the container's cgroup in")
+    run.add_argument("--network-timeout", type=float, default=10.0, help="seconds for tap0 to come up (default 10)")
     run.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM/SIGINT to SIGKILL")
     run.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     run.add_argument("--log-format", default="console", choices=["console", "json"])
@@ -165,6 +166,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         workdir=args.workdir,
         init=args.init,
         stop_timeout=args.stop_timeout,
+        network_timeout=args.network_timeout,
         memory=args.memory,
         memory_swap=args.memory_swap,
         pids_limit=args.pids_limit,

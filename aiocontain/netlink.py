@@ -15,6 +15,12 @@ from typing import Any
 
 import anyio
 
+# At import, not on the first message: the tap stage imports this module before its deadline starts, and
+# pyroute2's package init (100-300 ms here, seconds under emulation) must not eat into network_timeout.
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
 RTM_NEWLINK = 16
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
@@ -61,8 +67,6 @@ def split(data: bytes) -> Iterator[tuple[int, bytes]]:
 def update(state: InterfaceState, kind: int, raw: bytes) -> None:
     """Fold one rtnetlink message into the state of the interface being watched."""
     if kind == RTM_NEWLINK:
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-
         link = ifinfmsg(raw)
         link.decode()
         if link.get_attr("IFLA_IFNAME") == state.name:
@@ -70,16 +74,12 @@ def update(state: InterfaceState, kind: int, raw: bytes) -> None:
             state.up = bool(link["flags"] & _IFF_UP)
             state.mtu = link.get_attr("IFLA_MTU")
     elif kind == RTM_NEWADDR:
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-
         addr = ifaddrmsg(raw)
         addr.decode()
         if addr.get_attr("IFA_LABEL") == state.name or (state.index is not None and addr["index"] == state.index):
             state.address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             state.prefixlen = addr["prefixlen"]
     elif kind == RTM_NEWROUTE:
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
         route = rtmsg(raw)
         route.decode()
         if route["dst_len"] == 0 and route.get_attr("RTA_GATEWAY"):

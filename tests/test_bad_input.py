@@ -64,6 +64,7 @@ def test_empty_default_rootfs_names_the_command_that_fills_it(tmp_path):
         (["-w", "relative/dir"], "invalid working directory"),
         (["-e", "=x"], "invalid --env"),
         (["--stop-timeout", "-1"], "invalid stop timeout"),
+        (["--network-timeout", "-3"], "invalid network timeout"),
         (["--memory", "2x"], "invalid --memory '2x'"),
         (["-m", "0"], "must be more than 0 bytes"),
         (["--memory=-5m"], "invalid --memory '-5m'"),
