@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -25,6 +25,9 @@ from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.stages import cgroup as cgroup_stage
 from aiocontain.stages import wait as wait_stage
+
+if TYPE_CHECKING:
+    from aiocontain.forkserver import ForkServer
 
 TEARDOWN_TIMEOUT = 15.0
 
@@ -58,10 +61,13 @@ class Container:
     is still running and undoes every stage in reverse order.
     """
 
-    def __init__(self, spec: ContainerSpec, plugins: Sequence[Plugin] = ()) -> None:
+    def __init__(
+        self, spec: ContainerSpec, plugins: Sequence[Plugin] = (), *, fork_server: ForkServer | None = None
+    ) -> None:
         spec.validate()
         self.spec = spec
         self.plugins = list(plugins)  # their hooks run in this order (exited hooks in reverse)
+        self.fork_server = fork_server  # None: this process's default (aiocontain.forkserver.default())
         self.id = spec.id
         self.name = spec.effective_name
         self.log = events.EventLog(spec.short_id, self.name)
@@ -152,6 +158,7 @@ class Container:
                 placement=placement,
                 container=self,
                 plugins=self.plugins,
+                fork_server=self.fork_server,
             )
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:

@@ -285,7 +285,8 @@ def test_invoking_uid_outside(rootfs):
     proc = _start(rootfs, "--stop-timeout", "0", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
     _started(proc)
     try:
-        (intermediate,) = _children(proc.pid)
+        (server,) = _children(proc.pid)  # the CLI's fork server, which forked the intermediate
+        (intermediate,) = _children(server)
         (init,) = _children(intermediate)
         status = Path(f"/proc/{init}/status").read_text()
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)

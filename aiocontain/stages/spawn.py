@@ -1,8 +1,10 @@
 """Stage 1, spawn: start the container's first process, blocked until the release.
 
-The child is a fresh ``python -I -S`` (isolated, no site: stdlib only, so it
-starts fast) that unshares the namespaces, forks PID 1 and answers Ready with
-the netlink socket it opened inside the new network namespace.
+The child (the intermediate) is forked by this process's fork server
+(``aiocontain.forkserver``), which has the child modules imported already: only
+the first container pays for starting an interpreter. It unshares the
+namespaces, forks PID 1 and answers Ready with the netlink socket it opened
+inside the new network namespace.
 """
 
 from __future__ import annotations
@@ -12,19 +14,16 @@ import errno
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import anyio
 
-from aiocontain import events, messages, processes
+from aiocontain import events, forkserver, messages
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config, Failed, Ready
 from aiocontain.stages.context import StageContext
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
-_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.intermediate import main;main({fd})"
 READY_TIMEOUT = 10.0
 
 
@@ -64,13 +63,8 @@ async def run(ctx: StageContext) -> None:
             fix="pass large data through a file in the rootfs instead of -e or arguments",
         ) from None
     try:
-        ctx.process = await processes.spawn(
-            [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
-            pass_fds=(child.fileno(),),
-            stdin=spec.stdin,
-            stdout=spec.stdout,
-            stderr=spec.stderr,
-        )
+        server = ctx.fork_server or forkserver.default()
+        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
     finally:
         child.close()
     ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
@@ -147,11 +141,9 @@ async def _stop_child(ctx: StageContext) -> None:
         control.shutdown(socket.SHUT_RDWR)
     with anyio.move_on_after(5):
         await process.wait()
-    if process.returncode is None:
+    if not process.exited:
         ctx.log.warning(events.CHILD_KILLED, pid=process.pid)
-        process.kill()
-        await process.wait()
-    await process.aclose()
+    await process.aclose()  # kills it if it still runs
 
 
 def _close_pidfd(ctx: StageContext) -> None:
