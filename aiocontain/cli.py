@@ -222,8 +222,10 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         except OSError as exc:
             raise AiocontainError(f"cannot write the events file {args.events}: {exc.strerror}") from None
     result: dict[str, Any] = {}
+    # network.ready's facts cost pyroute2's import: decode them only where something shows or uses them
+    describe = args.log_level in ("debug", "info") or events_file is not None or bool(plugins)
     try:
-        anyio.run(_run_container, spec, result, events_file, plugins, backend=args.backend)
+        anyio.run(_run_container, spec, result, events_file, plugins, describe, backend=args.backend)
     finally:
         if events_file is not None:
             events_file.close()
@@ -277,13 +279,17 @@ def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[P
 
 
 async def _run_container(
-    spec: Any, result: dict[str, Any], events_file: TextIO | None = None, plugins: Sequence[Plugin] = ()
+    spec: Any,
+    result: dict[str, Any],
+    events_file: TextIO | None = None,
+    plugins: Sequence[Plugin] = (),
+    describe_network: bool = True,
 ) -> None:
     import anyio
 
     from aiocontain.container import Container
 
-    container = Container(spec, plugins)
+    container = Container(spec, plugins, describe_network=describe_network)
     # Outside the signal-handling group: its cancellation must not cut the file short.
     async with anyio.create_task_group() as outer:
         if events_file is not None:

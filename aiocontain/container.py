@@ -62,12 +62,18 @@ class Container:
     """
 
     def __init__(
-        self, spec: ContainerSpec, plugins: Sequence[Plugin] = (), *, fork_server: ForkServer | None = None
+        self,
+        spec: ContainerSpec,
+        plugins: Sequence[Plugin] = (),
+        *,
+        fork_server: ForkServer | None = None,
+        describe_network: bool = True,
     ) -> None:
         spec.validate()
         self.spec = spec
         self.plugins = list(plugins)  # their hooks run in this order (exited hooks in reverse)
         self.fork_server = fork_server  # None: this process's default (aiocontain.forkserver.default())
+        self.describe_network = describe_network
         self.id = spec.id
         self.name = spec.effective_name
         self.log = events.EventLog(spec.short_id, self.name)
@@ -186,7 +192,7 @@ class Container:
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
-        driver = driver_for(spec)
+        driver = driver_for(spec, describe=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
         return rootfs, driver, placement
