@@ -21,6 +21,7 @@ those end by themselves, as their control sockets reach end of stream too.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -65,6 +66,9 @@ def prepare(owner: int) -> None:
 
 def serve(requests: socket.socket) -> NoReturn:
     """Fork on request and reap, until end of stream and no child left."""
+    # Everything imported so far is shared with every child: frozen, no collection in a child walks
+    # (and so copies) those pages.
+    gc.freeze()
     poller = select.poll()
     poller.register(requests, select.POLLIN)
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
