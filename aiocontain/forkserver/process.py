@@ -84,14 +84,20 @@ class ForkedProcess:
         stdio.close()
         raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
 
+    async def wait_exit(self) -> None:
+        """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
+        if not self.exited:
+            await anyio.wait_readable(self._pidfd)
+            self.exited = True
+
     async def wait(self) -> int | None:
-        """Wait for the exit (the kernel says so through the pidfd), then its status from the fork server.
+        """Wait for the exit, then its status from the fork server.
 
         None when the status is lost: the fork server died first (``status_lost``).
         """
         async with self._lock:
-            if not self.exited:
-                await anyio.wait_readable(self._pidfd)
+            await self.wait_exit()
+            if self.returncode is None and not self.status_lost:
                 message, fds = await _receive(self._channel)
                 for fd in fds:
                     os.close(fd)
@@ -99,7 +105,6 @@ class ForkedProcess:
                     self.returncode = os.waitstatus_to_exitcode(message.status)
                 else:
                     self.status_lost = True
-                self.exited = True
         return self.returncode
 
     def kill(self) -> None:
@@ -109,13 +114,14 @@ class ForkedProcess:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def aclose(self) -> None:
-        """Kill it if it still runs, wait for it, close its streams and fds. Shielded: it runs on every path."""
+        """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
+        every path. Its status is not waited for: the fork server reaps it either way."""
         if self._pidfd < 0:
             return
         with anyio.CancelScope(shield=True):
             if not self.exited:
                 self.kill()
-                await self.wait()
+                await self.wait_exit()
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
                     await stream.aclose()

@@ -29,7 +29,7 @@ READY_TIMEOUT = 10.0
 
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
-    etc_files = _write_etc_files(ctx, ctx.runtime_dir)
+    etc_files = _etc_files(ctx, ctx.runtime_dir)
     mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
     mounts += _write_plugin_files(ctx, ctx.runtime_dir)
 
@@ -45,7 +45,7 @@ async def run(ctx: StageContext) -> None:
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
         want_netlink=ctx.driver.wants_netlink,
-        etc_files=etc_files,
+        etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
@@ -67,6 +67,7 @@ async def run(ctx: StageContext) -> None:
         ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
     finally:
         child.close()
+    _write(etc_files)  # while the child unshares: the init reads them only once released
     ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
     ctx.stack.push_async_callback(_stop_child, ctx)
     parent.setblocking(False)
@@ -106,20 +107,25 @@ def _make_runtime_dir(ctx: StageContext) -> Path:
     return path
 
 
-def _write_etc_files(ctx: StageContext, directory: Path) -> dict[str, str]:
+def _etc_files(ctx: StageContext, directory: Path) -> dict[str, tuple[str, str]]:
+    """The container's /etc/hostname, hosts and resolv.conf: name -> (host path, content)."""
     hostname = ctx.spec.effective_hostname
     files = {
         "hostname": hostname + "\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ctx.driver.hosts_line(hostname)}",
         "resolv.conf": ctx.driver.resolv_conf(),
     }
-    paths = {}
-    for name, content in files.items():
-        path = directory / name
-        path.write_text(content)
-        path.chmod(0o644)
-        paths[name] = str(path)
-    return paths
+    return {name: (str(directory / name), content) for name, content in files.items()}
+
+
+def _write(files: dict[str, tuple[str, str]]) -> None:
+    for path, content in files.values():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: every user in the container reads them
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
 
 
 def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | bool]]:
@@ -140,7 +146,7 @@ async def _stop_child(ctx: StageContext) -> None:
     with contextlib.suppress(OSError):
         control.shutdown(socket.SHUT_RDWR)
     with anyio.move_on_after(5):
-        await process.wait()
+        await process.wait_exit()
     if not process.exited:
         ctx.log.warning(events.CHILD_KILLED, pid=process.pid)
     await process.aclose()  # kills it if it still runs
