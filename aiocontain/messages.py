@@ -89,6 +89,13 @@ class Config(_Message):
         self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
 
 
+class Unshared(_Message):
+    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked."""
+
+    kind = "unshared"
+    __slots__ = ()
+
+
 class Ready(_Message):
     """Child -> parent: namespaces exist, the init process is blocked. Carries the netlink fd."""
 
@@ -171,9 +178,9 @@ class Reaped(_Message):
         self.status = status
 
 
-Message = Config | Ready | Release | Started | Failed | Exited | Fork | Forked | Reaped
+Message = Config | Unshared | Ready | Release | Started | Failed | Exited | Fork | Forked | Reaped
 _TYPES: dict[str, type[Any]] = {
-    t.kind: t for t in (Config, Ready, Release, Started, Failed, Exited, Fork, Forked, Reaped)
+    t.kind: t for t in (Config, Unshared, Ready, Release, Started, Failed, Exited, Fork, Forked, Reaped)
 }
 MAX_FDS = 8
 

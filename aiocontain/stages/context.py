@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.stages.idmap import IdMapping
 
 
 @dataclass
@@ -52,6 +53,7 @@ class StageContext:
     runtime_dir: Path | None = None
     process: ForkedProcess | None = None
     control: socket.socket | None = None
+    idmap: IdMapping | None = None
     init_pid: int | None = None
     pidfd: int | None = None
     netlink: socket.socket | None = None

@@ -21,7 +21,8 @@ import anyio
 
 from aiocontain import events, forkserver, messages
 from aiocontain.errors import AiocontainError
-from aiocontain.messages import Config, Failed, Ready
+from aiocontain.messages import Config, Failed, Ready, Unshared
+from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
 READY_TIMEOUT = 10.0
@@ -75,6 +76,9 @@ async def run(ctx: StageContext) -> None:
 
     with anyio.fail_after(READY_TIMEOUT):
         message, fds = await ctx.receive()
+        if isinstance(message, Unshared):
+            idmap.begin(ctx)  # the user namespace exists: map it while the child forks the init
+            message, fds = await ctx.receive()
     if isinstance(message, Failed):
         raise namespace_error(message)
     if not isinstance(message, Ready):
