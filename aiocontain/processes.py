@@ -6,9 +6,11 @@ import contextlib
 import os
 import signal
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import Process
 
 
@@ -32,19 +34,26 @@ async def run(argv: Sequence[str]) -> tuple[int, bytes]:
     posix_spawn (vfork and exec) and a pidfd for the exit, rather than the event
     loop's subprocess machinery: under asyncio that starts a child-watcher thread
     per process, and the two helpers of every container spent ~4 ms waiting for
-    those threads and their locks. Killed and reaped if cancelled.
+    those threads and their locks. The spawn itself runs in a worker thread, as
+    vfork holds its caller until the helper has executed. Killed and reaped if
+    cancelled.
     """
     read, write = os.pipe()
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     dup2 = os.POSIX_SPAWN_DUP2
+    spawn = partial(
+        os.posix_spawn,
+        argv[0],
+        list(argv),
+        os.environ,
+        file_actions=[(dup2, null, 0), (dup2, null, 1), (dup2, write, 2)],
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as subprocess does: not Python's ignored ones
+    )
     try:
-        pid = os.posix_spawn(
-            argv[0],
-            list(argv),
-            os.environ,
-            file_actions=[(dup2, null, 0), (dup2, null, 1), (dup2, write, 2)],
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as subprocess does: not Python's ignored ones
-        )
+        # In a worker thread: vfork holds the caller until the (setuid) helper has executed, which would
+        # hold the event loop and serialize the two helpers. Shielded: the pid must not be lost.
+        with anyio.CancelScope(shield=True):
+            pid = await anyio.to_thread.run_sync(spawn)
     except BaseException:
         os.close(read)
         raise
