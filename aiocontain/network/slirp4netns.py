@@ -151,12 +151,13 @@ class Slirp4netns:
         return answer
 
     async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
+        if self.wants_netlink:
+            # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
+            from aiocontain.netlink import wait_configured
         try:
             with anyio.fail_after(self.timeout):
                 if not self.wants_netlink:
                     return await self._wait_ready_fd(ctx)
-                from aiocontain.netlink import wait_configured
-
                 assert ctx.netlink is not None
                 state = await wait_configured(ctx.netlink, TAP)
         except TimeoutError:
