@@ -1,5 +1,3 @@
-import sys
+from aiocontain.cli import entry
 
-from aiocontain.cli import main
-
-sys.exit(main())
+entry()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
@@ -25,6 +25,9 @@ from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.stages import cgroup as cgroup_stage
 from aiocontain.stages import wait as wait_stage
+
+if TYPE_CHECKING:
+    from aiocontain.forkserver import ForkServer
 
 TEARDOWN_TIMEOUT = 15.0
 
@@ -58,10 +61,19 @@ class Container:
     is still running and undoes every stage in reverse order.
     """
 
-    def __init__(self, spec: ContainerSpec, plugins: Sequence[Plugin] = ()) -> None:
+    def __init__(
+        self,
+        spec: ContainerSpec,
+        plugins: Sequence[Plugin] = (),
+        *,
+        fork_server: ForkServer | None = None,
+        describe_network: bool = True,
+    ) -> None:
         spec.validate()
         self.spec = spec
         self.plugins = list(plugins)  # their hooks run in this order (exited hooks in reverse)
+        self.fork_server = fork_server  # None: this process's default (aiocontain.forkserver.default())
+        self.describe_network = describe_network
         self.id = spec.id
         self.name = spec.effective_name
         self.log = events.EventLog(spec.short_id, self.name)
@@ -152,6 +164,7 @@ class Container:
                 placement=placement,
                 container=self,
                 plugins=self.plugins,
+                fork_server=self.fork_server,
             )
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
@@ -179,7 +192,7 @@ class Container:
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
-        driver = driver_for(spec)
+        driver = driver_for(spec, describe=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
         return rootfs, driver, placement

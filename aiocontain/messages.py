@@ -1,4 +1,4 @@
-"""Typed messages between the runtime (parent) and the container's child process.
+"""Typed messages between the runtime (parent), the fork server and the container's child process.
 
 They travel as JSON over one AF_UNIX SOCK_SEQPACKET socket pair: one datagram a
 message, so no framing is needed, and file descriptors ride along as SCM_RIGHTS.
@@ -89,6 +89,13 @@ class Config(_Message):
         self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
 
 
+class Unshared(_Message):
+    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked."""
+
+    kind = "unshared"
+    __slots__ = ()
+
+
 class Ready(_Message):
     """Child -> parent: namespaces exist, the init process is blocked. Carries the netlink fd."""
 
@@ -142,8 +149,40 @@ class Exited(_Message):
         self.signal = signal
 
 
-Message = Config | Ready | Release | Started | Failed | Exited
-_TYPES: dict[str, type[Any]] = {t.kind: t for t in (Config, Ready, Release, Started, Failed, Exited)}
+class Fork(_Message):
+    """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
+    channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
+    stdout and stderr."""
+
+    kind = "fork"
+    __slots__ = ()
+
+
+class Forked(_Message):
+    """Fork server -> runtime, on the reply channel: the intermediate runs. Carries its pidfd."""
+
+    kind = "forked"
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+class Reaped(_Message):
+    """Fork server -> runtime, on the reply channel, last: the intermediate exited (``waitpid`` status)."""
+
+    kind = "reaped"
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+Message = Config | Unshared | Ready | Release | Started | Failed | Exited | Fork | Forked | Reaped
+_TYPES: dict[str, type[Any]] = {
+    t.kind: t for t in (Config, Unshared, Ready, Release, Started, Failed, Exited, Fork, Forked, Reaped)
+}
+MAX_FDS = 8
 
 
 def encode(message: Message) -> bytes:
@@ -166,7 +205,7 @@ def send(sock: socket.socket, message: Message, fds: list[int] | None = None) ->
 def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
     """Receive one message and any fds; (None, []) at end of stream."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * fds.itemsize))
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])

@@ -106,7 +106,7 @@ def batch(worker: Worker, count: int, concurrent: bool, repetitions: int) -> Wor
 
 MEMORY_METRICS = {
     "memory.runtime_rss_growth": "embedding interpreter's RSS growth per running container",
-    "memory.intermediate_rss": "RSS of one intermediate (python -I -S) process",
+    "memory.intermediate_rss": "RSS of one intermediate (forked by the fork server)",
     "memory.intermediate_pss": "PSS of one intermediate (shared pages divided)",
     "memory.slirp4netns_rss": "RSS of one slirp4netns",
     "memory.slirp4netns_pss": "PSS of one slirp4netns",

@@ -11,7 +11,7 @@ and teardown.finished) and from ``python -X importtime``:
 - a batch from one event loop, at once and one after another: wall time, how
   many cores its processes kept busy (runtime and reaped children, from
   getrusage), and each stage's median and maximum;
-- the imports of the CLI and of the intermediate process: the total, the
+- the imports of the CLI and of the fork server (once per process): the total, the
   biggest top-level imports (cumulative), and self time by top-level package.
 
 Medians of ``--runs`` runs after one unrecorded run. docs/performance.md has what
@@ -177,10 +177,10 @@ def main() -> None:
             f"CLI, --net {network}",
             ["-m", "aiocontain", "run", "--rootfs", str(args.rootfs), "--net", network, "/bin/true"],
         )
-    # The intermediate as the spawn stage starts it: python -I -S, the package's directory on sys.path.
+    # The fork server as an embedding process starts it: python -I -S, the package's directory on sys.path.
     root = Path(aiocontain.__file__).resolve().parent.parent
-    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.intermediate"
-    imports("intermediate (python -I -S)", ["-I", "-S", "-c", boot])
+    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.zygote"
+    imports("fork server (python -I -S, once per process)", ["-I", "-S", "-c", boot])
     anyio.run(embedded, args.rootfs, args.runs, args.batch)
 
 

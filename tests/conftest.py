@@ -34,6 +34,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fork_server() -> Iterator[int]:
+    """This process's fork server (aiocontain.forkserver), started before the first container.
+
+    It is a long-lived child of the test process that forks every container's
+    intermediate. Started here (autouse, session scope: before every function
+    fixture), before any test takes its leftovers() and open_fds() snapshot, it
+    is in every snapshot alike (leftovers() lists it without its changing state);
+    closed at the end of the session. test_forkserver checks that closing one
+    leaves nothing, on a server of its own.
+    """
+    from aiocontain import forkserver
+
+    server = forkserver.default()
+    yield server.pid
+    forkserver.close_default()
+
+
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepared = os.environ.get("AIOCONTAIN_TEST_ROOTFS")
@@ -114,6 +132,9 @@ def loopback_server() -> Iterator[tuple[int, bytes]]:
 
 def leftovers() -> dict[str, object]:
     """What a container could leave behind: our slirp4netns processes, runtime dirs, children, mounts."""
+    from aiocontain import forkserver
+
+    server = forkserver.current()
     uid = os.getuid()
     slirps = []
     children = []
@@ -131,7 +152,9 @@ def leftovers() -> dict[str, object]:
         if cmdline and cmdline[0].endswith(b"slirp4netns"):
             slirps.append(int(entry.name))
         if int(fields.get("PPid", "0")) == os.getpid():
-            children.append((int(entry.name), fields.get("State", "").strip(), b" ".join(cmdline).decode()[:80]))
+            # The session's fork server runs, sleeps and runs again as it forks: only its pid is stable.
+            state = "fork server" if server and int(entry.name) == server.pid else fields.get("State", "").strip()
+            children.append((int(entry.name), state, b" ".join(cmdline).decode()[:80]))
     dirs: list[str] = []
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):

@@ -107,6 +107,20 @@ def test_slirp4netns_missing(rootfs, tmp_path):
     assert_one_line_error(run("--rootfs", str(rootfs), "true", env=env), "slirp4netns is not installed", "--net none")
 
 
+@pytest.mark.parametrize("level", ["warning", "info"])
+def test_slirp4netns_failing_early_is_one_line_with_its_stderr(rootfs, tmp_path, level):
+    # warning: readiness by slirp4netns's ready fd, which sees end of file; info: by rtnetlink events
+    fake = tmp_path / "slirp4netns"
+    fake.write_text("#!/bin/sh\necho 'fake failure: cannot join namespace' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = run("--rootfs", str(rootfs), "--log-level", level, "--log-format", "json", "true", env=env)
+    assert result.code == 125, result
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1, result.stderr
+    assert "slirp4netns exited early with status 3: fake failure" in errors[0]
+
+
 def test_user_namespaces_disabled(rootfs):
     # user.max_user_namespaces is per user namespace: set it to 0 in one of our own, then run inside it.
     script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'

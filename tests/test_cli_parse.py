@@ -161,6 +161,18 @@ def test_run_defaults(fake_run: FakeRun) -> None:
     assert fake_run.calls[0]["backend"] == "asyncio"
 
 
+@pytest.mark.parametrize(("level", "describe"), [("warning", False), ("error", False), ("info", True), ("debug", True)])
+def test_network_facts_are_decoded_only_when_logged(fake_run: FakeRun, level: str, describe: bool) -> None:
+    # network.ready's address, gateway and MTU cost pyroute2's import: only when the event is shown
+    assert cli.main(["run", "--log-level", level, "true"]) == 0
+    assert fake_run.calls[0]["args"][-1] is describe
+
+
+def test_network_facts_are_decoded_for_an_events_file(fake_run: FakeRun, tmp_path: Path) -> None:
+    assert cli.main(["run", "--events", str(tmp_path / "events.jsonl"), "true"]) == 0
+    assert fake_run.calls[0]["args"][-1] is True
+
+
 def test_run_returns_the_container_exit_code(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun) -> None:
     fake_run.code = 42
     assert cli.main(["run", "false"]) == 42

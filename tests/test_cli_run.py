@@ -285,7 +285,8 @@ def test_invoking_uid_outside(rootfs):
     proc = _start(rootfs, "--stop-timeout", "0", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
     _started(proc)
     try:
-        (intermediate,) = _children(proc.pid)
+        (server,) = _children(proc.pid)  # the CLI's fork server, which forked the intermediate
+        (intermediate,) = _children(server)
         (init,) = _children(intermediate)
         status = Path(f"/proc/{init}/status").read_text()
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
@@ -356,10 +357,11 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
     )
     _started(proc)
     children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)}
-    (intermediate,) = [pid for pid, cmdline in children.items() if b"aiocontain.child" in cmdline]
     (slirp,) = [pid for pid, cmdline in children.items() if cmdline.split(b"\0")[0].endswith(b"slirp4netns")]
+    (server,) = [pid for pid in children if pid != slirp]  # the CLI's fork server, forked from it at start-up
+    (intermediate,) = _children(server)
     (init,) = _children(intermediate)
-    pidfds = [os.pidfd_open(pid) for pid in (intermediate, init, slirp)]
+    pidfds = [os.pidfd_open(pid) for pid in (server, intermediate, init, slirp)]
     proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
     proc.wait()
     try:

@@ -1,11 +1,12 @@
 """The intermediate process: makes the namespaces, forks PID 1, relays, reports exit.
 
-The runtime starts it as ``python -I -S`` running ``main(fd)`` with one end of
-the control socket. It reads the Config, unshares the namespaces, forks the init
-(PID 1 of the new PID namespace) blocked on a pipe, and sends Ready with the
-netlink socket. From then on it is a relay: Release goes down to the init,
-failures and the exec come up, and the init's exit status is sent as Exited and
-becomes its own exit code. If the runtime goes away (the control socket reaches
+The fork server forks it and runs ``main(fd)`` with one end of the control
+socket. It reads the Config, unshares the namespaces (saying Unshared, so that
+the runtime writes the id maps meanwhile), forks the init (PID 1 of the new PID
+namespace) blocked on a pipe, and sends Ready with the netlink socket. From
+then on it is a relay: Release goes down to the init, failures and the exec
+come up, and the init's exit status is sent as Exited and becomes its own exit
+code. If the runtime goes away (the control socket reaches
 end of stream) it kills the init, and with it the whole PID namespace, and
 removes the container's cgroup that the runtime can no longer remove.
 """
@@ -20,7 +21,7 @@ import time
 
 from aiocontain import messages, syscalls
 from aiocontain.child import init, netdev
-from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Started
+from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Started, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def main(fd: int) -> NoReturn:
         os._exit(125)
     try:
         syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if config.unshare_net else 0))
+        _send_or_exit(sock, Unshared())  # the runtime writes our id maps while we go on
         socket.sethostname(config.hostname)
         if config.unshare_net:
             netdev.bring_up("lo")

@@ -35,13 +35,17 @@ class NetworkDriver(Protocol):
         ...
 
 
-def driver_for(spec: ContainerSpec) -> NetworkDriver:
+def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
+    """The spec's driver. describe=False: learn readiness without decoding what the kernel reports
+    (slirp4netns's ready fd), so that pyroute2 is never imported; the facts are then only the interface."""
     from aiocontain.spec import NetworkMode
 
     if spec.network is NetworkMode.SLIRP4NETNS:
         from aiocontain.network.slirp4netns import Slirp4netns
 
-        return Slirp4netns(mtu=spec.mtu, allow_host_loopback=spec.allow_host_loopback, timeout=spec.network_timeout)
+        return Slirp4netns(
+            mtu=spec.mtu, allow_host_loopback=spec.allow_host_loopback, timeout=spec.network_timeout, describe=describe
+        )
     if spec.network is NetworkMode.HOST:
         from aiocontain.network.host import HostNetwork
 

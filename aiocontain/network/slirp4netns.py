@@ -6,6 +6,12 @@ as DNS. It gets an exit fd, so it ends when the runtime closes the other end,
 and it is supervised: an early exit fails the run with its own stderr. Its API
 socket (in the runtime directory) lets plugins add port forwards before the
 command starts (``api``).
+
+Readiness comes from the kernel either way, never by polling: rtnetlink events
+on the socket the child opened in the container's namespace, decoded with
+pyroute2 (which also gives the address, gateway and MTU), or, when nobody wants
+those facts (``describe=False``: the CLI unless it logs info), slirp4netns's own
+``--ready-fd``, written once tap0 is configured, which spares importing pyroute2.
 """
 
 from __future__ import annotations
@@ -33,14 +39,16 @@ _STDERR_KEEP = 4096
 class Slirp4netns:
     name = "slirp4netns"
     unshare_netns = True
-    wants_netlink = True
 
-    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float) -> None:
+    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True) -> None:
         self.mtu = mtu
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
+        self.wants_netlink = describe
         self.binary: str | None = None
         self.api_socket: str | None = None
+        self._ready_fd = -1  # our end of --ready-fd, without describe
+        self._supervised = anyio.Event()
 
     def check(self) -> None:
         self.binary = shutil.which("slirp4netns")
@@ -72,20 +80,25 @@ class Slirp4netns:
             f"--exit-fd={exit_r}",
             f"--api-socket={self.api_socket}",
         ]
+        passed = [exit_r]
+        if not self.wants_netlink:
+            self._ready_fd, ready_w = os.pipe()
+            ctx.stack.callback(os.close, self._ready_fd)
+            argv.append(f"--ready-fd={ready_w}")
+            passed.append(ready_w)
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
         argv += [str(ctx.process.pid), TAP]
         try:
-            process = await processes.spawn(
-                argv, pass_fds=(exit_r,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-            )
+            process = await processes.spawn(argv, pass_fds=passed, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except BaseException:
             os.close(exit_w)
             raise
         finally:
-            os.close(exit_r)
+            for fd in passed:
+                os.close(fd)
         stderr = bytearray()
-        supervised = anyio.Event()
+        supervised = self._supervised
 
         async def stop() -> None:
             ctx.stopping = True
@@ -138,17 +151,28 @@ class Slirp4netns:
         return answer
 
     async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
-        from aiocontain.netlink import wait_configured
-
-        assert ctx.netlink is not None
+        if self.wants_netlink:
+            # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
+            from aiocontain.netlink import wait_configured
         try:
             with anyio.fail_after(self.timeout):
+                if not self.wants_netlink:
+                    return await self._wait_ready_fd(ctx)
+                assert ctx.netlink is not None
                 state = await wait_configured(ctx.netlink, TAP)
         except TimeoutError:
             raise AiocontainError(
                 f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
             ) from None
         return state.as_dict()
+
+    async def _wait_ready_fd(self, ctx: StageContext) -> dict[str, Any]:
+        await anyio.wait_readable(self._ready_fd)
+        if os.read(self._ready_fd, 1):
+            return {"interface": TAP}
+        # End of file: slirp4netns exited first. Its supervisor fails the run with its stderr.
+        await self._supervised.wait()
+        raise ctx.failure or AiocontainError("slirp4netns exited before tap0 was ready")
 
 
 async def _watch(process: anyio.abc.Process, stderr: bytearray) -> None:

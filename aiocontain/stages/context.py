@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import Process, TaskGroup
+from anyio.abc import TaskGroup
 
 from aiocontain import messages
 from aiocontain.errors import AiocontainError
@@ -23,8 +23,11 @@ from aiocontain.spec import ContainerSpec
 if TYPE_CHECKING:
     from aiocontain.cgroups import Leaf, Placement
     from aiocontain.container import Container
+    from aiocontain.forkserver import ForkServer
+    from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.stages.idmap import IdMapping
 
 
 @dataclass
@@ -41,14 +44,16 @@ class StageContext:
     placement: Placement | None = None
     container: Container | None = None  # the handle the plugins' hooks see
     plugins: list[Plugin] = field(default_factory=list)
+    fork_server: ForkServer | None = None
     cgroup: Leaf | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
     mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: Path | None = None
-    process: Process | None = None
+    process: ForkedProcess | None = None
     control: socket.socket | None = None
+    idmap: IdMapping | None = None
     init_pid: int | None = None
     pidfd: int | None = None
     netlink: socket.socket | None = None

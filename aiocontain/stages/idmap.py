@@ -4,6 +4,11 @@ As podman does: where newuidmap/newgidmap exist and the user has subordinate
 ids, map 0 to the user and 1..N to the subordinate range, so that the container
 can have more than one user; otherwise a single mapping, with setgroups denied
 (the kernel requires that before an unprivileged process writes gid_map).
+
+The mapping begins during spawn (``begin``), as soon as the child says its
+namespaces exist, and runs alongside the rest of spawn (the child forking the
+init) as a task of the container's task group; this stage waits for it and
+raises its error.
 """
 
 from __future__ import annotations
@@ -19,7 +24,42 @@ from aiocontain.errors import AiocontainError
 from aiocontain.stages.context import StageContext
 
 
+class IdMapping:
+    """The maps being written: ``wait`` returns once written, or raises why they could not be."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    async def wait(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def begin(ctx: StageContext) -> None:
+    """Start writing the child's id maps in the container's task group."""
+    mapping = ctx.idmap = IdMapping()
+
+    async def write() -> None:
+        try:
+            await _map(ctx)
+        except Exception as exc:  # noqa: BLE001 - raised by the stage, in the pipeline's order
+            mapping.error = exc
+        finally:
+            mapping.done.set()
+
+    ctx.tg.start_soon(write)
+
+
 async def run(ctx: StageContext) -> None:
+    if ctx.idmap is None:
+        begin(ctx)
+    assert ctx.idmap is not None
+    await ctx.idmap.wait()
+
+
+async def _map(ctx: StageContext) -> None:
     assert ctx.process is not None
     pid, uid, gid = ctx.process.pid, os.getuid(), os.getgid()
     uid_ranges = subids.ranges(uid, Path("/etc/subuid"))

@@ -1,8 +1,10 @@
 """Stage 1, spawn: start the container's first process, blocked until the release.
 
-The child is a fresh ``python -I -S`` (isolated, no site: stdlib only, so it
-starts fast) that unshares the namespaces, forks PID 1 and answers Ready with
-the netlink socket it opened inside the new network namespace.
+The child (the intermediate) is forked by this process's fork server
+(``aiocontain.forkserver``), which has the child modules imported already: only
+the first container pays for starting an interpreter. It unshares the
+namespaces, forks PID 1 and answers Ready with the netlink socket it opened
+inside the new network namespace.
 """
 
 from __future__ import annotations
@@ -12,25 +14,23 @@ import errno
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
 import anyio
 
-from aiocontain import events, messages, processes
+from aiocontain import events, forkserver, messages
 from aiocontain.errors import AiocontainError
-from aiocontain.messages import Config, Failed, Ready
+from aiocontain.messages import Config, Failed, Ready, Unshared
+from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
-_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.intermediate import main;main({fd})"
 READY_TIMEOUT = 10.0
 
 
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
-    etc_files = _write_etc_files(ctx, ctx.runtime_dir)
+    etc_files = _etc_files(ctx, ctx.runtime_dir)
     mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
     mounts += _write_plugin_files(ctx, ctx.runtime_dir)
 
@@ -46,7 +46,7 @@ async def run(ctx: StageContext) -> None:
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
         want_netlink=ctx.driver.wants_netlink,
-        etc_files=etc_files,
+        etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
@@ -64,15 +64,11 @@ async def run(ctx: StageContext) -> None:
             fix="pass large data through a file in the rootfs instead of -e or arguments",
         ) from None
     try:
-        ctx.process = await processes.spawn(
-            [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
-            pass_fds=(child.fileno(),),
-            stdin=spec.stdin,
-            stdout=spec.stdout,
-            stderr=spec.stderr,
-        )
+        server = ctx.fork_server or forkserver.default()
+        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
     finally:
         child.close()
+    _write(etc_files)  # while the child unshares: the init reads them only once released
     ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
     ctx.stack.push_async_callback(_stop_child, ctx)
     parent.setblocking(False)
@@ -80,6 +76,9 @@ async def run(ctx: StageContext) -> None:
 
     with anyio.fail_after(READY_TIMEOUT):
         message, fds = await ctx.receive()
+        if isinstance(message, Unshared):
+            idmap.begin(ctx)  # the user namespace exists: map it while the child forks the init
+            message, fds = await ctx.receive()
     if isinstance(message, Failed):
         raise namespace_error(message)
     if not isinstance(message, Ready):
@@ -112,20 +111,25 @@ def _make_runtime_dir(ctx: StageContext) -> Path:
     return path
 
 
-def _write_etc_files(ctx: StageContext, directory: Path) -> dict[str, str]:
+def _etc_files(ctx: StageContext, directory: Path) -> dict[str, tuple[str, str]]:
+    """The container's /etc/hostname, hosts and resolv.conf: name -> (host path, content)."""
     hostname = ctx.spec.effective_hostname
     files = {
         "hostname": hostname + "\n",
         "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ctx.driver.hosts_line(hostname)}",
         "resolv.conf": ctx.driver.resolv_conf(),
     }
-    paths = {}
-    for name, content in files.items():
-        path = directory / name
-        path.write_text(content)
-        path.chmod(0o644)
-        paths[name] = str(path)
-    return paths
+    return {name: (str(directory / name), content) for name, content in files.items()}
+
+
+def _write(files: dict[str, tuple[str, str]]) -> None:
+    for path, content in files.values():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: every user in the container reads them
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
 
 
 def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | bool]]:
@@ -146,12 +150,10 @@ async def _stop_child(ctx: StageContext) -> None:
     with contextlib.suppress(OSError):
         control.shutdown(socket.SHUT_RDWR)
     with anyio.move_on_after(5):
-        await process.wait()
-    if process.returncode is None:
+        await process.wait_exit()
+    if not process.exited:
         ctx.log.warning(events.CHILD_KILLED, pid=process.pid)
-        process.kill()
-        await process.wait()
-    await process.aclose()
+    await process.aclose()  # kills it if it still runs
 
 
 def _close_pidfd(ctx: StageContext) -> None:

@@ -1,13 +1,15 @@
 """Stage 7, wait: follow the container to its exit, then teardown.
 
 The child reports the exit status of the container's PID 1 as Exited; when the
-child itself was killed before it could, its own exit code stands in. A helper
+child itself was killed before it could, its own exit status (from the fork
+server that reaped it) stands in. A helper
 failure (slirp4netns exiting early) fails the wait instead. Teardown is the
 stage stack unwound in reverse by ``Container`` on every path.
 """
 
 from __future__ import annotations
 
+from aiocontain.errors import AiocontainError
 from aiocontain.messages import Exited
 from aiocontain.stages.context import StageContext
 
@@ -27,5 +29,7 @@ async def run(ctx: StageContext) -> tuple[int, int | None]:
     if code is None and signum is None:
         assert ctx.process is not None
         returncode = await ctx.process.wait()
+        if returncode is None:
+            raise AiocontainError("the container's process ended and its exit status was lost with the fork server")
         code, signum = (None, -returncode) if returncode < 0 else (returncode, None)
     return (128 + signum if signum is not None else int(code or 0)), signum

@@ -1,0 +1,155 @@
+"""The fork server (zygote): forks a container's intermediate process on request.
+
+Starting a Python interpreter and importing the child modules costs a container
+tens of milliseconds and most of its CPU. This process pays that once: it has
+``aiocontain.child.intermediate`` imported, and for each ``Fork`` request it
+forks a child that becomes the intermediate, as clean as a fresh process (only
+its control socket and stdio open, default signal dispositions, an empty signal
+mask). Single-threaded and stdlib-only, so forking it is safe.
+
+The request socket (SOCK_SEQPACKET) carries ``Fork`` with five fds: a reply
+channel, the intermediate's control socket, its stdin, stdout and stderr. On the
+channel go ``Forked`` (with the intermediate's pidfd) and, once the kernel says
+it exited (its pidfd is readable) and it is reaped, ``Reaped`` with its status;
+then the channel is closed. The intermediate is never left a zombie.
+
+When the request socket reaches end of stream (the owner closed it or died) the
+server takes no more requests and exits as soon as its last child is reaped:
+those end by themselves, as their control sockets reach end of stream too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import select
+import signal
+import socket
+
+from aiocontain import messages, syscalls
+from aiocontain.child import intermediate
+from aiocontain.messages import Fork, Forked, Reaped
+
+TYPE_CHECKING = False  # typing is a heavy import for the child
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+CONTROL_FD = 3  # where the intermediate finds its control socket
+_FDS_PER_FORK = 5  # channel, control, stdin, stdout, stderr
+_HIGH_FD = 64  # kept fds are first moved above the ones being set up, so no dup2 clobbers another
+
+
+def main(fd: int) -> NoReturn:
+    """Entry point of ``python -I -S`` with the request socket at fd."""
+    prepare(os.getppid())
+    serve(socket.socket(fileno=fd))
+
+
+def prepare(owner: int) -> None:
+    """Detach from the owner's terminal signals and stdio; die with the owner.
+
+    SIGINT is ignored: a ^C to the owner's process group is the owner's to handle,
+    and the server ends with its request socket. Its stdio is /dev/null, so that
+    it never holds the owner's pipes open (a caller reading them to end of file).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    syscalls.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != owner:
+        os._exit(0)  # the owner died before the death signal was set
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
+    os.chdir("/")  # never keep a directory of the owner's busy
+
+
+def serve(requests: socket.socket) -> NoReturn:
+    """Fork on request and reap, until end of stream and no child left."""
+    # Everything imported so far is shared with every child: frozen, no collection in a child walks
+    # (and so copies) those pages.
+    gc.freeze()
+    poller = select.poll()
+    poller.register(requests, select.POLLIN)
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
+    accepting = True
+    while accepting or children:
+        for fd, _event in poller.poll():
+            if fd in children:
+                pid, channel = children.pop(fd)
+                poller.unregister(fd)
+                _, status = os.waitpid(pid, 0)
+                _reply(channel, Reaped(status))
+                channel.close()
+                os.close(fd)
+                continue
+            try:
+                message, fds = messages.recv(requests)
+            except OSError:
+                message, fds = None, []
+            if message is None:
+                _close_all(fds)
+                poller.unregister(requests)
+                accepting = False
+                continue
+            if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
+                _close_all(fds)
+                continue
+            forked = _fork(requests, children, fds)
+            if forked is not None:
+                pidfd, pid, channel = forked
+                poller.register(pidfd, select.POLLIN)
+                children[pidfd] = (pid, channel)
+    os._exit(0)
+
+
+def _fork(
+    requests: socket.socket, children: dict[int, tuple[int, socket.socket]], fds: list[int]
+) -> tuple[int, int, socket.socket] | None:
+    """Fork one intermediate; None when the kernel refused (the runtime sees its channel close)."""
+    channel_fd, control, *stdio = fds
+    try:
+        pid = os.fork()
+    except OSError:
+        _close_all(fds)
+        return None
+    if pid == 0:
+        # Python objects of ours hold fds that are about to be closed: detach them, so that
+        # nothing ever closes an fd number that the intermediate has reused.
+        requests.detach()
+        for _, other in children.values():
+            other.detach()
+        _become_intermediate(control, stdio)
+    for fd in (control, *stdio):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
+    channel = socket.socket(fileno=channel_fd)
+    _reply(channel, Forked(pid), [pidfd])
+    return pidfd, pid, channel
+
+
+def _become_intermediate(control: int, stdio: list[int]) -> NoReturn:
+    """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*stdio, control)]
+        for target, fd in enumerate(kept[:3]):
+            os.dup2(fd, target)  # inheritable: the container's command gets its stdio
+        os.dup2(kept[3], CONTROL_FD, inheritable=False)
+        os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
+        os._exit(125)
+    intermediate.main(CONTROL_FD)
+
+
+def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:
+    try:
+        messages.send(channel, message, fds)
+    except OSError:
+        pass  # the runtime went away; the intermediate notices through its own control socket
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,0 +1,143 @@
+"""``ForkedProcess``: an intermediate forked by the fork server, followed from the runtime.
+
+It is the fork server's child, not ours, so anyio's Process cannot follow it.
+Instead: its pidfd (sent up with ``Forked``) says when it exits and signals it
+without PID reuse races; the fork server reaps it and sends its status as
+``Reaped`` on the reply channel; PIPE stdio are pipes the runtime made, read and
+written as anyio byte streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from aiocontain import messages
+from aiocontain.errors import AiocontainError
+from aiocontain.forkserver.stdio import Stdio
+from aiocontain.messages import Fork, Forked, Reaped
+
+FORK_TIMEOUT = 10.0
+
+
+class ForkedProcess:
+    """pid, returncode (as ``subprocess``: -N when killed by signal N), ``wait``, ``kill``, stdio streams."""
+
+    def __init__(
+        self, pid: int, pidfd: int, channel: socket.socket, stdio: Stdio, released: Callable[[], None]
+    ) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.status_lost = False  # the fork server died before it could tell the exit status
+        self.stdin: ByteSendStream | None = stdio.stdin
+        self.stdout: ByteReceiveStream | None = stdio.stdout
+        self.stderr: ByteReceiveStream | None = stdio.stderr
+        self._pidfd = pidfd
+        self._channel = channel
+        self._released = released
+        self.exited = False
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def request(
+        cls,
+        requests: socket.socket,
+        control: socket.socket,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        released: Callable[[], None],
+    ) -> ForkedProcess:
+        """Send a Fork request and wait for Forked. Shielded: once the request is sent, the answer
+        carries a pidfd that must not be lost; the fork server answers within milliseconds."""
+        stdio = Stdio.open(stdin, stdout, stderr)
+        channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            messages.send(requests, Fork(), [theirs.fileno(), control.fileno(), *stdio.child_fds])
+        except BaseException:
+            channel.close()
+            stdio.close()
+            raise
+        finally:
+            theirs.close()
+            stdio.close_child_ends()
+        channel.setblocking(False)
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FORK_TIMEOUT):
+                message, fds = await _receive(channel)
+                if isinstance(message, Forked) and len(fds) == 1:
+                    return cls(message.pid, fds[0], channel, stdio, released)
+                for fd in fds:
+                    os.close(fd)
+        except BaseException:
+            channel.close()
+            stdio.close()
+            raise
+        channel.close()
+        stdio.close()
+        raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
+
+    async def wait_exit(self) -> None:
+        """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
+        if not self.exited:
+            await anyio.wait_readable(self._pidfd)
+            self.exited = True
+
+    async def wait(self) -> int | None:
+        """Wait for the exit, then its status from the fork server.
+
+        None when the status is lost: the fork server died first (``status_lost``).
+        """
+        async with self._lock:
+            await self.wait_exit()
+            if self.returncode is None and not self.status_lost:
+                message, fds = await _receive(self._channel)
+                for fd in fds:
+                    os.close(fd)
+                if isinstance(message, Reaped):
+                    self.returncode = os.waitstatus_to_exitcode(message.status)
+                else:
+                    self.status_lost = True
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, through the pidfd; nothing if it has exited."""
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
+        every path. Its status is not waited for: the fork server reaps it either way."""
+        if self._pidfd < 0:
+            return
+        with anyio.CancelScope(shield=True):
+            if not self.exited:
+                self.kill()
+                await self.wait_exit()
+            for stream in (self.stdin, self.stdout, self.stderr):
+                if stream is not None:
+                    await stream.aclose()
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self._channel.close()
+        self._released()
+
+
+async def _receive(channel: socket.socket) -> tuple[messages.Message | None, list[int]]:
+    """The next message on a non-blocking channel; (None, []) at end of stream."""
+    while True:
+        await anyio.wait_readable(channel)
+        try:
+            return messages.recv(channel)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None, []

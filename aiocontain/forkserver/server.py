@@ -1,0 +1,165 @@
+"""``ForkServer``: one fork server process, owned by the process that started it.
+
+The owner holds one end of a SOCK_SEQPACKET pair; the server holds the other
+and exits once that reaches end of stream (``close``, or the owner's death)
+and its last intermediate is reaped. It also gets PR_SET_PDEATHSIG, so it dies
+with the owner's thread that started it even if a forked copy of the owner's
+socket end lingers. The owner reaps it in ``close``: no zombie is left.
+
+Two ways to start one:
+
+- ``ForkServer.start()``: a fresh ``python -I -S``; safe from any process
+  (threads and running event loops included). ``Container`` uses a process-wide
+  one, started on first use (``default``).
+- ``ForkServer.fork_here()``: fork this very process, without exec. Only for a
+  single-threaded process that has loaded nothing but the standard library: the
+  CLI, at start-up, so that it never starts a second interpreter and the server's
+  imports run on the other core while the CLI imports anyio.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiocontain.forkserver.process import ForkedProcess
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.zygote import main;main({fd})"
+
+
+class ForkServer:
+    """A running fork server. ``fork`` gives an intermediate; ``close`` ends the server and reaps it."""
+
+    def __init__(self, pid: int, requests: socket.socket, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.owner = os.getpid()
+        self._requests = requests
+        self._popen = popen  # kept so that subprocess never reaps it behind our back
+        self._pidfd = os.pidfd_open(pid)
+        self._active = 0
+        self._closed = False
+
+    @classmethod
+    def start(cls) -> ForkServer:
+        """Start a fork server as a fresh ``python -I -S`` (isolated, stdlib only)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT, fd=child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        return cls(popen.pid, parent, popen)
+
+    @classmethod
+    def fork_here(cls) -> ForkServer:
+        """Fork a fork server from this process. Call it single-threaded, before heavy imports."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        owner = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fd = child.detach()
+                parent.detach()
+                os.closerange(3, fd)  # whatever the owner inherited is not ours to hold open
+                os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+                from aiocontain.child import zygote
+
+                zygote.prepare(owner)
+                zygote.serve(socket.socket(fileno=fd))
+            finally:
+                os._exit(70)
+        child.close()
+        return cls(pid, parent)
+
+    @property
+    def running(self) -> bool:
+        """Not closed, and the process is alive (its pidfd is not readable yet)."""
+        return not self._closed and not select.select([self._pidfd], [], [], 0)[0]
+
+    async def fork(
+        self, control: socket.socket, stdin: Any = None, stdout: Any = None, stderr: Any = None
+    ) -> ForkedProcess:
+        """Fork an intermediate with control (its end of the control socket) and stdio as for ``anyio.open_process``.
+
+        The caller owns the returned process and must ``aclose`` it on every path.
+        """
+        from aiocontain.forkserver.process import ForkedProcess
+
+        if self._closed:
+            raise RuntimeError("the fork server is closed")
+        process = await ForkedProcess.request(self._requests, control, stdin, stdout, stderr, self._released)
+        self._active += 1
+        return process
+
+    def _released(self) -> None:
+        self._active -= 1
+
+    def close(self) -> None:
+        """End the server and reap it. Refused while intermediates it forked are still open."""
+        if self._closed:
+            return
+        if self._active:
+            raise RuntimeError(f"{self._active} container process(es) of this fork server are still open")
+        self._closed = True
+        self._requests.close()  # end of stream: with no child left, the server exits at once
+        if os.getpid() == self.owner:
+            if self._popen is not None:
+                self._popen.wait()
+            else:
+                os.waitpid(self.pid, 0)
+        os.close(self._pidfd)
+
+
+_default: ForkServer | None = None
+_lock = threading.Lock()
+
+
+def default() -> ForkServer:
+    """This process's fork server, started on first use (again if it died, or after a fork of this process)."""
+    global _default
+    with _lock:
+        server = _default
+        if server is not None and server.owner == os.getpid() and server.running:
+            return server
+        if server is not None and server.owner == os.getpid() and not server._active:
+            server.close()  # it died: reap it
+        _default = ForkServer.start()
+        return _default
+
+
+def current() -> ForkServer | None:
+    """This process's default fork server if one was started (and not closed), without starting one."""
+    with _lock:
+        return _default if _default is not None and _default.owner == os.getpid() else None
+
+
+def install(server: ForkServer) -> None:
+    """Make server this process's default (the CLI's, forked at start-up)."""
+    global _default
+    with _lock:
+        _default = server
+
+
+def close_default() -> None:
+    """Close this process's fork server, if it has one (again started on next use). Containers must be done."""
+    global _default
+    with _lock:
+        server, _default = _default, None
+    if server is not None and server.owner == os.getpid():
+        server.close()

@@ -1,0 +1,177 @@
+"""The fork server: real containers forked from one zygote, and its lifetime tied to its owner."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aiocontain
+from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.forkserver import ForkServer
+from tests.conftest import leftovers, open_fds
+
+pytestmark = [pytest.mark.anyio, pytest.mark.container]
+EXIT_WAIT = 30.0  # seconds: a bound on waiting for an exit the kernel reports, not a timing assertion
+
+
+def spec(rootfs: Path, *command: str, **options: object) -> ContainerSpec:
+    return ContainerSpec(list(command), rootfs=rootfs, network=NetworkMode.NONE, **options)  # type: ignore[arg-type]
+
+
+def parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def wait_gone(pid: int) -> bool:
+    """Wait until pid exits, told by its pidfd (no polling loop); True once it is gone."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], EXIT_WAIT)[0])
+    finally:
+        os.close(pidfd)
+
+
+async def test_many_containers_from_one_fork_server(rootfs, fork_server):
+    before, fds = leftovers(), open_fds()
+    parents: set[int] = set()
+
+    async def one(i: int) -> None:
+        command = ("/bin/sh", "-c", f"read line; exit {i}")
+        async with Container(spec(rootfs, *command, stdin=subprocess.PIPE)) as container:
+            assert container.pid is not None
+            parents.add(parent_of(parent_of(container.pid)))  # init -> intermediate -> fork server
+            await container.stdin.send(b"go\n")
+            assert (await container.wait()).code == i
+
+    for i in range(5):
+        await one(i)
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(one, i)
+    assert parents == {fork_server}
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_the_command_starts_clean(rootfs):
+    # a forked intermediate must leave the command as clean as a fresh process would: nothing blocked
+    # or ignored, and only stdio open (3 is ls's own directory fd)
+    found = []
+    for command in (["grep", "-E", "SigBlk|SigIgn", "/proc/self/status"], ["ls", "/proc/self/fd"]):
+        async with Container(spec(rootfs, *command, stdout=subprocess.PIPE)) as container:
+            found.append(b"".join([chunk async for chunk in container.stdout]).decode().split())
+            assert (await container.wait()).ok
+    assert found == [["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], ["0", "1", "2", "3"]]
+
+
+async def test_stdio_pipes(rootfs):
+    command = ["/bin/sh", "-c", "tr a-z A-Z; echo done >&2"]
+    options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    async with Container(spec(rootfs, *command, **options)) as container:
+        await container.stdin.send(b"hello ")
+        await container.stdin.send(b"world\n")
+        await container.stdin.aclose()
+        output = b"".join([chunk async for chunk in container.stdout])
+        errors = b"".join([chunk async for chunk in container.stderr])
+        status = await container.wait()
+    assert (output, errors, status.code) == (b"HELLO WORLD\n", b"done\n", 0)
+
+
+async def test_closing_a_fork_server_leaves_nothing(rootfs):
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
+        assert container.pid is not None and parent_of(parent_of(container.pid)) == server.pid
+        with pytest.raises(RuntimeError, match="still open"):
+            server.close()  # its container still runs
+        container.kill()
+    for i in range(3):
+        status = await aiocontain.Container(spec(rootfs, "/bin/sh", "-c", f"exit {i}"), fork_server=server).__aenter__()
+        assert (await status.wait()).code == i
+        await status.__aexit__(None, None, None)
+    server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_cancelled_while_the_fork_is_in_flight(rootfs):
+    # A fresh server is still starting its interpreter when the first Fork request arrives:
+    # cancelling then lands while the request is in flight.
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    with anyio.move_on_after(0.005) as scope:
+        async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
+            await container.wait()
+    assert scope.cancelled_caught
+    async with Container(spec(rootfs, "/bin/sh", "-c", "exit 4"), fork_server=server) as container:
+        assert (await container.wait()).code == 4  # the server still serves
+    server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys, anyio
+    from aiocontain import Container, ContainerSpec, NetworkMode, forkserver
+
+    async def main():
+        spec = ContainerSpec(["sleep", "600"], rootfs=sys.argv[1], network=NetworkMode(sys.argv[2]))
+        async with Container(spec) as container:
+            print(forkserver.default().pid, container.pid, flush=True)
+            await container.wait()
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("network", ["none", "slirp4netns"])
+def test_fork_server_and_container_die_with_a_sigkilled_owner(rootfs, network):
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(rootfs), network], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert owner.stdout is not None
+    line = owner.stdout.readline().split()
+    assert len(line) == 2, "the owner did not start its container"
+    server, init = (int(pid) for pid in line)
+    intermediate = parent_of(init)
+    assert parent_of(intermediate) == server and parent_of(server) == owner.pid
+    owner.kill()
+    owner.wait()
+    assert wait_gone(server)
+    assert wait_gone(intermediate)
+    assert wait_gone(init)
+
+
+def test_fork_server_exits_when_its_owner_exits_without_closing_it(rootfs):
+    code = f"{OWNER}\nimport os\nos._exit(0)\n".replace("await container.wait()", "container.kill()")
+    proc = subprocess.run([sys.executable, "-c", code, str(rootfs), "none"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    server, _init = (int(pid) for pid in proc.stdout.split())
+    assert wait_gone(server)
+
+
+async def test_killing_the_fork_server_spares_running_containers(rootfs):
+    server = ForkServer.start()
+    async with Container(
+        spec(rootfs, "/bin/sh", "-c", "read line; exit 7", stdin=subprocess.PIPE), fork_server=server
+    ) as c:
+        os.kill(server.pid, signal.SIGKILL)
+        assert wait_gone(server.pid)
+        await c.stdin.send(b"go\n")
+        status = await c.wait()  # the intermediate still reports the exit (Exited) on its own socket
+    assert status.code == 7
+    server.close()
