@@ -47,7 +47,7 @@ class Slirp4netns:
         self.wants_netlink = describe
         self.binary: str | None = None
         self.api_socket: str | None = None
-        self._ready_fd = -1  # our end of --ready-fd, without describe
+        self._ready_fd = -1  # our end of --ready-fd
         self._supervised = anyio.Event()
 
     def check(self) -> None:
@@ -80,12 +80,12 @@ class Slirp4netns:
             f"--exit-fd={exit_r}",
             f"--api-socket={self.api_socket}",
         ]
-        passed = [exit_r]
-        if not self.wants_netlink:
-            self._ready_fd, ready_w = os.pipe()
-            ctx.stack.callback(os.close, self._ready_fd)
-            argv.append(f"--ready-fd={ready_w}")
-            passed.append(ready_w)
+        # Always a ready fd: slirp4netns writes it only once its API socket listens, after tap0 is up. Until
+        # then the runtime directory that holds the socket must stay, and the release removes that directory.
+        self._ready_fd, ready_w = os.pipe()
+        ctx.stack.callback(os.close, self._ready_fd)
+        argv.append(f"--ready-fd={ready_w}")
+        passed = [exit_r, ready_w]
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
         argv += [str(ctx.process.pid), TAP]
@@ -160,6 +160,7 @@ class Slirp4netns:
                     return await self._wait_ready_fd(ctx)
                 assert ctx.netlink is not None
                 state = await wait_configured(ctx.netlink, TAP)
+                await self._wait_ready_fd(ctx)  # and its API socket listens
         except TimeoutError:
             raise AiocontainError(
                 f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
