@@ -170,7 +170,8 @@ def tests(session: nox.Session) -> None:
 
 
 def _test_stage(session: nox.Session) -> Stage:
-    return _stage(session, STAGE, TEST_USER, ["tests", "pyproject.toml", "README.md"], TEST_DEPS, runtime_dir=False)
+    copy = ["tests", "docs", "pyproject.toml", "README.md"]  # docs: tests check docs/events.md against the code
+    return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False)
 
 
 @nox.session

@@ -192,7 +192,8 @@ def test_sigkill_of_aiocontain_still_removes_the_leaf(rootfs, containers_dir):
     )
     _started(proc)
     (leaf,) = leaves(containers_dir) - before
-    (intermediate,) = _children(proc.pid)
+    (server,) = _children(proc.pid)  # the CLI's fork server; the container's intermediate is its child
+    (intermediate,) = _children(server)
     pidfd = os.pidfd_open(intermediate)
     proc.kill()  # no teardown in the runtime: the container's child removes the leaf on its way out
     proc.wait()
