@@ -156,6 +156,22 @@ async def test_a_failing_hook_stops_the_run_cleanly_and_names_the_plugin(rootfs,
     assert open_fds() == fds
 
 
+class Lister(Plugin):
+    name = "lister"
+
+    async def prestart(self, context: PrestartContext) -> None:
+        self.reply = await context.slirp4netns_api({"execute": "list_hostfwd"})
+
+
+@pytest.mark.anyio
+async def test_prestart_hooks_reach_slirp4netns_api_as_soon_as_tap0_is_up(rootfs):
+    # tap0 comes up before slirp4netns's API socket listens: the call must wait for it, not fail
+    lister = Lister()
+    async with Container(ContainerSpec(["true"], rootfs=rootfs), [lister]) as container:
+        assert (await container.wait()).ok
+    assert lister.reply == {"entries": []}
+
+
 class BadExit(Plugin):
     name = "bad-exit"
 
