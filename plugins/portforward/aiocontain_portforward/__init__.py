@@ -189,6 +189,6 @@ def _unprivileged_port_start() -> int:
 
 
 def _fix_for(mapping: Mapping) -> str:
-    if mapping.host_port < _unprivileged_port_start():
-        return "publish on a host port from 1024 up"
+    if mapping.host_port < (start := _unprivileged_port_start()):
+        return f"publish on a host port from {start} up"
     return "choose another host port, or stop what uses this one"

@@ -110,6 +110,17 @@ def test_a_host_port_in_use_is_one_line_and_leaves_nothing(rootfs):
 
 
 @pytest.mark.container
+def test_a_privileged_host_port_is_refused_with_the_reason(rootfs):
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 1:
+        pytest.skip("every port is unprivileged on this host")
+    result = run(*cli_argv(rootfs, "-p", f"127.0.0.1:{start - 1}:80", "--", "true"))
+    assert_one_line_error(
+        result, f"host port {start - 1} is privileged", f"(fix: publish on a host port from {start} up)"
+    )
+
+
+@pytest.mark.container
 def test_a_web_server_in_the_container_answers_on_host_loopback(rootfs):
     port, token = free_port(), os.urandom(8).hex()
     # busybox httpd binds before it goes to the background: "ready" means it is listening
