@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from aiocontain import ResourceUsage
 from aiocontain.plugins import ExitedContext, Plugin
+
+if TYPE_CHECKING:  # only a type here: the CLI imports every plugin at start, cgroups code is not needed for that
+    from aiocontain import ResourceUsage
 
 __all__ = ["ResourceReport", "summary"]
 

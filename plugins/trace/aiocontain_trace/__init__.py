@@ -16,11 +16,8 @@ each time a container exits, so a reader never sees half a trace.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -106,6 +103,8 @@ class StageTrace(Plugin):
 
     def table(self) -> str:
         """The stages of every container so far: count, median and max duration in ms."""
+        import statistics  # here, not at the top: every CLI start imports the installed plugins
+
         rows = [("stage", "count", "median ms", "max ms")]
         for stage, durations in self._durations.items():
             rows.append((stage, str(len(durations)), f"{statistics.median(durations):.3f}", f"{max(durations):.3f}"))
@@ -121,6 +120,8 @@ class StageTrace(Plugin):
         return "\n".join(lines)
 
     def _write(self) -> None:
+        import json
+
         assert self.path is not None
         document = {"traceEvents": self._events, "displayTimeUnit": "ms"}
         try:
@@ -132,6 +133,8 @@ class StageTrace(Plugin):
 
 def _replace(path: Path, text: str) -> None:
     """Write path whole or not at all: a temporary file next to it, renamed over it."""
+    import tempfile
+
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
