@@ -1,6 +1,6 @@
-"""The resource reporter: one usage event per container, and a summary line when asked. This host gives
-containers no cgroup (hybrid cgroups), so real numbers are checked in the VM tier
-(tests/vm/test_resources_plugin.py)."""
+"""The resource reporter: one usage event per container, and a summary line when asked. Here containers run
+with --cgroups disabled, so that the no-cgroup report is the same on any host; real numbers need a cgroup v2
+leaf and are checked in the VM tier (tests/vm/test_resources_plugin.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import pytest
 from aiocontain_resources import ResourceReport, summary
 
-from aiocontain import Container, ContainerSpec, NetworkMode, ResourceUsage
+from aiocontain import CgroupsMode, Container, ContainerSpec, NetworkMode, ResourceUsage
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,8 @@ def test_the_summary_says_what_the_kernel_said(usage, line):
 @pytest.mark.container
 def test_cli_without_a_cgroup_reports_no_usage_as_an_event_and_one_line_when_asked(cli, tmp_path):
     events_file = tmp_path / "events.jsonl"
-    result = cli("--net", "none", "--resources-summary", "--events", str(events_file), "--", "true")
+    argv = ["--net", "none", "--cgroups", "disabled", "--resources-summary", "--events", str(events_file)]
+    result = cli(*argv, "--", "true")
     assert (result.code, result.stdout) == (0, "")
     assert result.stderr == "aiocontain: resources: no cgroup, usage unknown\n"
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
@@ -53,7 +54,9 @@ def test_cli_prints_nothing_unless_asked(cli):
 @pytest.mark.anyio
 async def test_embedded_report_goes_to_the_given_stream(rootfs):
     stream = io.StringIO()
-    spec = ContainerSpec(["/bin/sh", "-c", "exit 3"], rootfs=rootfs, network=NetworkMode.NONE)
+    spec = ContainerSpec(
+        ["/bin/sh", "-c", "exit 3"], rootfs=rootfs, network=NetworkMode.NONE, cgroups=CgroupsMode.DISABLED
+    )
     async with Container(spec, plugins=[ResourceReport(summary=True, stream=stream)]) as container:
         status = await container.wait()
     assert (status.code, status.usage) == (3, None)
