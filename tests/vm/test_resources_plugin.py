@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-# tests/vm/conftest.py skips this tree outside the VM tier's guest; the mark says so on its own as well.
-pytestmark = [
-    pytest.mark.container,
-    pytest.mark.skipif(os.environ.get("AIOCONTAIN_VM") != "1", reason="VM tier: needs the cgroup v2 guest"),
-]
+pytestmark = pytest.mark.container  # and tests/vm/conftest.py runs it only in the VM tier's cgroup v2 guest
 
 MiB = 1 << 20
 
