@@ -120,6 +120,9 @@ class Plugin:
     enabled_by_default: ClassVar[bool] = True  # False: only with --enable-plugin NAME
     order: ClassVar[int] = 100  # lower runs first (exited hooks: last)
     hook_timeout: ClassVar[float] = 10.0  # seconds each hook may take
+    # False: never reads the network's facts (context.network, container.network), so the CLI need not decode
+    # them (pyroute2's import) just because this plugin is installed
+    uses_network_facts: ClassVar[bool] = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this plugin's options to ``aiocontain run``."""

@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_HOST_ADDR", "FORMAT", "Mapping", "PortForward"]
 
 FORMAT = "[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]"
 DEFAULT_HOST_ADDR = "0.0.0.0"  # as podman: every host address
-GUEST_ADDR = "10.0.2.100"  # tap0's address under slirp4netns --configure, when the container does not report one
+GUEST_ADDR = "10.0.2.100"  # tap0's address: slirp4netns --configure always gives it this one
 _FIX = f"use -p {FORMAT}, e.g. -p 127.0.0.1:8080:80"
 
 
@@ -104,6 +104,7 @@ class PortForward(Plugin):
     name = "portforward"
     description = f"publish container ports on the host: -p {FORMAT} (slirp4netns)"
     order = 50  # before plugins of the default order: their prestart hooks see the forwards in place
+    uses_network_facts = False  # tap0 has slirp4netns --configure's fixed address (GUEST_ADDR)
 
     def __init__(self, publish: Iterable[str | Mapping] = ()) -> None:
         self.mappings = _validated([m if isinstance(m, Mapping) else Mapping.parse(m) for m in publish])
@@ -130,7 +131,6 @@ class PortForward(Plugin):
             context.veto(f"ports are published only with the slirp4netns network: {_no_ports(network)}")
 
     async def prestart(self, context: PrestartContext) -> None:
-        guest = str(context.network.get("address", GUEST_ADDR)).partition("/")[0]
         for mapping in self.mappings:
             request = {
                 "execute": "add_hostfwd",
@@ -138,7 +138,7 @@ class PortForward(Plugin):
                     "proto": mapping.proto,
                     "host_addr": mapping.host_addr,
                     "host_port": mapping.host_port,
-                    "guest_addr": guest,
+                    "guest_addr": GUEST_ADDR,
                     "guest_port": mapping.container_port,
                 },
             }

@@ -35,6 +35,7 @@ class ResourceReport(Plugin):
 
     name = "resources"
     description = "peak memory, CPU time and OOM kills at exit (--resources-summary prints them)"
+    uses_network_facts = False
 
     def __init__(self, summary: bool = False, stream: TextIO | None = None) -> None:
         self.summary = summary

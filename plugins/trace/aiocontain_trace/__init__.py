@@ -44,6 +44,7 @@ class StageTrace(Plugin):
     name = "trace"
     description = "write each container's stage timings as a Chrome trace (--trace FILE) and print a table"
     order = 10  # first in, so its exited hook runs last (reverse order): the others' hook timings are in
+    uses_network_facts = False
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, table: TextIO | None = None) -> None:
         """path: the trace file (None: inactive); table: where to print the stage table after each exit."""
