@@ -46,7 +46,13 @@ BENCH_USER = os.environ.get("AIOCONTAIN_BENCH_USER", TEST_USER)
 # Its own venv and work dir: a benchmark must not reinstall the package under a running test suite.
 BENCH_STAGE = Path(os.environ.get("AIOCONTAIN_BENCH_STAGE", STAGE / "bench"))
 BENCH_JSON = ROOT / ".bench" / "results.json"
-SOURCES = ["aiocontain", "bench", "tests", "noxfile.py"]
+# The shipped plugins (plugins/NAME, each its own distribution): installed after the package wherever the
+# tests run, since their tests (plugins/NAME/tests) run with the runtime's; linted and type-checked with it.
+PLUGINS = sorted(path.parent.name for path in (ROOT / "plugins").glob("*/pyproject.toml"))
+PLUGIN_MODULES = [
+    str(init.parent.relative_to(ROOT)) for init in sorted(ROOT.glob("plugins/*/aiocontain_*/__init__.py"))
+]
+SOURCES = ["aiocontain", "bench", "tests", "plugins", "noxfile.py"]
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3"]
 # Pinned so that a new release cannot turn main red overnight; bump them in a commit of their own.
 RUFF = "ruff==0.17.6"
@@ -78,15 +84,23 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def types(session: nox.Session) -> None:
     session.install(MYPY, ".")
-    session.run("mypy", "aiocontain", "bench")
+    session.run("mypy", "aiocontain", "bench", *PLUGIN_MODULES)
 
 
-def _own_venv(session: nox.Session, name: str, deps: Sequence[str]) -> Path:
-    """As an unprivileged user: .nox/NAME, a venv with the package (and deps) installed."""
+def _own_venv(session: nox.Session, name: str, deps: Sequence[str], plugins: bool = False) -> Path:
+    """As an unprivileged user: .nox/NAME, a venv with the package (and deps, and the plugins) installed."""
     venv = ROOT / ".nox" / name
     session.run("python3", "-m", "venv", str(venv))
     session.run(str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", ".", *deps)
+    if plugins:
+        _install_plugins(session, str(venv / "bin" / "pip"))
     return venv
+
+
+def _install_plugins(session: nox.Session, pip: str) -> None:
+    """After the package, and without dependencies: their `aiocontain` must be this checkout's, never an index's."""
+    paths = [str(ROOT / "plugins" / name) for name in PLUGINS]
+    session.run(pip, "install", "--quiet", "--disable-pip-version-check", "--no-deps", *paths, external=True)
 
 
 @dataclass
@@ -108,11 +122,18 @@ class Stage:
 
 
 def _stage(
-    session: nox.Session, where: Path, user_name: str, copy: Sequence[str], deps: Sequence[str], runtime_dir: bool
+    session: nox.Session,
+    where: Path,
+    user_name: str,
+    copy: Sequence[str],
+    deps: Sequence[str],
+    runtime_dir: bool,
+    plugins: bool = False,
 ) -> Stage:
     """As root: install the package into where/venv, copy files into where/work, build where/work/rootfs.
 
     runtime_dir: give the user a private XDG_RUNTIME_DIR (where/run) instead of none (aiocontain then uses /tmp).
+    plugins: install the shipped plugins too.
     """
     user = pwd.getpwnam(user_name)
     venv, work = where / "venv", where / "work"
@@ -122,12 +143,15 @@ def _stage(
         session.run("/usr/bin/python3", "-m", "venv", str(venv), external=True)
     pip = str(venv / "bin" / "pip")
     session.run(pip, "install", "--quiet", "--disable-pip-version-check", ".", *deps, external=True)
+    if plugins:
+        _install_plugins(session, pip)
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     for name in copy:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+            shutil.copytree(ROOT / name, work / name, ignore=ignore)
         else:
             shutil.copy(ROOT / name, work / name)
     (work / "home").mkdir()
@@ -158,9 +182,9 @@ def _stage(
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Both anyio backends, real containers, run as an unprivileged user."""
+    """Both anyio backends, real containers, run as an unprivileged user; the plugins' tests with the runtime's."""
     if os.geteuid() != 0:
-        python = _own_venv(session, "tests-user", TEST_DEPS) / "bin" / "python"
+        python = _own_venv(session, "tests-user", TEST_DEPS, plugins=True) / "bin" / "python"
         session.run(str(python), "-m", "pytest", *session.posargs)
         return
 
@@ -170,8 +194,10 @@ def tests(session: nox.Session) -> None:
 
 
 def _test_stage(session: nox.Session) -> Stage:
-    copy = ["tests", "docs", "pyproject.toml", "README.md"]  # docs: tests check docs/events.md against the code
-    return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False)
+    """The stage of `tests` and `vm`: the package and the shipped plugins, whose tests run with the runtime's."""
+    # docs: tests check docs/events.md against the code
+    copy = ["tests", "plugins", "docs", "pyproject.toml", "README.md"]
+    return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False, plugins=True)
 
 
 @nox.session

@@ -223,7 +223,8 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
             raise AiocontainError(f"cannot write the events file {args.events}: {exc.strerror}") from None
     result: dict[str, Any] = {}
     # network.ready's facts cost pyroute2's import: decode them only where something shows or uses them
-    describe = args.log_level in ("debug", "info") or events_file is not None or bool(plugins)
+    shown = args.log_level in ("debug", "info") or events_file is not None
+    describe = shown or any(plugin.uses_network_facts for plugin in plugins)
     try:
         anyio.run(_run_container, spec, result, events_file, plugins, describe, backend=args.backend)
     finally:

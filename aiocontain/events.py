@@ -82,7 +82,11 @@ CATALOGUE: dict[str, EventSpec] = {
     HELPER_FAILED: EventSpec("warning", ("helper", "error"), "a helper (slirp4netns) failed; the container is killed"),
     CHILD_KILLED: EventSpec("warning", ("pid",), "the container's child process lingered at teardown and was killed"),
     HOOK_FINISHED: EventSpec("debug", ("plugin", "hook", "duration_ms"), "a plugin's hook returned"),
-    HOOK_FAILED: EventSpec("warning", ("plugin", "hook", "error"), "a plugin's hook raised, timed out or vetoed"),
+    HOOK_FAILED: EventSpec(
+        "info/warning",
+        ("plugin", "hook", "error"),
+        "a plugin's hook raised, timed out or vetoed (info: the error stops the run; warning: an exited hook)",
+    ),
     EXITED: EventSpec(
         "info",
         (

@@ -168,6 +168,25 @@ def test_network_facts_are_decoded_only_when_logged(fake_run: FakeRun, level: st
     assert fake_run.calls[0]["args"][-1] is describe
 
 
+def test_network_facts_are_decoded_for_a_plugin_that_may_use_them(
+    fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiocontain.plugins import Installed, Plugin, loading
+
+    class Quiet(Plugin):
+        uses_network_facts = False
+
+    class Curious(Plugin):  # the default: it may read context.network
+        pass
+
+    for plugins, describe in (([Quiet()], False), ([Quiet(), Curious()], True)):
+        fake_run.calls.clear()
+        installed = [Installed(type(plugin).__name__.lower(), "test 1.0", plugin) for plugin in plugins]
+        monkeypatch.setattr(loading, "discover", lambda installed=installed: installed)
+        assert cli.main(["run", "true"]) == 0
+        assert fake_run.calls[0]["args"][-1] is describe
+
+
 def test_network_facts_are_decoded_for_an_events_file(fake_run: FakeRun, tmp_path: Path) -> None:
     assert cli.main(["run", "--events", str(tmp_path / "events.jsonl"), "true"]) == 0
     assert fake_run.calls[0]["args"][-1] is True

@@ -116,6 +116,8 @@ class Failing(Plugin):
             raise_veto("not today")
         if self.how == "hang":
             await anyio.sleep_forever()
+        if self.how == "error":
+            raise AiocontainError("port 80 is taken", fix="choose another")
         raise RuntimeError("boom")
 
     async def prepare(self, context: PrepareContext) -> None:
@@ -140,6 +142,7 @@ class Failing(Plugin):
         ("prestart", "raise", "plugin failing failed in its prestart hook: RuntimeError: boom"),
         ("started", "raise", "plugin failing failed in its started hook: RuntimeError: boom"),
         ("prestart", "hang", "plugin failing: its prestart hook did not return within 1s"),
+        ("prestart", "error", "plugin failing: port 80 is taken (fix: choose another)"),
     ],
 )
 async def test_a_failing_hook_stops_the_run_cleanly_and_names_the_plugin(rootfs, hook, how, message):
@@ -148,9 +151,25 @@ async def test_a_failing_hook_stops_the_run_cleanly_and_names_the_plugin(rootfs,
     with pytest.raises(AiocontainError) as caught:
         async with Container(s, [Failing(hook, how)]) as container:
             await container.wait()
-    assert caught.value.message == message
+    assert caught.value.line() == message if how == "error" else caught.value.message == message
     assert leftovers() == before
     assert open_fds() == fds
+
+
+class Lister(Plugin):
+    name = "lister"
+
+    async def prestart(self, context: PrestartContext) -> None:
+        self.reply = await context.slirp4netns_api({"execute": "list_hostfwd"})
+
+
+@pytest.mark.anyio
+async def test_prestart_hooks_reach_slirp4netns_api_as_soon_as_tap0_is_up(rootfs):
+    # tap0 comes up before slirp4netns's API socket listens: the call must wait for it, not fail
+    lister = Lister()
+    async with Container(ContainerSpec(["true"], rootfs=rootfs), [lister]) as container:
+        assert (await container.wait()).ok
+    assert lister.reply == {"entries": []}
 
 
 class BadExit(Plugin):
@@ -269,3 +288,31 @@ def test_unknown_plugin_name_is_one_line(site, rootfs):
     assert proc.stderr.strip().splitlines()[-1] == (
         "aiocontain: no plugin named 'nope' is installed (fix: aiocontain plugins lists them)"
     )
+
+
+def test_a_failing_hook_on_the_cli_is_one_line_naming_the_plugin_and_leaves_nothing(tmp_path, rootfs):
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin_distribution(
+        site,
+        "grumpy",
+        """
+        from aiocontain.plugins import Plugin
+
+        class Grumpy(Plugin):  # no name of its own: it goes by its entry point's
+            async def prestart(self, context):
+                raise RuntimeError("boom")
+
+        def make():
+            return Grumpy()
+        """,
+        "grumpy",
+    )
+    before = leftovers()
+    proc = run_cli(site, *cli_argv(rootfs, "--", "true"))  # with slirp4netns, which must go too
+    assert proc.returncode == 125
+    assert proc.stderr.splitlines() == [
+        "aiocontain: plugin grumpy failed in its prestart hook: RuntimeError: boom (fix: --disable-plugin grumpy)"
+    ]
+    assert leftovers() == before
+    assert run_cli(site, *cli_argv(rootfs, "--disable-plugin", "grumpy", "--", "true")).returncode == 0

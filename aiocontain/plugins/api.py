@@ -12,6 +12,15 @@ after another, each under its own timeout:
 - ``exited``   the command ended: its status and resource use. Run in reverse
   order, as teardown is; a failure here is reported and the status stands.
 
+Order: plugins run by ``order`` (lower first), then by name; ``exited`` hooks
+in the reverse of that, so the first plugin to see a container is the last to
+let go of it.
+
+Failures: a hook that raises, vetoes or times out stops the run; the caller
+gets one ``AiocontainError`` naming the plugin (the CLI prints it as one line
+and exits 125) and everything started is torn down. An ``AiocontainError`` the
+hook raises keeps its own message and fix, as one from ``configure`` does.
+
 ``api_version`` says which version of this interface a plugin was written for;
 aiocontain keeps every version it lists in ``SUPPORTED_API_VERSIONS`` working,
 and skips (with a warning) a plugin that speaks another.
@@ -111,6 +120,9 @@ class Plugin:
     enabled_by_default: ClassVar[bool] = True  # False: only with --enable-plugin NAME
     order: ClassVar[int] = 100  # lower runs first (exited hooks: last)
     hook_timeout: ClassVar[float] = 10.0  # seconds each hook may take
+    # False: never reads the network's facts (context.network, container.network), so the CLI need not decode
+    # them (pyroute2's import) just because this plugin is installed
+    uses_network_facts: ClassVar[bool] = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add this plugin's options to ``aiocontain run``."""

@@ -18,7 +18,8 @@ async def run_hooks(plugins: Sequence[Plugin], hook: str, context: Any, log: Eve
     """Await ``hook`` of every plugin that has one; False when none has.
 
     A veto, an exception or a timeout stops the run: it becomes an
-    AiocontainError naming the plugin, and the caller's teardown undoes
+    AiocontainError naming the plugin (an AiocontainError the hook raised keeps
+    its message and fix, as from ``configure``), and the caller's teardown undoes
     everything (the container and its helpers included). ``exited`` hooks run in
     reverse order and their failures are only reported: the command has ended,
     and its status stands.
@@ -36,9 +37,11 @@ async def run_hooks(plugins: Sequence[Plugin], hook: str, context: Any, log: Eve
                 await getattr(plugin, hook)(context)
         except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported as that plugin's
             error = _describe(name, hook, plugin.hook_timeout, exc)
-            log.warning(events.HOOK_FAILED, plugin=name, hook=hook, error=error.message)
             if hook != "exited":
+                # info: the error itself stops the run and reaches the caller (the CLI's one line)
+                log.info(events.HOOK_FAILED, plugin=name, hook=hook, error=error.message)
                 raise error from None
+            log.warning(events.HOOK_FAILED, plugin=name, hook=hook, error=error.message)
             continue
         log.debug(
             events.HOOK_FINISHED, plugin=name, hook=hook, duration_ms=round((time.perf_counter() - started) * 1000, 3)
@@ -54,5 +57,8 @@ def _describe(name: str, hook: str, timeout: float, exc: Exception) -> Aiocontai
             f"plugin {name}: its {hook} hook did not return within {timeout:g}s",
             fix=f"--disable-plugin {name}",
         )
-    detail = exc.line() if isinstance(exc, AiocontainError) else f"{type(exc).__name__}: {exc}"
-    return AiocontainError(f"plugin {name} failed in its {hook} hook: {detail}", fix=f"--disable-plugin {name}")
+    if isinstance(exc, AiocontainError):  # the plugin's own error for the user, with its own fix: as from configure
+        return AiocontainError(f"plugin {name}: {exc.message}", fix=exc.fix)
+    return AiocontainError(
+        f"plugin {name} failed in its {hook} hook: {type(exc).__name__}: {exc}", fix=f"--disable-plugin {name}"
+    )

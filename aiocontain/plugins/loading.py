@@ -49,7 +49,10 @@ def discover() -> list[Installed]:
             error = f"speaks plugin interface version {plugin.api_version}; this aiocontain speaks {supported}"
             found.append(Installed(name, dist, None, error))
         else:
-            found.append(Installed(plugin.name or name, dist, plugin))
+            if not plugin.name:
+                # Known by its entry point's name: messages must name what --disable-plugin takes.
+                setattr(plugin, "name", name)  # noqa: B010 - an instance's own name, not the ClassVar
+            found.append(Installed(plugin.name, dist, plugin))
     return sorted(found, key=lambda item: (item.plugin.order if item.plugin else 0, item.name))
 
 
