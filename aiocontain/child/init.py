@@ -68,10 +68,14 @@ def _become_root() -> None:
 
 
 def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
-    # Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored signals ignored: without this,
-    # `yes | head` would never end in the container. The command starts as podman's do, with none ignored.
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
+    # exec keeps ignored signals ignored: Python's SIGPIPE and SIGXFSZ (`yes | head` would never end), and
+    # whatever the invoking shell ignored (SIGQUIT of a background job). The command starts with none ignored.
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # e.g. the real-time signals glibc keeps for itself
     try:
         _execvpe(argv, env)
     except OSError as exc:

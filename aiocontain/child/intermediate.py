@@ -107,7 +107,10 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                             _cgroup = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
                         except OSError:
                             pass  # the runtime removes it, as on every path where it lives
-                    os.write(release_w, b"R")
+                    try:
+                        os.write(release_w, b"R")
+                    except BrokenPipeError:
+                        pass  # PID 1 was killed meanwhile: its pidfd reports the exit next
                     os.close(release_w)
                     release_w = -1
             elif fd == report_r:
