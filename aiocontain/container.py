@@ -55,10 +55,11 @@ class ExitStatus:
 class Container:
     """A running container; use as ``async with Container(spec) as c: status = await c.wait()``.
 
-    Entering runs the set-up pipeline (spawn, idmap, cgroup, network, tap,
-    release) in a task group of the container's own and returns once the command
-    runs. Leaving, on every path including the caller's cancellation, kills what
-    is still running and undoes every stage in reverse order.
+    Entering runs the set-up pipeline (prepare, spawn, idmap, cgroup, network,
+    tap, prestart, release; prepare and prestart are the plugins' hooks) in a task
+    group of the container's own and returns once the command runs. Leaving, on
+    every path including the caller's cancellation, kills what is still running
+    and undoes every stage in reverse order.
     """
 
     def __init__(
@@ -96,6 +97,8 @@ class Container:
             return "exited"
         if ctx is None:
             return "created"
+        if self._stack is None:
+            return "exited"  # torn down (a cancellation, a failure) without a wait: nothing of it runs
         if ctx.started:
             return "running"
         return "released" if ctx.released else "setting-up"

@@ -151,6 +151,12 @@ async def test_state_follows_the_lifecycle(rootfs):
         assert container.state in ("running", "exited")
         await container.wait()
         assert container.state == "exited"
+    with anyio.move_on_after(30) as scope:
+        async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as cancelled:
+            assert cancelled.state == "running"
+            scope.cancel()
+            await cancelled.wait()
+    assert cancelled.state == "exited"  # torn down without a wait: nothing of it runs any more
 
 
 def test_unconfigured_structlog_keeps_stdout_clean(rootfs):
