@@ -1,4 +1,4 @@
-"""Stage 6, release: let the child build its root filesystem and exec the command.
+"""Stage 7, release: let the child build its root filesystem and exec the command.
 
 Returns once the command runs; a command that cannot be executed raises here
 with podman's codes (127 not found, 126 not executable).

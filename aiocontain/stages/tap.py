@@ -1,4 +1,4 @@
-"""Stage 5, tap: wait until the container's interface is configured, by netlink events."""
+"""Stage 5, tap: wait until the container's interface is configured, by netlink events (and slirp4netns's ready fd)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 7, wait: follow the container to its exit, then teardown.
+"""Stage 8, wait: follow the container to its exit, then teardown.
 
 The child reports the exit status of the container's PID 1 as Exited; when the
 child itself was killed before it could, its own exit status (from the fork
