@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -108,26 +109,25 @@ def loopback_server() -> Iterator[tuple[int, bytes]]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
-    stop = threading.Event()
+    stop_r, stop_w = os.pipe()  # written to stop the server: select wakes on it, no polling
 
     def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+        while True:
+            ready, _, _ = select.select([server, stop_r], [], [])
+            if stop_r in ready:
                 return
+            conn, _ = server.accept()
             with conn:
                 conn.sendall(token + b"\n")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield server.getsockname()[1], token
-    stop.set()
+    os.write(stop_w, b"x")
     thread.join()
     server.close()
+    os.close(stop_r)
+    os.close(stop_w)
 
 
 def leftovers() -> dict[str, object]:
