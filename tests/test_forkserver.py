@@ -175,3 +175,23 @@ async def test_killing_the_fork_server_spares_running_containers(rootfs):
         status = await c.wait()  # the intermediate still reports the exit (Exited) on its own socket
     assert status.code == 7
     server.close()
+
+
+async def test_a_dead_default_fork_server_is_replaced_and_reaped_after_its_last_container(rootfs):
+    from aiocontain import forkserver
+
+    fds = open_fds()
+    old = forkserver.default()
+    async with Container(spec(rootfs, "/bin/sh", "-c", "read line", stdin=subprocess.PIPE)) as first:
+        os.kill(old.pid, signal.SIGKILL)
+        assert wait_gone(old.pid)
+        async with Container(spec(rootfs, "true")) as second:  # a new default serves the next container
+            assert (await second.wait()).ok
+        new = forkserver.current()
+        assert new is not None and new.pid != old.pid
+        await first.stdin.send(b"go\n")
+        assert (await first.wait()).ok
+    # the dead one was reaped (no zombie) and its fds closed once its last container was: the new one
+    # holds as many (its request socket and pidfd) as the old one did before
+    assert not Path(f"/proc/{old.pid}").exists()
+    assert len(open_fds()) == len(fds)

@@ -46,6 +46,7 @@ class ForkServer:
         self._pidfd = os.pidfd_open(pid)
         self._active = 0
         self._closed = False
+        self._retired = False  # died and replaced while its intermediates were open: closed after the last
 
     @classmethod
     def start(cls) -> ForkServer:
@@ -109,6 +110,8 @@ class ForkServer:
 
     def _released(self) -> None:
         self._active -= 1
+        if self._retired and not self._active:
+            self.close()  # reap it and close its pidfd: nobody else holds it any more
 
     def close(self) -> None:
         """End the server and reap it. Refused while intermediates it forked are still open."""
@@ -137,8 +140,11 @@ def default() -> ForkServer:
         server = _default
         if server is not None and server.owner == os.getpid() and server.running:
             return server
-        if server is not None and server.owner == os.getpid() and not server._active:
-            server.close()  # it died: reap it
+        if server is not None and server.owner == os.getpid():
+            if server._active:
+                server._retired = True  # it died: reaped once its last intermediate is closed
+            else:
+                server.close()  # it died: reap it
         _default = ForkServer.start()
         return _default
 
