@@ -30,7 +30,7 @@ def test_sizes_follow_podman(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "m", "2x", "2 mm", "-1m", "0", "0k", "1e6", "two"])
+@pytest.mark.parametrize("text", ["", "m", "2x", "2 mm", "-1m", "0", "0k", "1e6", "two", "99999999999999999999999p"])
 def test_malformed_sizes_are_refused(text: str) -> None:
     with pytest.raises(AiocontainError) as caught:
         parse_size(text)
@@ -80,6 +80,7 @@ def test_no_limits_is_falsy() -> None:
         ({"memory": "4m", "memory_swap": "2m"}, "less than --memory"),
         ({"pids": -2}, "invalid --pids-limit"),
         ({"pids": True}, "invalid --pids-limit"),
+        ({"pids": 99999999999999999999}, "invalid --pids-limit"),
         ({"cpus": 0}, "invalid --cpus"),
         ({"cpus": (os.cpu_count() or 1) + 1}, "invalid --cpus"),
     ],

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from aiocontain.errors import AiocontainError
 
 CPU_PERIOD = 100_000  # microseconds, the kernel's default cpu.max period
+MAX_BYTES = (1 << 63) - 1  # memory.max and memory.swap.max are signed 64-bit counts
+MAX_PIDS = 1 << 22  # the kernel's PID_MAX_LIMIT: pids.max takes no more
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 # podman (docker's units.RAMInBytes): "512k", "2m", "2MB", "2MiB", "1.5g", or plain bytes
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$", re.IGNORECASE)
@@ -29,6 +31,8 @@ def parse_size(text: str | int, option: str = "--memory") -> int:
         value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     if value <= 0:
         raise AiocontainError(f"invalid {option} {text!r}: must be more than 0 bytes", fix="give a size such as 2m")
+    if value > MAX_BYTES:
+        raise AiocontainError(f"invalid {option} {text!r}: more than the kernel can take", fix="give less than 8 EiB")
     return value
 
 
@@ -75,7 +79,7 @@ class Limits:
                     f"--memory-swap {memory_swap} is less than --memory {memory}",
                     fix="--memory-swap is memory plus swap: give at least the memory limit, or -1 for unlimited swap",
                 )
-        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < -1):
+        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or not -1 <= pids <= MAX_PIDS):
             raise AiocontainError(f"invalid --pids-limit {pids!r}", fix="give a number of processes, -1 for no limit")
         if cpus is not None:
             available = os.cpu_count() or 1
