@@ -90,7 +90,8 @@ class Config(_Message):
 
 
 class Unshared(_Message):
-    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked."""
+    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked.
+    Also fork server -> runtime, first on the request socket: its own user namespace exists, map it."""
 
     kind = "unshared"
     __slots__ = ()
@@ -127,7 +128,8 @@ class Started(_Message):
 
 
 class Failed(_Message):
-    """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed."""
+    """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed.
+    Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
 
     kind = "failed"
     __slots__ = ("errno", "message", "step")
@@ -168,6 +170,21 @@ class Forked(_Message):
         self.pid = pid
 
 
+class MapIds(_Message):
+    """Runtime -> fork server, on the reply channel: write the uid/gid maps of the intermediate's new user
+    namespace (nested in the fork server's, which the runtime mapped once)."""
+
+    kind = "map_ids"
+    __slots__ = ()
+
+
+class IdsMapped(_Message):
+    """Fork server -> runtime, on the reply channel: the maps are written (or Failed says why not)."""
+
+    kind = "ids_mapped"
+    __slots__ = ()
+
+
 class Reaped(_Message):
     """Fork server -> runtime, on the reply channel, last: the intermediate exited (``waitpid`` status)."""
 
@@ -178,9 +195,10 @@ class Reaped(_Message):
         self.status = status
 
 
-Message = Config | Unshared | Ready | Release | Started | Failed | Exited | Fork | Forked | Reaped
+Message = Config | Unshared | Ready | Release | Started | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
 _TYPES: dict[str, type[Any]] = {
-    t.kind: t for t in (Config, Unshared, Ready, Release, Started, Failed, Exited, Fork, Forked, Reaped)
+    t.kind: t
+    for t in (Config, Unshared, Ready, Release, Started, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
 }
 MAX_FDS = 8
 

@@ -215,3 +215,18 @@ def test_cgroup_parent_not_writable(rootfs):
     result = run("--rootfs", str(rootfs), "--cgroup-parent", point, "-m", "2m", "true")
     assert_one_line_error(result, f"--cgroup-parent {point}: not writable by", "sudo chown")
     assert cgroup2_tree() == before
+
+
+@pytest.mark.parametrize("tool", ["newuidmap", "newgidmap"])
+def test_a_failing_id_map_helper_is_one_line_with_its_stderr(rootfs, tmp_path, tool):
+    # It maps the fork server's user namespace once, before the first container: its failure is that one's.
+    from aiocontain import subids
+
+    if not subids.ranges(os.getuid(), Path("/etc/subuid")):
+        pytest.skip("without subordinate ids the helpers are not used")
+    fake = tmp_path / tool
+    fake.write_text(f"#!/bin/sh\necho '{tool}: uid range not allowed' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    result = run("--rootfs", str(rootfs), "--net", "none", "true", env=env)
+    assert_one_line_error(result, f"{tool} failed: {tool}: uid range not allowed", "/etc/subuid")

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import aiocontain
-from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain import Container, ContainerSpec, NetworkMode, forkserver
 from aiocontain.errors import AiocontainError, CommandNotFound
 from tests.conftest import leftovers, open_fds
 
@@ -42,6 +42,50 @@ async def test_output_and_network_info(rootfs):
         status = await container.wait()
     assert status.ok
     assert output.decode().split() == ["0", "embedded", "65520"]
+
+
+async def test_id_maps_seen_from_the_host_and_from_inside(rootfs):
+    """Host view: 0 is the user, 1..N the subordinate ids (as podman maps them). Inside: the container's own
+    user namespace, nested in the fork server's, maps the same ids one to one."""
+    from aiocontain import subids
+
+    uid_ranges = subids.ranges(os.getuid(), Path("/etc/subuid"))
+    gid_ranges = subids.ranges(os.getuid(), Path("/etc/subgid"))
+    script = "cat /proc/self/uid_map /proc/self/gid_map; read -r _"
+    s = spec(rootfs, "/bin/sh", "-c", script, network=NetworkMode.NONE, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    async with Container(s) as container:
+        host = [Path(f"/proc/{container.pid}/{name}").read_text().split() for name in ("uid_map", "gid_map")]
+        own = Path(f"/proc/{os.getpid()}/ns/user").stat().st_ino
+        assert Path(f"/proc/{container.pid}/ns/user").stat().st_ino != own
+        await container.stdin.send(b"\n")
+        inside = [line.split() for line in b"".join([chunk async for chunk in container.stdout]).decode().splitlines()]
+        assert (await container.wait()).ok
+    if uid_ranges and gid_ranges:
+        (ustart, ucount), (gstart, gcount) = uid_ranges[0], gid_ranges[0]
+        assert host == [
+            ["0", str(os.getuid()), "1", "1", str(ustart), str(ucount)],
+            ["0", str(os.getgid()), "1", "1", str(gstart), str(gcount)],
+        ]
+        assert inside == [["0", "0", "1"], ["1", "1", str(ucount)], ["0", "0", "1"], ["1", "1", str(gcount)]]
+    else:
+        assert host == [["0", str(os.getuid()), "1"], ["0", str(os.getgid()), "1"]]
+        assert inside == [["0", "0", "1"], ["0", "0", "1"]]
+
+
+async def test_containers_do_not_share_a_user_namespace(rootfs):
+    """Each container has a user namespace of its own, and none is the fork server's."""
+    s = [spec(rootfs, "sleep", "30", network=NetworkMode.NONE) for _ in range(2)]
+    async with Container(s[0]) as first, Container(s[1]) as second:
+        namespaces = {Path(f"/proc/{c.pid}/ns/user").stat().st_ino for c in (first, second)}
+        server = forkserver.current()
+        assert server is not None
+        namespaces.add(Path(f"/proc/{server.pid}/ns/user").stat().st_ino)
+        namespaces.add(Path(f"/proc/{os.getpid()}/ns/user").stat().st_ino)
+        assert len(namespaces) == 4
+        first.kill()
+        second.kill()
+        await first.wait()
+        await second.wait()
 
 
 async def test_cancelling_the_caller_tears_the_container_down(rootfs):

@@ -195,3 +195,27 @@ async def test_a_dead_default_fork_server_is_replaced_and_reaped_after_its_last_
     # holds as many (its request socket and pidfd) as the old one did before
     assert not Path(f"/proc/{old.pid}").exists()
     assert len(open_fds()) == len(fds)
+
+
+async def test_a_fork_server_whose_namespace_cannot_be_mapped_refuses_every_container(rootfs, tmp_path, monkeypatch):
+    from aiocontain import subids
+    from aiocontain.errors import AiocontainError
+
+    if not subids.ranges(os.getuid(), Path("/etc/subuid")):
+        pytest.skip("without subordinate ids the helpers are not used")
+    fake = tmp_path / "newuidmap"
+    fake.write_text("#!/bin/sh\necho 'newuidmap: refused' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        for _ in range(2):  # the same error again: the server stays unmapped, and says so
+            with pytest.raises(AiocontainError, match="newuidmap failed: newuidmap: refused"):
+                async with Container(spec(rootfs, "true"), fork_server=server):
+                    pass
+        assert not server.running  # so the process-wide default would be replaced
+    finally:
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds

@@ -7,11 +7,22 @@ forks a child that becomes the intermediate, as clean as a fresh process (only
 its control socket and stdio open, default signal dispositions, an empty signal
 mask). Single-threaded and stdlib-only, so forking it is safe.
 
-The request socket (SOCK_SEQPACKET) carries ``Fork`` with five fds: a reply
-channel, the intermediate's control socket, its stdin, stdout and stderr. On the
-channel go ``Forked`` (with the intermediate's pidfd) and, once the kernel says
-it exited (its pidfd is readable) and it is reaped, ``Reaped`` with its status;
-then the channel is closed. The intermediate is never left a zombie.
+It lives in a user namespace of its own, which the owner maps once, the way
+podman's pause process holds its user namespace: 0 to the user and, where the
+user has subordinate ids, 1..N to them (newuidmap/newgidmap). Each container's
+user namespace is created by its intermediate inside this one, and this server,
+root of the parent namespace, writes its maps: the identity over the ids mapped
+here. So a container costs no setuid helper, and still has a user namespace of
+its own (its root holds no capability over the fork server or other containers).
+
+The request socket (SOCK_SEQPACKET) first carries, from the server, ``Unshared``
+(or ``Failed``) once its user namespace exists; then, from the owner, ``Fork``
+with five fds: a reply channel, the intermediate's control socket, its stdin,
+stdout and stderr. On the channel go ``Forked`` (with the intermediate's pidfd);
+``IdsMapped`` (or ``Failed``) for each ``MapIds`` the owner sends once the
+intermediate has unshared; and, once the kernel says it exited (its pidfd is
+readable) and it is reaped, ``Reaped`` with its status; then the channel is
+closed. The intermediate is never left a zombie.
 
 When the request socket reaches end of stream (the owner closed it or died) the
 server takes no more requests and exits as soon as its last child is reaped:
@@ -20,6 +31,7 @@ those end by themselves, as their control sockets reach end of stream too.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import os
@@ -29,7 +41,7 @@ import socket
 
 from aiocontain import messages, syscalls
 from aiocontain.child import intermediate
-from aiocontain.messages import Fork, Forked, Reaped
+from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -43,7 +55,22 @@ _HIGH_FD = 64  # kept fds are first moved above the ones being set up, so no dup
 def main(fd: int) -> NoReturn:
     """Entry point of ``python -I -S`` with the request socket at fd."""
     prepare(os.getppid())
-    serve(socket.socket(fileno=fd))
+    requests = socket.socket(fileno=fd)
+    own_user_namespace(requests)
+    serve(requests)
+
+
+def own_user_namespace(requests: socket.socket) -> None:
+    """Enter a new user namespace and tell the owner, who maps it before its first Fork request."""
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER)
+        message: messages.Message = Unshared()
+    except OSError as exc:
+        message = Failed("namespaces", exc.strerror or str(exc), exc.errno or 0)
+    try:
+        messages.send(requests, message)
+    except OSError:
+        os._exit(0)  # the owner is gone
 
 
 def prepare(owner: int) -> None:
@@ -72,35 +99,103 @@ def serve(requests: socket.socket) -> NoReturn:
     poller = select.poll()
     poller.register(requests, select.POLLIN)
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
+    channels: dict[int, int] = {}  # reply channel fd -> pidfd, while the owner may still send on it
+    maps = _NestedMaps()
     accepting = True
     while accepting or children:
-        for fd, _event in poller.poll():
-            if fd in children:
+        # The request last: a fork opens fds, which may take the numbers of ones closed earlier in this round.
+        for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == requests.fileno()):
+            if fd in channels:
+                _answer(channels, poller, children[channels[fd]], maps)
+            elif fd in children:
                 pid, channel = children.pop(fd)
                 poller.unregister(fd)
+                if channels.pop(channel.fileno(), None) is not None:
+                    poller.unregister(channel)
                 _, status = os.waitpid(pid, 0)
                 _reply(channel, Reaped(status))
                 channel.close()
                 os.close(fd)
-                continue
-            try:
-                message, fds = messages.recv(requests)
-            except OSError:
-                message, fds = None, []
-            if message is None:
-                _close_all(fds)
-                poller.unregister(requests)
-                accepting = False
-                continue
-            if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
-                _close_all(fds)
-                continue
-            forked = _fork(requests, children, fds)
-            if forked is not None:
-                pidfd, pid, channel = forked
-                poller.register(pidfd, select.POLLIN)
-                children[pidfd] = (pid, channel)
+            elif fd == requests.fileno() and accepting:
+                accepting = _request(requests, poller, children, channels)
     os._exit(0)
+
+
+def _request(
+    requests: socket.socket,
+    poller: select.poll,
+    children: dict[int, tuple[int, socket.socket]],
+    channels: dict[int, int],
+) -> bool:
+    """Serve one request; False at end of stream (the owner closed its end or died)."""
+    try:
+        message, fds = messages.recv(requests)
+    except OSError:
+        message, fds = None, []
+    if message is None:
+        _close_all(fds)
+        poller.unregister(requests)
+        return False
+    if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
+        _close_all(fds)
+        return True
+    forked = _fork(requests, children, fds)
+    if forked is not None:
+        pidfd, pid, channel = forked
+        poller.register(pidfd, select.POLLIN)
+        poller.register(channel, select.POLLIN)
+        children[pidfd] = (pid, channel)
+        channels[channel.fileno()] = pidfd
+    return True
+
+
+def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, socket.socket], maps: _NestedMaps) -> None:
+    """A request on a child's reply channel: MapIds, or end of stream (the owner let it go)."""
+    pid, channel = child
+    try:
+        message, fds = messages.recv(channel)
+    except OSError:
+        message, fds = None, []
+    _close_all(fds)
+    if message is None:
+        del channels[channel.fileno()]
+        poller.unregister(channel)
+    elif isinstance(message, MapIds):
+        try:
+            maps.write(pid)
+            _reply(channel, IdsMapped())
+        except OSError as exc:
+            _reply(channel, Failed("idmap", exc.strerror or str(exc), exc.errno or 0))
+
+
+class _NestedMaps:
+    """The maps of a container's user namespace: the identity over every range mapped in ours.
+
+    One line per range of ours: the kernel maps a child's range only when it lies
+    within a single range of its parent's map.
+    """
+
+    def __init__(self) -> None:
+        self._uid: bytes | None = None
+        self._gid = b""
+
+    def write(self, pid: int) -> None:
+        if self._uid is None:
+            self._uid, self._gid = _identity("/proc/self/uid_map"), _identity("/proc/self/gid_map")
+        for name, content in (("uid_map", self._uid), ("gid_map", self._gid)):
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+
+
+def _identity(path: str) -> bytes:
+    with open(path, "rb") as file:
+        ranges = [line.split() for line in file.read().splitlines() if line.strip()]
+    if not ranges:
+        raise OSError(errno.EPERM, "the fork server's user namespace has no id map")
+    return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in ranges)
 
 
 def _fork(

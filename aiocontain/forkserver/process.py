@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -22,7 +22,10 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 from aiocontain import messages
 from aiocontain.errors import AiocontainError
 from aiocontain.forkserver.stdio import Stdio
-from aiocontain.messages import Fork, Forked, Reaped
+from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped
+
+if TYPE_CHECKING:
+    from aiocontain.forkserver.userns import IdMapping
 
 FORK_TIMEOUT = 10.0
 
@@ -36,6 +39,7 @@ class ForkedProcess:
         self.pid = pid
         self.returncode: int | None = None
         self.status_lost = False  # the fork server died before it could tell the exit status
+        self.mapping: IdMapping | None = None  # how the fork server's user namespace, and so this one's, is mapped
         self.stdin: ByteSendStream | None = stdio.stdin
         self.stdout: ByteReceiveStream | None = stdio.stdout
         self.stderr: ByteReceiveStream | None = stdio.stderr
@@ -84,6 +88,21 @@ class ForkedProcess:
         stdio.close()
         raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
 
+    async def map_ids(self) -> None:
+        """Have the fork server write the uid/gid maps of the user namespace this process has unshared.
+
+        Call it once the process said so (Unshared); raises AiocontainError if the kernel refused.
+        """
+        async with self._lock:
+            messages.send(self._channel, MapIds())
+            message, fds = await _receive(self._channel)
+        for fd in fds:
+            os.close(fd)
+        if isinstance(message, Failed):
+            raise AiocontainError(f"cannot map the container's user namespace: {message.message}")
+        if not isinstance(message, IdsMapped):
+            raise AiocontainError("the fork server exited while mapping the container's user namespace")
+
     async def wait_exit(self) -> None:
         """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
         if not self.exited:
@@ -97,14 +116,15 @@ class ForkedProcess:
         """
         async with self._lock:
             await self.wait_exit()
-            if self.returncode is None and not self.status_lost:
+            while self.returncode is None and not self.status_lost:
                 message, fds = await _receive(self._channel)
                 for fd in fds:
                     os.close(fd)
                 if isinstance(message, Reaped):
                     self.returncode = os.waitstatus_to_exitcode(message.status)
-                else:
+                elif message is None:
                     self.status_lost = True
+                # else: the answer to a MapIds whose caller was cancelled
         return self.returncode
 
     def kill(self) -> None:

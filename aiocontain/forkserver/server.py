@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aiocontain.errors import AiocontainError
     from aiocontain.forkserver.process import ForkedProcess
+    from aiocontain.forkserver.userns import IdMapping
+
+UNSHARE_TIMEOUT = 10.0  # for the server's first message: a fresh interpreter's start-up under load
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.zygote import main;main({fd})"
@@ -47,6 +51,9 @@ class ForkServer:
         self._active = 0
         self._closed = False
         self._retired = False  # died and replaced while its intermediates were open: closed after the last
+        self.mapping: IdMapping | None = None  # its user namespace's, once mapped (before the first fork)
+        self._map_error: AiocontainError | None = None
+        self._map_lock = threading.Lock()
 
     @classmethod
     def start(cls) -> ForkServer:
@@ -82,7 +89,9 @@ class ForkServer:
                 from aiocontain.child import zygote
 
                 zygote.prepare(owner)
-                zygote.serve(socket.socket(fileno=fd))
+                requests = socket.socket(fileno=fd)
+                zygote.own_user_namespace(requests)
+                zygote.serve(requests)
             finally:
                 os._exit(70)
         child.close()
@@ -90,8 +99,8 @@ class ForkServer:
 
     @property
     def running(self) -> bool:
-        """Not closed, and the process is alive (its pidfd is not readable yet)."""
-        return not self._closed and not select.select([self._pidfd], [], [], 0)[0]
+        """Not closed, its user namespace not failed to map, and the process alive (its pidfd not readable)."""
+        return not self._closed and self._map_error is None and not select.select([self._pidfd], [], [], 0)[0]
 
     async def fork(
         self, control: socket.socket, stdin: Any = None, stdout: Any = None, stderr: Any = None
@@ -104,9 +113,48 @@ class ForkServer:
 
         if self._closed:
             raise RuntimeError("the fork server is closed")
+        if self.mapping is None:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self._map_user_namespace)
         process = await ForkedProcess.request(self._requests, control, stdin, stdout, stderr, self._released)
+        process.mapping = self.mapping
         self._active += 1
         return process
+
+    def _map_user_namespace(self) -> None:
+        """Once, before the first fork (in a worker thread: it waits and runs setuid helpers): wait for the
+        server's Unshared and map its user namespace. A failure stays: every later fork raises it too."""
+        from aiocontain.errors import AiocontainError
+
+        with self._map_lock:
+            if self.mapping is not None:
+                return
+            if self._map_error is None:
+                try:
+                    self.mapping = self._map_once()
+                except AiocontainError as error:
+                    self._map_error = error
+                except OSError as exc:
+                    self._map_error = AiocontainError(f"cannot map the fork server's user namespace: {exc}")
+            if self._map_error is not None:
+                raise self._map_error
+
+    def _map_once(self) -> IdMapping:
+        from aiocontain import messages
+        from aiocontain.errors import AiocontainError
+        from aiocontain.forkserver import userns
+
+        if not select.select([self._requests], [], [], UNSHARE_TIMEOUT)[0]:
+            raise AiocontainError("the fork server did not start", fix="aiocontain doctor")
+        message, fds = messages.recv(self._requests)
+        for fd in fds:
+            os.close(fd)
+        if isinstance(message, messages.Failed):
+            raise userns.namespace_error(message.message)
+        if not isinstance(message, messages.Unshared):
+            raise AiocontainError("the fork server exited at start-up", fix="aiocontain doctor")
+        return userns.map_from_outside(self.pid)
 
     def _released(self) -> None:
         self._active -= 1

@@ -21,6 +21,7 @@ import anyio
 
 from aiocontain import events, forkserver, messages
 from aiocontain.errors import AiocontainError
+from aiocontain.forkserver import userns
 from aiocontain.messages import Config, Failed, Ready, Unshared
 from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
@@ -93,13 +94,7 @@ async def run(ctx: StageContext) -> None:
 
 
 def namespace_error(failure: Failed) -> AiocontainError:
-    if "unshare" in failure.message:
-        return AiocontainError(
-            f"cannot create the container's namespaces: {failure.message}",
-            fix="enable unprivileged user namespaces: sudo sysctl -w kernel.unprivileged_userns_clone=1 "
-            "user.max_user_namespaces=28633 (and kernel.apparmor_restrict_unprivileged_userns=0 where it exists)",
-        )
-    return AiocontainError(f"container set-up failed: {failure.message}")
+    return userns.namespace_error(failure.message)
 
 
 def _make_runtime_dir(ctx: StageContext) -> Path:
