@@ -1,89 +1,90 @@
-"""Starting host processes so that a cancellation can never orphan one."""
+"""Host helper processes (slirp4netns): started so that no path can orphan one.
+
+``Helper.spawn`` uses posix_spawn (vfork and exec) and follows the process
+through a pidfd, rather than the event loop's subprocess machinery: under
+asyncio that starts a child-watcher thread for every process, and with many
+containers starting at once those threads, their locks and the extra wake-ups
+cost the runtime's event loop about a millisecond per container.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 from collections.abc import Sequence
-from functools import partial
-from typing import Any
 
 import anyio
-import anyio.to_thread
-from anyio.abc import Process
+
+from aiocontain.forkserver.stdio import FdReceiveStream
+
+FIRST_PASSED_FD = 3
+_HIGH_FD = 64
 
 
-async def spawn(argv: Sequence[str], **options: Any) -> Process:
-    """``anyio.open_process``, shielded from cancellation.
+class Helper:
+    """A running helper: ``pid``, ``returncode`` once reaped, its ``stderr`` as a byte stream.
 
-    Under asyncio a cancellation that lands while the process is being created
-    makes asyncio kill it and then await its reaping, and anyio's cancel scopes
-    cancel that await too: the child is left unreaped. Creating a process takes
-    milliseconds, so the spawn is shielded; the caller owns the process from the
-    moment it is returned and must close it on every path.
+    The caller owns it from ``spawn`` on and must ``aclose`` it on every path.
     """
-    with anyio.CancelScope(shield=True):
-        process = await anyio.open_process(argv, **options)
-    return process
 
+    def __init__(self, pid: int, pidfd: int, stderr: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None  # as subprocess: -N when signal N killed it
+        self.stderr = FdReceiveStream(stderr)
+        self._pidfd = pidfd
 
-async def run(argv: Sequence[str]) -> tuple[int, bytes]:
-    """Run a short helper (newuidmap, newgidmap) by absolute path to its end: (exit code, stderr).
-
-    posix_spawn (vfork and exec) and a pidfd for the exit, rather than the event
-    loop's subprocess machinery: under asyncio that starts a child-watcher thread
-    per process, and the two helpers of every container spent ~4 ms waiting for
-    those threads and their locks. The spawn itself runs in a worker thread, as
-    vfork holds its caller until the helper has executed. Killed and reaped if
-    cancelled.
-    """
-    read, write = os.pipe()
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    dup2 = os.POSIX_SPAWN_DUP2
-    spawn = partial(
-        os.posix_spawn,
-        argv[0],
-        list(argv),
-        os.environ,
-        file_actions=[(dup2, null, 0), (dup2, null, 1), (dup2, write, 2)],
-        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # as subprocess does: not Python's ignored ones
-    )
-    try:
-        # In a worker thread: vfork holds the caller until the (setuid) helper has executed, which would
-        # hold the event loop and serialize the two helpers. Shielded: the pid must not be lost.
-        with anyio.CancelScope(shield=True):
-            pid = await anyio.to_thread.run_sync(spawn)
-    except BaseException:
-        os.close(read)
-        raise
-    finally:
-        os.close(write)
-        os.close(null)
-    pidfd = os.pidfd_open(pid)  # not reaped until we wait: the pid is still ours
-    try:
-        stderr = await _read_to_end(read)
-        await anyio.wait_readable(pidfd)  # the kernel says it exited
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        raise
-    finally:
-        os.close(read)
-        os.close(pidfd)
-        _, status = os.waitpid(pid, 0)  # at once: it has exited, or was just killed
-    return os.waitstatus_to_exitcode(status), stderr
-
-
-async def _read_to_end(fd: int) -> bytes:
-    os.set_blocking(fd, False)
-    chunks: list[bytes] = []
-    while True:
+    @classmethod
+    def spawn(cls, argv: Sequence[str], fds: Sequence[int] = ()) -> Helper:
+        """Start argv (argv[0] an absolute path) with stdin and stdout on /dev/null, stderr a pipe, and fds
+        as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again."""
+        # The dup2s run in order: a source on the number of an earlier target would be overwritten first.
+        targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
+        moved = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds if fd in targets}
+        stderr_r, stderr_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        dup2 = os.POSIX_SPAWN_DUP2
+        actions = [(dup2, null, 0), (dup2, null, 1), (dup2, stderr_w, 2)]
+        actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
         try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            await anyio.wait_readable(fd)
-            continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+            pid = os.posix_spawn(
+                argv[0], list(argv), os.environ, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+            )
+        except BaseException:
+            os.close(stderr_r)
+            raise
+        finally:
+            for fd in (stderr_w, null, *moved.values()):
+                os.close(fd)
+        return cls(pid, os.pidfd_open(pid), stderr_r)  # not reaped until we wait: the pid is still ours
+
+    async def wait(self) -> int:
+        """Wait for the exit (the kernel says so through the pidfd), reap, and return the status."""
+        if self.returncode is None:
+            await anyio.wait_readable(self._pidfd)
+            self._reap()
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, through the pidfd (no pid reuse race); nothing once it is reaped."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def aclose(self) -> None:
+        """Kill it if it still runs, reap it, close its stderr and pidfd. Shielded: it runs on every path."""
+        if self._pidfd < 0:
+            return
+        with anyio.CancelScope(shield=True):
+            if self.returncode is None:
+                self.kill()
+                await self.wait()
+            await self.stderr.aclose()
+        os.close(self._pidfd)
+        self._pidfd = -1
+
+    def _reap(self) -> None:
+        _, status = os.waitpid(self.pid, 0)  # at once: the pidfd said it exited
+        self.returncode = os.waitstatus_to_exitcode(status)

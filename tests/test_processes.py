@@ -1,6 +1,11 @@
-"""Short host helpers (processes.run): their exit code and stderr, and nothing left when cancelled."""
+"""Host helpers (processes.Helper, slirp4netns's): exit status, stderr, passed fds, nothing left on any path."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -11,17 +16,76 @@ from tests.conftest import leftovers, open_fds
 pytestmark = pytest.mark.anyio
 
 
-async def test_exit_code_and_stderr():
+async def _stderr(helper: processes.Helper) -> bytes:
+    return b"".join([chunk async for chunk in helper.stderr])
+
+
+async def test_exit_status_and_stderr():
     fds = open_fds()
-    assert await processes.run(["/bin/sh", "-c", "echo oops >&2; echo out; exit 3"]) == (3, b"oops\n")
-    assert await processes.run(["/bin/sh", "-c", "kill -9 $$"]) == (-9, b"")
+    helper = processes.Helper.spawn(["/bin/sh", "-c", "echo oops >&2; echo out; exit 3"])
+    try:
+        assert await _stderr(helper) == b"oops\n"  # stdout goes to /dev/null
+        assert await helper.wait() == 3
+    finally:
+        await helper.aclose()
+    killed = processes.Helper.spawn(["/bin/sh", "-c", "kill -9 $$"])
+    try:
+        assert await killed.wait() == -9
+    finally:
+        await killed.aclose()
     assert open_fds() == fds
+
+
+_COLLIDING = """
+import os, sys
+import anyio
+from aiocontain import processes
+
+ra, wa = os.pipe()  # a fresh interpreter: 3, 4
+rb, wb = os.pipe()  # 5, 6
+os.dup2(wa, 20)
+os.dup2(ra, 21)
+os.dup2(wb, 3)  # the second source now sits on the first target: a plain dup2 would clobber it
+os.close(4)
+os.close(6)
+
+async def main():
+    helper = processes.Helper.spawn(["/bin/sh", "-c", "echo one >&3; echo two >&4"], [20, 3])
+    os.close(20)
+    os.close(3)
+    try:
+        assert await helper.wait() == 0
+    finally:
+        await helper.aclose()
+    print(repr(os.read(21, 100)), repr(os.read(5, 100)))
+
+anyio.run(main)
+"""
+
+
+def test_passed_fds_arrive_as_3_4_in_order_even_when_a_source_sits_on_a_target():
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLIDING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["b'one\\n'", "b'two\\n'"]
 
 
 async def test_cancelled_helper_is_killed_and_reaped():
     before, fds = leftovers(), open_fds()
-    with anyio.move_on_after(0.2) as scope:
-        await processes.run(["/bin/sleep", "60"])
-    assert scope.cancelled_caught
+    helper = processes.Helper.spawn(["/bin/sleep", "60"])
+    try:
+        with anyio.move_on_after(0.2) as scope:
+            await helper.wait()
+        assert scope.cancelled_caught
+    finally:
+        await helper.aclose()
+    assert helper.returncode == -9
     assert leftovers() == before  # no child left, not even a zombie
     assert open_fds() == fds

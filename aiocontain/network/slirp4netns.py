@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from aiocontain import events, processes
 from aiocontain.errors import AiocontainError
@@ -69,34 +67,33 @@ class Slirp4netns:
         return f"{ADDRESS}\t{hostname}\n"
 
     async def start(self, ctx: StageContext) -> bool:
-        assert ctx.process is not None and self.binary is not None
+        assert ctx.process is not None and self.binary is not None and ctx.runtime_dir is not None
         exit_r, exit_w = os.pipe()
-        assert ctx.runtime_dir is not None
         self.api_socket = str(ctx.runtime_dir / "slirp4netns.sock")
-        argv = [
-            self.binary,
-            "--configure",
-            f"--mtu={self.mtu}",
-            f"--exit-fd={exit_r}",
-            f"--api-socket={self.api_socket}",
-        ]
         # Always a ready fd: slirp4netns writes it only once its API socket listens, after tap0 is up. Until
         # then the runtime directory that holds the socket must stay, and the release removes that directory.
         self._ready_fd, ready_w = os.pipe()
         ctx.stack.callback(os.close, self._ready_fd)
-        argv.append(f"--ready-fd={ready_w}")
-        passed = [exit_r, ready_w]
+        exit_fd, ready_fd = processes.FIRST_PASSED_FD, processes.FIRST_PASSED_FD + 1  # as the helper sees them
+        argv = [
+            self.binary,
+            "--configure",
+            f"--mtu={self.mtu}",
+            f"--exit-fd={exit_fd}",
+            f"--ready-fd={ready_fd}",
+            f"--api-socket={self.api_socket}",
+        ]
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
         argv += [str(ctx.process.pid), TAP]
         try:
-            process = await processes.spawn(argv, pass_fds=passed, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            process = processes.Helper.spawn(argv, [exit_r, ready_w])
         except BaseException:
             os.close(exit_w)
             raise
         finally:
-            for fd in passed:
-                os.close(fd)
+            os.close(exit_r)
+            os.close(ready_w)
         stderr = bytearray()
         supervised = self._supervised
 
@@ -105,8 +102,10 @@ class Slirp4netns:
             os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
             with anyio.move_on_after(5):
                 await supervised.wait()  # its stderr reached end of file and it has been reaped
-            if process.returncode is None:
+            if not supervised.is_set():
                 process.kill()
+                process.stderr.close_fd()  # stop reading: a lingering child of its own may hold stderr open
+                await supervised.wait()  # the supervisor reaps it, killed
             await process.aclose()
 
         async def supervise() -> None:
@@ -176,10 +175,12 @@ class Slirp4netns:
         raise ctx.failure or AiocontainError("slirp4netns exited before tap0 was ready")
 
 
-async def _watch(process: anyio.abc.Process, stderr: bytearray) -> None:
+async def _watch(process: processes.Helper, stderr: bytearray) -> None:
     """Keep the tail of the helper's stderr until it ends, then reap it."""
-    assert process.stderr is not None
-    async for chunk in process.stderr:
-        stderr.extend(chunk)
-        del stderr[:-_STDERR_KEEP]
+    try:
+        async for chunk in process.stderr:
+            stderr.extend(chunk)
+            del stderr[:-_STDERR_KEEP]
+    except anyio.ClosedResourceError:
+        pass  # the teardown stopped reading
     await process.wait()
