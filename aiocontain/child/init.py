@@ -70,8 +70,9 @@ def _become_root() -> None:
 def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
     # exec keeps ignored signals ignored: Python's SIGPIPE and SIGXFSZ (`yes | head` would never end), and
     # whatever the invoking shell ignored (SIGQUIT of a background job). The command starts with none ignored.
+    # Python knows every disposition here: the ones it found at start-up and the ones set through it since.
     for signum in signal.valid_signals():
-        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+        if signum not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(signum) != signal.SIG_DFL:
             try:
                 signal.signal(signum, signal.SIG_DFL)
             except (OSError, ValueError):
