@@ -54,6 +54,10 @@ class ForkServer:
         self.mapping: IdMapping | None = None  # its user namespace's, once mapped (before the first fork)
         self._map_error: AiocontainError | None = None
         self._map_lock = threading.Lock()
+        # Mapping waits for the server's start-up and runs two setuid helpers: begun at once, in a thread of
+        # its own, it overlaps the owner's own start-up (the CLI's imports) instead of the first container's.
+        self._mapper = threading.Thread(target=self._map_quietly, name="aiocontain-fork-server-map", daemon=True)
+        self._mapper.start()
 
     @classmethod
     def start(cls) -> ForkServer:
@@ -122,6 +126,12 @@ class ForkServer:
         self._active += 1
         return process
 
+    def _map_quietly(self) -> None:
+        try:
+            self._map_user_namespace()
+        except Exception:  # noqa: BLE001 - kept in _map_error: the first fork raises it
+            pass
+
     def _map_user_namespace(self) -> None:
         """Once, before the first fork (in a worker thread: it waits and runs setuid helpers): wait for the
         server's Unshared and map its user namespace. A failure stays: every later fork raises it too."""
@@ -168,6 +178,8 @@ class ForkServer:
         if self._active:
             raise RuntimeError(f"{self._active} container process(es) of this fork server are still open")
         self._closed = True
+        if self._mapper.is_alive() and threading.current_thread() is not self._mapper:
+            self._mapper.join()  # it uses the request socket: bounded by its own timeouts
         self._requests.close()  # end of stream: with no child left, the server exits at once
         if os.getpid() == self.owner:
             if self._popen is not None:

@@ -38,8 +38,12 @@ def map_from_outside(pid: int) -> IdMapping:
     gid_ranges = subids.ranges(uid, Path("/etc/subgid"))
     helpers = shutil.which("newuidmap"), shutil.which("newgidmap")
     if uid != 0 and uid_ranges and gid_ranges and helpers[0] and helpers[1]:
-        _helper(helpers[0], pid, uid, uid_ranges[0])
-        _helper(helpers[1], pid, gid, gid_ranges[0])
+        _run_helpers(
+            [
+                [helpers[0], str(pid), "0", str(uid), "1", "1", *map(str, uid_ranges[0])],
+                [helpers[1], str(pid), "0", str(gid), "1", "1", *map(str, gid_ranges[0])],
+            ]
+        )
         return IdMapping("subordinate", uid_ranges[0], gid_ranges[0])
     proc = Path(f"/proc/{pid}")
     (proc / "setgroups").write_text("deny")
@@ -59,17 +63,27 @@ def namespace_error(message: str) -> AiocontainError:
     return AiocontainError(f"container set-up failed: {message}")
 
 
-def _helper(tool: str, pid: int, outside: int, extra: tuple[int, int]) -> None:
-    argv = [tool, str(pid), "0", str(outside), "1", "1", str(extra[0]), str(extra[1])]
-    try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=HELPER_TIMEOUT
-        )
-    except subprocess.TimeoutExpired:
-        raise AiocontainError(f"{os.path.basename(tool)} did not finish within {HELPER_TIMEOUT:g}s") from None
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip().splitlines()
-        raise AiocontainError(
-            f"{os.path.basename(tool)} failed: {detail[-1] if detail else f'exit status {done.returncode}'}",
-            fix="check the user's ranges in /etc/subuid and /etc/subgid (aiocontain doctor)",
-        )
+def _run_helpers(commands: list[list[str]]) -> None:
+    """Run the helpers side by side; raise the first failure with its last line of stderr."""
+    running = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for argv in commands
+    ]
+    failure: AiocontainError | None = None
+    for argv, helper in zip(commands, running, strict=True):
+        tool = os.path.basename(argv[0])
+        try:
+            _, stderr = helper.communicate(timeout=HELPER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+            helper.communicate()
+            failure = failure or AiocontainError(f"{tool} did not finish within {HELPER_TIMEOUT:g}s")
+            continue
+        if helper.returncode != 0 and failure is None:
+            detail = stderr.decode(errors="replace").strip().splitlines()
+            failure = AiocontainError(
+                f"{tool} failed: {detail[-1] if detail else f'exit status {helper.returncode}'}",
+                fix="check the user's ranges in /etc/subuid and /etc/subgid (aiocontain doctor)",
+            )
+    if failure is not None:
+        raise failure
