@@ -98,7 +98,8 @@ class Unshared(_Message):
 
 
 class Ready(_Message):
-    """Child -> parent: namespaces exist, the init process is blocked. Carries the netlink fd."""
+    """Child -> parent: namespaces exist, the init process is blocked. Carries, in this order, the write end
+    of the init's release pipe, the read end of its report pipe and, if asked for, the netlink socket."""
 
     kind = "ready"
     __slots__ = ("init_pid",)
@@ -108,10 +109,8 @@ class Ready(_Message):
 
 
 class Release(_Message):
-    """Parent -> child: the host side is set up; build the root filesystem and exec.
-
-    ``cgroup`` is the container's leaf: the child removes it if the runtime dies.
-    """
+    """Parent -> child, just before the runtime releases the init through its pipe: ``cgroup`` is the
+    container's leaf, which the child removes if the runtime dies."""
 
     kind = "release"
     __slots__ = ("cgroup",)
@@ -120,15 +119,9 @@ class Release(_Message):
         self.cgroup = cgroup
 
 
-class Started(_Message):
-    """Child -> parent: the command was executed."""
-
-    kind = "started"
-    __slots__ = ()
-
-
 class Failed(_Message):
-    """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed.
+    """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed (the init
+    reports it on its report pipe, read by the runtime).
     Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
 
     kind = "failed"
@@ -195,10 +188,9 @@ class Reaped(_Message):
         self.status = status
 
 
-Message = Config | Unshared | Ready | Release | Started | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
+Message = Config | Unshared | Ready | Release | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
 _TYPES: dict[str, type[Any]] = {
-    t.kind: t
-    for t in (Config, Unshared, Ready, Release, Started, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
+    t.kind: t for t in (Config, Unshared, Ready, Release, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
 }
 MAX_FDS = 8
 

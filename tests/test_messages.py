@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from aiocontain import messages
-from aiocontain.messages import Config, Exited, Failed, Ready, Release, Started
+from aiocontain.messages import Config, Exited, Failed, Ready, Release
 
 ALL_MESSAGES: list[messages.Message] = [
     Config(
@@ -36,7 +36,6 @@ ALL_MESSAGES: list[messages.Message] = [
     ),
     Ready(init_pid=4242),
     Release(),
-    Started(),
     Failed(step="exec", message="no such file", errno=2),
     Failed(step="setup", message="mount failed"),
     Exited(code=3, signal=None),
@@ -67,8 +66,8 @@ def test_encode_decode_round_trip(message: messages.Message) -> None:
 
 
 def test_every_message_type_is_covered() -> None:
-    assert {type(m) for m in ALL_MESSAGES} == {Config, Ready, Release, Started, Failed, Exited}
-    assert {type(m).kind for m in ALL_MESSAGES} == {"config", "ready", "release", "started", "failed", "exited"}
+    assert {type(m) for m in ALL_MESSAGES} == {Config, Ready, Release, Failed, Exited}
+    assert {type(m).kind for m in ALL_MESSAGES} == {"config", "ready", "release", "failed", "exited"}
 
 
 def test_decode_rejects_unknown_kind() -> None:
@@ -121,10 +120,10 @@ def test_send_recv_passes_several_fds_in_order(pair: tuple[socket.socket, socket
     a, b = pair
     pipes = [os.pipe() for _ in range(3)]
     try:
-        messages.send(a, Started(), [w for _, w in pipes])
+        messages.send(a, Release(), [w for _, w in pipes])
         received, fds = messages.recv(b)
         try:
-            assert received == Started()
+            assert received == Release()
             assert len(fds) == 3
             for index, fd in enumerate(fds):
                 os.write(fd, str(index).encode())

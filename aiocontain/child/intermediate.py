@@ -3,12 +3,14 @@
 The fork server forks it and runs ``main(fd)`` with one end of the control
 socket. It reads the Config, unshares the namespaces (saying Unshared, so that
 the runtime writes the id maps meanwhile), forks the init (PID 1 of the new PID
-namespace) blocked on a pipe, and sends Ready with the netlink socket. From
-then on it is a relay: Release goes down to the init, failures and the exec
-come up, and the init's exit status is sent as Exited and becomes its own exit
-code. If the runtime goes away (the control socket reaches
-end of stream) it kills the init, and with it the whole PID namespace, and
-removes the container's cgroup that the runtime can no longer remove.
+namespace) blocked on a pipe, and sends Ready with the init's two pipe ends
+(release, and the report of a failed set-up or exec) and the netlink socket:
+the runtime releases the init and learns that the command runs with no hop
+through this process. From then on it waits: for Release, which names the
+container's cgroup, and for the init's exit, whose status it sends as Exited
+and makes its own exit code. If the runtime goes away (the control socket
+reaches end of stream) it kills the init, and with it the whole PID namespace,
+and removes the container's cgroup that the runtime can no longer remove.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 
 from aiocontain import messages, syscalls
 from aiocontain.child import init, netdev
-from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Started, Unshared
+from aiocontain.messages import Config, Exited, Failed, Message, Ready, Release, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -78,20 +80,22 @@ def main(fd: int) -> NoReturn:
         except OSError:
             pass
     pidfd = os.pidfd_open(pid)
-    _send_or_exit(sock, Ready(init_pid=pid), [netlink.fileno()] if netlink is not None else None, pid, pidfd)
+    fds = [release_w, report_r] + ([netlink.fileno()] if netlink is not None else [])
+    _send_or_exit(sock, Ready(init_pid=pid), fds, pid, pidfd)
+    for fd in (release_w, report_r):
+        os.close(fd)  # the runtime's now: the init sees end of file on release if the runtime dies
     if netlink is not None:
         netlink.close()
-    _relay(sock, pid, pidfd, release_w, report_r)
+    _relay(sock, pid, pidfd)
 
 
-def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: int) -> NoReturn:
+def _relay(sock: socket.socket, pid: int, pidfd: int) -> NoReturn:
     global _cgroup  # read by _kill_and_exit, which every exit path reaches
     poller = select.poll()
-    for fd in (sock.fileno(), report_r, pidfd):
+    for fd in (sock.fileno(), pidfd):
         poller.register(fd, select.POLLIN)
-    failed = False
     while True:
-        # The exit is handled last so that a failure report is never lost to it.
+        # The exit is handled last so that a Release sent just before it is never lost to it.
         for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == pidfd):
             if fd == sock.fileno():
                 try:
@@ -100,28 +104,12 @@ def _relay(sock: socket.socket, pid: int, pidfd: int, release_w: int, report_r: 
                     message = None
                 if message is None:
                     _kill_and_exit(pid, pidfd, cleanup=True)
-                if isinstance(message, Release) and release_w >= 0:
-                    if message.cgroup:
-                        parent, name = os.path.split(message.cgroup)
-                        try:
-                            _cgroup = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
-                        except OSError:
-                            pass  # the runtime removes it, as on every path where it lives
+                if isinstance(message, Release) and message.cgroup and _cgroup is None:
+                    parent, name = os.path.split(message.cgroup)
                     try:
-                        os.write(release_w, b"R")
-                    except BrokenPipeError:
-                        pass  # PID 1 was killed meanwhile: its pidfd reports the exit next
-                    os.close(release_w)
-                    release_w = -1
-            elif fd == report_r:
-                report = os.read(report_r, messages.MAX_MESSAGE)
-                if report:
-                    failed = True
-                    _send_or_exit(sock, report, None, pid, pidfd)  # already encoded by the init
-                else:
-                    poller.unregister(report_r)
-                    if not failed and release_w < 0:
-                        _send_or_exit(sock, Started(), None, pid, pidfd)
+                        _cgroup = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
+                    except OSError:
+                        pass  # the runtime removes it, as on every path where it lives
             elif fd == pidfd:
                 _, status = os.waitpid(pid, 0)
                 signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None

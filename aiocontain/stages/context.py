@@ -56,6 +56,8 @@ class StageContext:
     idmap: IdMapping | None = None
     init_pid: int | None = None
     pidfd: int | None = None
+    release_w: int | None = None  # the init's release pipe: one byte, and it builds the root and execs
+    report_r: int | None = None  # the init's report pipe: a Failed, or end of file once the command runs
     netlink: socket.socket | None = None
     network: dict[str, Any] = field(default_factory=dict)
     failure: AiocontainError | None = None
@@ -106,6 +108,13 @@ class StageContext:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             _close_all(fds)
+
+    def close_init_pipes(self) -> None:
+        """Close what is left of the init's release and report pipes (each once: the number may be reused)."""
+        for fd in (self.release_w, self.report_r):
+            if fd is not None:
+                os.close(fd)
+        self.release_w = self.report_r = None
 
     def fail(self, error: AiocontainError) -> None:
         """A helper failed: remember the first error, stop set-up and kill the container."""

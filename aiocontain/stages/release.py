@@ -11,33 +11,61 @@ import os
 import shutil
 import signal
 
+import anyio
+
 from aiocontain import events, messages
 from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
-from aiocontain.messages import Exited, Failed, Release, Started
+from aiocontain.messages import Failed, Release
 from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> None:
-    assert ctx.control is not None and ctx.init_pid is not None
+    assert ctx.control is not None and ctx.init_pid is not None and ctx.release_w is not None
     if ctx.spec.terminal_foreground:
         _hand_terminal_to(ctx)
-    messages.send(ctx.control, Release(cgroup=str(ctx.cgroup.path) if ctx.cgroup is not None else None))
+    if ctx.cgroup is not None:
+        # First, so that the child knows the leaf to remove should we die right after the release.
+        messages.send(ctx.control, Release(cgroup=str(ctx.cgroup.path)))
+    try:
+        os.write(ctx.release_w, b"R")
+    except BrokenPipeError:
+        pass  # PID 1 was killed meanwhile: its exit report follows
+    os.close(ctx.release_w)
+    ctx.release_w = None
     ctx.released = True
     ctx.log.info(events.RELEASED, pid=ctx.init_pid)
-    message, _ = await ctx.receive()
-    if isinstance(message, Started):
-        ctx.started = True
-        if ctx.runtime_dir is not None:
-            # The container's /etc files are bind-mounted by now and live on without their host path:
-            # removing it early means even a SIGKILLed aiocontain leaves nothing behind.
-            shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
-        ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
-        return
-    if isinstance(message, Failed):
-        raise failure_error(message, ctx.spec.command[0])
-    if isinstance(message, Exited):
-        raise AiocontainError(f"the container's init was killed (signal {message.signal}) before the command started")
-    raise AiocontainError("the container process exited during set-up")
+    report = await _read_report(ctx)
+    if report:
+        failure = messages.decode(report)
+        if isinstance(failure, Failed):
+            raise failure_error(failure, ctx.spec.command[0])
+        raise AiocontainError("the container's init sent an unknown report")
+    ctx.started = True
+    if ctx.runtime_dir is not None:
+        # The container's /etc files are bind-mounted by now and live on without their host path:
+        # removing it early means even a SIGKILLed aiocontain leaves nothing behind.
+        shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
+    ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
+
+
+async def _read_report(ctx: StageContext) -> bytes:
+    """The init's report pipe to end of file: empty once the command runs (close-on-exec), else a Failed.
+    (Also empty when the init was killed first: its exit status then tells.)"""
+    assert ctx.report_r is not None
+    os.set_blocking(ctx.report_r, False)
+    report = bytearray()
+    while True:
+        try:
+            chunk = os.read(ctx.report_r, messages.MAX_MESSAGE)
+        except BlockingIOError:
+            await anyio.wait_readable(ctx.report_r)
+            continue
+        if not chunk:
+            break
+        report += chunk
+    os.close(ctx.report_r)
+    ctx.report_r = None
+    return bytes(report)
 
 
 def failure_error(failure: Failed, command: str) -> AiocontainError:

@@ -3,8 +3,8 @@
 The child (the intermediate) is forked by this process's fork server
 (``aiocontain.forkserver``), which has the child modules imported already: only
 the first container pays for starting an interpreter. It unshares the
-namespaces, forks PID 1 and answers Ready with the netlink socket it opened
-inside the new network namespace.
+namespaces, forks PID 1 and answers Ready with the init's release and report
+pipes and the netlink socket it opened inside the new network namespace.
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ async def run(ctx: StageContext) -> None:
     if not isinstance(message, Ready):
         raise AiocontainError("the container process exited during set-up")
     ctx.init_pid = message.init_pid
-    if fds:
-        ctx.netlink = socket.socket(fileno=fds[0])
+    ctx.release_w, ctx.report_r = fds[0], fds[1]
+    ctx.stack.callback(ctx.close_init_pipes)
+    if len(fds) > 2:
+        ctx.netlink = socket.socket(fileno=fds[2])
         ctx.stack.callback(ctx.netlink.close)
     # The init is blocked on its release pipe, so this pid is certainly still ours.
     ctx.pidfd = os.pidfd_open(message.init_pid)
