@@ -307,3 +307,37 @@ async def test_wait_configured_ignores_another_interface(dgram_pair: tuple[socke
     with anyio.move_on_after(0.3) as scope:
         await netlink.wait_configured(reader, "tap0")
     assert scope.cancelled_caught
+
+
+def test_link_attributes_read_as_pyroute2_reads_them_from_real_kernel_messages():
+    """Every link of this host's namespace, dumped by the kernel with all its attributes (nested ones too):
+    the attribute walk finds the same name and MTU as pyroute2's full decode."""
+    import struct
+
+    from aiocontain.netlink import IFLA_IFNAME, IFLA_MTU, attributes, split
+
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        request = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)
+        sock.send(struct.pack("=IHHII", 16 + len(request), 18, 0x301, 1, 0) + request)  # RTM_GETLINK, dump
+        links = []
+        while True:
+            data = sock.recv(1 << 16)
+            messages = list(split(data))
+            links += [raw for kind, raw in messages if kind == RTM_NEWLINK]
+            if any(kind == 3 for kind, _ in messages):  # NLMSG_DONE
+                break
+    assert links
+    for raw in links:
+        decoded = ifinfmsg(raw)
+        decoded.decode()
+        attrs = attributes(raw, 32)
+        assert attrs[IFLA_IFNAME].rstrip(b"\0").decode() == decoded.get_attr("IFLA_IFNAME")
+        assert struct.unpack("=I", attrs[IFLA_MTU])[0] == decoded.get_attr("IFLA_MTU")
+        state = InterfaceState(decoded.get_attr("IFLA_IFNAME"))
+        netlink.update(state, RTM_NEWLINK, raw)
+        assert (state.index, state.up, state.mtu) == (
+            decoded["index"],
+            bool(decoded["flags"] & IFF_UP),
+            decoded.get_attr("IFLA_MTU"),
+        )
