@@ -88,13 +88,17 @@ class ForkedProcess:
         stdio.close()
         raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
 
-    async def map_ids(self) -> None:
-        """Have the fork server write the uid/gid maps of the user namespace this process has unshared.
-
-        Call it once the process said so (Unshared); raises AiocontainError if the kernel refused.
-        """
-        async with self._lock:
+    def request_map(self) -> None:
+        """Ask the fork server to write the uid/gid maps of the user namespace this process has unshared
+        (call it once the process said so: Unshared). ``ids_mapped`` reads the answer."""
+        try:
             messages.send(self._channel, MapIds())
+        except OSError:
+            pass  # the fork server is gone: ids_mapped finds its channel closed and says so
+
+    async def ids_mapped(self) -> None:
+        """Wait for the answer to ``request_map``; raises AiocontainError if the kernel refused the maps."""
+        async with self._lock:
             message, fds = await _receive(self._channel)
         for fd in fds:
             os.close(fd)
@@ -124,7 +128,7 @@ class ForkedProcess:
                     self.returncode = os.waitstatus_to_exitcode(message.status)
                 elif message is None:
                     self.status_lost = True
-                # else: the answer to a MapIds whose caller was cancelled
+                # else: the answer to a MapIds that nobody read (set-up failed or was cancelled)
         return self.returncode
 
     def kill(self) -> None:

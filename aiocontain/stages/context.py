@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
-    from aiocontain.stages.idmap import IdMapping
 
 
 @dataclass
@@ -53,7 +52,7 @@ class StageContext:
     runtime_dir: Path | None = None
     process: ForkedProcess | None = None
     control: socket.socket | None = None
-    idmap: IdMapping | None = None
+    idmap_requested: bool = False  # the fork server was asked to write the maps (stage idmap reads its answer)
     init_pid: int | None = None
     pidfd: int | None = None
     release_w: int | None = None  # the init's release pipe: one byte, and it builds the root and execs
