@@ -121,6 +121,12 @@ class Stage:
         return [*self.as_user, rootfs, *env, self.python, "-m", "pytest", "-p", "no:cacheprovider", "-ra", *args]
 
 
+def _unmount_runtime(session: nox.Session, where: Path) -> None:
+    """Unmount the tmpfs that _stage mounted as where/run, if it is mounted."""
+    if os.path.ismount(where / "run"):
+        session.run("umount", str(where / "run"), external=True)
+
+
 def _stage(
     session: nox.Session,
     where: Path,
@@ -132,7 +138,8 @@ def _stage(
 ) -> Stage:
     """As root: install the package into where/venv, copy files into where/work, build where/work/rootfs.
 
-    runtime_dir: give the user a private XDG_RUNTIME_DIR (where/run) instead of none (aiocontain then uses /tmp).
+    runtime_dir: give the user a private XDG_RUNTIME_DIR (where/run) instead of none (aiocontain then uses /tmp):
+        a tmpfs of the user's, mode 0700, as systemd-logind mounts /run/user/UID (unmounted by _unmount_runtime).
     plugins: install the shipped plugins too.
     """
     user = pwd.getpwnam(user_name)
@@ -159,9 +166,11 @@ def _stage(
     runtime = ""
     if runtime_dir:
         run = where / "run"
+        _unmount_runtime(session, where)
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(mode=0o700)
-        owned.append(run)
+        options = f"mode=0700,uid={user.pw_uid},gid={user.pw_gid},size=64m,nosuid,nodev"
+        session.run("mount", "-t", "tmpfs", "-o", options, "aiocontain-bench-run", str(run), external=True)
         runtime = str(run)
     for path in owned:
         os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
@@ -311,6 +320,7 @@ def bench(session: nox.Session) -> None:
             external=True,
         )
     finally:
+        _unmount_runtime(session, BENCH_STAGE)
         if results.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(results, target)
