@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -74,7 +74,7 @@ class ContainerSpec:
     stdin: Stdio = None
     stdout: Stdio = None
     stderr: Stdio = None
-    id: str = field(default_factory=lambda: secrets.token_hex(32))
+    id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
         """Refuse bad values before anything is started; the error is one line with the fix."""
