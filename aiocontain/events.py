@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import anyio
-import structlog
 
 CREATED = "container.created"
 STAGE_STARTED = "stage.started"
@@ -126,6 +125,38 @@ class Event:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Set by ``configure`` (the CLI): events below the level never reach structlog, which is imported and set up
+# only when the first event at the level comes (importing it costs the CLI tens of milliseconds). Without
+# ``configure`` (embedding) every event goes to structlog, whose configuration is the application's.
+_threshold = 0
+_pending: tuple[str, str, TextIO | None] | None = None
+
+
+def _structlog() -> Any:
+    """structlog, imported now, and set up as ``configure`` asked if it has not been yet."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        log_format, level, stream = _pending
+        _pending = None
+        renderer: Any = (
+            structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
+        )
+        structlog.configure(
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                renderer,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
+            logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+            cache_logger_on_first_use=False,
+        )
+    return structlog
+
+
 def _structlog_logger(**context: Any) -> Any:
     """structlog's logger for aiocontain.
 
@@ -133,6 +164,7 @@ def _structlog_logger(**context: Any) -> Any:
     level and above, not to structlog's default of everything on stdout: a
     container's stdout belongs to the container and the embedding program.
     """
+    structlog = _structlog()
     if structlog.is_configured():
         return structlog.get_logger("aiocontain").bind(**context)
     return structlog.wrap_logger(
@@ -140,6 +172,30 @@ def _structlog_logger(**context: Any) -> Any:
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     ).bind(**context)
+
+
+class _Logger:
+    """debug/info/warning to structlog, bound to a context; structlog is imported at the first event let through."""
+
+    def __init__(self, **context: Any) -> None:
+        self._context = context
+        self._log: Any = None
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.log("warning", event, fields)
+
+    def log(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if _LEVELS[level] < _threshold:
+            return
+        if self._log is None:
+            self._log = _structlog_logger(**self._context)
+        getattr(self._log, level)(event, **fields)
 
 
 class EventLog:
@@ -154,7 +210,7 @@ class EventLog:
         self.name = name
         self.history: list[Event] = []
         self.closed = False
-        self._log = _structlog_logger(container_id=container_id, name=name)
+        self._log = _Logger(container_id=container_id, name=name)
         self._changed: anyio.Event | None = None
 
     def debug(self, event: str, **fields: Any) -> None:
@@ -167,7 +223,7 @@ class EventLog:
         self.emit("warning", event, fields)
 
     def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        getattr(self._log, level)(event, **fields)
+        self._log.log(level, event, fields)
         self.history.append(Event(event, level, self.container_id, self.name, time.time(), dict(fields)))
         self._wake()
 
@@ -211,25 +267,19 @@ class EventStream:
 
 
 # Kept for code that emitted through a bare structlog logger (e.g. plugin loading, outside any container).
-def logger(**context: Any) -> Any:
-    return _structlog_logger(**context)
+def logger(**context: Any) -> _Logger:
+    return _Logger(**context)
 
 
 def configure(log_format: str = "console", level: str = "warning", stream: TextIO | None = None) -> None:
-    """Send events to stderr (never stdout: that is the container's), as console lines or JSON."""
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    """Send events to stderr (never stdout: that is the container's), as console lines or JSON.
+
+    structlog is set up when the first event at this level comes: a run that logs
+    nothing never imports it.
+    """
+    global _threshold, _pending
+    _threshold = _LEVELS[level.lower()]
+    _pending = (log_format, level, stream)
 
 
 def as_json(event: Event) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,21 @@ def test_the_command_starts_with_no_signal_ignored(cli, init):
     result = cli("--net", "none", *init, "--", "/bin/sh", "-c", "grep SigIgn /proc/self/status; yes | head -c 4")
     assert result.code == 0, result.stderr
     assert result.stdout.split() == ["SigIgn:", "0000000000000000", "y", "y"]
+
+
+def _imported(stderr: str) -> set[str]:
+    """Top-level packages named by ``python -X importtime``'s lines (the fork server's included)."""
+    return {
+        line.split("|")[-1].strip().split(".")[0] for line in stderr.splitlines() if line.startswith("import time:")
+    }
+
+
+@pytest.mark.parametrize("level, shown", [("warning", False), ("info", True)])
+def test_a_quiet_run_imports_neither_structlog_nor_pyroute2(rootfs, level, shown):
+    argv = [sys.executable, "-X", "importtime", *cli_argv(rootfs, "--log-level", level, "--", "true")[1:]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    imported = _imported(proc.stderr)
+    assert "aiocontain" in imported and "anyio" in imported  # the listing is real
+    assert ("structlog" in imported, "pyroute2" in imported) == (shown, shown)
+    assert ("network.ready" in proc.stderr) == shown
