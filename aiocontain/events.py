@@ -174,23 +174,30 @@ def _structlog_logger(**context: Any) -> Any:
     ).bind(**context)
 
 
-class _Logger:
-    """debug/info/warning to structlog, bound to a context; structlog is imported at the first event let through."""
+class _Levels:
+    """``debug``, ``info`` and ``warning``, each ``emit`` at that level."""
+
+    def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.emit("warning", event, fields)
+
+
+class _Logger(_Levels):
+    """Events to structlog, bound to a context; structlog is imported at the first event let through."""
 
     def __init__(self, **context: Any) -> None:
         self._context = context
         self._log: Any = None
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self.log("debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.log("info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.log("warning", event, fields)
-
-    def log(self, level: str, event: str, fields: dict[str, Any]) -> None:
+    def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
         if _LEVELS[level] < _threshold:
             return
         if self._log is None:
@@ -198,7 +205,7 @@ class _Logger:
         getattr(self._log, level)(event, **fields)
 
 
-class EventLog:
+class EventLog(_Levels):
     """A container's emitter: each event goes to structlog and to the container's typed event stream.
 
     The stream keeps the container's whole history (a few dozen events), so a
@@ -213,17 +220,8 @@ class EventLog:
         self._log = _Logger(container_id=container_id, name=name)
         self._changed: anyio.Event | None = None
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self.emit("debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.emit("info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.emit("warning", event, fields)
-
     def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        self._log.log(level, event, fields)
+        self._log.emit(level, event, fields)
         self.history.append(Event(event, level, self.container_id, self.name, time.time(), dict(fields)))
         self._wake()
 
