@@ -4,7 +4,8 @@ Cases (``--cases``, comma-separated; groups or single names):
 
 - start: ``/bin/true`` without network: cli.none, embedded.none, bwrap.none, podman.none
 - net: with slirp4netns: cli.net, embedded.net, podman.net, shell.net
-- batch: batch.concurrent and batch.sequential (``--batch`` networked containers)
+- batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
+  batch.shell (as many shell baselines at once: the floor for the concurrent batch)
 - throughput: throughput.default_mtu and throughput.mtu1500
 - memory: what each running container costs the runtime
 
@@ -26,7 +27,7 @@ from bench.runner import Case, run_interleaved
 GROUPS = {
     "start": ["cli.none", "embedded.none", "bwrap.none", "podman.none"],
     "net": ["cli.net", "embedded.net", "podman.net", "shell.net"],
-    "batch": ["batch.concurrent", "batch.sequential"],
+    "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
 }
@@ -35,6 +36,7 @@ TOOLS = {
     "podman.none": ("podman", "runc"),
     "podman.net": ("podman", "runc", "slirp4netns"),
     "shell.net": ("unshare", "slirp4netns"),
+    "batch.shell": ("unshare", "slirp4netns"),
 }
 DEFAULT_JSON = Path(".bench/results.json")
 
@@ -87,6 +89,8 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
         return external.bwrap(rootfs, reps)
     if group == "podman":
         return external.podman_run(rootfs, name == "podman.net", reps)
+    if name == "batch.shell":
+        return external.shell_batch(rootfs, args.batch, args.batch_reps)
     if group == "shell":
         return external.shell_baseline(rootfs, reps)
     if group == "throughput":

@@ -53,6 +53,37 @@ class CommandCase:
         return {self.name: timed(self.argv) * 1000}
 
 
+@dataclass
+class ConcurrentCommandCase:
+    """count copies of one command started at once; its metric is the milliseconds until all have exited."""
+
+    name: str
+    argv: list[str]
+    count: int
+    description: str
+    repetitions: int
+    metrics: tuple[Metric, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = (Metric(self.name, "ms", self.description),)
+
+    def run(self) -> Mapping[str, float]:
+        started = time.perf_counter()
+        running = [
+            subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for _ in range(self.count)
+        ]
+        failures = []
+        for process in running:
+            _, stderr = process.communicate(timeout=300)
+            if process.returncode != 0:
+                failures.append(stderr.decode(errors="replace").strip()[-400:])
+        elapsed = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {self.count} {self.argv[0]} runs failed: {failures[0]}")
+        return {self.name: elapsed * 1000}
+
+
 def aiocontain_executable() -> str:
     """The console script next to this interpreter (the staged venv's), else the one on PATH."""
     beside = Path(sys.executable).parent / "aiocontain"
@@ -87,6 +118,13 @@ def shell_baseline(rootfs: Path, repetitions: int) -> CommandCase:
     """unshare + slirp4netns --ready-fd in a small sh script: the floor for a networked start."""
     argv = ["sh", str(SHELL_BASELINE), str(rootfs), *TRUE]
     return CommandCase("shell.net", argv, "unshare + slirp4netns --ready-fd (sh)", repetitions)
+
+
+def shell_batch(rootfs: Path, count: int, repetitions: int) -> ConcurrentCommandCase:
+    """count shell baselines at once: the floor for count networked starts at once on this machine."""
+    argv = ["sh", str(SHELL_BASELINE), str(rootfs), *TRUE]
+    what = f"{count} shell baselines (unshare + slirp4netns --ready-fd) at once, until all exited"
+    return ConcurrentCommandCase("batch.shell", argv, count, what, repetitions)
 
 
 def missing(*tools: str) -> list[str]:

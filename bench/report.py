@@ -64,6 +64,8 @@ def ratios(batch: int) -> list[Ratio]:
         Ratio("embedded with network / shell baseline", "embedded.net", "shell.net"),
         Ratio("podman with network / shell baseline", "podman.net", "shell.net"),
         Ratio(f"{batch} one after another / {batch} concurrent", "batch.sequential", "batch.concurrent"),
+        Ratio(f"{batch} shell baselines at once / one (the floor of the 5x target)", "batch.shell", "shell.net"),
+        Ratio(f"{batch} concurrent / {batch} shell baselines at once", "batch.concurrent", "batch.shell"),
     ]
 
 
