@@ -55,6 +55,7 @@ class Config(_Message):
         "mounts",
         "own_process_group",
         "rootfs",
+        "tap",
         "unshare_net",
         "want_netlink",
         "workdir",
@@ -74,6 +75,7 @@ class Config(_Message):
         own_process_group: bool = False,
         mount_cgroup: bool = False,
         mounts: list[list[str | bool]] | None = None,
+        tap: str | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -87,6 +89,7 @@ class Config(_Message):
         self.own_process_group = own_process_group
         self.mount_cgroup = mount_cgroup
         self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
+        self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
 
 
 class Unshared(_Message):

@@ -396,3 +396,11 @@ def test_a_quiet_run_imports_neither_structlog_nor_pyroute2(rootfs, level, shown
     assert "aiocontain" in imported and "anyio" in imported  # the listing is real
     assert ("structlog" in imported, "pyroute2" in imported) == (shown, shown)
     assert ("network.ready" in proc.stderr) == shown
+
+
+def test_tap0_is_persistent_so_that_slirp4netns_exits_without_unregistering_it(cli):
+    # IFF_PERSIST (0x800): the device goes with the network namespace, in the kernel's background cleanup,
+    # not in slirp4netns's exit (which would wait ~20 ms for RCU). IFF_TAP 0x2, IFF_NO_PI 0x1000: slirp's own.
+    result = cli("--", "/bin/sh", "-c", "cat /sys/class/net/tap0/tun_flags")
+    assert result.code == 0, result.stderr
+    assert int(result.stdout.strip(), 16) == 0x800 | 0x1000 | 0x2

@@ -57,6 +57,8 @@ def main(fd: int) -> NoReturn:
         socket.sethostname(config.hostname)
         if config.unshare_net:
             netdev.bring_up("lo")
+        if config.tap:
+            netdev.create_persistent_tap(config.tap)
         netlink = netdev.open_netlink() if config.want_netlink else None
     except OSError as exc:
         _send_or_exit(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))

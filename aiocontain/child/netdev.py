@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import struct
 
@@ -10,6 +11,12 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _IFREQ = "16sh22x"  # struct ifreq: name, flags, padding to 40 bytes
+
+_TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_TUN_IFREQ = "16sH22x"  # struct ifreq: name, flags (unsigned short), padding to 40 bytes
 
 _RTMGRP_LINK = 0x1
 _RTMGRP_IPV4_IFADDR = 0x10
@@ -22,6 +29,26 @@ def bring_up(name: str) -> None:
         raw = fcntl.ioctl(sock, _SIOCGIFFLAGS, struct.pack(_IFREQ, name.encode(), 0))
         flags = struct.unpack(_IFREQ, raw)[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, name.encode(), flags | _IFF_UP))
+
+
+def create_persistent_tap(name: str) -> None:
+    """Create a tap device that outlives its file descriptor (IFF_PERSIST), for slirp4netns to attach to.
+
+    A tap that dies with the descriptor of its last user is unregistered when
+    slirp4netns exits, and unregistering waits for RCU grace periods: ~20 ms
+    in the exiting slirp4netns, on the path of every networked container's
+    teardown. A persistent one goes with its network namespace instead, which
+    the kernel destroys in the background once nothing holds it.
+    """
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack(_TUN_IFREQ, name.encode(), _IFF_TAP | _IFF_NO_PI))
+            fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create {name} through /dev/net/tun: {exc.strerror}") from None
 
 
 def open_netlink() -> socket.socket:

@@ -18,6 +18,7 @@ class NetworkDriver(Protocol):
     name: str
     unshare_netns: bool
     wants_netlink: bool
+    tap: str | None  # a persistent tap device the child creates in the new namespace, for the host side
 
     def check(self) -> None:
         """Refuse to start, with a one-line fix, when the host lacks what the driver needs."""

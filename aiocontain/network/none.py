@@ -11,6 +11,7 @@ class NoNetwork:
     name = "none"
     unshare_netns = True
     wants_netlink = False
+    tap: str | None = None
 
     def check(self) -> None:
         pass

@@ -37,6 +37,7 @@ _STDERR_KEEP = 4096
 class Slirp4netns:
     name = "slirp4netns"
     unshare_netns = True
+    tap: str | None = TAP  # created persistent by the child: see aiocontain.child.netdev.create_persistent_tap
 
     def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True) -> None:
         self.mtu = mtu

@@ -47,6 +47,7 @@ async def run(ctx: StageContext) -> None:
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
         want_netlink=ctx.driver.wants_netlink,
+        tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
         own_process_group=spec.terminal_foreground,
