@@ -1,4 +1,4 @@
-"""The intermediate process: makes the namespaces, forks PID 1, relays, reports exit.
+"""The intermediate process: makes the namespaces, forks PID 1, hands up its pipes, reports its exit.
 
 The fork server forks it and runs ``main(fd)`` with one end of the control
 socket. It reads the Config, unshares the namespaces (saying Unshared, so that
@@ -88,10 +88,10 @@ def main(fd: int) -> NoReturn:
         os.close(fd)  # the runtime's now: the init sees end of file on release if the runtime dies
     if netlink is not None:
         netlink.close()
-    _relay(sock, pid, pidfd)
+    _follow(sock, pid, pidfd)
 
 
-def _relay(sock: socket.socket, pid: int, pidfd: int) -> NoReturn:
+def _follow(sock: socket.socket, pid: int, pidfd: int) -> NoReturn:
     global _cgroup  # read by _kill_and_exit, which every exit path reaches
     poller = select.poll()
     for fd in (sock.fileno(), pidfd):
