@@ -178,3 +178,16 @@ def open_fds() -> dict[int, str]:
         except OSError:
             continue  # the fd listdir itself used
     return found
+
+
+def rootfs_with_symlinked_tmp(tmp_path: Path) -> Path:
+    """A fresh busybox rootfs whose /tmp is a symlink to / (a mount point the container must refuse)."""
+    from aiocontain.rootfs import init_rootfs
+
+    root = tmp_path / "root"
+    init_rootfs(root)
+    tmp = root / "tmp"
+    if tmp.is_dir() and not tmp.is_symlink():
+        tmp.rmdir()
+    tmp.symlink_to("/")
+    return root

@@ -230,3 +230,12 @@ def test_a_failing_id_map_helper_is_one_line_with_its_stderr(rootfs, tmp_path, t
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     result = run("--rootfs", str(rootfs), "--net", "none", "true", env=env)
     assert_one_line_error(result, f"{tool} failed: {tool}: uid range not allowed", "/etc/subuid")
+
+
+def test_a_root_that_cannot_be_built_is_one_line_and_leaves_nothing(tmp_path):
+    # PID 1 builds its root before the release: its failure comes back as the release's error.
+    from tests.conftest import rootfs_with_symlinked_tmp
+
+    root = rootfs_with_symlinked_tmp(tmp_path)
+    result = run("--rootfs", str(root), "--net", "none", "true")
+    assert_one_line_error(result, "tmp in the root filesystem is a symlink")

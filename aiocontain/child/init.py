@@ -1,4 +1,4 @@
-"""PID 1 of the container: wait for the release, build the root, exec the command.
+"""PID 1 of the container: build the root once mapped, wait for the release, exec the command.
 
 With ``--init`` it stays PID 1 itself, like ``podman run --init``: it runs the
 command as PID 2, passes signals on to it and reaps every orphan, so that a
@@ -40,16 +40,22 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         syscalls.set_parent_death_signal(signal.SIGKILL)
         if config.own_process_group:
             os.setpgid(0, 0)
-        if os.read(release_r, 1) != b"R":
-            os._exit(0)  # the runtime went away before releasing us
-        os.close(release_r)
-        # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
-        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+        # Two bytes on the release pipe: M once our id maps are written (build the root meanwhile, as runc's
+        # create does), R for the release itself (the host side is ready: exec).
+        if os.read(release_r, 1) != b"M":
+            os._exit(0)  # the runtime went away first
         _become_root()
         rootfs.build(config)
         env = dict(config.env)
         os.makedirs(config.workdir, exist_ok=True)
         os.chdir(config.workdir)
+        if os.read(release_r, 1) != b"R":
+            os._exit(0)  # the runtime went away before releasing us
+        os.close(release_r)
+        # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
+        if config.mount_cgroup:
+            rootfs.mount_cgroup()
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
         _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)

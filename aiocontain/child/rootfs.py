@@ -1,6 +1,9 @@
 """Build the container's root filesystem inside its mount namespace, then pivot into it.
 
-Runs in the init (PID 1) after the release, as root of the user namespace.
+Runs in the init (PID 1) once its id maps are written, as root of the user
+namespace, while the runtime finishes the host side (as runc's ``create``
+builds the root before ``start``); only the cgroup mount waits for the release,
+which puts PID 1 in its cgroup first.
 pivot_root, not chroot: the host's root is detached afterwards, so the classic
 chroot escape (chroot into a subdirectory, then walk up) finds nothing above.
 """
@@ -29,10 +32,6 @@ def build(config: Config) -> None:
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _mount_sys(_target_dir(root, "sys"))
-    if config.mount_cgroup:
-        # The container's own cgroup (the root of its cgroup namespace) with its limits, read-only as in podman.
-        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-        sc.mount("cgroup2", os.path.join(root, "sys/fs/cgroup"), "cgroup2", flags)
     _mount_dev(_target_dir(root, "dev"))
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():
@@ -47,6 +46,13 @@ def build(config: Config) -> None:
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+
+
+def mount_cgroup() -> None:
+    """After pivot_root, in the container's own cgroup namespace: its cgroup (the namespace's root) with its
+    limits at /sys/fs/cgroup, read-only as in podman."""
+    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
 def _mount_sys(target: str) -> None:

@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 from aiocontain import events
 from aiocontain.cgroups import Leaf, format_size
 from aiocontain.errors import AiocontainError
+from aiocontain.stages import release
 from aiocontain.stages.context import StageContext
 
 
@@ -33,6 +34,8 @@ async def run(ctx: StageContext) -> bool:
     ctx.stack.push_async_callback(leaf.remove)
     try:
         leaf.add(ctx.init_pid)
+    except ProcessLookupError:
+        raise await release.init_failure(ctx) from None  # it died building its root: say why
     except OSError as exc:
         raise AiocontainError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
     controllers = list(placement.controllers)

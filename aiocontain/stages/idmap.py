@@ -9,10 +9,14 @@ write the container's maps: the same ids, with no setuid helper per container.
 The request goes to the fork server during spawn (``begin``), as soon as the
 child says its namespaces exist, so the maps are written while the child forks
 the init; this stage reads the answer (it waits on the fork server's channel,
-with no task of its own) and raises its error.
+with no task of its own) and raises its error. Once the maps are written it tells
+PID 1 (``M`` on its release pipe), which then builds the container's root while
+the other stages run; the release stage sends the second byte.
 """
 
 from __future__ import annotations
+
+import os
 
 from aiocontain import events
 from aiocontain.stages.context import StageContext
@@ -30,6 +34,11 @@ async def run(ctx: StageContext) -> None:
     if not ctx.idmap_requested:
         begin(ctx)
     await ctx.process.ids_mapped()
+    assert ctx.release_w is not None
+    try:
+        os.write(ctx.release_w, b"M")  # PID 1 may build its root now, while the host side is set up
+    except BrokenPipeError:
+        pass  # PID 1 is gone: the release reads why
     mapping = ctx.process.mapping
     if mapping is not None:
         ctx.log.debug(events.IDMAP_MAPPED, mode=mapping.mode, uid_range=mapping.uid_range, gid_range=mapping.gid_range)

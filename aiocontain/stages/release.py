@@ -48,6 +48,15 @@ async def run(ctx: StageContext) -> None:
     ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
 
 
+async def init_failure(ctx: StageContext) -> AiocontainError:
+    """Why PID 1 exited before the release (it builds its root before it, and may fail): its report."""
+    report = await _read_report(ctx) if ctx.report_r is not None else b""
+    failure = messages.decode(report) if report else None
+    if isinstance(failure, Failed):
+        return failure_error(failure, ctx.spec.command[0])
+    return AiocontainError("the container's init exited during set-up")
+
+
 async def _read_report(ctx: StageContext) -> bytes:
     """The init's report pipe to end of file: empty once the command runs (close-on-exec), else a Failed.
     (Also empty when the init was killed first: its exit status then tells.)"""

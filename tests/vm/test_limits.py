@@ -251,3 +251,15 @@ def test_doctor_names_the_delegated_controllers():
     line = next(line for line in out.splitlines() if "cgroup v2:" in line)
     assert line.startswith("OK") and f"delegated subtree {delegated()}" in line
     assert all(name in line.split("controllers", 1)[1].split() for name in ("cpu", "memory", "pids"))
+
+
+def test_a_root_that_cannot_be_built_is_one_line_with_a_cgroup_too(tmp_path, containers_dir):
+    # PID 1 builds its root as soon as it is mapped, before the cgroup stage moves it: whether it fails before
+    # or after the move, the error is the build's, and the leaf is removed.
+    from tests.conftest import rootfs_with_symlinked_tmp
+
+    root = rootfs_with_symlinked_tmp(tmp_path)
+    result = run(root, "--memory", "8m", "true")
+    assert result.code == 125, result
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1 and "tmp in the root filesystem is a symlink" in errors[0], result.stderr
