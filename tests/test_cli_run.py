@@ -404,3 +404,13 @@ def test_tap0_is_persistent_so_that_slirp4netns_exits_without_unregistering_it(c
     result = cli("--", "/bin/sh", "-c", "cat /sys/class/net/tap0/tun_flags")
     assert result.code == 0, result.stderr
     assert int(result.stdout.strip(), 16) == 0x800 | 0x1000 | 0x2
+
+
+@pytest.mark.parametrize("as_init", [False, True])
+def test_pid_1_holds_nothing_but_its_stdio(cli, as_init):
+    # The intermediate keeps an fd of the host's root (to remove the cgroup if the runtime dies); PID 1 must never
+    # inherit it or any other set-up fd: with --init it stays PID 1, and /proc/1/fd is open to the container's root.
+    command = "ls /proc/1/fd; true"  # the shell stays PID 1: ls is its child, listing the shell's fds
+    result = cli(*(["--init"] if as_init else []), "--net", "none", "--", "/bin/sh", "-c", command)
+    assert result.code == 0, result.stderr
+    assert result.stdout.split() == ["0", "1", "2"]

@@ -2,7 +2,8 @@
 
 The fork server forks it and runs ``main(fd)`` with one end of the control
 socket. It reads the Config, unshares the namespaces (saying Unshared, so that
-the runtime writes the id maps meanwhile), forks the init (PID 1 of the new PID
+the runtime writes the id maps meanwhile; with slirp4netns it also creates tap0,
+persistent, in the new network namespace), forks the init (PID 1 of the new PID
 namespace) blocked on a pipe, and sends Ready with the init's two pipe ends
 (release, and the report of a failed set-up or exec) and the netlink socket:
 the runtime releases the init and learns that the command runs with no hop
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 _EMPTY_TIMEOUT = 5.0
-# The container's leaf, once the Release named it: (fd of its parent directory, its name). An fd, because the
-# init's pivot_root moves our root too (we share its mount namespace): the host path is unreachable afterwards.
+# The container's leaf, once the Release named it: (fd of its parent directory, its name). Its host path is
+# resolved from _host_root, the root we started with: the init's pivot_root, which it does before the release,
+# moves our root too (we share its mount namespace), and the old root stays reachable only through an fd.
 _cgroup: tuple[int, str] | None = None
+_host_root = -1
 
 _NAMESPACES = (
     syscalls.CLONE_NEWUSER
@@ -44,6 +47,7 @@ _NAMESPACES = (
 
 
 def main(fd: int) -> NoReturn:
+    global _host_root
     sock = socket.socket(fileno=fd)
     try:
         config, _ = messages.recv(sock)
@@ -64,10 +68,14 @@ def main(fd: int) -> NoReturn:
         _send_or_exit(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
         os._exit(125)
 
+    _host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     release_r, release_w = os.pipe()
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # Never in the init: with --init it stays PID 1, and the container could open the host's root
+        # through /proc/1/fd.
+        os.close(_host_root)
         os.close(release_w)
         os.close(report_r)
         sock.close()
@@ -108,8 +116,9 @@ def _follow(sock: socket.socket, pid: int, pidfd: int) -> NoReturn:
                     _kill_and_exit(pid, pidfd, cleanup=True)
                 if isinstance(message, Release) and message.cgroup and _cgroup is None:
                     parent, name = os.path.split(message.cgroup)
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
                     try:
-                        _cgroup = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), name
+                        _cgroup = os.open(parent.lstrip("/") or ".", flags, dir_fd=_host_root), name
                     except OSError:
                         pass  # the runtime removes it, as on every path where it lives
             elif fd == pidfd:

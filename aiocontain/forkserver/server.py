@@ -148,7 +148,8 @@ class ForkServer:
                 except OSError as exc:
                     self._map_error = AiocontainError(f"cannot map the fork server's user namespace: {exc}")
             if self._map_error is not None:
-                raise self._map_error
+                failed = self._map_error
+                raise AiocontainError(failed.message, fix=failed.fix)  # a fresh one each time: no traceback piles up
 
     def _map_once(self) -> IdMapping:
         from aiocontain import messages

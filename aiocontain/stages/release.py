@@ -65,7 +65,7 @@ async def _read_report(ctx: StageContext) -> bytes:
     report = bytearray()
     while True:
         try:
-            chunk = os.read(ctx.report_r, messages.MAX_MESSAGE)
+            chunk = os.read(ctx.report_r, 65536)
         except BlockingIOError:
             await anyio.wait_readable(ctx.report_r)
             continue

@@ -85,6 +85,10 @@ async def run(ctx: StageContext) -> None:
         raise namespace_error(message)
     if not isinstance(message, Ready):
         raise AiocontainError("the container process exited during set-up")
+    if len(fds) < 2:
+        for fd in fds:
+            os.close(fd)
+        raise AiocontainError("the container process answered Ready without PID 1's pipes")
     ctx.init_pid = message.init_pid
     ctx.release_w, ctx.report_r = fds[0], fds[1]
     ctx.stack.callback(ctx.close_init_pipes)
