@@ -100,8 +100,9 @@ def main(argv: Sequence[str] | None = None, *, fork_server: bool = False) -> int
     args_list = sys.argv[1:] if argv is None else list(argv)
     if not (fork_server and args_list[:1] == ["run"]):
         return _main(args_list)
-    from aiocontain import forkserver
+    from aiocontain import fdlimit, forkserver
 
+    fdlimit.raise_to_hard_limit()  # before the fork server is forked, so that it and its containers inherit it
     # First thing, before plugins or anything heavy is imported: the fork copies little more than the stdlib.
     forkserver.install(forkserver.ForkServer.fork_here())
     try:
@@ -144,6 +145,11 @@ def _main(argv: Sequence[str]) -> int:
             traceback.print_exc()
         while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]  # task groups wrap what they raise
+        from aiocontain import fdlimit
+
+        if isinstance(exc, OSError) and fdlimit.exhausted(exc):
+            print(f"aiocontain: {fdlimit.exhaustion_error(exc).line()}", file=sys.stderr)
+            return 125
         print(
             f"aiocontain: unexpected error: {type(exc).__name__}: {exc} (this is a bug; --log-level debug shows where)",
             file=sys.stderr,

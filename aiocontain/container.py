@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from aiocontain import events
+from aiocontain import events, fdlimit
 from aiocontain.cgroups import Placement, ResourceUsage
 from aiocontain.errors import AiocontainError
 from aiocontain.network import NetworkDriver, driver_for
@@ -151,6 +151,7 @@ class Container:
             self.log.close()  # nothing was started: event streams end here
             raise
         spec = self.spec
+        fdlimit.raise_to_hard_limit()  # before the fork server starts: it and the containers inherit it
         self._started_at = time.perf_counter()
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -172,7 +173,12 @@ class Container:
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
-                    await events.timed_stage(self.log, stage, partial(body, ctx))
+                    try:
+                        await events.timed_stage(self.log, stage, partial(body, ctx))
+                    except OSError as exc:
+                        if not fdlimit.exhausted(exc):
+                            raise
+                        raise fdlimit.exhaustion_error(exc) from None
             if ctx.failure is not None:
                 raise ctx.failure
             if ctx.setup_scope.cancelled_caught:

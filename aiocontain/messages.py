@@ -8,7 +8,9 @@ Stdlib-only: the child imports this on the start-up hot path.
 from __future__ import annotations
 
 import array
+import errno
 import json
+import os
 import socket
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the child ~20 ms
@@ -218,10 +220,15 @@ def send(sock: socket.socket, message: Message, fds: list[int] | None = None) ->
 def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
     """Receive one message and any fds; (None, []) at end of stream."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    data, ancdata, flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if flags & socket.MSG_CTRUNC:
+        # The kernel dropped fds it could not install (the receiver is out of them): the message is unusable.
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EMFILE, "file descriptors sent with a message were lost: too many open files")
     if not data:
         return None, list(fds)
     return decode(data), list(fds)

@@ -20,7 +20,6 @@ import anyio
 from aiocontain.forkserver.stdio import FdReceiveStream
 
 FIRST_PASSED_FD = 3
-_HIGH_FD = 64
 
 
 class Helper:
@@ -39,9 +38,10 @@ class Helper:
     def spawn(cls, argv: Sequence[str], fds: Sequence[int] = ()) -> Helper:
         """Start argv (argv[0] an absolute path) with stdin and stdout on /dev/null, stderr a pipe, and fds
         as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again."""
-        # The dup2s run in order: a source on the number of an earlier target would be overwritten first.
+        # The dup2s run in order: a source on the number of an earlier target (stdio included) would be
+        # overwritten first, so those are moved above the targets.
         targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
-        moved = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds if fd in targets}
+        moved = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, targets.stop) for fd in fds if fd < targets.stop}
         stderr_r, stderr_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         dup2 = os.POSIX_SPAWN_DUP2

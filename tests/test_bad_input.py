@@ -239,3 +239,9 @@ def test_a_root_that_cannot_be_built_is_one_line_and_leaves_nothing(tmp_path):
     root = rootfs_with_symlinked_tmp(tmp_path)
     result = run("--rootfs", str(root), "--net", "none", "true")
     assert_one_line_error(result, "tmp in the root filesystem is a symlink")
+
+
+def test_too_few_file_descriptors_is_one_line(rootfs):
+    # A hard limit too low for even one container: said in one line, never as "unexpected error" or a traceback.
+    result = run("--rootfs", str(rootfs), "--net", "none", "true", prefix=["prlimit", "--nofile=12:12"])
+    assert_one_line_error(result, "too many open files (this process's limit is 12")

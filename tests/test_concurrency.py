@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import anyio
 import pytest
 
@@ -51,3 +54,65 @@ async def test_twenty_networked_containers_at_once(rootfs):
     assert len(ids) == COUNT  # each stream is its own container's
     assert leftovers() == before
     assert open_fds() == fds
+
+
+_UNDER_A_LIMIT = r"""
+import resource, sys
+from pathlib import Path
+import anyio
+from aiocontain import Container, ContainerSpec, AiocontainError
+
+soft, hard, count = (int(arg) for arg in sys.argv[1:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+async def one(results, everyone):
+    spec = ContainerSpec(["/bin/sh", "-c", "read -r _"], rootfs=Path(sys.argv[4]), network_timeout=60, stdin=-1)
+    try:
+        async with Container(spec) as container:
+            arrived(results, everyone, container)
+            await everyone.wait()  # all of them running at once, then all let go together
+            await container.stdin.send(b"\n")
+            await container.wait()
+    except AiocontainError as exc:
+        print("ERROR", exc.line())
+        arrived(results, everyone, None)
+
+def arrived(results, everyone, container):
+    results.append(container)
+    if len(results) == count:
+        everyone.set()
+
+async def main():
+    results, everyone = [], anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for _ in range(count):
+            tg.start_soon(one, results, everyone)
+    print("OK", sum(1 for r in results if r is not None), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+anyio.run(main)
+"""
+
+
+def _under_a_limit(rootfs, soft: int, hard: int, count: int) -> list[str]:
+    argv = [sys.executable, "-c", _UNDER_A_LIMIT, str(soft), str(hard), str(count), str(rootfs)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout.splitlines()
+
+
+def test_more_containers_than_the_soft_fd_limit_allows(rootfs):
+    # 40 networked containers hold ~440 of the runtime's fds: past a soft limit of 256, within the hard 4096,
+    # to which aiocontain raises the soft one (as Go does for every program).
+    lines = _under_a_limit(rootfs, 256, 4096, 40)
+    assert lines == ["OK 40 4096"], lines
+
+
+def test_running_out_of_fds_is_one_line_per_container(rootfs):
+    before = leftovers()
+    lines = _under_a_limit(rootfs, 96, 96, 20)
+    errors = [line for line in lines if line.startswith("ERROR")]
+    assert errors, lines  # 20 at once cannot fit in 96 fds
+    assert all("too many open files (this process's limit is 96" in line for line in errors), lines
+    assert lines[-1] == f"OK {20 - len(errors)} 96"
+    assert leftovers() == before

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 CONTROL_FD = 3  # where the intermediate finds its control socket
 _FDS_PER_FORK = 5  # channel, control, stdin, stdout, stderr
-_HIGH_FD = 64  # kept fds are first moved above the ones being set up, so no dup2 clobbers another
 
 
 def main(fd: int) -> NoReturn:
@@ -130,7 +129,9 @@ def _request(
     """Serve one request; False at end of stream (the owner closed its end or died)."""
     try:
         message, fds = messages.recv(requests)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return True  # this request's fds are lost (the owner sees its channel close); later ones may fit
         message, fds = None, []
     if message is None:
         _close_all(fds)
@@ -228,7 +229,8 @@ def _become_intermediate(control: int, stdio: list[int]) -> NoReturn:
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*stdio, control)]
+        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD), so no dup2 clobbers another.
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CONTROL_FD + 1) for fd in (*stdio, control)]
         for target, fd in enumerate(kept[:3]):
             os.dup2(fd, target)  # inheritable: the container's command gets its stdio
         os.dup2(kept[3], CONTROL_FD, inheritable=False)

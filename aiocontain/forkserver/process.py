@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from aiocontain import messages
+from aiocontain import fdlimit, messages
 from aiocontain.errors import AiocontainError
 from aiocontain.forkserver.stdio import Stdio
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped
@@ -163,5 +163,7 @@ async def _receive(channel: socket.socket) -> tuple[messages.Message | None, lis
             return messages.recv(channel)
         except BlockingIOError:
             continue
-        except OSError:
+        except OSError as exc:
+            if fdlimit.exhausted(exc):
+                raise  # not the end of the channel: the pipeline says it in one line
             return None, []

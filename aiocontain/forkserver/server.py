@@ -104,7 +104,7 @@ class ForkServer:
     @property
     def running(self) -> bool:
         """Not closed, its user namespace not failed to map, and the process alive (its pidfd not readable)."""
-        return not self._closed and self._map_error is None and not select.select([self._pidfd], [], [], 0)[0]
+        return not self._closed and self._map_error is None and not _readable(self._pidfd, 0)
 
     async def fork(
         self, control: socket.socket, stdin: Any = None, stdout: Any = None, stderr: Any = None
@@ -156,7 +156,7 @@ class ForkServer:
         from aiocontain.errors import AiocontainError
         from aiocontain.forkserver import userns
 
-        if not select.select([self._requests], [], [], UNSHARE_TIMEOUT)[0]:
+        if not _readable(self._requests.fileno(), UNSHARE_TIMEOUT):
             raise AiocontainError("the fork server did not start", fix="aiocontain doctor")
         message, fds = messages.recv(self._requests)
         for fd in fds:
@@ -188,6 +188,13 @@ class ForkServer:
             else:
                 os.waitpid(self.pid, 0)
         os.close(self._pidfd)
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether fd becomes readable within timeout seconds (poll, not select: fds past 1023 are fine)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 _default: ForkServer | None = None

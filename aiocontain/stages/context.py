@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from aiocontain import messages
+from aiocontain import fdlimit, messages
 from aiocontain.errors import AiocontainError
 from aiocontain.events import EventLog
 from aiocontain.messages import Message
@@ -87,7 +87,10 @@ class StageContext:
                     item = messages.recv(self.control)
                 except BlockingIOError:
                     continue
-                except OSError:
+                except OSError as exc:
+                    if fdlimit.exhausted(exc):
+                        self.fail(fdlimit.exhaustion_error(exc))  # a message and its fds are lost: give up
+                        continue
                     item = (None, [])
                 if item[0] is None or self._drained:
                     _close_all(item[1])  # nobody will ever receive these fds
