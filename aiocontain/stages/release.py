@@ -25,7 +25,10 @@ async def run(ctx: StageContext) -> None:
         _hand_terminal_to(ctx)
     if ctx.cgroup is not None:
         # First, so that the child knows the leaf to remove should we die right after the release.
-        messages.send(ctx.control, Release(cgroup=str(ctx.cgroup.path)))
+        try:
+            messages.send(ctx.control, Release(cgroup=str(ctx.cgroup.path)))
+        except OSError:
+            pass  # the child has exited: PID 1 failed to build its root, and its report says why
     try:
         os.write(ctx.release_w, b"R")
     except BrokenPipeError:
