@@ -23,65 +23,45 @@ TRUE = ["/bin/true"]
 SHELL_BASELINE = Path(__file__).with_name("slirp_baseline.sh")
 
 
-def timed(argv: list[str], timeout: float = 120) -> float:
-    """Seconds from the start of argv to its exit; raises when it fails, with the tail of its stderr."""
+def timed(argv: list[str], copies: int = 1, timeout: float = 120) -> float:
+    """Seconds from starting copies of argv at once until all have exited; raises when one fails, with the
+    tail of its stderr."""
     started = time.perf_counter()
-    done = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
-    )
+    running = [
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(copies)
+    ]
+    try:
+        results = [process.communicate(timeout=timeout) for process in running]
+    except BaseException:
+        for process in running:
+            process.kill()  # none left behind, as subprocess.run does on a timeout
+            process.wait()
+        raise
     elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace").strip()[-400:]
-        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {tail}")
+    for process, (_, stderr) in zip(running, results, strict=True):
+        if process.returncode != 0:
+            tail = stderr.decode(errors="replace").strip()[-400:]
+            raise RuntimeError(f"{argv[0]} exited {process.returncode}: {tail}")
     return elapsed
 
 
 @dataclass
 class CommandCase:
-    """One command per run; its metric (milliseconds) has the case's name."""
+    """One command per run (copies of it at once); its metric (milliseconds until all exited) has the case's name."""
 
     name: str
     argv: list[str]
     description: str
     repetitions: int
+    copies: int = 1
     metrics: tuple[Metric, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = (Metric(self.name, "ms", self.description),)
 
     def run(self) -> Mapping[str, float]:
-        return {self.name: timed(self.argv) * 1000}
-
-
-@dataclass
-class ConcurrentCommandCase:
-    """count copies of one command started at once; its metric is the milliseconds until all have exited."""
-
-    name: str
-    argv: list[str]
-    count: int
-    description: str
-    repetitions: int
-    metrics: tuple[Metric, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metrics = (Metric(self.name, "ms", self.description),)
-
-    def run(self) -> Mapping[str, float]:
-        started = time.perf_counter()
-        running = [
-            subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for _ in range(self.count)
-        ]
-        failures = []
-        for process in running:
-            _, stderr = process.communicate(timeout=300)
-            if process.returncode != 0:
-                failures.append(stderr.decode(errors="replace").strip()[-400:])
-        elapsed = time.perf_counter() - started
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {self.count} {self.argv[0]} runs failed: {failures[0]}")
-        return {self.name: elapsed * 1000}
+        return {self.name: timed(self.argv, self.copies) * 1000}
 
 
 def aiocontain_executable() -> str:
@@ -120,11 +100,11 @@ def shell_baseline(rootfs: Path, repetitions: int) -> CommandCase:
     return CommandCase("shell.net", argv, "unshare + slirp4netns --ready-fd (sh)", repetitions)
 
 
-def shell_batch(rootfs: Path, count: int, repetitions: int) -> ConcurrentCommandCase:
+def shell_batch(rootfs: Path, count: int, repetitions: int) -> CommandCase:
     """count shell baselines at once: the floor for count networked starts at once on this machine."""
     argv = ["sh", str(SHELL_BASELINE), str(rootfs), *TRUE]
     what = f"{count} shell baselines (unshare + slirp4netns --ready-fd) at once, until all exited"
-    return ConcurrentCommandCase("batch.shell", argv, count, what, repetitions)
+    return CommandCase("batch.shell", argv, what, repetitions, copies=count)
 
 
 def missing(*tools: str) -> list[str]:
