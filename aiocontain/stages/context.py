@@ -55,7 +55,7 @@ class StageContext:
     idmap_requested: bool = False  # the fork server was asked to write the maps (stage idmap reads its answer)
     init_pid: int | None = None
     pidfd: int | None = None
-    release_w: int | None = None  # the init's release pipe: one byte, and it builds the root and execs
+    release_w: int | None = None  # the init's release pipe: M (mapped: build the root), then R (exec)
     report_r: int | None = None  # the init's report pipe: a Failed, or end of file once the command runs
     netlink: socket.socket | None = None
     network: dict[str, Any] = field(default_factory=dict)

@@ -39,10 +39,7 @@ async def run(ctx: StageContext) -> None:
     ctx.log.info(events.RELEASED, pid=ctx.init_pid)
     report = await _read_report(ctx)
     if report:
-        failure = messages.decode(report)
-        if isinstance(failure, Failed):
-            raise failure_error(failure, ctx.spec.command[0])
-        raise AiocontainError("the container's init sent an unknown report")
+        raise _report_error(report, ctx)
     ctx.started = True
     if ctx.runtime_dir is not None:
         # The container's /etc files are bind-mounted by now and live on without their host path:
@@ -54,10 +51,14 @@ async def run(ctx: StageContext) -> None:
 async def init_failure(ctx: StageContext) -> AiocontainError:
     """Why PID 1 exited before the release (it builds its root before it, and may fail): its report."""
     report = await _read_report(ctx) if ctx.report_r is not None else b""
-    failure = messages.decode(report) if report else None
+    return _report_error(report, ctx) if report else AiocontainError("the container's init exited during set-up")
+
+
+def _report_error(report: bytes, ctx: StageContext) -> AiocontainError:
+    failure = messages.decode(report)
     if isinstance(failure, Failed):
         return failure_error(failure, ctx.spec.command[0])
-    return AiocontainError("the container's init exited during set-up")
+    return AiocontainError("the container's init sent an unknown report")
 
 
 async def _read_report(ctx: StageContext) -> bytes:
