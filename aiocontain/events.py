@@ -125,7 +125,13 @@ class Event:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 # Set by ``configure`` (the CLI): events below the level never reach structlog, which is imported and set up
 # only when the first event at the level comes (importing it costs the CLI tens of milliseconds). Without
 # ``configure`` (embedding) every event goes to structlog, whose configuration is the application's.
