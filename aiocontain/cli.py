@@ -48,6 +48,18 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
     run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
+    run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
+    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
+    run.add_argument(
+        "--privileged", action="store_true", help="all capabilities, no seccomp filter, no masked paths (as podman)"
+    )
+    run.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="seccomp=FILE, seccomp=unconfined or no-new-privileges",
+    )
     run.add_argument("-m", "--memory", help="memory limit (memory.max), e.g. 2m, 512k, 1g or bytes")
     run.add_argument("--memory-swap", help="memory plus swap limit (memory.swap.max); -1 for unlimited swap")
     run.add_argument("--pids-limit", type=int, help="most processes at once (pids.max); -1 for no limit")
@@ -212,6 +224,10 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cgroups=args.cgroups,
         cgroup_parent=args.cgroup_parent,
         terminal_foreground=_in_terminal_foreground(),
+        cap_add=args.cap_add,
+        cap_drop=args.cap_drop,
+        privileged=args.privileged,
+        **_security_options(args.security_opt),
     )
     spec.validate()
 
@@ -244,6 +260,25 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         limit = f" of {format_size(spec.limits.memory)}" if spec.limits.memory else ""
         print(f"aiocontain: the container was killed by the OOM killer at its memory limit{limit}", file=sys.stderr)
     return int(result["code"])
+
+
+def _security_options(options: Sequence[str]) -> dict[str, Any]:
+    """--security-opt values, as podman spells them, into ContainerSpec fields."""
+    from aiocontain.errors import AiocontainError
+
+    fields: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "seccomp" and sep and value:
+            fields["seccomp"] = value if value == "unconfined" else Path(value)
+        elif key in ("no-new-privileges", "no_new_privileges") and value in ("", "true", "false"):
+            fields["no_new_privileges"] = value != "false"
+        else:
+            raise AiocontainError(
+                f"unsupported --security-opt {option!r}",
+                fix="use seccomp=FILE, seccomp=unconfined or no-new-privileges",
+            )
+    return fields
 
 
 def _in_terminal_foreground() -> bool:

@@ -49,15 +49,22 @@ class Config(_Message):
     kind = "config"
     __slots__ = (
         "argv",
+        "caps",
         "env",
         "etc_files",
         "hostname",
         "init",
+        "init_binary",
+        "masked_paths",
         "mount_cgroup",
         "mounts",
+        "no_new_privs",
         "own_process_group",
+        "readonly_paths",
         "rootfs",
+        "seccomp",
         "tap",
+        "tty",
         "unshare_net",
         "want_netlink",
         "workdir",
@@ -78,6 +85,13 @@ class Config(_Message):
         mount_cgroup: bool = False,
         mounts: list[list[str | bool]] | None = None,
         tap: str | None = None,
+        caps: list[int] | None = None,
+        seccomp: str | None = None,
+        no_new_privs: bool = False,
+        masked_paths: list[str] | None = None,
+        readonly_paths: list[str] | None = None,
+        tty: bool = False,
+        init_binary: str | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -92,6 +106,13 @@ class Config(_Message):
         self.mount_cgroup = mount_cgroup
         self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
         self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
+        self.caps = caps  # capability numbers to keep in the bounding set; None keeps all (--privileged)
+        self.seccomp = seccomp  # the compiled seccomp filter (BPF, base64), installed just before exec; None: none
+        self.no_new_privs = no_new_privs
+        self.masked_paths = masked_paths or []  # hidden under /dev/null or an empty read-only tmpfs
+        self.readonly_paths = readonly_paths or []  # bind-remounted read-only
+        self.tty = tty  # open a pty in the container's devpts for the command, master sent up on the report channel
+        self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
 
 
 class Unshared(_Message):

@@ -49,7 +49,15 @@ class ContainerSpec:
     ``cgroup_parent`` (a directory of a cgroup2 mount the user owns).
 
     stdin, stdout and stderr are passed to the container's process as for
-    ``anyio.open_process`` (None: inherit this process's).
+    ``anyio.open_process`` (None: inherit this process's). ``tty=True`` gives the
+    command a pseudo-terminal of its own, in the container's devpts, instead.
+
+    Hardening follows podman's defaults: ``cap_add``/``cap_drop`` change the
+    default capability set (names with or without ``CAP_``, or ``ALL``);
+    ``seccomp`` is None for the default profile, ``"unconfined"``, or the path of
+    a profile in the JSON format docker and podman use; ``no_new_privileges``
+    sets no_new_privs; ``privileged`` keeps every capability and applies no
+    seccomp filter and no masked paths, as ``podman run --privileged``.
     """
 
     command: Sequence[str]
@@ -74,6 +82,12 @@ class ContainerSpec:
     stdin: Stdio = None
     stdout: Stdio = None
     stderr: Stdio = None
+    tty: bool = False
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    privileged: bool = False
+    seccomp: str | Path | None = None
+    no_new_privileges: bool = False
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine (as root) for aiocontain's test suite. Idempotent.
 # - host packages: slirp4netns, uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
-#   gcc/libc6-dev (the chroot-escape test builds a static probe)
-# - with --bench (what `nox -s bench` runs), also the runtimes the benchmark compares against:
-#   bubblewrap, podman and runc (crun refuses hybrid cgroups; naming runc makes apt pick it for
-#   podman's "crun | runc"). No test needs them, so the test run does not install them.
+#   gcc/libc6-dev (the chroot-escape test and the isolation probes build static programs),
+#   catatonit (the static init that --init bind-mounts), keyutils (the keyring probe's host side),
+#   golang-github-containers-common (podman's seccomp profile, loaded by a test), and podman with runc:
+#   every isolation probe runs under podman too where podman is installed, to compare
+#   (crun refuses hybrid cgroups; naming runc makes apt pick it for podman's "crun | runc")
+# - with --bench (what `nox -s bench` runs), also bubblewrap, which the benchmark compares against
 # - for the VM tier (nox -s vm; virtme-ng itself comes from PyPI into nox's venv): qemu-system-x86, Debian's
 #   standard kernel linux-image-amd64 (not -cloud-: it lacks 9p, which shares the root with the guest), kmod
 #   (modprobe, depmod) and udev, whose rules name the virtio-serial ports that carry the guest's output and
@@ -16,10 +18,10 @@ set -euo pipefail
 TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
 SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
 PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps
-    qemu-system-x86 linux-image-amd64 kmod udev)
+    qemu-system-x86 linux-image-amd64 kmod udev catatonit keyutils golang-github-containers-common podman runc)
 for arg in "$@"; do
     case $arg in
-    --bench) PACKAGES+=(bubblewrap podman runc) ;;
+    --bench) PACKAGES+=(bubblewrap) ;;
     *)
         echo "host-setup: unknown argument $arg (usage: $0 [--bench])" >&2
         exit 2

@@ -12,6 +12,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,46 @@ def rootfs_with_symlinked_tmp(tmp_path: Path) -> Path:
         tmp.rmdir()
     tmp.symlink_to("/")
     return root
+
+
+PODMAN_FLAGS = ("--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file")
+
+
+@pytest.fixture(scope="session")
+def podman(rootfs: Path):
+    """Run a command under rootless podman (runc) on the same rootfs, to compare an isolation probe with it.
+
+    Skips when podman is not installed. Returns a function (podman run options..., command...) -> Result;
+    options come before ``--rootfs``, e.g. ``podman("--network", "none", "/bin/sh", "-c", "...")``.
+    podman keeps its state under a short directory of its own (podman 4.3 waits 20 s on a long
+    XDG_RUNTIME_DIR).
+    """
+    import shutil
+
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed: nothing to compare with")
+    base = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
+    (base / "home").mkdir()
+    (base / "run").mkdir(mode=0o700)
+    env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
+
+    def run(*args: str, timeout: float = 120, stdin: int | None = subprocess.DEVNULL) -> Result:
+        options, command = _split_podman_args(args)
+        argv = ["podman", *PODMAN_FLAGS, "run", "--rm", *options, "--rootfs", str(rootfs), *command]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=stdin)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    yield run
+    subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True, timeout=120)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _split_podman_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """podman run's options are those before the first argument that is a path (the command)."""
+    for index, arg in enumerate(args):
+        if arg.startswith("/") and (index == 0 or args[index - 1] not in _PODMAN_VALUED):
+            return list(args[:index]), list(args[index:])
+    raise ValueError(f"no absolute command path in {args}")
+
+
+_PODMAN_VALUED = {"--network", "--net", "--cap-add", "--cap-drop", "--security-opt", "-e", "--env", "--name", "-w"}
