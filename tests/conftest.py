@@ -215,9 +215,11 @@ def podman(rootfs: Path):
     (base / "run").mkdir(mode=0o700)
     env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
 
-    def run(*args: str, timeout: float = 120, stdin: int | None = subprocess.DEVNULL) -> Result:
+    def run(
+        *args: str, rootfs_dir: Path | None = None, timeout: float = 120, stdin: int | None = subprocess.DEVNULL
+    ) -> Result:
         options, command = _split_podman_args(args)
-        argv = ["podman", *PODMAN_FLAGS, "run", "--rm", *options, "--rootfs", str(rootfs), *command]
+        argv = ["podman", *PODMAN_FLAGS, "run", "--rm", *options, "--rootfs", str(rootfs_dir or rootfs), *command]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=stdin)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -235,3 +237,40 @@ def _split_podman_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 _PODMAN_VALUED = {"--network", "--net", "--cap-add", "--cap-drop", "--security-opt", "-e", "--env", "--name", "-w"}
+
+
+class Probes:
+    """A busybox rootfs of the session's own, with static C programs built into it on demand.
+
+    An isolation claim is tested by a program that tries to break it from inside; busybox has no tool
+    for most such calls (TIOCSTI, keyctl, io_uring_setup, ...), so each probe is a small static C
+    program. ``build(name, source)`` compiles it once into ``/probes/NAME`` of ``rootfs`` and returns
+    that path inside the container.
+    """
+
+    def __init__(self, rootfs: Path, work: Path) -> None:
+        self.rootfs = rootfs
+        self._work = work
+
+    def build(self, name: str, source: str) -> str:
+        import shutil
+
+        target = self.rootfs / "probes" / name
+        if not target.exists():
+            gcc = shutil.which("gcc")
+            if gcc is None:
+                pytest.fail("gcc is needed to build the probes (scripts/host-setup.sh installs it)")
+            target.parent.mkdir(exist_ok=True)
+            c_file = self._work / f"{name}.c"
+            c_file.write_text(source)
+            subprocess.run([gcc, "-static", "-O1", "-o", str(target), str(c_file)], check=True)
+        return f"/probes/{name}"
+
+
+@pytest.fixture(scope="session")
+def probes(tmp_path_factory: pytest.TempPathFactory) -> Probes:
+    from aiocontain.rootfs import init_rootfs
+
+    base = tmp_path_factory.mktemp("probes")
+    init_rootfs(base / "root")
+    return Probes(base / "root", base)
