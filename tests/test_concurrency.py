@@ -57,16 +57,17 @@ async def test_twenty_networked_containers_at_once(rootfs):
 
 
 _UNDER_A_LIMIT = r"""
-import resource, sys
+import os, resource, sys
 from pathlib import Path
 import anyio
+import aiocontain.forkserver
 from aiocontain import Container, ContainerSpec, AiocontainError
 
-soft, hard, count = (int(arg) for arg in sys.argv[1:4])
+soft, hard, count, bursts = (int(arg) for arg in sys.argv[1:5])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 async def one(results, everyone):
-    spec = ContainerSpec(["/bin/sh", "-c", "read -r _"], rootfs=Path(sys.argv[4]), network_timeout=60, stdin=-1)
+    spec = ContainerSpec(["/bin/sh", "-c", "read -r _"], rootfs=Path(sys.argv[5]), network_timeout=60, stdin=-1)
     try:
         async with Container(spec) as container:
             arrived(results, everyone, container)
@@ -82,19 +83,26 @@ def arrived(results, everyone, container):
     if len(results) == count:
         everyone.set()
 
-async def main():
+async def burst():
     results, everyone = [], anyio.Event()
     async with anyio.create_task_group() as tg:
         for _ in range(count):
             tg.start_soon(one, results, everyone)
     print("OK", sum(1 for r in results if r is not None), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
-anyio.run(main)
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+baseline = fds()
+for _ in range(bursts):
+    anyio.run(burst)
+    aiocontain.forkserver.close_default()  # what stays open now is the runtime's own: a leak
+print("FDS", baseline, fds())
 """
 
 
-def _under_a_limit(rootfs, soft: int, hard: int, count: int) -> list[str]:
-    argv = [sys.executable, "-c", _UNDER_A_LIMIT, str(soft), str(hard), str(count), str(rootfs)]
+def _under_a_limit(rootfs, soft: int, hard: int, count: int, bursts: int = 1) -> list[str]:
+    argv = [sys.executable, "-c", _UNDER_A_LIMIT, str(soft), str(hard), str(count), str(bursts), str(rootfs)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -105,7 +113,7 @@ def test_more_containers_than_the_soft_fd_limit_allows(rootfs):
     # 40 networked containers hold ~440 of the runtime's fds: past a soft limit of 256, within the hard 4096,
     # to which aiocontain raises the soft one (as Go does for every program).
     lines = _under_a_limit(rootfs, 256, 4096, 40)
-    assert lines == ["OK 40 4096"], lines
+    assert lines[:-1] == ["OK 40 4096"], lines
 
 
 def test_running_out_of_fds_is_one_line_per_container(rootfs):
@@ -114,5 +122,14 @@ def test_running_out_of_fds_is_one_line_per_container(rootfs):
     errors = [line for line in lines if line.startswith("ERROR")]
     assert errors, lines  # 20 at once cannot fit in 96 fds
     assert all("too many open files (this process's limit is 96" in line for line in errors), lines
-    assert lines[-1] == f"OK {20 - len(errors)} 96"
+    assert lines[-2] == f"OK {20 - len(errors)} 96"
     assert leftovers() == before
+
+
+def test_bursts_past_the_fd_limit_leave_no_fd_open(rootfs):
+    # Each burst fails part-way through for most containers (every one at a different step, as the limit
+    # bites); with the fork server closed after each, the process holds what it held before the first.
+    lines = _under_a_limit(rootfs, 128, 128, 40, bursts=3)
+    assert sum(line.startswith("ERROR") for line in lines) > 0, lines
+    kind, before, after = lines[-1].split()
+    assert kind == "FDS" and int(after) == int(before), lines

@@ -62,7 +62,12 @@ class ForkedProcess:
         """Send a Fork request and wait for Forked. Shielded: once the request is sent, the answer
         carries a pidfd that must not be lost; the fork server answers within milliseconds."""
         stdio = Stdio.open(stdin, stdout, stderr)
-        channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except BaseException:
+            stdio.close_child_ends()  # out of fds here, too: nothing of this request may stay open
+            stdio.close()
+            raise
         try:
             messages.send(requests, Fork(), [theirs.fileno(), control.fileno(), *stdio.child_fds])
         except BaseException:
