@@ -108,6 +108,17 @@ def test_bad_env_key_is_refused(key: str) -> None:
     assert "invalid environment variable name" in str(refused(env={"GOOD": "1", key: "v"}))
 
 
+def test_a_nul_byte_in_an_environment_value_is_refused() -> None:
+    assert "environment variable BAD holds a NUL byte" in str(refused(env={"GOOD": "1", "BAD": "a\0b"}))
+
+
+@pytest.mark.parametrize(
+    "command, needle", [(["/bin/e\0cho"], "the command holds"), (["/bin/echo", "ok", "a\0b"], "argument 2 of")]
+)
+def test_a_nul_byte_in_the_command_is_refused(command: list[str], needle: str) -> None:
+    assert needle in str(refused(command=command))
+
+
 @pytest.mark.parametrize("workdir", ["", "relative", "./x", "~/x"])
 def test_relative_workdir_is_refused(workdir: str) -> None:
     assert "invalid working directory" in str(refused(workdir=workdir))
