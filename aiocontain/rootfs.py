@@ -7,6 +7,7 @@ always matches the host architecture. Stdlib-only: the CLI imports it lazily.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -198,11 +199,23 @@ def init_rootfs(dest: Path, busybox: Path | None = None) -> None:
         ) from err
 
 
+def _refuse_symlink_loop(rootfs: Path) -> None:
+    """exists() is False for a symlink loop as for a missing path: tell them apart, since the fix differs."""
+    try:
+        os.stat(rootfs)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise AiocontainError(
+                f"rootfs {rootfs} is a symlink loop", fix=f"point the link at a directory, or remove it: rm {rootfs}"
+            ) from None
+
+
 def check_rootfs(rootfs: Path, *, is_default: bool) -> None:
     """Refuse a rootfs that is missing, not a directory or empty, naming the command that builds it."""
     command = "aiocontain rootfs init" if is_default else f"aiocontain rootfs init {shlex.quote(str(rootfs))}"
     try:
         if not rootfs.exists():
+            _refuse_symlink_loop(rootfs)
             raise AiocontainError(f"rootfs {rootfs} does not exist", fix=command)
         if not rootfs.is_dir():
             raise AiocontainError(

@@ -43,6 +43,21 @@ def test_missing_rootfs(tmp_path):
     assert_one_line_error(run("--rootfs", str(missing), "true"), str(missing), f"aiocontain rootfs init {missing}")
 
 
+def test_a_symlink_loop_as_rootfs_is_named(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert_one_line_error(run("--rootfs", str(loop), "true"), f"rootfs {loop} is a symlink loop")
+
+
+@pytest.mark.parametrize("kind", ["unwritable", "missing"])
+def test_an_unusable_xdg_runtime_dir_is_refused(rootfs, tmp_path, kind):
+    base = tmp_path / "run"
+    if kind == "unwritable":
+        base.mkdir(mode=0o500)
+    result = run("--rootfs", str(rootfs), "--net", "none", "true", env={**os.environ, "XDG_RUNTIME_DIR": str(base)})
+    assert_one_line_error(result, f"XDG_RUNTIME_DIR {base} is not a directory this user can write")
+
+
 def test_empty_rootfs(tmp_path):
     assert_one_line_error(run("--rootfs", str(tmp_path), "true"), f"aiocontain rootfs init {tmp_path}")
 

@@ -105,9 +105,13 @@ def namespace_error(failure: Failed) -> AiocontainError:
 
 
 def _make_runtime_dir(ctx: StageContext) -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.access(base, os.W_OK | os.X_OK):
-        base = None
+    base = os.environ.get("XDG_RUNTIME_DIR") or None  # unset or empty: the temporary directory, /tmp
+    if base is not None and not (os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)):
+        # podman refuses it too: falling back quietly would put the container's files where the user did not say.
+        raise AiocontainError(
+            f"XDG_RUNTIME_DIR {base} is not a directory this user can write",
+            fix=f"fix its owner and mode (0700, the user's), or unset XDG_RUNTIME_DIR to use {tempfile.gettempdir()}",
+        )
     path = Path(tempfile.mkdtemp(prefix=f"aiocontain-{ctx.spec.short_id}-", dir=base))
     ctx.stack.callback(shutil.rmtree, path, True)
     return path
