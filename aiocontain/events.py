@@ -78,7 +78,9 @@ CATALOGUE: dict[str, EventSpec] = {
     OOM: EventSpec(
         "warning", ("pid", "oom_kills", "memory_limit", "limit"), "the OOM killer killed a process of the container"
     ),
-    HELPER_FAILED: EventSpec("warning", ("helper", "error"), "a helper (slirp4netns) failed; the container is killed"),
+    HELPER_FAILED: EventSpec(
+        "info", ("helper", "error"), "a helper (slirp4netns) failed; the container is killed and the run fails with it"
+    ),
     CHILD_KILLED: EventSpec("warning", ("pid",), "the container's child process lingered at teardown and was killed"),
     HOOK_FINISHED: EventSpec("debug", ("plugin", "hook", "duration_ms"), "a plugin's hook returned"),
     HOOK_FAILED: EventSpec(

@@ -114,13 +114,11 @@ class Slirp4netns:
                 await _watch(process, stderr)
             finally:
                 supervised.set()
-            code = process.returncode
             if not ctx.stopping:
-                lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-                detail = lines[-1] if lines else "no message"
-                error = f"slirp4netns exited early with status {code}: {detail}"
-                ctx.log.warning(events.HELPER_FAILED, helper="slirp4netns", error=error)
-                ctx.fail(AiocontainError(error))
+                error = _exit_error(process.returncode, stderr)
+                # The run fails with this error, printed once: the event is its record, not a second line.
+                ctx.log.info(events.HELPER_FAILED, helper="slirp4netns", error=error.message)
+                ctx.fail(error)
 
         ctx.stack.push_async_callback(stop)
         ctx.tg.start_soon(supervise)
@@ -174,6 +172,24 @@ class Slirp4netns:
         # End of file: slirp4netns exited first. Its supervisor fails the run with its stderr.
         await self._supervised.wait()
         raise ctx.failure or AiocontainError("slirp4netns exited before tap0 was ready")
+
+
+def _exit_error(code: int | None, stderr: bytearray) -> AiocontainError:
+    """Why slirp4netns ended: a signal (its last words are then only progress, not a cause), or its stderr."""
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return AiocontainError(
+            f"slirp4netns was killed by {name}, so the container lost its network and was stopped",
+            fix="something outside killed it (an OOM kill, a kill of the user's processes); run the container again",
+        )
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    detail = lines[-1] if lines else "no message"
+    return AiocontainError(f"slirp4netns exited early with status {code}: {detail}")
 
 
 async def _watch(process: processes.Helper, stderr: bytearray) -> None:

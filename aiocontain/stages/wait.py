@@ -30,6 +30,25 @@ async def run(ctx: StageContext) -> tuple[int, int | None]:
         assert ctx.process is not None
         returncode = await ctx.process.wait()
         if returncode is None:
-            raise AiocontainError("the container's process ended and its exit status was lost with the fork server")
-        code, signum = (None, -returncode) if returncode < 0 else (returncode, None)
+            raise AiocontainError(
+                "the container's monitor process ended and the fork server with it: the command's exit status is lost"
+            )
+        if returncode < 0:
+            # Killed before it could report: the command's status went with it, and PID 1 died with it.
+            name = _signal_name(-returncode)
+            raise AiocontainError(
+                f"the container's monitor process (pid {ctx.process.pid}) was killed by {name}; the container was"
+                " killed with it and its command's exit status is lost",
+                fix="do not signal aiocontain's own processes; stop the container through aiocontain",
+            )
+        code, signum = returncode, None
     return (128 + signum if signum is not None else int(code or 0)), signum
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -1,0 +1,46 @@
+"""A helper of aiocontain's killed from outside mid-run: one line that names it, exit 125, nothing left."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.conftest import leftovers
+from tests.test_cli_run import _children, _start, _started
+
+pytestmark = pytest.mark.container
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_killed_monitor_process_is_named_not_taken_for_the_commands_end(rootfs):
+    before = leftovers()
+    proc = _start(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
+    _started(proc)
+    (server,) = _children(proc.pid)
+    (intermediate,) = _children(server)
+    os.kill(intermediate, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 125
+    line = _one_error_line(proc.stderr.read())
+    assert line.startswith("aiocontain: the container's monitor process") and "killed by SIGKILL" in line
+    assert leftovers() == before
+
+
+def test_a_killed_slirp4netns_is_one_line_naming_the_signal(rootfs):
+    before = leftovers()
+    proc = _start(rootfs, "--net", "slirp4netns", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
+    _started(proc)
+    (slirp,) = [pid for pid in leftovers()["slirp4netns"] if pid not in before["slirp4netns"]]
+    os.kill(slirp, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 125
+    line = _one_error_line(proc.stderr.read())
+    assert "slirp4netns was killed by SIGKILL" in line, line
+    assert "tapfd" not in line  # its last progress line is not the cause
+    assert leftovers() == before
