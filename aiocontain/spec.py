@@ -110,15 +110,15 @@ class ContainerSpec:
             raise AiocontainError(
                 f"invalid hostname {self.effective_hostname!r}", fix="use DNS labels of letters, digits and '-'"
             )
-        for key, value in self.env.items():
+        for key, setting in self.env.items():
             if not _ENV_KEY.match(key):
                 raise AiocontainError(f"invalid environment variable name {key!r}", fix="use -e KEY=VALUE")
-            if "\0" in value:
+            if "\0" in setting:
                 raise AiocontainError(f"environment variable {key} holds a NUL byte", fix="remove it from the value")
         for index, arg in enumerate(self.command):
             if "\0" in arg:
-                what = "the command" if index == 0 else f"argument {index} of the command"
-                raise AiocontainError(f"{what} holds a NUL byte", fix="execve cannot pass one: remove it")
+                which = "the command" if index == 0 else f"argument {index} of the command"
+                raise AiocontainError(f"{which} holds a NUL byte", fix="execve cannot pass one: remove it")
         if not self.workdir.startswith("/"):
             raise AiocontainError(f"invalid working directory {self.workdir!r}", fix="give an absolute path")
         try:
