@@ -70,7 +70,7 @@ class Slirp4netns:
     async def start(self, ctx: StageContext) -> bool:
         assert ctx.process is not None and self.binary is not None and ctx.runtime_dir is not None
         exit_r, exit_w = os.pipe()
-        self.api_socket = str(ctx.runtime_dir / "slirp4netns.sock")
+        self.api_socket = str(ctx.runtime_dir.path / "slirp4netns.sock")
         # Always a ready fd: slirp4netns writes it only once its API socket listens, after tap0 is up. Until
         # then the runtime directory that holds the socket must stay, and the release removes that directory.
         self._ready_fd, ready_w = os.pipe()

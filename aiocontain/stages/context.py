@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.runtimedir import RuntimeDir
 
 
 @dataclass
@@ -49,7 +50,7 @@ class StageContext:
     mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    runtime_dir: Path | None = None
+    runtime_dir: RuntimeDir | None = None  # removed once the command runs (its files are bind-mounted by then)
     process: ForkedProcess | None = None
     control: socket.socket | None = None
     idmap_requested: bool = False  # the fork server was asked to write the maps (stage idmap reads its answer)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 
 import anyio
@@ -44,7 +43,7 @@ async def run(ctx: StageContext) -> None:
     if ctx.runtime_dir is not None:
         # The container's /etc files are bind-mounted by now and live on without their host path:
         # removing it early means even a SIGKILLed aiocontain leaves nothing behind.
-        shutil.rmtree(ctx.runtime_dir, ignore_errors=True)
+        ctx.runtime_dir.remove()
     ctx.log.info(events.COMMAND_STARTED, pid=ctx.init_pid, command=list(ctx.spec.command))
 
 

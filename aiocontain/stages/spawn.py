@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from aiocontain import events, forkserver, messages
 from aiocontain.errors import AiocontainError
 from aiocontain.forkserver import userns
 from aiocontain.messages import Config, Failed, Ready, Unshared
+from aiocontain.runtimedir import RuntimeDir
 from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
@@ -31,9 +31,9 @@ READY_TIMEOUT = 10.0
 
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
-    etc_files = _etc_files(ctx, ctx.runtime_dir)
+    etc_files = _etc_files(ctx, ctx.runtime_dir.path)
     mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
-    mounts += _write_plugin_files(ctx, ctx.runtime_dir)
+    mounts += _write_plugin_files(ctx, ctx.runtime_dir.path)
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.control = parent
@@ -104,7 +104,7 @@ def namespace_error(failure: Failed) -> AiocontainError:
     return userns.namespace_error(failure.message)
 
 
-def _make_runtime_dir(ctx: StageContext) -> Path:
+def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
     base = os.environ.get("XDG_RUNTIME_DIR") or None  # unset or empty: the temporary directory, /tmp
     if base is not None and not (os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)):
         # podman refuses it too: falling back quietly would put the container's files where the user did not say.
@@ -112,9 +112,9 @@ def _make_runtime_dir(ctx: StageContext) -> Path:
             f"XDG_RUNTIME_DIR {base} is not a directory this user can write",
             fix=f"fix its owner and mode (0700, the user's), or unset XDG_RUNTIME_DIR to use {tempfile.gettempdir()}",
         )
-    path = Path(tempfile.mkdtemp(prefix=f"aiocontain-{ctx.spec.short_id}-", dir=base))
-    ctx.stack.callback(shutil.rmtree, path, True)
-    return path
+    directory = RuntimeDir.create(base, ctx.spec.short_id)
+    ctx.stack.callback(directory.remove)
+    return directory
 
 
 def _etc_files(ctx: StageContext, directory: Path) -> dict[str, tuple[str, str]]:

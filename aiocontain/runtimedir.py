@@ -1,0 +1,92 @@
+"""A container's runtime directory: its /etc files and slirp4netns's API socket while it is set up.
+
+It lives in ``$XDG_RUNTIME_DIR`` (else the temporary directory) and is removed once
+the command runs, or at teardown. A runtime that is SIGKILLed during set-up cannot
+remove it, so each directory carries a lock: an exclusive ``flock`` on the directory
+itself, held by the runtime for as long as the directory lives. Whoever makes a new
+one first sweeps the directories of this user whose lock nobody holds: their owner
+is dead. The kernel drops a dead process's locks, so no pid file or clock is needed.
+
+The sweeper holds the lock while it removes a directory, and a new directory counts
+as made only once its maker holds the lock and finds it still in place, so a sweep
+that races a maker's mkdtemp never removes a live directory: the maker tries again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PREFIX = "aiocontain-"
+_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RuntimeDir:
+    """A locked runtime directory; ``remove`` (idempotent) deletes it and drops the lock."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def create(cls, base: str | None, name: str) -> RuntimeDir:
+        """A fresh directory PREFIX + name + random suffix in base (None: the temporary directory)."""
+        sweep(base)
+        while True:
+            path = tempfile.mkdtemp(prefix=f"{PREFIX}{name}-", dir=base)
+            try:
+                fd = os.open(path, _FLAGS)
+            except FileNotFoundError:
+                continue  # swept between mkdtemp and open
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return cls(Path(path), fd)
+            except (BlockingIOError, FileNotFoundError):
+                pass  # a sweep holds it, or has removed it
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def remove(self) -> None:
+        if self._lock_fd < 0:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock_fd)  # only now: a sweep must not take it while it is being removed
+        self._lock_fd = -1
+
+
+def sweep(base: str | None) -> list[str]:
+    """Remove this user's runtime directories in base whose owner died; their names."""
+    directory = base or tempfile.gettempdir()
+    removed: list[str] = []
+    uid = os.getuid()
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, _FLAGS)
+        except OSError:
+            continue  # gone meanwhile, or not a directory we may open
+        try:
+            if os.fstat(fd).st_uid == uid and _try_lock(fd):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+        finally:
+            os.close(fd)  # after the removal: a maker racing us must not take the lock before it is done
+    return removed
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its owner lives
+    return True
