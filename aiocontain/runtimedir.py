@@ -4,8 +4,8 @@ It lives in ``$XDG_RUNTIME_DIR`` (else the temporary directory) and is removed o
 the command runs, or at teardown. A runtime that is SIGKILLed during set-up cannot
 remove it, so each directory carries a lock: an exclusive ``flock`` on the directory
 itself, held by the runtime for as long as the directory lives. Whoever makes a new
-one first sweeps the directories of this user whose lock nobody holds: their owner
-is dead. The kernel drops a dead process's locks, so no pid file or clock is needed.
+one first (once a process) sweeps the directories of this user whose lock nobody
+holds: their owner is dead. The kernel drops a dead process's locks, so no pid file or clock is needed.
 
 The sweeper holds the lock while it removes a directory, and a new directory counts
 as made only once its maker holds the lock and finds it still in place, so a sweep
@@ -22,6 +22,7 @@ from pathlib import Path
 
 PREFIX = "aiocontain-"
 _FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_swept: set[str | None] = set()
 
 
 class RuntimeDir:
@@ -34,7 +35,9 @@ class RuntimeDir:
     @classmethod
     def create(cls, base: str | None, name: str) -> RuntimeDir:
         """A fresh directory PREFIX + name + random suffix in base (None: the temporary directory)."""
-        sweep(base)
+        if base not in _swept:  # once a process: what a dead runtime left does not pile up between starts
+            _swept.add(base)
+            sweep(base)
         while True:
             path = tempfile.mkdtemp(prefix=f"{PREFIX}{name}-", dir=base)
             try:
