@@ -1,3 +1,3 @@
-from aiocontain.cli import entry
+from aiocontain.command import main
 
-entry()
+main()

@@ -14,9 +14,10 @@ for the interpreter's finalization (36-70 ms).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -130,6 +131,9 @@ def _main(argv: Sequence[str]) -> int:
     args = _parser(installed).parse_args(argv)
     from aiocontain.errors import AiocontainError
 
+    if args.subcommand != "run":
+        _release_stop_signals()
+
     try:
         if args.subcommand == "run":
             return _run(args, installed)
@@ -167,6 +171,20 @@ def _main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _release_stop_signals() -> None:
+    """The command held SIGINT, SIGTERM and SIGHUP from its first instruction (aiocontain.command): a
+    subcommand other than run has nothing to tear down, so they take their default action (end the process,
+    quietly) from here on, a pending one at once."""
+    import signal
+
+    from aiocontain.command import STOP_SIGNALS
+
+    if not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return  # not held: main() called from Python, whose signals are not ours
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _list_plugins(installed: Sequence[Installed]) -> int:
@@ -281,6 +299,19 @@ def _security_options(options: Sequence[str]) -> dict[str, Any]:
     return fields
 
 
+@contextlib.contextmanager
+def _taking(signals: Sequence[int]) -> Iterator[None]:
+    """Unblock signals the command held since its start (aiocontain.command) while our handlers are in place:
+    one that came meanwhile is delivered now, to them; after, they are held again until the process exits."""
+    import signal
+
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _in_terminal_foreground() -> bool:
     try:
         return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
@@ -361,7 +392,7 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any]) -> None:
         await anyio.sleep(spec.stop_timeout)  # podman stop's grace period, then SIGKILL
         container.kill()
 
-    with anyio.open_signal_receiver(*forwarded) as signals:
+    with anyio.open_signal_receiver(*forwarded) as signals, _taking(forwarded):
         async with anyio.create_task_group() as tg:
 
             async def relay() -> None:

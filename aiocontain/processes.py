@@ -37,7 +37,8 @@ class Helper:
     @classmethod
     def spawn(cls, argv: Sequence[str], fds: Sequence[int] = ()) -> Helper:
         """Start argv (argv[0] an absolute path) with stdin and stdout on /dev/null, stderr a pipe, and fds
-        as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again."""
+        as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again, and none
+        is blocked (the command holds its stop signals until its handlers are in place)."""
         # The dup2s run in order: a source on the number of an earlier target (stdio included) would be
         # overwritten first, so those are moved above the targets.
         targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
@@ -49,7 +50,12 @@ class Helper:
         actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
         try:
             pid = os.posix_spawn(
-                argv[0], list(argv), os.environ, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+                argv[0],
+                list(argv),
+                os.environ,
+                file_actions=actions,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=(),
             )
         except BaseException:
             os.close(stderr_r)

@@ -80,6 +80,7 @@ def prepare(owner: int) -> None:
     it never holds the owner's pipes open (a caller reading them to end of file).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the command holds its stop signals: not ours to hold
     syscalls.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != owner:
         os._exit(0)  # the owner died before the death signal was set

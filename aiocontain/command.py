@@ -1,0 +1,31 @@
+"""The ``aiocontain`` command's entry point: the console script and ``python -m aiocontain``.
+
+Importing this module holds SIGINT, SIGTERM and SIGHUP first of all: they are
+blocked, so a signal waits as pending instead of raising KeyboardInterrupt into
+whatever runs (an import, the fork server's start, the thread that maps its user
+namespace) or killing the process half-way through set-up. ``run`` takes them
+once its handlers are in place and stops with 128+N, having torn everything
+down; the other subcommands take them back at once. Only this module does this,
+so embedding aiocontain never touches the caller's signals.
+
+What comes before the first instruction is the interpreter's: a SIGINT during
+its own start-up (its site module, the script wrapper's ``import re``: some
+15 ms) ends Python by its own KeyboardInterrupt handling, exit 1.
+"""
+
+from __future__ import annotations
+
+import _signal  # not signal: that imports enum, whose import is a window of its own (~5 ms)
+
+STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
+_signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+
+TYPE_CHECKING = False  # typing costs the command's cold start
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+
+def main() -> NoReturn:
+    from aiocontain.cli import entry
+
+    entry()

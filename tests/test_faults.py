@@ -1,0 +1,136 @@
+"""Fault injection, bounded in count: signals at random moments of start-up, cancellation at random moments.
+
+Each run must end within a deadline, print no traceback, exit with a documented
+code, and leave nothing: no process of the user's, no runtime directory, no
+mount, no fd of the embedding process. Delays come from a seeded generator whose
+seed is in the test id, so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+
+import pytest
+
+from tests.conftest import cli_argv, leftovers, open_fds
+
+pytestmark = pytest.mark.container
+
+RUNS = 12  # per signal and backend: ~100 runs in all, about a minute
+DEADLINE = 30.0
+
+
+def _user_processes(keep: set[int]) -> set[int]:
+    """Every process of this user but those in keep (this test process, its fork server)."""
+    uid = os.getuid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in keep:
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    found.add(int(name))
+            except OSError:
+                continue
+    return found
+
+
+def _settle(pids: set[int], timeout: float = 5.0) -> set[int]:
+    """Those of pids still alive after timeout: each is waited for through its pidfd (it may be exiting)."""
+    alive = set()
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], timeout)[0]:
+                alive.add(pid)
+        finally:
+            os.close(fd)
+    return alive
+
+
+@pytest.fixture
+def nothing_left(fork_server):
+    keep = {os.getpid(), fork_server}
+    before = leftovers()
+    yield
+    assert _settle(_user_processes(keep)) == set()
+    assert leftovers() == before
+
+
+def _hold_stop_signals() -> None:
+    """In the child, before exec: what aiocontain.command does as its first instruction, done at exec.
+
+    The interpreter's own start-up (its site module, some 15 ms) comes before the entry point's first
+    instruction, and a SIGINT there is Python's to handle (exit 1, its KeyboardInterrupt): not ours to test.
+    With the signals held from exec on, every moment from the entry point on is tried.
+    """
+    from aiocontain.command import STOP_SIGNALS
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_signal_at_any_moment_of_start_up(rootfs, nothing_left, backend, signum):
+    rng = random.Random(f"{backend}-{signum}")
+    outcomes = []
+    for _ in range(RUNS):
+        delay = rng.uniform(0.0, 0.25)  # from the interpreter's start to past the command's start
+        # --init: a forwarded signal ends the command (PID 1 itself would drop one it has no handler for).
+        argv = cli_argv(rootfs, "--backend", backend, "--net", "none", "--init", "--", "/bin/sleep", "5")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_hold_stop_signals,
+        )
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signum)
+        try:
+            _, err = proc.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"hung: {signum!r} after {delay:.3f} s did not end the run within {DEADLINE} s")
+        stderr = err.decode(errors="replace")
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, (delay, stderr)
+        if signum == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL, (delay, stderr)
+        else:
+            # 128+N once the command runs (it dies by the forwarded signal), before it (set-up stopped); or
+            # the process's own death by the signal's default action, for the few ms before Python's start.
+            assert proc.returncode in (128 + signum, -signum), (delay, proc.returncode, stderr)
+            assert stderr == "", (delay, stderr)
+        outcomes.append(proc.returncode)
+    assert len(outcomes) == RUNS
+    if signum == signal.SIGKILL:
+        # A runtime killed during set-up cannot remove its runtime directory: the next start sweeps it.
+        swept = subprocess.run(cli_argv(rootfs, "--net", "none", "true"), capture_output=True, timeout=DEADLINE)
+        assert swept.returncode == 0, swept.stderr
+
+
+@pytest.mark.anyio
+async def test_cancellation_at_any_moment_leaves_nothing(rootfs, nothing_left, anyio_backend):
+    import anyio
+
+    from aiocontain import Container, ContainerSpec
+
+    fds = open_fds()
+    rng = random.Random(f"cancel-{anyio_backend}")
+    for _ in range(RUNS * 2):
+        delay = rng.uniform(0.0, 0.08)
+        network = rng.choice(["none", "slirp4netns"])
+        spec = ContainerSpec(["/bin/sh", "-c", "sleep 5"], rootfs=rootfs, network=network)
+        with anyio.move_on_after(delay):
+            async with Container(spec) as container:
+                await container.wait()
+    assert open_fds() == fds
