@@ -67,7 +67,7 @@ def _join_session_keyring(name: str) -> None:
         if exc.errno == errno.EDQUOT:
             raise OSError(
                 exc.errno,
-                "no key quota left for the container's session keyring "
-                "(raise kernel.keys.maxkeys and maxbytes: sudo sysctl -w kernel.keys.maxkeys=N)",
+                "the user's key quota is used up, so the container gets no session keyring of its own "
+                "(fix: raise it, e.g. sudo sysctl -w kernel.keys.maxkeys=2000 kernel.keys.maxbytes=200000)",
             ) from None
         raise
