@@ -126,6 +126,7 @@ class ContainerSpec:
         except ValueError:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
         _ = self.limits  # parses, refusing malformed sizes
+        _ = self.capabilities  # refuses unknown capability names
         for what, value in (("stop timeout", self.stop_timeout), ("network timeout", self.network_timeout)):
             if not value >= 0:
                 raise AiocontainError(f"invalid {what} {value!r}", fix="give a number of seconds >= 0")
@@ -134,6 +135,13 @@ class ContainerSpec:
     def limits(self) -> Limits:
         """The resource limits, parsed and checked (AiocontainError on a malformed value)."""
         return Limits.parse(self.memory, self.memory_swap, self.pids_limit, self.cpus)
+
+    @property
+    def capabilities(self) -> list[int] | None:
+        """The capability numbers the command keeps (None: all); AiocontainError on an unknown name."""
+        from aiocontain.security import capabilities
+
+        return capabilities.kept(self.cap_add, self.cap_drop, self.privileged)
 
     @property
     def short_id(self) -> str:

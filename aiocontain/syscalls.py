@@ -35,6 +35,14 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 IN_MODIFY = 0x2
 IN_NONBLOCK = os.O_NONBLOCK
@@ -43,11 +51,16 @@ IN_CLOEXEC = os.O_CLOEXEC
 # glibc has no pivot_root wrapper; the number differs per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "i686": 217}
 
+_SYS_KEYCTL_NUMBERS = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "armv7l": 311, "i686": 288}
+_SYS_KEYCTL = _SYS_KEYCTL_NUMBERS.get(os.uname().machine, -1)
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 
@@ -88,6 +101,50 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def capability_in_bounding_set(cap: int) -> bool | None:
+    """prctl(PR_CAPBSET_READ): whether cap is in the bounding set; None when the kernel has no such cap."""
+    result: int = _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
+    if result < 0:
+        if ctypes.get_errno() == _errno.EINVAL:
+            return None
+        _check(result, "prctl(PR_CAPBSET_READ)")
+    return result == 1
+
+
+def drop_bounding_capability(cap: int) -> None:
+    """prctl(PR_CAPBSET_DROP): no process executed from here on can gain cap (needs CAP_SETPCAP)."""
+    _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def clear_ambient_capabilities() -> None:
+    """prctl(PR_CAP_AMBIENT_CLEAR_ALL): ambient caps would survive exec outside the bounding set's control."""
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+
+def clear_inheritable_capabilities() -> None:
+    """capset(2) with the permitted and effective sets unchanged and an empty inheritable set: exec as uid 0
+    adds the inheritable set to the new permitted set, bounding set or not."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words: caps 0-31, 32-63
+    _check(_libc.capget(header, data), "capget")
+    data[2] = data[5] = 0
+    _check(_libc.capset(header, data), "capset")
+
+
+def set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS): exec never grants privileges again (setuid bits, file capabilities)."""
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def join_session_keyring(name: str) -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING): a new session keyring of this name (named keyrings are looked up
+    in the caller's user namespace only, so a fresh one has none to join), replacing the inherited one."""
+    serial: int = _libc.syscall(_SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, _b(name), 0, 0, 0)
+    if serial < 0:
+        _check(-1, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
+    return serial
 
 
 def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +202,8 @@ def podman(rootfs: Path):
     """Run a command under rootless podman (runc) on the same rootfs, to compare an isolation probe with it.
 
     Skips when podman is not installed. Returns a function (podman run options..., command...) -> Result;
-    options come before ``--rootfs``, e.g. ``podman("--network", "none", "/bin/sh", "-c", "...")``.
+    options come before ``--rootfs``, e.g. ``podman("--network", "none", "/bin/sh", "-c", "...")``;
+    ``prefix`` is a command that runs podman (e.g. in a session keyring of the test's making).
     podman keeps its state under a short directory of its own (podman 4.3 waits 20 s on a long
     XDG_RUNTIME_DIR).
     """
@@ -216,10 +217,24 @@ def podman(rootfs: Path):
     env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
 
     def run(
-        *args: str, rootfs_dir: Path | None = None, timeout: float = 120, stdin: int | None = subprocess.DEVNULL
+        *args: str,
+        rootfs_dir: Path | None = None,
+        timeout: float = 120,
+        stdin: int | None = subprocess.DEVNULL,
+        prefix: Sequence[str] = (),
     ) -> Result:
         options, command = _split_podman_args(args)
-        argv = ["podman", *PODMAN_FLAGS, "run", "--rm", *options, "--rootfs", str(rootfs_dir or rootfs), *command]
+        argv = [
+            *prefix,
+            "podman",
+            *PODMAN_FLAGS,
+            "run",
+            "--rm",
+            *options,
+            "--rootfs",
+            str(rootfs_dir or rootfs),
+            *command,
+        ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=stdin)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -13,7 +13,7 @@ import os
 import signal
 
 from aiocontain import messages, syscalls
-from aiocontain.child import rootfs
+from aiocontain.child import harden, rootfs
 from aiocontain.messages import Config, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -45,6 +45,8 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         if os.read(release_r, 1) != b"M":
             os._exit(0)  # the runtime went away first
         _become_root()
+        if config.unshare_net:
+            harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
         rootfs.build(config)
         env = dict(config.env)
         os.makedirs(config.workdir, exist_ok=True)
@@ -56,6 +58,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         if config.mount_cgroup:
             rootfs.mount_cgroup()
+        harden.apply(config)  # the seccomp filter goes right after this, last before either exec path
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
         _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)

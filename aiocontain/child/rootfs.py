@@ -32,6 +32,9 @@ def build(config: Config) -> None:
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _mount_sys(_target_dir(root, "sys"))
+    _mask(root, config.masked_paths)
+    for path in config.readonly_paths:
+        _readonly(root, path)
     _mount_dev(_target_dir(root, "dev"))
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():
@@ -84,6 +87,32 @@ def _remount_readonly(path: str) -> None:
         if flags & st_flag:
             kept |= ms_flag
     sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | kept)
+
+
+def _mask(root: str, paths: list[str]) -> None:
+    """Hide kernel files of /proc and /sys, as runc does: a file under /dev/null, a directory under an empty
+    read-only tmpfs. What this kernel does not have is skipped. The paths lie in the proc and sysfs just
+    mounted, which hold nothing of the container's own, so no symlink of its making is followed."""
+    for path in paths:
+        target = root + path
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        else:
+            sc.mount("/dev/null", target, None, sc.MS_BIND)
+
+
+def _readonly(root: str, path: str) -> None:
+    """Bind a path of /proc onto itself, read-only (e.g. /proc/sys: the network namespace's own sysctls stay
+    readable, and nothing of the host's kernel is writable even where the user namespace would allow it)."""
+    target = root + path
+    if not os.path.lexists(target):
+        return
+    sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+    _remount_readonly(target)
 
 
 def _mount_dev(dev: str) -> None:

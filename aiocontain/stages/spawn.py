@@ -23,6 +23,7 @@ from aiocontain.errors import AiocontainError
 from aiocontain.forkserver import userns
 from aiocontain.messages import Config, Failed, Ready, Unshared
 from aiocontain.runtimedir import RuntimeDir
+from aiocontain.security import paths
 from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
@@ -53,6 +54,10 @@ async def run(ctx: StageContext) -> None:
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
         mounts=mounts,
+        caps=spec.capabilities,
+        no_new_privs=spec.no_new_privileges,
+        masked_paths=[] if spec.privileged else list(paths.MASKED),
+        readonly_paths=[] if spec.privileged else list(paths.READONLY),
     )
     try:
         messages.send(parent, config)  # waits in the socket buffer until the child reads it
