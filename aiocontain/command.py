@@ -15,7 +15,7 @@ its own start-up (its site module, the script wrapper's ``import re``: some
 
 from __future__ import annotations
 
-import _signal  # not signal: that imports enum, whose import is a window of its own (~5 ms)
+import _signal  # type: ignore[import-not-found]  # not signal, which imports enum: a window of ~5 ms
 
 STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
 _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
