@@ -144,7 +144,7 @@ async def test_slirp4netns_dying_mid_run_fails_the_run(rootfs):
         slirps = [pid for pid in leftovers()["slirp4netns"] if pid not in before["slirp4netns"]]
         assert len(slirps) == 1
         os.kill(slirps[0], signal.SIGKILL)
-        with pytest.raises(AiocontainError, match="slirp4netns exited early"):
+        with pytest.raises(AiocontainError, match="slirp4netns was killed by SIGKILL"):
             await container.wait()
     assert leftovers() == before
 
