@@ -53,6 +53,7 @@ async def run(ctx: StageContext) -> None:
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
         mounts=mounts,
+        seccomp=ctx.seccomp,
     )
     try:
         messages.send(parent, config)  # waits in the socket buffer until the child reads it
