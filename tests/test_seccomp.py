@@ -288,7 +288,11 @@ def test_args_and_actions():
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 38,
         "syscalls": [
-            {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+            {
+                "names": ["personality"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}],
+            },
             {
                 "names": ["socket"],
                 "action": "SCMP_ACT_ERRNO",
@@ -313,7 +317,9 @@ def test_args_and_actions():
     rules = rule_names(resolve(json.dumps(profile).encode(), "p", (), "x86_64", "6.1"))
     assert rules["personality"] == [Rule(("personality",), libseccomp.ACT_ALLOW, ((0, libseccomp.CMP_EQ, 8, 0),))]
     assert rules["socket"] == [
-        Rule(("socket",), libseccomp.ACT_ERRNO | 22, ((0, libseccomp.CMP_EQ, 16, 0), (2, libseccomp.CMP_MASKED_EQ, 9, 0)))
+        Rule(
+            ("socket",), libseccomp.ACT_ERRNO | 22, ((0, libseccomp.CMP_EQ, 16, 0), (2, libseccomp.CMP_MASKED_EQ, 9, 0))
+        )
     ]
     assert [r.comparisons for r in rules["clone"]] == [((0, libseccomp.CMP_LT, 1, 0),), ((0, libseccomp.CMP_GT, 9, 0),)]
     assert rules["mkdir"][0].action == libseccomp.ACT_ERRNO | EPERM
