@@ -12,12 +12,11 @@ capabilities.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
 from pathlib import Path
 
 from aiocontain.seccomp import cache, capabilities
-from aiocontain.seccomp.profile import ProfileError, resolve
 from aiocontain.spec import ContainerSpec
 
 DEFAULT_PROFILE = Path(__file__).with_name("default.json")
@@ -37,12 +36,14 @@ def filter_for(spec: ContainerSpec) -> str | None:
     try:
         data = path.read_bytes()
     except OSError as exc:
+        from aiocontain.seccomp.profile import ProfileError
+
         raise ProfileError(
             f"cannot read the seccomp profile {path}: {exc.strerror}",
             fix="--security-opt seccomp=FILE names a JSON profile, or seccomp=unconfined for none",
         ) from None
     caps = capabilities.effective(spec.cap_add, spec.cap_drop, spec.privileged)
-    return base64.b64encode(program(data, str(path), caps)).decode()
+    return binascii.b2a_base64(program(data, str(path), caps), newline=False).decode()
 
 
 def program(data: bytes, source: str, caps: frozenset[str]) -> bytes:
@@ -50,8 +51,9 @@ def program(data: bytes, source: str, caps: frozenset[str]) -> bytes:
     machine, kernel = os.uname().machine, os.uname().release
     name = cache.key(data, caps, machine, kernel)
     found = _compiled.get(name) or cache.load(name)
-    if found is None:
+    if found is None:  # only now the parser and libseccomp: a cache hit costs neither import
         from aiocontain.seccomp.compile import compile_bpf
+        from aiocontain.seccomp.profile import resolve
 
         found = compile_bpf(resolve(data, source, caps, machine, kernel), source)
         cache.store(name, found)
