@@ -147,6 +147,7 @@ class Container:
             raise RuntimeError("a Container runs once: make a new one for the next run")
         try:
             rootfs, driver, placement = self._check()
+            seccomp = self._seccomp()
         except BaseException:
             self.log.close()  # nothing was started: event streams end here
             raise
@@ -169,6 +170,7 @@ class Container:
                 container=self,
                 plugins=self.plugins,
                 fork_server=self.fork_server,
+                seccomp=seccomp,
             )
             self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
@@ -205,6 +207,12 @@ class Container:
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
         return rootfs, driver, placement
+
+    def _seccomp(self) -> str | None:
+        """The compiled seccomp filter, before anything starts: a bad profile is refused here."""
+        from aiocontain.seccomp import filter_for
+
+        return filter_for(self.spec)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -190,6 +190,18 @@ def check_cgroup() -> Check:
     return Check(name, True, detail, None, False)
 
 
+def check_libseccomp() -> Check:
+    """The default seccomp filter is compiled with libseccomp (only a --security-opt seccomp=unconfined run
+    does without)."""
+    from aiocontain.seccomp import libseccomp
+
+    try:
+        major, minor, micro = libseccomp.version()
+    except AiocontainError as err:
+        return Check("libseccomp", False, err.message, "sudo apt-get install libseccomp2")
+    return Check("libseccomp", True, f"{libseccomp.SONAME} version {major}.{minor}.{micro}", None)
+
+
 def check_rootfs_arch(rootfs: Path, *, is_default: bool) -> Check:
     """The rootfs must exist, hold files, and be built for a machine this host runs (judged by its /bin/sh)."""
     try:
@@ -233,6 +245,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         _safely("slirp4netns", check_slirp4netns),
         _safely("tun", check_tun),
         _safely("cgroup v2", check_cgroup),
+        _safely("libseccomp", check_libseccomp),
         _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),
     ]
 

@@ -41,6 +41,9 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
 KEYCTL_JOIN_SESSION_KEYRING = 1
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -145,6 +148,20 @@ def join_session_keyring(name: str) -> int:
     if serial < 0:
         _check(-1, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
     return serial
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(program: bytes) -> None:
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER): install a BPF program (raw struct sock_filter array).
+
+    Needs no_new_privs or CAP_SYS_ADMIN in the caller's user namespace; it holds across execve and fork.
+    """
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(code))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
 def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:

@@ -91,7 +91,13 @@ async def burst():
     print("OK", sum(1 for r in results if r is not None), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 def fds():
-    return {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the one listdir used
+    return found
 
 baseline = fds()
 for _ in range(bursts):

@@ -23,6 +23,7 @@ EXPECTED = {
     "slirp4netns",
     "tun",
     "cgroup v2",
+    "libseccomp",
     "rootfs",
 }
 
@@ -172,6 +173,18 @@ def test_id_map_tools_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     plain.chmod(0o755)
     check = doctor.check_id_map_tool("newuidmap")
     assert not check.ok and check.fix == f"sudo chmod u+s {plain}"
+
+
+def test_libseccomp_found_or_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiocontain.seccomp import libseccomp
+
+    found = doctor.check_libseccomp()
+    assert found.ok and found.detail.startswith("libseccomp.so.2 version 2."), found
+    monkeypatch.setattr(libseccomp, "_lib", None)
+    monkeypatch.setattr(libseccomp, "SONAME", "libseccomp-not-here.so.0")
+    missing = doctor.check_libseccomp()
+    assert not missing.ok and missing.fix == "sudo apt-get install libseccomp2"
+    assert "libseccomp-not-here.so.0" in missing.detail
 
 
 def test_userns_check_reports_the_real_attempt() -> None:

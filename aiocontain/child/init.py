@@ -7,6 +7,7 @@ command without signal handlers still stops on SIGTERM and zombies never pile up
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import errno
 import os
@@ -58,7 +59,11 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         if config.mount_cgroup:
             rootfs.mount_cgroup()
-        harden.apply(config)  # the seccomp filter goes right after this, last before either exec path
+        harden.apply(config)  # capabilities, no_new_privs, keyring: CAP_SYS_ADMIN stays effective for seccomp
+        if config.seccomp:
+            # Last, at the one point before both exec paths, so it covers --init's PID 1 too. What runs from
+            # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
+            syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
         _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)

@@ -123,3 +123,11 @@ def _normalize(names: Sequence[str], option: str) -> list[str]:
                 f"unknown capability {name!r} in {option}", fix="use a name of capabilities(7) such as NET_RAW, or ALL"
             )
     return normalized
+
+
+def names(numbers: list[int] | None) -> frozenset[str]:
+    """``kept``'s result as names like CAP_SYS_ADMIN (what a seccomp profile's includes/excludes name)."""
+    if numbers is None:
+        return frozenset("CAP_" + name for name in NUMBERS)
+    by_number = {number: name for name, number in NUMBERS.items()}
+    return frozenset("CAP_" + by_number[number] for number in numbers)

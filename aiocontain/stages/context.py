@@ -45,6 +45,7 @@ class StageContext:
     container: Container | None = None  # the handle the plugins' hooks see
     plugins: list[Plugin] = field(default_factory=list)
     fork_server: ForkServer | None = None
+    seccomp: str | None = None  # the compiled filter (BPF, base64) PID 1 installs before exec; None: none
     cgroup: Leaf | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
     mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks

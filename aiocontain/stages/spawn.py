@@ -58,6 +58,7 @@ async def run(ctx: StageContext) -> None:
         no_new_privs=spec.no_new_privileges,
         masked_paths=[] if spec.privileged else list(paths.MASKED),
         readonly_paths=[] if spec.privileged else list(paths.READONLY),
+        seccomp=ctx.seccomp,
     )
     try:
         messages.send(parent, config)  # waits in the socket buffer until the child reads it

@@ -1,0 +1,62 @@
+"""The container's seccomp filter: podman's default profile, a profile file of the user's, or none.
+
+The runtime compiles the profile (``libseccomp``, through ``compile``) for the
+container's capability set and sends the BPF program, base64, in
+``Config.seccomp``; PID 1 installs it as its last step before exec, so it
+covers the command and ``--init``'s PID 1 alike. The shipped default
+(``default.json``) is containers-common's profile (see ``NOTICE``): unlisted
+calls fail with ENOSYS, the listed denials with EPERM. Compiled programs are
+kept in memory and on disk (``cache``), keyed by profile content and
+capabilities.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from pathlib import Path
+
+from aiocontain.seccomp import cache
+from aiocontain.security import capabilities
+from aiocontain.spec import ContainerSpec
+
+DEFAULT_PROFILE = Path(__file__).with_name("default.json")
+UNCONFINED = "unconfined"
+
+_compiled: dict[str, bytes] = {}  # cache key -> program, for this process's containers
+
+
+def filter_for(spec: ContainerSpec) -> str | None:
+    """The BPF program for this container, base64, or None for no filter (``privileged``, ``unconfined``).
+
+    ProfileError (one line, exit code 125) for a profile that cannot be read or used.
+    """
+    if spec.privileged or spec.seccomp == UNCONFINED:
+        return None
+    path = DEFAULT_PROFILE if spec.seccomp is None else Path(spec.seccomp)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        from aiocontain.seccomp.profile import ProfileError
+
+        raise ProfileError(
+            f"cannot read the seccomp profile {path}: {exc.strerror}",
+            fix="--security-opt seccomp=FILE names a JSON profile, or seccomp=unconfined for none",
+        ) from None
+    caps = capabilities.names(spec.capabilities)
+    return binascii.b2a_base64(program(data, str(path), caps), newline=False).decode()
+
+
+def program(data: bytes, source: str, caps: frozenset[str]) -> bytes:
+    """The compiled profile (raw sock_filter bytes): from memory, the cache directory, or libseccomp."""
+    machine, kernel = os.uname().machine, os.uname().release
+    name = cache.key(data, caps, machine, kernel)
+    found = _compiled.get(name) or cache.load(name)
+    if found is None:  # only now the parser and libseccomp: a cache hit costs neither import
+        from aiocontain.seccomp.compile import compile_bpf
+        from aiocontain.seccomp.profile import resolve
+
+        found = compile_bpf(resolve(data, source, caps, machine, kernel), source)
+        cache.store(name, found)
+    _compiled[name] = found
+    return found
