@@ -42,13 +42,21 @@ class Helper:
         # The dup2s run in order: a source on the number of an earlier target (stdio included) would be
         # overwritten first, so those are moved above the targets.
         targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
-        moved = {fd: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, targets.stop) for fd in fds if fd < targets.stop}
-        stderr_r, stderr_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        dup2 = os.POSIX_SPAWN_DUP2
-        actions = [(dup2, null, 0), (dup2, null, 1), (dup2, stderr_w, 2)]
-        actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
+        opened: list[int] = []  # ours to close once the helper has its copies (or failed to start)
+        stderr_r = -1
         try:
+            moved = {}
+            for fd in fds:
+                if fd < targets.stop:
+                    moved[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, targets.stop)
+                    opened.append(moved[fd])
+            stderr_r, stderr_w = os.pipe()
+            opened.append(stderr_w)
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            opened.append(null)
+            dup2 = os.POSIX_SPAWN_DUP2
+            actions = [(dup2, null, 0), (dup2, null, 1), (dup2, stderr_w, 2)]
+            actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
             pid = os.posix_spawn(
                 argv[0],
                 list(argv),
@@ -57,13 +65,20 @@ class Helper:
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                 setsigmask=(),
             )
+            try:
+                pidfd = os.pidfd_open(pid)  # not reaped until we wait: the pid is still ours
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)  # out of fds: a helper we cannot follow must not run
+                os.waitpid(pid, 0)
+                raise
         except BaseException:
-            os.close(stderr_r)
+            if stderr_r >= 0:
+                os.close(stderr_r)
             raise
         finally:
-            for fd in (stderr_w, null, *moved.values()):
+            for fd in opened:
                 os.close(fd)
-        return cls(pid, os.pidfd_open(pid), stderr_r)  # not reaped until we wait: the pid is still ours
+        return cls(pid, pidfd, stderr_r)
 
     async def wait(self) -> int:
         """Wait for the exit (the kernel says so through the pidfd), reap, and return the status."""

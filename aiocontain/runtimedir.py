@@ -44,6 +44,9 @@ class RuntimeDir:
                 fd = os.open(path, _FLAGS)
             except FileNotFoundError:
                 continue  # swept between mkdtemp and open
+            except BaseException:
+                os.rmdir(path)  # e.g. out of fds: an unlocked directory must not stay behind
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:

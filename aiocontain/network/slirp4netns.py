@@ -69,12 +69,16 @@ class Slirp4netns:
 
     async def start(self, ctx: StageContext) -> bool:
         assert ctx.process is not None and self.binary is not None and ctx.runtime_dir is not None
-        exit_r, exit_w = os.pipe()
         self.api_socket = str(ctx.runtime_dir.path / "slirp4netns.sock")
         # Always a ready fd: slirp4netns writes it only once its API socket listens, after tap0 is up. Until
         # then the runtime directory that holds the socket must stay, and the release removes that directory.
         self._ready_fd, ready_w = os.pipe()
         ctx.stack.callback(os.close, self._ready_fd)
+        try:
+            exit_r, exit_w = os.pipe()
+        except BaseException:
+            os.close(ready_w)  # out of fds: nothing of this start may stay open
+            raise
         exit_fd, ready_fd = processes.FIRST_PASSED_FD, processes.FIRST_PASSED_FD + 1  # as the helper sees them
         argv = [
             self.binary,
