@@ -36,8 +36,9 @@ class Helper:
 
     @classmethod
     def spawn(cls, argv: Sequence[str], fds: Sequence[int] = ()) -> Helper:
-        """Start argv (argv[0] an absolute path) with stdin and stdout on /dev/null, stderr a pipe, and fds
-        as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again."""
+        """Start argv (argv[0] an absolute path), in a session of its own, with stdin and stdout on /dev/null,
+        stderr a pipe, and fds as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are
+        default again."""
         # The dup2s run in order: a source on the number of an earlier target (stdio included) would be
         # overwritten first, so those are moved above the targets.
         targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
@@ -48,8 +49,14 @@ class Helper:
         actions = [(dup2, null, 0), (dup2, null, 1), (dup2, stderr_w, 2)]
         actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
         try:
+            # setsid: a session of its own, out of reach of a signal sent to the caller's process group.
             pid = os.posix_spawn(
-                argv[0], list(argv), os.environ, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+                argv[0],
+                list(argv),
+                os.environ,
+                file_actions=actions,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsid=True,
             )
         except BaseException:
             os.close(stderr_r)
