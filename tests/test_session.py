@@ -7,6 +7,7 @@ caller's shell sends to its whole process group, which must reach only the CLI. 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,9 +15,12 @@ import signal
 import subprocess
 import sys
 import termios
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from aiocontain import Container, ContainerSpec, NetworkMode
 from tests.conftest import cli_argv, leftovers
 from tests.test_terminal import Terminal
 
@@ -46,42 +50,36 @@ LINE_LENGTH = len("echo INJ$((6*7))\n")
 READ_NEXT_LINE = '"$@"; echo cli-exited=$?; read -r line; echo "next-line=[$line]"'
 
 
-def _run_then_read_a_line(argv: list[str]) -> Terminal:
-    term = Terminal(["/bin/sh", "-c", READ_NEXT_LINE, "sh", *argv])
-    term.expect(b"cli-exited=")
-    term.expect(b"\n")
-    term.send(b"SENTINEL\n")
-    assert term.wait() == 0, term.seen
-    return term
+def _run_then_read_a_line(argv: list[str]) -> bytes:
+    """What the terminal showed: argv's output, its exit code and the next line its caller read."""
+    with Terminal(["/bin/sh", "-c", READ_NEXT_LINE, "sh", *argv]) as term:
+        term.expect(b"cli-exited=")
+        term.expect(b"\n")
+        term.send(b"SENTINEL\n")
+        assert term.wait() == 0, term.seen
+        return term.seen
 
 
 @pytest.mark.parametrize("tty", ["-t", "-t=false"])
 def test_tiocsti_never_reaches_the_callers_terminal(probes, tty):
     probe = probes.build("tiocsti", TIOCSTI_PROBE)
-    term = _run_then_read_a_line(cli_argv(probes.rootfs, "--net", "none", tty, probe))
-    try:
-        output = term.seen.decode(errors="replace")
-        assert "cli-exited=0" in output, output
-        assert "next-line=[SENTINEL]" in output, output  # no pushed line ran in the caller's shell
-        if tty == "-t":
-            # Pushed into the container's own terminal: allowed there, and it stays there.
-            assert f"tiocsti pushed={LINE_LENGTH} errno=0" in output, output
-        else:
-            # The caller's terminal is only an fd inside, not the container's controlling terminal.
-            assert "tiocsti pushed=0 errno=1" in output, output  # EPERM
-    finally:
-        term.close()
+    output = _run_then_read_a_line(cli_argv(probes.rootfs, "--net", "none", tty, probe)).decode(errors="replace")
+    assert "cli-exited=0" in output, output
+    assert "next-line=[SENTINEL]" in output, output  # no pushed line ran in the caller's shell
+    if tty == "-t":
+        # Pushed into the container's own terminal: allowed there, and it stays there.
+        assert f"tiocsti pushed={LINE_LENGTH} errno=0" in output, output
+    else:
+        # The caller's terminal is only an fd inside, not the container's controlling terminal.
+        assert "tiocsti pushed=0 errno=1" in output, output  # EPERM
 
 
 def test_tiocsti_control_a_process_in_the_callers_session_does_inject(probes):
     # The same probe run directly in the caller's session (what the container was before): the line arrives.
     probe = str(probes.rootfs) + probes.build("tiocsti", TIOCSTI_PROBE)
-    term = _run_then_read_a_line([probe])
-    try:
-        assert f"tiocsti pushed={LINE_LENGTH} errno=0" in term.seen.decode(), term.seen
-        assert b"next-line=[echo INJ$((6*7))]" in term.seen, term.seen
-    finally:
-        term.close()
+    seen = _run_then_read_a_line([probe])
+    assert f"tiocsti pushed={LINE_LENGTH} errno=0" in seen.decode(), seen
+    assert b"next-line=[echo INJ$((6*7))]" in seen, seen
 
 
 @pytest.mark.parametrize("tty", ["-t", "-t=false"])
@@ -130,6 +128,20 @@ def test_kill_zero_under_podman(podman):
     assert (result.code, result.stdout.split()) == (0, ["sent=0"]), result.stderr
 
 
+@contextlib.contextmanager
+def _started(argv: list[str], **options: Any) -> Iterator[subprocess.Popen[str]]:
+    """argv, once it has printed ready; killed if still running at the end."""
+    options.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _events(stderr: str) -> dict[str, dict[str, object]]:
     found = {}
     for line in stderr.splitlines():
@@ -152,22 +164,10 @@ def test_a_signal_to_the_callers_process_group_reaches_only_the_cli(rootfs, sign
     expected = 128 + signum if code is None else code
     before = leftovers()
     # The CLI leads a process group of its own, as a shell's job does; slirp4netns runs (the default network).
-    proc = subprocess.Popen(
-        cli_argv(rootfs, "--log-format", "json", "--log-level", "debug", *command),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    argv = cli_argv(rootfs, "--log-format", "json", "--log-level", "debug", *command)
+    with _started(argv, start_new_session=True) as proc:
         os.killpg(proc.pid, signum)  # kill -- -PGID, timeout(1), ^C in a script
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == expected, err
     events = _events(err)
     assert events["container.exited"]["exit_code"] == expected, err
@@ -183,50 +183,23 @@ def test_a_signal_to_the_callers_process_group_reaches_only_the_cli(rootfs, sign
 
 def test_sighup_is_followed_by_kill_after_stop_timeout(rootfs):
     # PID 1 without a handler: the kernel drops the forwarded SIGHUP, so the grace period must end in SIGKILL.
-    proc = subprocess.Popen(
-        cli_argv(
-            rootfs, "--net", "none", "--stop-timeout", "1", *JSON_LOGS, "/bin/sh", "-c", "echo ready; exec sleep 60"
-        ),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    argv = cli_argv(
+        rootfs, "--net", "none", "--stop-timeout", "1", *JSON_LOGS, "/bin/sh", "-c", "echo ready; exec sleep 60"
     )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    with _started(argv) as proc:
         proc.send_signal(signal.SIGHUP)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 137, err
     assert "container.killed" in _events(err), err
 
 
 def test_the_fork_server_and_slirp4netns_lead_sessions_of_their_own(rootfs):
-    proc = subprocess.Popen(
-        cli_argv(rootfs, "/bin/sh", "-c", "echo ready; read x"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        sessions = {}
-        for pid in _descendants(proc.pid):
-            sessions[pid] = os.getsid(pid)
+    with _started(cli_argv(rootfs, "/bin/sh", "-c", "echo ready; read x"), stdin=subprocess.PIPE) as proc:
+        sessions = {pid: os.getsid(pid) for pid in _descendants(proc.pid)}
         assert len(sessions) >= 4, sessions  # fork server, intermediate, slirp4netns, the container's PID 1
         assert os.getsid(proc.pid) not in sessions.values(), sessions  # none in the CLI's session
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = proc.communicate("\n", timeout=30)
+        assert proc.returncode == 0, err
 
 
 def _descendants(pid: int) -> list[int]:
@@ -245,3 +218,17 @@ def _descendants(pid: int) -> list[int]:
         found.append(child)
         todo.extend(children.get(child, []))
     return found
+
+
+@pytest.mark.anyio
+async def test_an_embedded_container_leads_a_session_of_its_own(rootfs, anyio_backend):
+    script = "echo $(cut -d' ' -f6 /proc/1/stat); read x"  # field 6: the session id, as seen inside
+    spec = ContainerSpec(["/bin/sh", "-c", script], rootfs=rootfs, network=NetworkMode.NONE)
+    spec.stdin, spec.stdout = subprocess.PIPE, subprocess.PIPE
+    async with Container(spec) as container:
+        assert container.pid is not None and container.stdout is not None and container.stdin is not None
+        assert (await container.stdout.receive()).strip() == b"1"  # PID 1 leads its session
+        assert os.getsid(container.pid) == container.pid != os.getsid(0)
+        assert os.getpgid(container.pid) == container.pid
+        await container.stdin.send(b"\n")
+        assert (await container.wait()).ok

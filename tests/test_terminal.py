@@ -95,6 +95,12 @@ class Terminal:
                     self._read()
                 return code
 
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -108,8 +114,7 @@ def run_argv(rootfs: Path, *args: str) -> list[str]:
 
 
 def test_interactive_shell_and_ctrl_c(rootfs):
-    term = Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh"))
-    try:
+    with Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh")) as term:
         term.expect(b"# ")
         term.send(b"echo $((6*7))x\n")
         term.expect(b"42x")
@@ -125,8 +130,6 @@ def test_interactive_shell_and_ctrl_c(rootfs):
         term.expect(b'"teardown.finished"')
         assert b'"command.started"' in term.seen
         assert b'"signal.forwarded"' not in term.seen  # the terminal's ^C went to the container alone
-    finally:
-        term.close()
 
 
 def test_ctrl_c_reaches_a_plain_command_not_aiocontain(rootfs):
@@ -134,57 +137,55 @@ def test_ctrl_c_reaches_a_plain_command_not_aiocontain(rootfs):
     # signals its foreground group. Output tokens are computed ($((...))), so the echoed command never matches.
     script = "trap 'echo $((6*7))int; exit 7' INT; echo $((1+1))ready; while true; do sleep 1; done"
     argv = run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh", "-c", script)
-    term = Terminal(argv)
-    try:
+    with Terminal(argv) as term:
         term.expect(b"2ready")
         term.send(b"\x03")
         term.expect(b"42int")
         assert term.wait() == 7, term.seen
         term.expect(b'"teardown.finished"')
         assert b'"signal.forwarded"' not in term.seen
-    finally:
-        term.close()
 
 
 def test_tty_is_the_containers_own_pts(rootfs):
-    term = Terminal(run_argv(rootfs, "/bin/sh", "-c", "tty; echo term=$TERM; ls /dev/pts"), size=(33, 101))
-    try:
+    with Terminal(run_argv(rootfs, "/bin/sh", "-c", "tty; echo term=$TERM; ls /dev/pts"), size=(33, 101)) as term:
         assert term.wait() == 0, term.seen
         lines = term.seen.decode().split("\r\n")
         assert lines[0] == "/dev/pts/0", term.seen  # the container's devpts instance, not the caller's pty
         assert "term=xterm" in lines  # podman's TERM, not the caller's (dumb)
         assert lines[2].split() == ["0", "ptmx"], term.seen
-    finally:
-        term.close()
+
+
+def test_tty_with_init(rootfs):
+    # --init stays PID 1 and leads the session; the command, its child, has the same terminal and ^C reaches it.
+    script = "tty; trap 'echo $((6*7))int; exit 7' INT; echo $((1+1))ready; sleep 60 & wait"
+    with Terminal(run_argv(rootfs, "--init", "/bin/sh", "-c", script)) as term:
+        term.expect(b"2ready")
+        assert term.seen.startswith(b"/dev/pts/0\r\n"), term.seen
+        term.send(b"\x03")
+        term.expect(b"42int")
+        assert term.wait() == 7, term.seen
 
 
 def test_window_size_at_start_and_after_a_resize(rootfs):
     script = "trap 'echo resized $(stty size); exit 0' WINCH; echo start $(stty size); sleep 60 & wait"
-    term = Terminal(run_argv(rootfs, "/bin/sh", "-c", script), size=(33, 101))
-    try:
+    with Terminal(run_argv(rootfs, "/bin/sh", "-c", script), size=(33, 101)) as term:
         term.expect(b"start 33 101")
         set_size(term.master, 40, 120)  # the kernel sends SIGWINCH to the CLI, the terminal's foreground group
         term.expect(b"resized 40 120")
         assert term.wait() == 0, term.seen
-    finally:
-        term.close()
 
 
 def test_terminal_modes_are_restored_after_stty_inside(rootfs):
     script = "stty -echo -icanon; echo $((2+3))done"
-    term = Terminal(run_argv(rootfs, "/bin/sh", "-c", script))
-    try:
+    with Terminal(run_argv(rootfs, "/bin/sh", "-c", script)) as term:
         assert term.wait() == 0, term.seen
         assert b"5done" in term.seen
         assert termios.tcgetattr(term.slave) == term.modes  # the container changed its own terminal, not ours
-    finally:
-        term.close()
 
 
 def test_terminal_modes_are_restored_when_the_container_is_killed(rootfs):
     script = "echo $((2+3))ready; exec sleep 60"
-    term = Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh", "-c", script))
-    try:
+    with Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh", "-c", script)) as term:
         term.expect(b"5ready")
         started = re.compile(rb'\{[^\n]*"command\.started"[^\n]*\n')
         term.expect(started)
@@ -196,21 +197,16 @@ def test_terminal_modes_are_restored_when_the_container_is_killed(rootfs):
         os.kill(pid, signal.SIGKILL)
         assert term.wait() == 137, term.seen
         assert termios.tcgetattr(term.slave) == term.modes
-    finally:
-        term.close()
 
 
 def test_tty_false_keeps_the_callers_stdio_without_its_terminal(rootfs):
     # -t=false: the command reads and writes the caller's terminal as plain fds; it has no controlling terminal.
-    term = Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", "tty; read x; echo got-$x"))
-    try:
+    with Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", "tty; read x; echo got-$x")) as term:
         term.expect(b"\n")
         term.send(b"abc\n")
         assert term.wait() == 0, term.seen
         assert b"got-abc" in term.seen
         assert termios.tcgetattr(term.slave) == term.modes
-    finally:
-        term.close()
 
 
 def test_a_pipe_without_a_terminal_still_works(rootfs):

@@ -114,42 +114,7 @@ class _FdStream:
 
 
 class FdReceiveStream(_FdStream, ByteReceiveStream):
-    """The runtime's read end of a pipe."""
-
-    async def receive(self, max_bytes: int = _CHUNK) -> bytes:
-        while True:
-            try:
-                data = os.read(self._open_fd(), max_bytes)
-            except BlockingIOError:
-                await anyio.wait_readable(self._fd)
-                continue
-            if not data:
-                raise anyio.EndOfStream
-            return data
-
-
-class FdSendStream(_FdStream, ByteSendStream):
-    """The runtime's write end of a pipe."""
-
-    async def send(self, item: bytes) -> None:
-        view = memoryview(item)
-        while view:
-            try:
-                written = os.write(self._open_fd(), view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._fd)
-                continue
-            except BrokenPipeError as exc:
-                raise anyio.BrokenResourceError from exc
-            view = view[written:]
-
-
-class PtyStream(_FdStream, ByteStream):
-    """The master of a container's pty (``tty``): what the command writes to its terminal, and its input.
-
-    Once every process inside has closed the terminal, reading gives what is left, then end of stream
-    (the kernel answers EIO then).
-    """
+    """The runtime's read end of a pipe (or a pty's master)."""
 
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         while True:
@@ -161,10 +126,14 @@ class PtyStream(_FdStream, ByteStream):
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     raise
-                data = b""
+                data = b""  # a pty's master once nothing holds its terminal: the kernel's end of stream
             if not data:
                 raise anyio.EndOfStream
             return data
+
+
+class FdSendStream(_FdStream, ByteSendStream):
+    """The runtime's write end of a pipe (or a pty's master)."""
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -175,8 +144,17 @@ class PtyStream(_FdStream, ByteStream):
                 await anyio.wait_writable(self._fd)
                 continue
             except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EIO):  # EIO: a pty's master without its terminal
+                    raise
                 raise anyio.BrokenResourceError from exc
             view = view[written:]
+
+
+class PtyStream(FdReceiveStream, FdSendStream, ByteStream):
+    """The master of a container's pty (``tty``): what the command writes to its terminal, and its input.
+
+    Once every process inside has closed the terminal, reading gives what is left, then end of stream.
+    """
 
     async def send_eof(self) -> None:
         """What ^D does at the start of a line: the terminal's reader sees end of file (in canonical mode)."""
