@@ -21,7 +21,7 @@ import signal
 import stat
 import termios
 import tty
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -74,11 +74,14 @@ class Relay:
     async def run(self) -> None:
         """Relay until cancelled; the output side ends by itself once nothing inside holds the terminal."""
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._follow_size)
-                if self._interactive:
-                    tg.start_soon(self._copy_in)
-                await self._copy_out()
+            # Listening first, then the size once: a resize before we listened is not lost either.
+            with anyio.open_signal_receiver(signal.SIGWINCH) as resizes:
+                self._resize()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._follow_size, resizes)
+                    if self._interactive:
+                        tg.start_soon(self._copy_in)
+                    await self._copy_out()
         finally:
             for fd in self._fds:
                 os.close(fd)
@@ -109,13 +112,15 @@ class Relay:
                 await self._console.send(chunk)
         # End of the caller's stdin: left at that, as podman does (the command may still write).
 
-    async def _follow_size(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGWINCH) as signals:
-            async for _ in signals:
-                rows_cols = size()
-                if rows_cols is not None:
-                    with contextlib.suppress(OSError, RuntimeError, anyio.ClosedResourceError):
-                        self._container.resize(*rows_cols)
+    async def _follow_size(self, resizes: AsyncIterator[int]) -> None:
+        async for _ in resizes:
+            self._resize()
+
+    def _resize(self) -> None:
+        rows_cols = size()
+        if rows_cols is not None:
+            with contextlib.suppress(OSError, RuntimeError, anyio.ClosedResourceError):  # it has exited meanwhile
+                self._container.resize(*rows_cols)
 
     def _reopen(self, fd: int, flags: int) -> int:
         """A terminal or pipe as a file description of our own, non-blocking; anything else as it is."""
