@@ -98,11 +98,11 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, help: str) -> None:
+def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, text: str) -> None:
     """A flag spelled as podman's: -t, -t=true, --tty=false; combined as -it. Unset it stays None (the default
     depends on the terminal)."""
     dest = long.lstrip("-")
-    parser.add_argument(short, long, dest=dest, action="store_const", const=True, default=None, help=help)
+    parser.add_argument(short, long, dest=dest, action="store_const", const=True, default=None, help=text)
     for value in ("true", "false"):
         names = (f"{short}={value}", f"{long}={value}")
         parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
@@ -378,7 +378,6 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any], interact
 
     import anyio
 
-    from aiocontain import terminal
     from aiocontain.errors import AiocontainError
 
     # SIGHUP too: the terminal or session that ran us is gone, and a command that ignores it must not outlive us.
@@ -416,6 +415,8 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any], interact
                     with contextlib.ExitStack() as raw:
                         attached = None
                         if spec.tty:
+                            from aiocontain import terminal
+
                             if interactive and os.isatty(0):
                                 raw.enter_context(terminal.raw_mode(0))  # restored on every way out of this block
                             attached = terminal.Relay(container, interactive)
