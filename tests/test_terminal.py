@@ -166,9 +166,10 @@ def test_tty_with_init(rootfs):
         assert term.wait() == 7, term.seen
 
 
-def test_window_size_at_start_and_after_a_resize(rootfs):
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_window_size_at_start_and_after_a_resize(rootfs, backend):
     script = "trap 'echo resized $(stty size); exit 0' WINCH; echo start $(stty size); sleep 60 & wait"
-    with Terminal(run_argv(rootfs, "/bin/sh", "-c", script), size=(33, 101)) as term:
+    with Terminal(run_argv(rootfs, "--backend", backend, "/bin/sh", "-c", script), size=(33, 101)) as term:
         term.expect(b"start 33 101")
         set_size(term.master, 40, 120)  # the kernel sends SIGWINCH to the CLI, the terminal's foreground group
         term.expect(b"resized 40 120")
@@ -196,6 +197,15 @@ def test_terminal_modes_are_restored_when_the_container_is_killed(rootfs):
         assert raw != term.modes  # raw while the container runs (so ^C, ^Z are the container's keys)
         os.kill(pid, signal.SIGKILL)
         assert term.wait() == 137, term.seen
+        assert termios.tcgetattr(term.slave) == term.modes
+
+
+def test_terminal_modes_are_restored_after_a_signal_to_the_cli(rootfs):
+    with Terminal(run_argv(rootfs, "--init", "/bin/sh", "-c", "echo $((2+3))ready; exec sleep 60")) as term:
+        term.expect(b"5ready")
+        assert termios.tcgetattr(term.slave) != term.modes
+        term.proc.send_signal(signal.SIGTERM)  # forwarded; --init passes it on and sleep dies of it
+        assert term.wait() == 128 + signal.SIGTERM, term.seen
         assert termios.tcgetattr(term.slave) == term.modes
 
 
