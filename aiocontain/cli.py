@@ -49,6 +49,8 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
     run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
+    _bool_option(run, "-t", "--tty", "a terminal of the container's own (default: when stdin and stdout are terminals)")
+    _bool_option(run, "-i", "--interactive", "keep stdin attached (default: unless stdin is a terminal alone)")
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     run.add_argument(
@@ -95,6 +97,16 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     init.add_argument("dir", nargs="?", type=Path, help="where (default: rootfs_arm/)")
     init.add_argument("--busybox", type=Path, help="static busybox binary (default: the host's /bin/busybox)")
     return parser
+
+
+def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, text: str) -> None:
+    """A flag spelled as podman's: -t, -t=true, --tty=false; combined as -it. Unset it stays None (the default
+    depends on the terminal)."""
+    dest = long.lstrip("-")
+    parser.add_argument(short, long, dest=dest, action="store_const", const=True, default=None, help=text)
+    for value in ("true", "false"):
+        names = (f"{short}={value}", f"{long}={value}")
+        parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
 
 
 def entry() -> NoReturn:
@@ -222,6 +234,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
                 continue  # podman and docker: -e KEY of an unset variable sets nothing
             value = os.environ[key]  # -e KEY passes the host's value on
         env[key] = value
+    tty, interactive = _terminal_defaults(args.tty, args.interactive)
     spec = ContainerSpec(
         command=command,
         rootfs=args.rootfs,
@@ -241,7 +254,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cpus=args.cpus,
         cgroups=args.cgroups,
         cgroup_parent=args.cgroup_parent,
-        terminal_foreground=_in_terminal_foreground(),
+        **_stdio_options(tty, interactive),
         cap_add=args.cap_add,
         cap_drop=args.cap_drop,
         privileged=args.privileged,
@@ -266,7 +279,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     shown = args.log_level in ("debug", "info") or events_file is not None
     describe = shown or any(plugin.uses_network_facts for plugin in plugins)
     try:
-        anyio.run(_run_container, spec, result, events_file, plugins, describe, backend=args.backend)
+        anyio.run(_run_container, spec, result, events_file, plugins, describe, interactive, backend=args.backend)
     finally:
         if events_file is not None:
             events_file.close()
@@ -312,11 +325,27 @@ def _taking(signals: Sequence[int]) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _in_terminal_foreground() -> bool:
-    try:
-        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    except OSError:
-        return False
+def _terminal_defaults(tty: bool | None, interactive: bool | None) -> tuple[bool, bool]:
+    """-t and -i where not given: both when stdin and stdout are terminals; -i alone when stdin is not a
+    terminal (a pipe or file: ``echo cmd | aiocontain run /bin/sh``); neither for a terminal stdin alone."""
+    stdin_tty, stdout_tty = os.isatty(0), os.isatty(1)
+    return (
+        stdin_tty and stdout_tty if tty is None else tty,
+        (stdout_tty or not stdin_tty) if interactive is None else interactive,
+    )
+
+
+def _stdio_options(tty: bool, interactive: bool) -> dict[str, Any]:
+    """-t and -i into ContainerSpec fields. Without -i the command's stdin is /dev/null; with -t its stdio is
+    its terminal, which the CLI relays (and with -i, types into)."""
+    import subprocess
+
+    if tty:
+        from aiocontain import terminal
+
+        null = subprocess.DEVNULL
+        return {"tty": True, "tty_size": terminal.size(), "stdin": null, "stdout": null, "stderr": null}
+    return {"stdin": None if interactive else subprocess.DEVNULL}
 
 
 async def _write_events(stream: Any, file: TextIO) -> None:
@@ -357,6 +386,7 @@ async def _run_container(
     events_file: TextIO | None = None,
     plugins: Sequence[Plugin] = (),
     describe_network: bool = True,
+    interactive: bool = False,
 ) -> None:
     import anyio
 
@@ -368,25 +398,26 @@ async def _run_container(
         if events_file is not None:
             outer.start_soon(_write_events, container.events(), events_file)
         try:
-            await _supervise(container, spec, result)
+            await _supervise(container, spec, result, interactive)
         finally:
             container.log.close()  # already closed after teardown; this covers a run cut short before set-up
 
 
-async def _supervise(container: Any, spec: Any, result: dict[str, Any]) -> None:
+async def _supervise(container: Any, spec: Any, result: dict[str, Any], interactive: bool = False) -> None:
+    import contextlib
     import signal
 
     import anyio
 
     from aiocontain.errors import AiocontainError
 
+    # SIGHUP too: the terminal or session that ran us is gone, and a command that ignores it must not outlive us.
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     pending: list[int] = []
 
     def forward(signum: int, tg: Any) -> None:
         container.send_signal(signum)
-        if signum in (signal.SIGINT, signal.SIGTERM):
-            tg.start_soon(grace_kill)
+        tg.start_soon(grace_kill)
 
     async def grace_kill() -> None:
         await anyio.sleep(spec.stop_timeout)  # podman stop's grace period, then SIGKILL
@@ -402,7 +433,7 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any]) -> None:
                         forward(signum, tg)
                     elif state == "released":
                         pending.append(signum)  # the command is being executed: deliver once it runs
-                    else:
+                    elif state != "exited":  # once exited, its status stands: what is left is teardown
                         result["code"] = 128 + signum  # interrupted before anything ran: stop set-up
                         tg.cancel_scope.cancel()
                         return
@@ -412,7 +443,18 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any]) -> None:
                 async with container:
                     for signum in pending:
                         forward(signum, tg)
-                    status = await container.wait()
+                    with contextlib.ExitStack() as raw:
+                        attached = None
+                        if spec.tty:
+                            from aiocontain import terminal
+
+                            if interactive and os.isatty(0):
+                                raw.enter_context(terminal.raw_mode(0))  # restored on every way out of this block
+                            attached = terminal.Relay(container, interactive)
+                            tg.start_soon(attached.run)
+                        status = await container.wait()
+                        if attached is not None:
+                            await attached.finish()
                 result["code"] = status.code
                 result["oom_killed"] = status.oom_killed
             except AiocontainError as exc:

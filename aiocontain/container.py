@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
 from aiocontain import events, fdlimit
 from aiocontain.cgroups import Placement, ResourceUsage
@@ -127,20 +127,34 @@ class Container:
         return dict(self._ctx.network) if self._ctx else {}
 
     @property
-    def stdin(self) -> Any:
-        return self._process_stream("stdin")
-
-    @property
-    def stdout(self) -> Any:
-        return self._process_stream("stdout")
-
-    @property
-    def stderr(self) -> Any:
-        return self._process_stream("stderr")
-
-    def _process_stream(self, name: str) -> Any:
+    def stdin(self) -> ByteSendStream | None:
+        """The command's stdin, when the spec asked for ``subprocess.PIPE``."""
         process = self._ctx.process if self._ctx else None
-        return getattr(process, name, None)
+        return process.stdin if process is not None else None
+
+    @property
+    def stdout(self) -> ByteReceiveStream | None:
+        process = self._ctx.process if self._ctx else None
+        return process.stdout if process is not None else None
+
+    @property
+    def stderr(self) -> ByteReceiveStream | None:
+        process = self._ctx.process if self._ctx else None
+        return process.stderr if process is not None else None
+
+    @property
+    def tty(self) -> ByteStream | None:
+        """With ``ContainerSpec(tty=True)``, once running: the master of the container's terminal, as a byte
+        stream (what the command writes to it; ``send`` types into it). End of stream once nothing inside
+        holds the terminal."""
+        return self._ctx.console if self._ctx else None
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the container's terminal's window size (the command gets SIGWINCH)."""
+        console = self._require().console
+        if console is None:
+            raise RuntimeError("the container has no terminal: use ContainerSpec(tty=True)")
+        console.resize(rows, cols)
 
     async def __aenter__(self) -> Container:
         if self._ctx is not None or self._stack is not None:

@@ -59,7 +59,6 @@ class Config(_Message):
         "mount_cgroup",
         "mounts",
         "no_new_privs",
-        "own_process_group",
         "readonly_paths",
         "rootfs",
         "seccomp",
@@ -81,7 +80,6 @@ class Config(_Message):
         want_netlink: bool,
         etc_files: dict[str, str] | None = None,
         init: bool = False,
-        own_process_group: bool = False,
         mount_cgroup: bool = False,
         mounts: list[list[str | bool]] | None = None,
         tap: str | None = None,
@@ -102,7 +100,6 @@ class Config(_Message):
         self.want_netlink = want_netlink
         self.etc_files = etc_files or {}
         self.init = init
-        self.own_process_group = own_process_group
         self.mount_cgroup = mount_cgroup
         self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
         self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
@@ -111,7 +108,7 @@ class Config(_Message):
         self.no_new_privs = no_new_privs
         self.masked_paths = masked_paths or []  # hidden under /dev/null or an empty read-only tmpfs
         self.readonly_paths = readonly_paths or []  # bind-remounted read-only
-        self.tty = tty  # open a pty in the container's devpts for the command, master sent up on the report channel
+        self.tty = tty  # open a pty in the container's devpts for the command, master sent up as Console
         self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
 
 
@@ -125,7 +122,7 @@ class Unshared(_Message):
 
 class Ready(_Message):
     """Child -> parent: namespaces exist, the init process is blocked. Carries, in this order, the write end
-    of the init's release pipe, the read end of its report pipe and, if asked for, the netlink socket."""
+    of the init's release pipe, the runtime's end of its report socket and, if asked for, the netlink socket."""
 
     kind = "ready"
     __slots__ = ("init_pid",)
@@ -145,9 +142,16 @@ class Release(_Message):
         self.cgroup = cgroup
 
 
+class Console(_Message):
+    """PID 1 -> runtime, on the report socket, before the release (``tty``): its pty's master rides along."""
+
+    kind = "console"
+    __slots__ = ()
+
+
 class Failed(_Message):
     """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed (the init
-    reports it on its report pipe, read by the runtime).
+    reports it on its report socket, read by the runtime).
     Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
 
     kind = "failed"
@@ -214,9 +218,10 @@ class Reaped(_Message):
         self.status = status
 
 
-Message = Config | Unshared | Ready | Release | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
+Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
 _TYPES: dict[str, type[Any]] = {
-    t.kind: t for t in (Config, Unshared, Ready, Release, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
+    t.kind: t
+    for t in (Config, Unshared, Ready, Release, Console, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
 }
 MAX_FDS = 8
 

@@ -36,9 +36,9 @@ class Helper:
 
     @classmethod
     def spawn(cls, argv: Sequence[str], fds: Sequence[int] = ()) -> Helper:
-        """Start argv (argv[0] an absolute path) with stdin and stdout on /dev/null, stderr a pipe, and fds
-        as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are default again, and none
-        is blocked (the command holds its stop signals until its handlers are in place)."""
+        """Start argv (argv[0] an absolute path), in a session of its own, with stdin and stdout on /dev/null,
+        stderr a pipe, and fds as 3, 4, ... in that order. The signals Python ignores (SIGPIPE, SIGXFSZ) are
+        default again, and none is blocked (the command holds its stop signals until its handlers are in place)."""
         # The dup2s run in order: a source on the number of an earlier target (stdio included) would be
         # overwritten first, so those are moved above the targets.
         targets = range(FIRST_PASSED_FD, FIRST_PASSED_FD + len(fds))
@@ -57,6 +57,7 @@ class Helper:
             dup2 = os.POSIX_SPAWN_DUP2
             actions = [(dup2, null, 0), (dup2, null, 1), (dup2, stderr_w, 2)]
             actions += [(dup2, moved.get(fd, fd), target) for fd, target in zip(fds, targets, strict=True)]
+            # setsid: a session of its own, out of reach of a signal sent to the caller's process group.
             pid = os.posix_spawn(
                 argv[0],
                 list(argv),
@@ -64,6 +65,7 @@ class Helper:
                 file_actions=actions,
                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
                 setsigmask=(),
+                setsid=True,
             )
             try:
                 pidfd = os.pidfd_open(pid)  # not reaped until we wait: the pid is still ours

@@ -50,7 +50,10 @@ class ContainerSpec:
 
     stdin, stdout and stderr are passed to the container's process as for
     ``anyio.open_process`` (None: inherit this process's). ``tty=True`` gives the
-    command a pseudo-terminal of its own, in the container's devpts, instead.
+    command a pseudo-terminal of its own, in the container's devpts, as its stdio
+    and controlling terminal instead: ``Container.tty`` is its master as a byte
+    stream, ``tty_size`` its initial (rows, cols). Either way the container runs in
+    a session of its own and never gets this process's controlling terminal.
 
     Hardening follows podman's defaults: ``cap_add``/``cap_drop`` change the
     default capability set (names with or without ``CAP_``, or ``ALL``);
@@ -72,7 +75,6 @@ class ContainerSpec:
     init: bool = False
     stop_timeout: float = 10.0
     network_timeout: float = 10.0
-    terminal_foreground: bool = False
     memory: int | str | None = None
     memory_swap: int | str | None = None
     pids_limit: int | None = None
@@ -83,6 +85,7 @@ class ContainerSpec:
     stdout: Stdio = None
     stderr: Stdio = None
     tty: bool = False
+    tty_size: tuple[int, int] | None = None  # the pty's initial (rows, cols); None leaves the kernel's 0 0
     cap_add: Sequence[str] = ()
     cap_drop: Sequence[str] = ()
     privileged: bool = False
@@ -127,6 +130,8 @@ class ContainerSpec:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
         _ = self.limits  # parses, refusing malformed sizes
         _ = self.capabilities  # refuses unknown capability names
+        if self.tty_size is not None and not all(0 <= n <= 0xFFFF for n in self.tty_size):
+            raise AiocontainError(f"invalid terminal size {self.tty_size!r}", fix="give (rows, cols) from 0 to 65535")
         for what, value in (("stop timeout", self.stop_timeout), ("network timeout", self.network_timeout)):
             if not value >= 0:
                 raise AiocontainError(f"invalid {what} {value!r}", fix="give a number of seconds >= 0")

@@ -51,6 +51,12 @@ IN_MODIFY = 0x2
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
+# Terminal ioctls the termios module lacks (asm-generic numbers: x86, arm, riscv).
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+TIOCGPTPEER = 0x5441  # open the slave of a pty master without a path lookup (Linux 4.13)
+TIOCSPTLCK = 0x40045431
+
 # glibc has no pivot_root wrapper; the number differs per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "i686": 217}
 

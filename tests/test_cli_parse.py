@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ def test_run_defaults(fake_run: FakeRun) -> None:
 def test_network_facts_are_decoded_only_when_logged(fake_run: FakeRun, level: str, describe: bool) -> None:
     # network.ready's address, gateway and MTU cost pyroute2's import: only when the event is shown
     assert cli.main(["run", "--log-level", level, "true"]) == 0
-    assert fake_run.calls[0]["args"][-1] is describe
+    assert fake_run.calls[0]["args"][2] is describe
 
 
 def test_network_facts_are_decoded_for_a_plugin_that_may_use_them(
@@ -184,12 +185,12 @@ def test_network_facts_are_decoded_for_a_plugin_that_may_use_them(
         installed = [Installed(type(plugin).__name__.lower(), "test 1.0", plugin) for plugin in plugins]
         monkeypatch.setattr(loading, "discover", lambda installed=installed: installed)
         assert cli.main(["run", "true"]) == 0
-        assert fake_run.calls[0]["args"][-1] is describe
+        assert fake_run.calls[0]["args"][2] is describe
 
 
 def test_network_facts_are_decoded_for_an_events_file(fake_run: FakeRun, tmp_path: Path) -> None:
     assert cli.main(["run", "--events", str(tmp_path / "events.jsonl"), "true"]) == 0
-    assert fake_run.calls[0]["args"][-1] is True
+    assert fake_run.calls[0]["args"][2] is True
 
 
 def test_run_returns_the_container_exit_code(monkeypatch: pytest.MonkeyPatch, fake_run: FakeRun) -> None:
@@ -313,3 +314,40 @@ def test_rootfs_init_refuses_a_foreign_directory(tmp_path: Path, capsys: pytest.
     assert cli.main(["rootfs", "init", str(target)]) == 125
     assert "refusing to write into it" in capsys.readouterr().err
     assert sorted(os.listdir(target)) == ["precious.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "ttys", "tty", "interactive"),
+    [
+        ([], (True, True), True, True),  # from a terminal: -i -t
+        ([], (False, False), False, True),  # stdin a pipe or file: -i (echo cmd | aiocontain run /bin/sh)
+        ([], (False, True), False, True),
+        ([], (True, False), False, False),  # a terminal stdin alone: neither
+        (["-t=false"], (True, True), False, True),
+        (["--tty=false", "--interactive=false"], (True, True), False, False),
+        (["-it"], (False, False), True, True),
+        (["-ti"], (True, False), True, True),
+        (["-t"], (True, False), True, False),
+        (["--tty=true", "-i=false"], (False, False), True, False),
+        (["-i=false"], (False, False), False, False),
+        (["--interactive"], (True, False), False, True),
+    ],
+)
+def test_tty_and_interactive_spellings_and_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+    fake_run: FakeRun,
+    args: list[str],
+    ttys: tuple[bool, bool],
+    tty: bool,
+    interactive: bool,
+) -> None:
+    monkeypatch.setattr(os, "isatty", lambda fd: ttys[fd] if fd in (0, 1) else False)
+    assert cli.main(["run", *args, "sh", "-t"]) == 0
+    spec = fake_run.spec
+    assert list(spec.command) == ["sh", "-t"]  # options after the command are the command's
+    assert spec.tty is tty
+    assert fake_run.calls[0]["args"][-1] is interactive
+    if tty:  # the command's stdio is its own terminal; the CLI relays it
+        assert (spec.stdin, spec.stdout, spec.stderr) == (subprocess.DEVNULL,) * 3
+    else:
+        assert spec.stdin == (None if interactive else subprocess.DEVNULL)

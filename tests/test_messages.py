@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from aiocontain import messages
-from aiocontain.messages import Config, Exited, Failed, Ready, Release
+from aiocontain.messages import Config, Console, Exited, Failed, Ready, Release
 
 ALL_MESSAGES: list[messages.Message] = [
     Config(
@@ -23,7 +23,7 @@ ALL_MESSAGES: list[messages.Message] = [
         want_netlink=True,
         etc_files={"/etc/hosts": "127.0.0.1 localhost\n"},
         init=True,
-        own_process_group=True,
+        tty=True,
     ),
     Config(
         rootfs="/r",
@@ -36,6 +36,7 @@ ALL_MESSAGES: list[messages.Message] = [
     ),
     Ready(init_pid=4242),
     Release(),
+    Console(),
     Failed(step="exec", message="no such file", errno=2),
     Failed(step="setup", message="mount failed"),
     Exited(code=3, signal=None),
@@ -66,8 +67,8 @@ def test_encode_decode_round_trip(message: messages.Message) -> None:
 
 
 def test_every_message_type_is_covered() -> None:
-    assert {type(m) for m in ALL_MESSAGES} == {Config, Ready, Release, Failed, Exited}
-    assert {type(m).kind for m in ALL_MESSAGES} == {"config", "ready", "release", "failed", "exited"}
+    assert {type(m) for m in ALL_MESSAGES} == {Config, Ready, Release, Console, Failed, Exited}
+    assert {type(m).kind for m in ALL_MESSAGES} == {"config", "ready", "release", "console", "failed", "exited"}
 
 
 def test_decode_rejects_unknown_kind() -> None:

@@ -1,23 +1,45 @@
-"""`aiocontain run /bin/sh` from a terminal: an interactive shell where ^C reaches the container, not us."""
+"""`aiocontain run` from a terminal: the container gets a terminal of its own (-t), relayed to the caller's.
+
+Each test runs the CLI in a session of its own on a pty of the test's (its controlling terminal), as a shell
+would, and plays the user at the pty's master.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import re
 import select
+import signal
+import struct
 import subprocess
 import sys
 import termios
 import time
+from pathlib import Path
 
+import anyio
 import pytest
+
+from aiocontain import Container, ContainerSpec, NetworkMode
 
 pytestmark = pytest.mark.container
 
 
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 class Terminal:
-    def __init__(self, argv: list[str]) -> None:
+    """argv run as a session leader with a pty as its controlling terminal and stdio; ``master`` is ours."""
+
+    def __init__(self, argv: list[str], size: tuple[int, int] | None = None) -> None:
         self.master, slave = os.openpty()
+        self.slave = os.dup(slave)  # kept: the outer terminal's modes and input queue are read through it
+        if size is not None:
+            set_size(self.master, *size)
+        self.modes = termios.tcgetattr(self.slave)
 
         def take_controlling_terminal() -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -33,49 +55,66 @@ class Terminal:
             env=env,
         )
         os.close(slave)
+        self.exited = os.pidfd_open(self.proc.pid)
         self.seen = b""
 
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
-    def expect(self, token: bytes, timeout: float = 10) -> None:
+    def expect(self, token: bytes | re.Pattern[bytes], timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
-        while token not in self.seen:
+        while not self._found(token):
             remaining = deadline - time.monotonic()
             ready, _, _ = select.select([self.master], [], [], max(remaining, 0))
             if not ready:
                 raise AssertionError(f"{token!r} not seen within {timeout}s; got {self.seen!r}")
-            try:
-                self.seen += os.read(self.master, 4096)
-            except OSError as exc:  # EIO: the terminal was hung up
-                raise AssertionError(f"{token!r} not seen; terminal closed; got {self.seen!r}") from exc
+            self._read()
+
+    def _found(self, token: bytes | re.Pattern[bytes]) -> bool:
+        return (token.search(self.seen) is not None) if isinstance(token, re.Pattern) else token in self.seen
+
+    def _read(self) -> None:
+        try:
+            self.seen += os.read(self.master, 65536)
+        except OSError as exc:  # EIO: the terminal was hung up
+            raise AssertionError(f"terminal closed; got {self.seen!r}") from exc
+
+    def wait(self, timeout: float = 30) -> int:
+        """Its exit code, reading its output meanwhile (so that it never blocks on a full terminal)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.master, self.exited], [], [], max(remaining, 0))
+            if not ready:
+                raise AssertionError(f"still running after {timeout}s; got {self.seen!r}")
+            if self.master in ready:
+                self._read()
+            elif self.exited in ready:
+                code = self.proc.wait()
+                while select.select([self.master], [], [], 0)[0]:
+                    self._read()
+                return code
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        os.close(self.master)
+        for fd in (self.master, self.slave, self.exited):
+            os.close(fd)
+
+
+def run_argv(rootfs: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "aiocontain", "run", "--net", "none", "--rootfs", str(rootfs), *args]
 
 
 def test_interactive_shell_and_ctrl_c(rootfs):
-    term = Terminal(
-        [
-            sys.executable,
-            "-m",
-            "aiocontain",
-            "run",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "--net",
-            "none",
-            "--rootfs",
-            str(rootfs),
-            "/bin/sh",
-        ]
-    )
-    try:
+    with Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh")) as term:
         term.expect(b"# ")
         term.send(b"echo $((6*7))x\n")
         term.expect(b"42x")
@@ -87,26 +126,148 @@ def test_interactive_shell_and_ctrl_c(rootfs):
         term.send(b"echo $((40+3))y\n")
         term.expect(b"43y", timeout=10)
         term.send(b"exit 5\n")
-        assert term.proc.wait(timeout=10) == 5
+        assert term.wait() == 5
         term.expect(b'"teardown.finished"')
         assert b'"command.started"' in term.seen
         assert b'"signal.forwarded"' not in term.seen  # the terminal's ^C went to the container alone
-    finally:
-        term.close()
 
 
 def test_ctrl_c_reaches_a_plain_command_not_aiocontain(rootfs):
-    # No job control here: the container is the terminal's foreground group only because aiocontain made it so.
-    # Output tokens are computed ($((...))), so that the command line echoed in the logs never matches them.
+    # The caller's terminal is raw: ^C is a byte for the container's own terminal, whose line discipline
+    # signals its foreground group. Output tokens are computed ($((...))), so the echoed command never matches.
     script = "trap 'echo $((6*7))int; exit 7' INT; echo $((1+1))ready; while true; do sleep 1; done"
-    argv = [sys.executable, "-m", "aiocontain", "run", "--log-format", "json", "--log-level", "info"]
-    term = Terminal([*argv, "--net", "none", "--rootfs", str(rootfs), "/bin/sh", "-c", script])
-    try:
+    argv = run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh", "-c", script)
+    with Terminal(argv) as term:
         term.expect(b"2ready")
         term.send(b"\x03")
         term.expect(b"42int")
-        assert term.proc.wait(timeout=10) == 7, term.seen
+        assert term.wait() == 7, term.seen
         term.expect(b'"teardown.finished"')
         assert b'"signal.forwarded"' not in term.seen
-    finally:
-        term.close()
+
+
+def test_tty_is_the_containers_own_pts(rootfs):
+    with Terminal(run_argv(rootfs, "/bin/sh", "-c", "tty; echo term=$TERM; ls /dev/pts"), size=(33, 101)) as term:
+        assert term.wait() == 0, term.seen
+        lines = term.seen.decode().split("\r\n")
+        assert lines[0] == "/dev/pts/0", term.seen  # the container's devpts instance, not the caller's pty
+        assert "term=xterm" in lines  # podman's TERM, not the caller's (dumb)
+        assert lines[2].split() == ["0", "ptmx"], term.seen
+
+
+def test_tty_with_init(rootfs):
+    # --init stays PID 1 and leads the session; the command, its child, has the same terminal and ^C reaches it.
+    script = "tty; trap 'echo $((6*7))int; exit 7' INT; echo $((1+1))ready; sleep 60 & wait"
+    with Terminal(run_argv(rootfs, "--init", "/bin/sh", "-c", script)) as term:
+        term.expect(b"2ready")
+        assert term.seen.startswith(b"/dev/pts/0\r\n"), term.seen
+        term.send(b"\x03")
+        term.expect(b"42int")
+        assert term.wait() == 7, term.seen
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_window_size_at_start_and_after_a_resize(rootfs, backend):
+    script = "trap 'echo resized $(stty size); exit 0' WINCH; echo start $(stty size); sleep 60 & wait"
+    with Terminal(run_argv(rootfs, "--backend", backend, "/bin/sh", "-c", script), size=(33, 101)) as term:
+        term.expect(b"start 33 101")
+        set_size(term.master, 40, 120)  # the kernel sends SIGWINCH to the CLI, the terminal's foreground group
+        term.expect(b"resized 40 120")
+        assert term.wait() == 0, term.seen
+
+
+def test_terminal_modes_are_restored_after_stty_inside(rootfs):
+    script = "stty -echo -icanon; echo $((2+3))done"
+    with Terminal(run_argv(rootfs, "/bin/sh", "-c", script)) as term:
+        assert term.wait() == 0, term.seen
+        assert b"5done" in term.seen
+        assert termios.tcgetattr(term.slave) == term.modes  # the container changed its own terminal, not ours
+
+
+def test_terminal_modes_are_restored_when_the_container_is_killed(rootfs):
+    script = "echo $((2+3))ready; exec sleep 60"
+    with Terminal(run_argv(rootfs, "--log-format", "json", "--log-level", "info", "/bin/sh", "-c", script)) as term:
+        term.expect(b"5ready")
+        started = re.compile(rb'\{[^\n]*"command\.started"[^\n]*\n')
+        term.expect(started)
+        match = started.search(term.seen)
+        assert match, term.seen
+        pid = json.loads(match.group(0))["pid"]
+        raw = termios.tcgetattr(term.slave)
+        assert raw != term.modes  # raw while the container runs (so ^C, ^Z are the container's keys)
+        os.kill(pid, signal.SIGKILL)
+        assert term.wait() == 137, term.seen
+        assert termios.tcgetattr(term.slave) == term.modes
+
+
+def test_terminal_modes_are_restored_after_a_signal_to_the_cli(rootfs):
+    with Terminal(run_argv(rootfs, "--init", "/bin/sh", "-c", "echo $((2+3))ready; exec sleep 60")) as term:
+        term.expect(b"5ready")
+        assert termios.tcgetattr(term.slave) != term.modes
+        term.proc.send_signal(signal.SIGTERM)  # forwarded; --init passes it on and sleep dies of it
+        assert term.wait() == 128 + signal.SIGTERM, term.seen
+        assert termios.tcgetattr(term.slave) == term.modes
+
+
+def test_tty_false_keeps_the_callers_stdio_without_its_terminal(rootfs):
+    # -t=false: the command reads and writes the caller's terminal as plain fds; it has no controlling terminal.
+    with Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", "tty; read x; echo got-$x")) as term:
+        term.expect(b"\n")
+        term.send(b"abc\n")
+        assert term.wait() == 0, term.seen
+        assert b"got-abc" in term.seen
+        assert termios.tcgetattr(term.slave) == term.modes
+
+
+def test_a_pipe_without_a_terminal_still_works(rootfs):
+    proc = subprocess.run(run_argv(rootfs, "/bin/sh"), input=b"echo hi $((6*7))\n", capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, b"hi 42\n"), proc.stderr
+
+
+def test_interactive_false_gives_dev_null(rootfs):
+    proc = subprocess.run(
+        run_argv(rootfs, "-i=false", "/bin/sh", "-c", "cat; echo end"), input=b"x\n", capture_output=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout) == (0, b"end\n"), proc.stderr
+
+
+def test_tty_with_a_pipe_as_stdin(rootfs):
+    proc = subprocess.run(
+        run_argv(rootfs, "-t", "/bin/sh", "-c", "tty; read x; echo got-$x"),
+        input=b"abc\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"/dev/pts/0\r\n" in proc.stdout and b"got-abc\r\n" in proc.stdout, proc.stdout
+
+
+@pytest.mark.anyio
+async def test_embedded_tty_stream(rootfs, anyio_backend):
+    script = "tty; stty size; read x; echo got-$x; exit 3"
+    spec = ContainerSpec(["/bin/sh", "-c", script], rootfs=rootfs, network=NetworkMode.NONE, tty=True)
+    spec.tty_size = (30, 90)
+    seen = b""
+    async with Container(spec) as container:
+        assert container.tty is not None and container.stdout is None
+        while b"30 90" not in seen:
+            seen += await container.tty.receive()
+        container.resize(31, 91)
+        await container.tty.send(b"hello\n")
+        with anyio.fail_after(20):
+            async for chunk in container.tty:  # end of stream once nothing inside holds the terminal
+                seen += chunk
+        status = await container.wait()
+    assert status.code == 3
+    assert seen.startswith(b"/dev/pts/0\r\n30 90\r\n"), seen
+    assert b"got-hello\r\n" in seen, seen
+
+
+@pytest.mark.anyio
+async def test_embedded_without_tty_has_no_terminal(rootfs, anyio_backend):
+    spec = ContainerSpec(["/bin/true"], rootfs=rootfs, network=NetworkMode.NONE)
+    async with Container(spec) as container:
+        assert container.tty is None
+        with pytest.raises(RuntimeError):
+            container.resize(1, 1)
+        await container.wait()

@@ -1,5 +1,11 @@
 """PID 1 of the container: build the root once mapped, wait for the release, exec the command.
 
+It first leads a session of its own (``setsid``, as runc does), so that nothing
+inside shares the caller's session, process group or controlling terminal: a
+signal to process group 0 or TIOCSTI on an inherited terminal reaches nothing
+outside. With ``tty`` it opens the container's own terminal (child/console.py)
+and sends its master up on the report socket (Console) before the release.
+
 With ``--init`` it stays PID 1 itself, like ``podman run --init``: it runs the
 command as PID 2, passes signals on to it and reaps every orphan, so that a
 command without signal handlers still stops on SIGTERM and zombies never pile up.
@@ -12,10 +18,11 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import harden, rootfs
-from aiocontain.messages import Config, Failed
+from aiocontain.child import console, harden, rootfs
+from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -37,10 +44,9 @@ _SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's ^C): the 
 
 def main(config: Config, release_r: int, report_w: int) -> NoReturn:
     try:
+        os.setsid()  # before anything else: no moment inside the caller's session
         # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
         syscalls.set_parent_death_signal(signal.SIGKILL)
-        if config.own_process_group:
-            os.setpgid(0, 0)
         # Two bytes on the release pipe: M once our id maps are written (build the root meanwhile, as runc's
         # create does), R for the release itself (the host side is ready: exec).
         if os.read(release_r, 1) != b"M":
@@ -52,6 +58,8 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         env = dict(config.env)
         os.makedirs(config.workdir, exist_ok=True)
         os.chdir(config.workdir)
+        if config.tty:
+            _send_console(report_w)
         if os.read(release_r, 1) != b"R":
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
@@ -70,6 +78,17 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
     if config.init:
         _run_as_init(config.argv, env, report_w)
     _exec(config.argv, env, report_w)
+
+
+def _send_console(report_w: int) -> None:
+    """Open the container's terminal and hand its master to the runtime, which holds the only copy."""
+    master = console.open_console()
+    report = socket.socket(fileno=report_w)
+    try:
+        messages.send(report, Console(), [master])
+    finally:
+        report.detach()  # still ours, as an fd: exec closes it, which tells the runtime the command runs
+        os.close(master)
 
 
 def _become_root() -> None:

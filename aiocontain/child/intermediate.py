@@ -4,8 +4,9 @@ The fork server forks it and runs ``main(fd)`` with one end of the control
 socket. It reads the Config, unshares the namespaces (saying Unshared, so that
 the runtime writes the id maps meanwhile; with slirp4netns it also creates tap0,
 persistent, in the new network namespace), forks the init (PID 1 of the new PID
-namespace) blocked on a pipe, and sends Ready with the init's two pipe ends
-(release, and the report of a failed set-up or exec) and the netlink socket:
+namespace) blocked on a pipe, and sends Ready with the init's release pipe,
+its report socket (a failed set-up or exec; the pty's master with ``tty``) and
+the netlink socket:
 the runtime releases the init and learns that the command runs with no hop
 through this process. From then on it waits: for Release, which names the
 container's cgroup, and for the init's exit, whose status it sends as Exited
@@ -70,7 +71,9 @@ def main(fd: int) -> NoReturn:
 
     _host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     release_r, release_w = os.pipe()
-    report_r, report_w = os.pipe()
+    # A socket, not a pipe: the init's Console carries its pty master as SCM_RIGHTS. Close-on-exec, as the
+    # pipe was: end of stream once the command runs.
+    report_r, report_w = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
     pid = os.fork()
     if pid == 0:
         # Never in the init: with --init it stays PID 1, and the container could open the host's root
@@ -84,11 +87,6 @@ def main(fd: int) -> NoReturn:
         init.main(config, release_r, report_w)
     os.close(release_r)
     os.close(report_w)
-    if config.own_process_group:
-        try:
-            os.setpgid(pid, pid)  # also done by the init: whichever runs first wins the race
-        except OSError:
-            pass
     pidfd = os.pidfd_open(pid)
     fds = [release_w, report_r] + ([netlink.fileno()] if netlink is not None else [])
     _send_or_exit(sock, Ready(init_pid=pid), fds, pid, pidfd)

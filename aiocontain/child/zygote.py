@@ -73,12 +73,20 @@ def own_user_namespace(requests: socket.socket) -> None:
 
 
 def prepare(owner: int) -> None:
-    """Detach from the owner's terminal signals and stdio; die with the owner.
+    """Detach from the owner's session, terminal signals and stdio; die with the owner.
 
-    SIGINT is ignored: a ^C to the owner's process group is the owner's to handle,
-    and the server ends with its request socket. Its stdio is /dev/null, so that
-    it never holds the owner's pipes open (a caller reading them to end of file).
+    A session of its own (which the intermediates it forks inherit): a signal the
+    caller's shell sends to its process group (``kill -- -PGID``, ``timeout``, a
+    ^C) is the owner's to handle, and reaches neither this server nor a container's
+    intermediate, whose exit statuses would be lost with them. SIGINT is ignored
+    too, for a server started in a session of the owner's own. Its stdio is
+    /dev/null, so that it never holds the owner's pipes open (a caller reading
+    them to end of file).
     """
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a process group leader (started as a session's first process): nothing to leave
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the command holds its stop signals: not ours to hold
     syscalls.set_parent_death_signal(signal.SIGKILL)

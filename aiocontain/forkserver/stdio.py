@@ -5,19 +5,24 @@ A spec's stdio is what ``anyio.open_process`` takes: None (this process's own),
 an fd or a file object. Each becomes an fd of its own (a dup, /dev/null, or a pipe
 end) that is passed and then closed here. For PIPE the runtime keeps the other
 end of the pipe, non-blocking, as an anyio byte stream: the same API as anyio's
-Process streams (``receive``, ``send``, ``aclose``, ``async for``).
+Process streams (``receive``, ``send``, ``aclose``, ``async for``). With a
+tty the container's pty master is one ``PtyStream`` both ways instead.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import struct
 import subprocess
+import termios
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteReceiveStream, ByteSendStream
+from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream
 
 _CHUNK = 65536
 
@@ -109,7 +114,7 @@ class _FdStream:
 
 
 class FdReceiveStream(_FdStream, ByteReceiveStream):
-    """The runtime's read end of a pipe."""
+    """The runtime's read end of a pipe (or a pty's master)."""
 
     async def receive(self, max_bytes: int = _CHUNK) -> bytes:
         while True:
@@ -118,13 +123,17 @@ class FdReceiveStream(_FdStream, ByteReceiveStream):
             except BlockingIOError:
                 await anyio.wait_readable(self._fd)
                 continue
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                data = b""  # a pty's master once nothing holds its terminal: the kernel's end of stream
             if not data:
                 raise anyio.EndOfStream
             return data
 
 
 class FdSendStream(_FdStream, ByteSendStream):
-    """The runtime's write end of a pipe."""
+    """The runtime's write end of a pipe (or a pty's master)."""
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -134,6 +143,24 @@ class FdSendStream(_FdStream, ByteSendStream):
             except BlockingIOError:
                 await anyio.wait_writable(self._fd)
                 continue
-            except BrokenPipeError as exc:
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EIO):  # EIO: a pty's master without its terminal
+                    raise
                 raise anyio.BrokenResourceError from exc
             view = view[written:]
+
+
+class PtyStream(FdReceiveStream, FdSendStream, ByteStream):
+    """The master of a container's pty (``tty``): what the command writes to its terminal, and its input.
+
+    Once every process inside has closed the terminal, reading gives what is left, then end of stream.
+    """
+
+    async def send_eof(self) -> None:
+        """What ^D does at the start of a line: the terminal's reader sees end of file (in canonical mode)."""
+        eof = termios.tcgetattr(self._open_fd())[6][termios.VEOF]
+        await self.send(bytes([eof]) if isinstance(eof, int) else eof)  # an int when not canonical (VEOF is VMIN)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the window size; the kernel sends SIGWINCH to the terminal's foreground process group."""
+        fcntl.ioctl(self._open_fd(), termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from aiocontain.container import Container
     from aiocontain.forkserver import ForkServer
     from aiocontain.forkserver.process import ForkedProcess
+    from aiocontain.forkserver.stdio import PtyStream
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
     from aiocontain.runtimedir import RuntimeDir
@@ -58,7 +59,8 @@ class StageContext:
     init_pid: int | None = None
     pidfd: int | None = None
     release_w: int | None = None  # the init's release pipe: M (mapped: build the root), then R (exec)
-    report_r: int | None = None  # the init's report pipe: a Failed, or end of file once the command runs
+    report_r: int | None = None  # the init's report socket: Console (tty), a Failed, end of stream once it runs
+    console: PtyStream | None = None  # tty: the master of the container's pty
     netlink: socket.socket | None = None
     network: dict[str, Any] = field(default_factory=dict)
     failure: AiocontainError | None = None
@@ -114,11 +116,16 @@ class StageContext:
             _close_all(fds)
 
     def close_init_pipes(self) -> None:
-        """Close what is left of the init's release and report pipes (each once: the number may be reused)."""
-        for fd in (self.release_w, self.report_r):
-            if fd is not None:
-                os.close(fd)
-        self.release_w = self.report_r = None
+        """Close what is left of the init's release pipe and report socket (each once: the number may be reused)."""
+        if self.release_w is not None:
+            os.close(self.release_w)
+            self.release_w = None
+        self.close_report()
+
+    def close_report(self) -> None:
+        if self.report_r is not None:
+            fd, self.report_r = self.report_r, None
+            _close_notifying(fd)
 
     def fail(self, error: AiocontainError) -> None:
         """A helper failed: remember the first error, stop set-up and kill the container."""
@@ -136,6 +143,14 @@ class StageContext:
         except OSError:  # ProcessLookupError: it has exited
             return False
         return True
+
+
+def _close_notifying(fd: int) -> None:
+    try:
+        anyio.notify_closing(fd)  # a task waiting on it wakes with ClosedResourceError
+    except RuntimeError:
+        pass  # no event loop in this thread: nobody can be waiting
+    os.close(fd)
 
 
 def _close_all(fds: list[int]) -> None:

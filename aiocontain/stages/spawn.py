@@ -3,8 +3,8 @@
 The child (the intermediate) is forked by this process's fork server
 (``aiocontain.forkserver``), which has the child modules imported already: only
 the first container pays for starting an interpreter. It unshares the
-namespaces, forks PID 1 and answers Ready with the init's release and report
-pipes and the netlink socket it opened inside the new network namespace.
+namespaces, forks PID 1 and answers Ready with the init's release pipe, its
+report socket and the netlink socket it opened inside the new network namespace.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ async def run(ctx: StageContext) -> None:
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
-        env={**spec.environment(os.environ.get("TERM")), **ctx.extra_env},
+        env={**spec.environment(None), **ctx.extra_env},  # TERM=xterm, as podman: not the caller's terminal
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
@@ -51,7 +51,7 @@ async def run(ctx: StageContext) -> None:
         tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
-        own_process_group=spec.terminal_foreground,
+        tty=spec.tty,
         mount_cgroup=ctx.placement is not None,
         mounts=mounts,
         caps=spec.capabilities,

@@ -1,0 +1,171 @@
+"""The CLI's side of ``-t``: the caller's terminal relayed to the container's own.
+
+The container's command has a pty of the container's devpts as its controlling
+terminal (child/console.py); the runtime holds its master. While the command
+runs, what it writes is copied to the CLI's stdout and, with ``-i``, the CLI's
+stdin to it. A caller's terminal on stdin is put in raw mode meanwhile, so that
+every key (^C, ^Z, ^D) reaches the container's line discipline as a byte and
+does its work there, and is restored on every way out. Its window size is the
+pty's at start and follows SIGWINCH.
+
+The caller's stdin and stdout are reopened (``/proc/self/fd/N``: a file
+description of our own) when they are terminals or pipes, so that making them
+non-blocking never changes them for the shell that shares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import termios
+import tty
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ByteStream
+
+from aiocontain.container import Container
+
+DRAIN_TIMEOUT = 2.0  # once the command has exited: how long its last output may take to come through
+_CHUNK = 65536
+
+
+def size() -> tuple[int, int] | None:
+    """(rows, cols) of the caller's terminal (stdin, else stdout), None without one."""
+    for fd in (0, 1):
+        try:
+            return termios.tcgetwinsize(fd)
+        except (OSError, termios.error):
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def raw_mode(fd: int) -> Iterator[None]:
+    """The caller's terminal in raw mode until the end of the block, whichever way it ends."""
+    try:
+        saved = termios.tcgetattr(fd)
+        tty.setraw(fd, termios.TCSANOW)  # TCSANOW: keys typed ahead are kept, not flushed
+    except (OSError, termios.error):
+        yield  # not a terminal after all (or gone): nothing to restore
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, termios.error):  # hung up meanwhile: nothing left to restore
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+class Relay:
+    """Copies between the caller's stdio and the container's terminal while the command runs."""
+
+    def __init__(self, container: Container, interactive: bool) -> None:
+        console = container.tty
+        assert console is not None, "the container has no terminal"
+        self._container = container
+        self._console: ByteStream = console
+        self._interactive = interactive
+        self._output_done = anyio.Event()
+        self._fds: list[int] = []
+
+    async def run(self) -> None:
+        """Relay until cancelled; the output side ends by itself once nothing inside holds the terminal."""
+        try:
+            # Listening first, then the size once: a resize before we listened is not lost either.
+            with anyio.open_signal_receiver(signal.SIGWINCH) as resizes:
+                self._resize()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._follow_size, resizes)
+                    if self._interactive:
+                        tg.start_soon(self._copy_in)
+                    await self._copy_out()
+        finally:
+            for fd in self._fds:
+                os.close(fd)
+
+    async def finish(self) -> None:
+        """After the command's exit: wait, bounded, for the last of its output."""
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            await self._output_done.wait()
+
+    async def _copy_out(self) -> None:
+        out: _Fd | None = _Fd(self._reopen(1, os.O_WRONLY))
+        try:
+            async for chunk in self._console:
+                if out is not None:
+                    try:
+                        await out.write(chunk)
+                    except OSError:
+                        out = None  # the caller's stdout is gone: still drain, so the command never blocks on it
+        except anyio.ClosedResourceError:
+            pass  # torn down
+        finally:
+            self._output_done.set()
+
+    async def _copy_in(self) -> None:
+        source = _Fd(self._reopen(0, os.O_RDONLY))
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            while chunk := await source.read():
+                await self._console.send(chunk)
+        # End of the caller's stdin: left at that, as podman does (the command may still write).
+
+    async def _follow_size(self, resizes: AsyncIterator[int]) -> None:
+        async for _ in resizes:
+            self._resize()
+
+    def _resize(self) -> None:
+        rows_cols = size()
+        if rows_cols is not None:
+            with contextlib.suppress(OSError, RuntimeError, anyio.ClosedResourceError):  # it has exited meanwhile
+                self._container.resize(*rows_cols)
+
+    def _reopen(self, fd: int, flags: int) -> int:
+        """A terminal or pipe as a file description of our own, non-blocking; anything else as it is."""
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+                own = os.open(f"/proc/self/fd/{fd}", flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+                self._fds.append(own)
+                return own
+        except OSError:
+            pass
+        return fd
+
+
+class _Fd:
+    """Reads and writes one of the caller's fds without blocking the event loop where the kernel can tell
+    readiness (terminals, pipes, sockets); a regular file is read and written directly (never waits)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        try:
+            mode = os.fstat(fd).st_mode
+            self._pollable = not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode))
+        except OSError:
+            self._pollable = False
+
+    async def read(self) -> bytes:
+        while True:
+            if self._pollable:
+                await anyio.wait_readable(self.fd)
+            try:
+                return os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""  # EIO: the caller's terminal was hung up
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+                continue
+            view = view[written:]
+        if not self._pollable:
+            await anyio.lowlevel.checkpoint()
