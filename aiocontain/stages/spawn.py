@@ -50,6 +50,7 @@ async def run(ctx: StageContext) -> None:
         tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
+        init_binary=ctx.init_binary,
         own_process_group=spec.terminal_foreground,
         mount_cgroup=ctx.placement is not None,
         mounts=mounts,
