@@ -3,9 +3,11 @@ and slirp4netns runs in its own sandbox. Each probe runs under podman too, which
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -14,6 +16,7 @@ import pytest
 from aiocontain import Container, ContainerSpec, NetworkMode, init_binary
 from aiocontain.errors import AiocontainError
 from tests.conftest import cli_argv, leftovers
+from tests.test_terminal import Terminal
 
 pytestmark = pytest.mark.container
 
@@ -268,3 +271,55 @@ def test_podmans_slirp4netns_has_the_same_sandbox(podman, tmp_path):
         os.close(writer)
         thread.join()
     assert results[0].code == 0, results[0].stderr
+
+
+def _descendant(pid: int, argv0: bytes) -> int:
+    """The first process under pid (depth first) whose argv[0] is argv0."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == argv0:
+                return int(child)
+            with contextlib.suppress(LookupError):
+                return _descendant(int(child), argv0)
+    raise LookupError(argv0)
+
+
+# Output tokens are computed ($((...))), so that the command line echoed by the terminal never matches them.
+CTRL_Z_PROBE = "echo $((1+1))ready; read line; echo $((6*7))$line"
+
+
+def _run_in_terminal(rootfs: Path, *init: str) -> Terminal:
+    argv = [sys.executable, "-m", "aiocontain", "run", "--net", "none", "--rootfs", str(rootfs), *init]
+    return Terminal([*argv, "--", "/bin/sh", "-c", CTRL_Z_PROBE])
+
+
+def test_ctrl_z_from_a_terminal_does_not_stop_the_command_under_init(rootfs):
+    # catatonit starts the command with the terminal's stop signals blocked, as under podman: a ^Z stops nothing
+    # that nothing inside could continue, and the terminal stays usable.
+    term = _run_in_terminal(rootfs, "--init")
+    try:
+        term.expect(b"2ready")
+        term.send(b"\x1a")
+        term.send(b"go\n")
+        term.expect(b"42go")
+        assert term.proc.wait(timeout=10) == 0
+    finally:
+        term.close()
+
+
+@pytest.mark.anyio
+async def test_control_ctrl_z_stops_the_command_under_tini(rootfs):
+    term = _run_in_terminal(rootfs, "--init", "--init-path", "/usr/bin/tini-static")
+    try:
+        term.expect(b"2ready")
+        term.send(b"\x1a")
+        await _until_stopped(_descendant(term.proc.pid, b"/bin/sh"))  # and nothing in the container continues it
+    finally:
+        term.close()
+
+
+def test_the_command_starts_with_the_stop_signals_blocked_as_under_podman(cli, podman):
+    probe = "grep SigBlk /proc/self/status"
+    ours = cli("--net", "none", "--init", "--", "/bin/sh", "-c", probe)
+    theirs = podman("--network", "none", "--init", "/bin/sh", "-c", probe)
+    assert ours.stdout == theirs.stdout == "SigBlk:\t0000000000380000\n", (ours, theirs)  # SIGTSTP, SIGTTIN, SIGTTOU
