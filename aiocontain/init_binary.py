@@ -3,10 +3,13 @@
 catatonit rather than an init of our own: PID 1 is then a small static binary
 with the container's environment only, not a fork of the runtime's Python (whose
 /proc/1/exe and /proc/1/environ would show the host's interpreter and the
-caller's whole environment). It forwards every signal to the command but the
-terminal's stop signals (SIGTSTP, SIGTTIN, SIGTTOU), which it drops, so that a
-stop sent to the container never leaves a command stopped with nothing inside
-to continue it; it reaps through a signalfd, with no timer.
+caller's whole environment). It reaps through a signalfd, with no timer, and
+forwards every signal to the command but the terminal's stop signals (SIGTSTP,
+SIGTTIN, SIGTTOU): those it drops, and it starts the command with them blocked,
+so that neither a stop sent to the container nor a terminal's ^Z leaves a
+command stopped with nothing inside to continue it. (tini passes them on and
+unblocks them: the command stops.) The same binary works under ``podman run
+--init``, so the container sees what it would see there.
 """
 
 from __future__ import annotations
