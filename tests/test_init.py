@@ -3,7 +3,6 @@ and slirp4netns runs in its own sandbox. Each probe runs under podman too, which
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -211,10 +210,33 @@ def test_a_stopped_command_does_not_hang_the_teardown(rootfs):
 
 
 def _slirp4netns_of(pid: int) -> int:
-    """The slirp4netns process that the process pid started (from any of its threads)."""
-    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    (slirp,) = [int(c) for c in children if Path(f"/proc/{c}/exe").resolve().name == "slirp4netns"]
+    """The slirp4netns process that the process pid started (or a process it started: podman may re-exec)."""
+    (slirp,) = [p for p in _descendants(pid) if _exe_name(p) == "slirp4netns"]
     return slirp
+
+
+def _exe_name(pid: int) -> str | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
+    except OSError:
+        return None  # gone already: podman's short-lived helpers come and go
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under pid, depth first, from all of its threads' children (those still there)."""
+    found = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += [int(child), *_descendants(int(child))]
+    return found
 
 
 def _sandbox_facts(pid: int) -> tuple[str, str, bool]:
@@ -264,9 +286,8 @@ def test_podmans_slirp4netns_has_the_same_sandbox(podman, tmp_path):
     writer = os.open(fifo, os.O_WRONLY)  # returns once the container has it open (or podman failed)
     try:
         assert not results, results[0].stderr
-        podmans = [int(c) for c in Path(f"/proc/{os.getpid()}/task/{thread.native_id}/children").read_text().split()]
-        (slirp,) = [_slirp4netns_of(pid) for pid in podmans]
-        assert _sandbox_facts(slirp) == ("2", "1", True)
+        (podman_process,) = Path(f"/proc/{os.getpid()}/task/{thread.native_id}/children").read_text().split()
+        assert _sandbox_facts(_slirp4netns_of(int(podman_process))) == ("2", "1", True)
     finally:
         os.close(writer)
         thread.join()
@@ -275,12 +296,9 @@ def test_podmans_slirp4netns_has_the_same_sandbox(podman, tmp_path):
 
 def _descendant(pid: int, argv0: bytes) -> int:
     """The first process under pid (depth first) whose argv[0] is argv0."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == argv0:
-                return int(child)
-            with contextlib.suppress(LookupError):
-                return _descendant(int(child), argv0)
+    for child in _descendants(pid):
+        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == argv0:
+            return child
     raise LookupError(argv0)
 
 
