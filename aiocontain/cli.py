@@ -51,6 +51,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
     _bool_option(run, "-t", "--tty", "a terminal of the container's own (default: when stdin and stdout are terminals)")
     _bool_option(run, "-i", "--interactive", "keep stdin attached (default: unless stdin is a terminal alone)")
+    run.add_argument("--init-path", type=Path, metavar="PATH", help="the static init for --init (default: catatonit)")
     run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
     run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     run.add_argument(
@@ -246,6 +247,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         env=env,
         workdir=args.workdir,
         init=args.init,
+        init_path=args.init_path,
         stop_timeout=args.stop_timeout,
         network_timeout=args.network_timeout,
         memory=args.memory,

@@ -160,7 +160,7 @@ class Container:
         if self._ctx is not None or self._stack is not None:
             raise RuntimeError("a Container runs once: make a new one for the next run")
         try:
-            rootfs, driver, placement = self._check()
+            rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
         except BaseException:
             self.log.close()  # nothing was started: event streams end here
@@ -181,6 +181,7 @@ class Container:
                 stack=stack,
                 driver=driver,
                 placement=placement,
+                init_binary=init_binary,
                 container=self,
                 plugins=self.plugins,
                 fork_server=self.fork_server,
@@ -207,8 +208,9 @@ class Container:
             raise
         return self
 
-    def _check(self) -> tuple[Path, NetworkDriver, Placement | None]:
-        """Everything that can be refused before anything starts: rootfs, architecture, network, cgroup."""
+    def _check(self) -> tuple[Path, NetworkDriver, Placement | None, str | None]:
+        """Everything that can be refused before anything starts: rootfs, architecture, init, network, cgroup."""
+        from aiocontain import init_binary as init_binary_module
         from aiocontain import rootfs as rootfs_module
         from aiocontain.cgroups import place
         from aiocontain.elf import check_arch
@@ -217,10 +219,11 @@ class Container:
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
+        init_binary = init_binary_module.find(spec.init_path) if spec.init else None
         driver = driver_for(spec, describe=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
-        return rootfs, driver, placement
+        return rootfs, driver, placement, init_binary
 
     def _seccomp(self) -> str | None:
         """The compiled seccomp filter, before anything starts: a bad profile is refused here."""

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocontain import elf, subids, syscalls
+from aiocontain import elf, init_binary, subids, syscalls
 from aiocontain.cgroups import hierarchy
 from aiocontain.errors import AiocontainError
+from aiocontain.network import slirp_sandbox
 from aiocontain.rootfs import check_rootfs, default_rootfs
 
 # Module-level so tests can point the checks at fakes.
@@ -142,7 +143,18 @@ def check_slirp4netns() -> Check:
     version = match.group(0).split()[-1]
     if (int(match.group(1)), int(match.group(2))) < _SLIRP_MIN:
         return Check("slirp4netns", False, f"{path} is version {version}, needs >= {minimum}", f"upgrade it: {fix}")
-    return Check("slirp4netns", True, f"{path} version {version}", None)
+    sandbox = slirp_sandbox.options(path)
+    on = " and ".join(sandbox) + " on" if sandbox else "no sandbox options in this build: it runs unsandboxed"
+    return Check("slirp4netns", True, f"{path} version {version}, {on}", None)
+
+
+def check_init() -> Check:
+    """--init runs a static init (catatonit) as the container's PID 1; without it, --init is refused."""
+    try:
+        path = init_binary.find()
+    except AiocontainError as err:
+        return Check("init", False, err.message, err.fix, required=False)
+    return Check("init", True, f"{path} for --init", None, required=False)
 
 
 def check_tun() -> Check:
@@ -244,6 +256,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         *(dataclasses.replace(check, required=False) for check in id_maps),
         _safely("slirp4netns", check_slirp4netns),
         _safely("tun", check_tun),
+        _safely("init", check_init),
         _safely("cgroup v2", check_cgroup),
         _safely("libseccomp", check_libseccomp),
         _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),

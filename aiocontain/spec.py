@@ -73,6 +73,7 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str = "/"
     init: bool = False
+    init_path: Path | None = None  # --init's PID 1 (default: the host's catatonit)
     stop_timeout: float = 10.0
     network_timeout: float = 10.0
     memory: int | str | None = None

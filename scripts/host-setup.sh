@@ -2,7 +2,8 @@
 # Prepare a fresh Debian machine (as root) for aiocontain's test suite. Idempotent.
 # - host packages: slirp4netns, uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
 #   gcc/libc6-dev (the chroot-escape test and the isolation probes build static programs),
-#   catatonit (the static init that --init bind-mounts), keyutils (the keyring probe's host side),
+#   catatonit (the static init that --init bind-mounts; tini's static build, the tests' contrast to it),
+#   keyutils (the keyring probe's host side),
 #   golang-github-containers-common (podman's seccomp profile, loaded by a test), and podman with runc:
 #   every isolation probe runs under podman too where podman is installed, to compare
 #   (crun refuses hybrid cgroups; naming runc makes apt pick it for podman's "crun | runc")
@@ -18,7 +19,7 @@ set -euo pipefail
 TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
 SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
 PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps
-    qemu-system-x86 linux-image-amd64 kmod udev catatonit keyutils golang-github-containers-common podman runc)
+    qemu-system-x86 linux-image-amd64 kmod udev catatonit tini keyutils golang-github-containers-common podman runc)
 for arg in "$@"; do
     case $arg in
     --bench) PACKAGES+=(bubblewrap) ;;

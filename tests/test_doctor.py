@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 
-from aiocontain import doctor, elf
+from aiocontain import doctor, elf, init_binary
 from aiocontain.cgroups import hierarchy
 from aiocontain.doctor import Check
+from aiocontain.errors import AiocontainError
 
 EXPECTED = {
     "user namespaces",
@@ -22,6 +24,7 @@ EXPECTED = {
     "subgid",
     "slirp4netns",
     "tun",
+    "init",
     "cgroup v2",
     "libseccomp",
     "rootfs",
@@ -47,7 +50,7 @@ def test_run_checks_covers_every_prerequisite(tmp_path: Path) -> None:
         assert check.detail.strip(), check
         if not check.ok:
             assert check.fix, check
-    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "cgroup v2"}  # containers run without them
+    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "init", "cgroup v2"}  # containers run without them
     assert {c.name for c in checks if not c.required} == optional
 
 
@@ -159,6 +162,7 @@ def test_slirp4netns_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     fake_slirp(tmp_path, monkeypatch, "1.2.0")
     new = doctor.check_slirp4netns()
     assert new.ok and "1.2.0" in new.detail
+    assert "no sandbox options in this build: it runs unsandboxed" in new.detail  # its --help names none
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     missing = doctor.check_slirp4netns()
     assert not missing.ok and missing.fix == "sudo apt-get install slirp4netns"
@@ -275,3 +279,24 @@ def test_exit_code_counts_only_required_failures(
     required = Check("subuid", False, "no range", "sudo usermod ...")
     monkeypatch.setattr(doctor, "run_checks", lambda rootfs, **_: [passing, optional, required])
     assert doctor.main(tmp_path) == 1
+
+
+def test_slirp4netns_sandbox_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("slirp4netns") is None:
+        pytest.skip("slirp4netns is not installed")
+    check = doctor.check_slirp4netns()
+    assert check.ok and check.detail.endswith("--enable-sandbox and --enable-seccomp on"), check
+
+
+def test_init_is_optional_and_names_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        init_binary.find()
+    except AiocontainError:
+        pytest.skip("no catatonit on this host")
+    found = doctor.check_init()
+    assert found.ok and found.detail.endswith("catatonit for --init") and not found.required
+    monkeypatch.setattr(init_binary, "_PODMAN_PATH", str(tmp_path / "none"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    missing = doctor.check_init()
+    assert not missing.ok and not missing.required
+    assert missing.fix == "sudo apt-get install catatonit"

@@ -6,9 +6,10 @@ signal to process group 0 or TIOCSTI on an inherited terminal reaches nothing
 outside. With ``tty`` it opens the container's own terminal (child/console.py)
 and sends its master up on the report socket (Console) before the release.
 
-With ``--init`` it stays PID 1 itself, like ``podman run --init``: it runs the
-command as PID 2, passes signals on to it and reaps every orphan, so that a
-command without signal handlers still stops on SIGTERM and zombies never pile up.
+With ``--init`` it execs the host's static init instead (catatonit, bind-mounted
+read-only at ``rootfs.INIT_PATH``), like ``podman run --init``: that stays PID 1,
+runs the command as PID 2, passes signals on to it and reaps every orphan, so that
+a command without signal handlers still stops on SIGTERM and zombies never pile up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 
 from aiocontain import messages, syscalls
 from aiocontain.child import console, harden, rootfs
@@ -26,20 +28,8 @@ from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
-
-# Signals that --init passes on to the command.
-_FORWARDED = {
-    signal.SIGHUP,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGTERM,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCONT,
-}
-_SI_KERNEL = 0x80  # si_code of a signal the kernel sent (a terminal's ^C): the command got it too
 
 
 def main(config: Config, release_r: int, report_w: int) -> NoReturn:
@@ -76,7 +66,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
     if config.init:
-        _run_as_init(config.argv, env, report_w)
+        _exec_init(config, env, report_w)
     _exec(config.argv, env, report_w)
 
 
@@ -101,6 +91,29 @@ def _become_root() -> None:
 
 
 def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
+    _reset_signals()
+    try:
+        _execvpe(argv, env)
+    except OSError as exc:
+        _exec_failed(argv[0], exc, report_w)
+
+
+def _exec_init(config: Config, env: dict[str, str], report_w: int) -> NoReturn:
+    """Become the init, with the container's environment only. The init runs the command itself: look it up
+    here first, so that a missing or non-executable command still ends in 127 or 126 with one line."""
+    try:
+        _search(config.argv[0], env, _check_executable)
+    except OSError as exc:
+        _exec_failed(config.argv[0], exc, report_w)
+    _reset_signals()
+    try:
+        os.execve(rootfs.INIT_PATH, [rootfs.INIT_PATH, "--", *config.argv], env)
+    except OSError as exc:
+        _report(report_w, Failed("setup", f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
+        os._exit(125)
+
+
+def _reset_signals() -> None:
     # exec keeps ignored signals ignored: Python's SIGPIPE and SIGXFSZ (`yes | head` would never end), and
     # whatever the invoking shell ignored (SIGQUIT of a background job). The command starts with none ignored.
     # Python knows every disposition here: the ones it found at start-up and the ones set through it since.
@@ -110,66 +123,41 @@ def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
                 signal.signal(signum, signal.SIG_DFL)
             except (OSError, ValueError):
                 pass  # e.g. the real-time signals glibc keeps for itself
-    try:
-        _execvpe(argv, env)
-    except OSError as exc:
-        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-        _report(report_w, Failed("exec", f"{argv[0]}: {exc.strerror}", exc.errno or 0))
-        os._exit(code)
+
+
+def _exec_failed(name: str, exc: OSError, report_w: int) -> NoReturn:
+    code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+    _report(report_w, Failed("exec", f"{name}: {exc.strerror}", exc.errno or 0))
+    os._exit(code)
 
 
 def _execvpe(argv: list[str], env: dict[str, str]) -> NoReturn:
-    """os.execvpe's PATH search, without its lazy imports: after pivot_root the host's stdlib is gone."""
-    if "/" in argv[0]:
-        os.execve(argv[0], argv, env)
+    """os.execvpe, without its lazy imports: after pivot_root the host's stdlib is gone."""
+    _search(argv[0], env, lambda path: os.execve(path, argv, env))
+    raise AssertionError("execve returned")
+
+
+def _search(name: str, env: dict[str, str], attempt: Callable[[str], None]) -> None:
+    """execvp's PATH search: attempt(path) on each candidate until one does not raise; else raise as execvp."""
+    if "/" in name:
+        attempt(name)
+        return
     first_error: OSError | None = None
     for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
         try:
-            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
+            attempt(os.path.join(directory or ".", name))
+            return
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
             first_error = first_error or exc  # e.g. EACCES: keep looking, as execvp does, but remember it
-    raise first_error or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    raise first_error or FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
-def _run_as_init(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
-    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED | {signal.SIGCHLD})
-    exec_r, exec_w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(exec_r)
-        os.close(report_w)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        _exec(argv, env, exec_w)
-    os.close(exec_w)
-    failure = os.read(exec_r, messages.MAX_MESSAGE)
-    os.close(exec_r)
-    if failure:
-        os.write(report_w, failure)
-    os.close(report_w)  # end of stream without a report: the command was executed
-    status = None
-    while True:
-        info = signal.sigwaitinfo(_FORWARDED | {signal.SIGCHLD})
-        if info.si_signo != signal.SIGCHLD:
-            if info.si_code != _SI_KERNEL:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, info.si_signo)
-            continue
-        while True:
-            try:
-                pid, wstatus = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid == child:
-                status = wstatus
-        if status is not None:
-            # Leaving kills every other process of the namespace, as PID 1's exit does.
-            if os.WIFSIGNALED(status):
-                os._exit(128 + os.WTERMSIG(status))
-            os._exit(os.waitstatus_to_exitcode(status))
+def _check_executable(path: str) -> None:
+    """Raise what execve would for path (ENOENT, ENOTDIR, EACCES; not a bad format), without executing it."""
+    if not stat.S_ISREG(os.stat(path).st_mode) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _report(report_w: int, failure: Failed) -> None:

@@ -17,6 +17,8 @@ import stat
 from aiocontain import syscalls as sc
 from aiocontain.messages import Config
 
+# --init's PID 1, bound read-only in the container's own /dev tmpfs: nothing is written into the rootfs on disk.
+INIT_PATH = "/dev/init"
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _DEV_LINKS = {
     "fd": "/proc/self/fd",
@@ -36,6 +38,8 @@ def build(config: Config) -> None:
     for path in config.readonly_paths:
         _readonly(root, path)
     _mount_dev(_target_dir(root, "dev"))
+    if config.init_binary:
+        _mount_init(root + INIT_PATH, config.init_binary)
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():
         sc.mount(source, _target_file(root, "etc/" + name), None, sc.MS_BIND)
@@ -134,6 +138,13 @@ def _mount_dev(dev: str) -> None:
     sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for name, target in _DEV_LINKS.items():
         os.symlink(target, os.path.join(dev, name))
+
+
+def _mount_init(target: str, host_path: str) -> None:
+    """The host's init, read-only (as podman does): the container may run it, never change the host's file."""
+    os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
+    sc.mount(host_path, target, None, sc.MS_BIND)
+    _remount_readonly(target)
 
 
 def _inside(root: str, relative: str) -> str:

@@ -12,6 +12,10 @@ on the socket the child opened in the container's namespace, decoded with
 pyroute2 (which also gives the address, gateway and MTU), or, when nobody wants
 those facts (``describe=False``: the CLI unless it logs info), slirp4netns's own
 ``--ready-fd``, written once tap0 is configured, which spares importing pyroute2.
+
+It runs in its own sandbox where its build has one, as podman runs it
+(``slirp_sandbox``): slirp4netns enters it after binding its API socket and
+before writing the ready fd, so the socket keeps working and readiness covers it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import anyio
 
 from aiocontain import events, processes
 from aiocontain.errors import AiocontainError
+from aiocontain.network import slirp_sandbox
 from aiocontain.stages.context import StageContext
 
 TAP = "tap0"
@@ -45,6 +50,7 @@ class Slirp4netns:
         self.timeout = timeout
         self.wants_netlink = describe
         self.binary: str | None = None
+        self.sandbox: tuple[str, ...] = ()
         self.api_socket: str | None = None
         self._ready_fd = -1  # our end of --ready-fd
         self._supervised = anyio.Event()
@@ -60,6 +66,7 @@ class Slirp4netns:
                 f"{_TUN} is not usable by this user, so slirp4netns cannot create tap0",
                 fix=f"sudo chmod 0666 {_TUN}, or run with --net none",
             )
+        self.sandbox = slirp_sandbox.options(self.binary)  # here, before the event loop runs the set-up
 
     def resolv_conf(self) -> str:
         return f"nameserver {DNS}\n"
@@ -90,6 +97,7 @@ class Slirp4netns:
         ]
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
+        argv += self.sandbox
         argv += [str(ctx.process.pid), TAP]
         try:
             process = processes.Helper.spawn(argv, [exit_r, ready_w])

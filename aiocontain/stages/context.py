@@ -43,6 +43,7 @@ class StageContext:
     stack: AsyncExitStack
     driver: NetworkDriver
     placement: Placement | None = None
+    init_binary: str | None = None  # --init: the host's static init, run as PID 1
     container: Container | None = None  # the handle the plugins' hooks see
     plugins: list[Plugin] = field(default_factory=list)
     fork_server: ForkServer | None = None

@@ -52,6 +52,7 @@ async def run(ctx: StageContext) -> None:
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
         tty=spec.tty,
+        init_binary=ctx.init_binary,
         mount_cgroup=ctx.placement is not None,
         mounts=mounts,
         caps=spec.capabilities,
