@@ -54,7 +54,8 @@ def test_a_runtime_killed_during_set_up_leaves_a_directory_the_next_run_sweeps(r
     os.mkfifo(started)
     fake = tmp_path / "bin" / "slirp4netns"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho up > {started}\nexec cat <&3 >/dev/null\n")  # ends when its exit fd closes
+    script = f'[ "$1" = --help ] && exit 0\necho up > {started}\nexec cat <&3 >/dev/null\n'  # ends with its exit fd
+    fake.write_text("#!/bin/sh\n" + script)
     fake.chmod(0o755)
     base = tmp_path / "run"
     base.mkdir(mode=0o700)
