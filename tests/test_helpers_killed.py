@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import pytest
 
-from tests.conftest import leftovers
+from tests.conftest import cli_argv, leftovers
 from tests.test_cli_run import _children, _start, _started
 
 pytestmark = pytest.mark.container
@@ -43,4 +44,18 @@ def test_a_killed_slirp4netns_is_one_line_naming_the_signal(rootfs):
     line = _one_error_line(proc.stderr.read())
     assert "slirp4netns was killed by SIGKILL" in line, line
     assert "tapfd" not in line  # its last progress line is not the cause
+    assert leftovers() == before
+
+
+def test_a_killed_fork_server_leaves_the_running_container_and_its_status_alone(rootfs):
+    # The intermediate reports the command's status on its own control socket, not through the fork server.
+    before = leftovers()
+    argv = cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", "echo ready; read line; exit 3")
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _started(proc)
+    (server,) = _children(proc.pid)
+    os.kill(server, signal.SIGKILL)
+    _, stderr = proc.communicate("go\n", timeout=30)  # only now may the command end
+    assert proc.returncode == 3, stderr
+    assert "Traceback" not in stderr
     assert leftovers() == before
