@@ -1,6 +1,6 @@
 """The one entry point for tests, lint, types, the VM tier and the benchmark.
 
-`nox -s lint types tests vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
+`nox -s lint types tests slow vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
 
 As root, `tests` stages an installed copy of the package, the tests and a root
 filesystem under /opt/aiocontain-test and runs pytest there as the unprivileged
@@ -15,6 +15,10 @@ runs tests/vm/guest.sh: it delegates a cgroup subtree to the test user as
 systemd does and runs pytest on tests/vm as that user. Session arguments go to
 pytest; AIOCONTAIN_VM_TIMEOUT bounds the whole boot (default 900 s). Elsewhere,
 tests/vm is skipped.
+
+`slow` (tests/slow) stages as `tests` does, builds a Debian rootfs with mmdebstrap once per machine (cached
+beside the stage) and runs CPython's own regression tests for os, pty, signal, subprocess and socket in it under
+aiocontain and under rootless podman, comparing each test case's outcome. Elsewhere, tests/slow is skipped.
 
 `bench` does the same with the benchmark harness (bench/), in a stage of its
 own, after installing the runtimes it compares against.
@@ -239,6 +243,38 @@ def vm(session: nox.Session) -> None:
         session.error(f"the guest did not finish within {VM_TIMEOUT} s (AIOCONTAIN_VM_TIMEOUT), and was killed")
     if code != 0:
         session.error(f"the guest's tests failed (exit code {code})")
+
+
+@nox.session(venv_backend="none")
+def slow(session: nox.Session) -> None:
+    """tests/slow: CPython's regression tests in a real Debian rootfs, under aiocontain and podman alike."""
+    if os.geteuid() != 0:
+        missing = [tool for tool in ("mmdebstrap", "podman", "newuidmap") if shutil.which(tool) is None]
+        if missing:
+            session.skip(f"the slow tier needs {', '.join(missing)}: sudo scripts/host-setup.sh --slow")
+        python = str(_own_venv(session, "tests-user", TEST_DEPS, plugins=True) / "bin" / "python")
+        tar = ROOT / ".nox" / "debian" / "debian.tar"
+        session.run(python, "-m", "tests.slow.debian", str(tar.parent))
+        session.run(python, "-m", "pytest", "-o", "testpaths=tests/slow", *session.posargs, env=_debian_env(tar))
+        return
+
+    session.run("bash", str(ROOT / "scripts" / "host-setup.sh"), "--slow", external=True)
+    if shutil.which("podman") is None:  # host-setup.sh installs it: never let the tier skip itself in CI
+        session.error("podman is missing after scripts/host-setup.sh: the slow tier compares with it")
+    stage = _test_stage(session)
+    # Beside the stage, which _stage never removes: built once per machine, rebuilt when its recipe changes.
+    cache = STAGE / "debian"
+    cache.mkdir(exist_ok=True)
+    user = pwd.getpwnam(TEST_USER)
+    os.chown(cache, user.pw_uid, user.pw_gid)
+    session.chdir(stage.work)
+    session.run(*stage.as_user, stage.python, "-m", "tests.slow.debian", str(cache), external=True)
+    env = [f"{key}={value}" for key, value in _debian_env(cache / "debian.tar").items()]
+    session.run(*stage.pytest("-o", "testpaths=tests/slow", *session.posargs, env=env), external=True)
+
+
+def _debian_env(tar: Path) -> dict[str, str]:
+    return {"AIOCONTAIN_DEBIAN_TAR": str(tar)}
 
 
 def _guest_kernel() -> Path | None:

@@ -8,6 +8,7 @@
 #   every isolation probe runs under podman too where podman is installed, to compare
 #   (crun refuses hybrid cgroups; naming runc makes apt pick it for podman's "crun | runc")
 # - with --bench (what `nox -s bench` runs), also bubblewrap, which the benchmark compares against
+# - with --slow (what `nox -s slow` runs), also mmdebstrap, which builds the slow tier's Debian rootfs
 # - for the VM tier (nox -s vm; virtme-ng itself comes from PyPI into nox's venv): qemu-system-x86, Debian's
 #   standard kernel linux-image-amd64 (not -cloud-: it lacks 9p, which shares the root with the guest), kmod
 #   (modprobe, depmod) and udev, whose rules name the virtio-serial ports that carry the guest's output and
@@ -23,8 +24,9 @@ PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 
 for arg in "$@"; do
     case $arg in
     --bench) PACKAGES+=(bubblewrap) ;;
+    --slow) PACKAGES+=(mmdebstrap) ;;
     *)
-        echo "host-setup: unknown argument $arg (usage: $0 [--bench])" >&2
+        echo "host-setup: unknown argument $arg (usage: $0 [--bench] [--slow])" >&2
         exit 2
         ;;
     esac

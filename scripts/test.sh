@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian machine, as root: host set-up, then nox (lint, types, tests, vm).
-# The container tests themselves run as the unprivileged test user that host-setup.sh creates; vm runs
-# tests/vm in a QEMU guest with a real cgroup v2 hierarchy.
+# The whole test suite on a fresh Debian machine, as root: host set-up, then nox (lint, types, tests, slow, vm).
+# The container tests themselves run as the unprivileged test user that host-setup.sh creates; slow runs
+# CPython's regression tests in a Debian rootfs under aiocontain and podman; vm runs tests/vm in a QEMU guest
+# with a real cgroup v2 hierarchy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +13,4 @@ if [ ! -x "$NOX_VENV/bin/nox" ]; then
     /usr/bin/python3 -m venv "$NOX_VENV"
     "$NOX_VENV/bin/pip" install --quiet --disable-pip-version-check nox
 fi
-exec "$NOX_VENV/bin/nox" --no-color -s lint types tests vm "$@"
+exec "$NOX_VENV/bin/nox" --no-color -s lint types tests slow vm "$@"
