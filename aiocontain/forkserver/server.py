@@ -180,7 +180,11 @@ class ForkServer:
             raise RuntimeError(f"{self._active} container process(es) of this fork server are still open")
         self._closed = True
         if self._mapper.is_alive() and threading.current_thread() is not self._mapper:
-            self._mapper.join()  # it uses the request socket: bounded by its own timeouts
+            from aiocontain.forkserver import userns
+
+            # It uses the request socket, within its own timeouts; bounded here too, so that no way it could be
+            # stuck (an embedder's KeyboardInterrupt in an import it waits on) holds the close.
+            self._mapper.join(UNSHARE_TIMEOUT + 2 * userns.HELPER_TIMEOUT)
         self._requests.close()  # end of stream: with no child left, the server exits at once
         if os.getpid() == self.owner:
             if self._popen is not None:
