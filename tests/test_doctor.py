@@ -62,8 +62,8 @@ def test_main_prints_one_line_per_check(tmp_path: Path, capsys: pytest.CaptureFi
     verdicts = [line for line in lines if not line.startswith(" ")]
     assert len(verdicts) == len(expected)
     for line, check in zip(verdicts, expected, strict=True):
-        assert line.startswith("OK    " if check.ok else "FAIL  ")
-        assert line[6:].startswith(f"{check.name}: ")
+        verdict = "OK" if check.ok else "FAIL" if check.required else "MISSING"
+        assert line.startswith(f"{verdict:<8}{check.name}: ")
     fixes = [line.strip() for line in lines if line.startswith(" ")]
     assert fixes == [f"fix: {c.fix}" for c in expected if not c.ok]
     assert code == 1  # the rootfs is missing, and that is required
@@ -77,7 +77,7 @@ def test_missing_rootfs_fails_with_the_init_command(tmp_path: Path, capsys: pyte
     assert check.fix == f"aiocontain rootfs init {missing}"
     doctor.main(missing)
     out = capsys.readouterr().out
-    assert f"FAIL  rootfs: rootfs {missing} does not exist" in out
+    assert f"FAIL    rootfs: rootfs {missing} does not exist" in out
     assert f"fix: aiocontain rootfs init {missing}" in out
 
 
@@ -129,7 +129,7 @@ def test_tun_failure_shows_in_main(
     monkeypatch.setattr(doctor, "TUN_PATH", tmp_path / "tun")
     assert doctor.main(tmp_path) == 1
     out = capsys.readouterr().out
-    assert f"FAIL  tun: {tmp_path / 'tun'} does not exist" in out
+    assert f"FAIL    tun: {tmp_path / 'tun'} does not exist" in out
     assert "chmod 0666" in out
 
 
@@ -275,7 +275,7 @@ def test_exit_code_counts_only_required_failures(
     passing = Check("tun", True, "opens", None)
     monkeypatch.setattr(doctor, "run_checks", lambda rootfs, **_: [passing, optional])
     assert doctor.main(tmp_path) == 0
-    assert "FAIL  cgroup v2: limits unavailable" in capsys.readouterr().out
+    assert "MISSING cgroup v2: limits unavailable (optional: containers still run)" in capsys.readouterr().out
     required = Check("subuid", False, "no range", "sudo usermod ...")
     monkeypatch.setattr(doctor, "run_checks", lambda rootfs, **_: [passing, optional, required])
     assert doctor.main(tmp_path) == 1
