@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -158,13 +159,18 @@ def _elf_headers(machine: str) -> list[bytes]:
     return []
 
 
-def _entry_matches(text: str, headers: list[bytes]) -> bool:
+def _entry(text: str) -> dict[str, str]:
+    """A binfmt_misc entry's fields; its first line (enabled or disabled) is a key of its own."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.strip().partition(" ")
-        fields.setdefault(key, value.strip())
-    if "enabled" not in fields or "magic" not in fields:
-        return False  # disabled, or an extension-based entry
+        fields.setdefault(key.rstrip(":"), value.strip())
+    return fields
+
+
+def _entry_matches(fields: dict[str, str], headers: list[bytes]) -> bool:
+    if "magic" not in fields:
+        return False  # an extension-based entry
     try:
         magic = bytes.fromhex(fields["magic"])
         mask = bytes.fromhex(fields["mask"]) if "mask" in fields else b"\xff" * len(magic)
@@ -179,27 +185,53 @@ def _entry_matches(text: str, headers: list[bytes]) -> bool:
     return False
 
 
-def binfmt_handler(machine: str, *, binfmt_dir: Path = BINFMT_DIR) -> str | None:
-    """Name of an enabled binfmt_misc entry (e.g. qemu-aarch64) that runs ELFs of machine, else None."""
+def binfmt_support(machine: str, *, binfmt_dir: Path = BINFMT_DIR) -> tuple[str | None, str]:
+    """(name of a binfmt_misc entry that runs ELFs of machine in a container, ""), or (None, the fix).
+
+    In a container the handler's interpreter (e.g. /usr/libexec/qemu-binfmt/...) is not in the root, so the
+    entry must have the F (fix-binary) flag, which opens the interpreter when it is registered.
+    """
     headers = _elf_headers(machine)
+    install = f"sudo apt-get install qemu-user-static (it registers qemu-{machine} with the F flag)"
     if not headers:
-        return None
+        return None, install
     try:
-        if (binfmt_dir / "status").read_text().strip() != "enabled":
-            return None
+        status = (binfmt_dir / "status").read_text().strip()
         entries = sorted(os.listdir(binfmt_dir))
     except OSError:
-        return None  # binfmt_misc not mounted
+        if shutil.which(f"qemu-{machine}-static") is None:
+            return None, install
+        return None, f"binfmt_misc is not mounted: sudo mount -t binfmt_misc binfmt_misc {binfmt_dir}"
+    matching = []
     for entry in entries:
         if entry in ("status", "register"):
             continue
         try:
-            text = (binfmt_dir / entry).read_text()
+            fields = _entry((binfmt_dir / entry).read_text())
         except OSError:
             continue
-        if _entry_matches(text, headers):
-            return entry
-    return None
+        if _entry_matches(fields, headers):
+            matching.append((entry, fields))
+    if not matching:
+        return None, install
+    if status != "enabled":
+        return None, f"binfmt_misc is disabled: echo 1 | sudo tee {binfmt_dir / 'status'}"
+    enabled = [(entry, fields) for entry, fields in matching if "enabled" in fields]
+    if not enabled:
+        return None, f"its binfmt_misc entry is disabled: sudo update-binfmts --enable {matching[0][0]}"
+    for entry, fields in enabled:
+        if "F" in fields.get("flags", ""):
+            return entry, ""
+    entry = enabled[0][0]
+    return None, (
+        f"binfmt_misc entry {entry} lacks the F (fix-binary) flag, so its interpreter is not found inside a"
+        f" container: register it with flags F (qemu-user-static's entries have it)"
+    )
+
+
+def binfmt_handler(machine: str, *, binfmt_dir: Path = BINFMT_DIR) -> str | None:
+    """Name of an enabled binfmt_misc entry (e.g. qemu-aarch64) that runs ELFs of machine in a container."""
+    return binfmt_support(machine, binfmt_dir=binfmt_dir)[0]
 
 
 def runs_on_host(machine: str) -> bool:
@@ -271,10 +303,14 @@ def check_arch(rootfs: Path, command: str, env_path: str, *, workdir: str = "/")
     if found is None:
         return
     machine = elf_machine(found)
-    if machine is None or runs_on_host(machine):
+    host = host_machine()
+    if machine is None or machine == host or machine in _NATIVE_COMPAT.get(host, set()):
+        return
+    handler, fix = binfmt_support(machine)
+    if handler is not None:
         return
     raise AiocontainError(
-        f"rootfs {rootfs} is built for {machine} but this host is {host_machine()} "
-        f"and no binfmt_misc handler runs {machine} binaries",
-        fix="rebuild it with `aiocontain rootfs init DIR` or install qemu-user-static",
+        f"rootfs {rootfs} is built for {machine} but this host is {host} "
+        f"and no binfmt_misc handler runs {machine} binaries in a container",
+        fix=f"rebuild it with `aiocontain rootfs init DIR`, or {fix}",
     )

@@ -125,10 +125,51 @@ def test_binfmt_handler_ignores_disabled_entries(tmp_path: Path) -> None:
     assert elf.binfmt_handler("aarch64", binfmt_dir=tmp_path / "not-mounted") is None
 
 
+_INSTALL = "sudo apt-get install qemu-user-static"
+
+
+def test_a_handler_without_the_fix_binary_flag_is_named(tmp_path: Path) -> None:
+    # Its interpreter lives on the host's /usr/libexec: after pivot_root the kernel would not find it.
+    directory = fake_binfmt(tmp_path, {"qemu-aarch64": QEMU_AARCH64.replace("flags: POCF", "flags: OC")})
+    handler, fix = elf.binfmt_support("aarch64", binfmt_dir=directory)
+    assert handler is None
+    assert "qemu-aarch64 lacks the F (fix-binary) flag" in fix
+
+
+@pytest.mark.parametrize(
+    "state, needle",
+    [
+        ("entry disabled", "sudo update-binfmts --enable qemu-aarch64"),
+        ("binfmt_misc disabled", "binfmt_misc is disabled"),
+        ("not mounted", "binfmt_misc is not mounted: sudo mount -t binfmt_misc"),
+        ("no entry", "install qemu-user-static"),
+    ],
+)
+def test_the_fix_says_what_is_wrong_with_binfmt_misc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, needle: str
+) -> None:
+    qemu = tmp_path / "bin" / "qemu-aarch64-static"  # installed: the fix is binfmt_misc's state, not installing it
+    write_exe(qemu, b"#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(qemu.parent))
+    entry = QEMU_AARCH64.replace("enabled", "disabled", 1) if state == "entry disabled" else QEMU_AARCH64
+    entries = {} if state == "no entry" else {"qemu-aarch64": entry}
+    directory = fake_binfmt(tmp_path, entries, status="disabled" if state == "binfmt_misc disabled" else "enabled")
+    if state == "not mounted":
+        directory = tmp_path / "not-mounted"
+    handler, fix = elf.binfmt_support("aarch64", binfmt_dir=directory)
+    assert handler is None and needle in fix, fix
+
+
+def test_without_binfmt_misc_or_qemu_the_fix_is_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    handler, fix = elf.binfmt_support("aarch64", binfmt_dir=tmp_path / "not-mounted")
+    assert handler is None and "apt-get install qemu-user-static" in fix
+
+
 def test_check_arch_refuses_a_foreign_rootfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name, e_machine, big = foreign()
     write_exe(tmp_path / "bin" / "sh", fake_elf(e_machine, big_endian=big))
-    monkeypatch.setattr(elf, "binfmt_handler", lambda machine, **_: None)
+    monkeypatch.setattr(elf, "binfmt_support", lambda machine, **_: (None, _INSTALL))
     for command in ("/bin/sh", "sh"):
         with pytest.raises(AiocontainError) as caught:
             elf.check_arch(tmp_path, command, "/usr/bin:/bin")
@@ -146,11 +187,11 @@ def test_check_arch_accepts_a_foreign_rootfs_with_a_binfmt_handler(
     write_exe(tmp_path / "bin" / "sh", fake_elf(e_machine, big_endian=big))
     asked: list[str] = []
 
-    def handler(machine: str, **_: object) -> str:
+    def handler(machine: str, **_: object) -> tuple[str, str]:
         asked.append(machine)
-        return f"qemu-{machine}"
+        return f"qemu-{machine}", ""
 
-    monkeypatch.setattr(elf, "binfmt_handler", handler)
+    monkeypatch.setattr(elf, "binfmt_support", handler)
     elf.check_arch(tmp_path, "/bin/sh", "")
     assert asked == [name]
 
@@ -166,7 +207,7 @@ def test_check_arch_accepts_a_host_binary(tmp_path: Path) -> None:
 def test_check_arch_leaves_missing_and_non_elf_commands_to_the_runtime(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(elf, "binfmt_handler", lambda machine, **_: None)
+    monkeypatch.setattr(elf, "binfmt_support", lambda machine, **_: (None, _INSTALL))
     write_exe(tmp_path / "bin" / "script", b"#!/bin/sh\n")
     _, e_machine, big = foreign()
     (tmp_path / "bin" / "notexec").write_bytes(fake_elf(e_machine, big_endian=big))  # no x bit: PATH skips it
@@ -188,7 +229,7 @@ def test_symlinks_resolve_inside_the_rootfs(tmp_path: Path, monkeypatch: pytest.
     assert elf.resolve_in_rootfs(tmp_path, "/bin/sh") == busybox
     assert elf.resolve_in_rootfs(tmp_path, "/usr/bin/sh") == busybox
     assert elf.resolve_in_rootfs(tmp_path, "/usr/bin/../bin/./sh") == busybox
-    monkeypatch.setattr(elf, "binfmt_handler", lambda machine, **_: None)
+    monkeypatch.setattr(elf, "binfmt_support", lambda machine, **_: (None, _INSTALL))
     with pytest.raises(AiocontainError, match=name):
         elf.check_arch(tmp_path, "sh", "/usr/bin")
 
