@@ -150,7 +150,7 @@ class Console(_Message):
 
 
 class Failed(_Message):
-    """Child -> parent: setting up ("namespaces", "setup") or executing ("exec") the command failed (the init
+    """Child -> parent: setting up ("namespaces", "setup", "workdir") or executing ("exec") the command failed (the init
     reports it on its report socket, read by the runtime).
     Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
 

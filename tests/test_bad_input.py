@@ -58,6 +58,12 @@ def test_an_unusable_xdg_runtime_dir_is_refused(rootfs, tmp_path, kind):
     assert_one_line_error(result, f"XDG_RUNTIME_DIR {base} is not a directory this user can write")
 
 
+@pytest.mark.parametrize("workdir", ["/etc/passwd", "/etc/passwd/below"])
+def test_a_workdir_that_is_a_file_is_not_a_directory_126(rootfs, workdir):
+    result = run("--rootfs", str(rootfs), "--net", "none", "-w", workdir, "true")
+    assert_one_line_error(result, f"the working directory {workdir} is not a directory", code=126)
+
+
 def test_empty_rootfs(tmp_path):
     assert_one_line_error(run("--rootfs", str(tmp_path), "true"), f"aiocontain rootfs init {tmp_path}")
 

@@ -46,8 +46,12 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
         rootfs.build(config)
         env = dict(config.env)
-        os.makedirs(config.workdir, exist_ok=True)
-        os.chdir(config.workdir)
+        try:
+            os.makedirs(config.workdir, exist_ok=True)
+            os.chdir(config.workdir)
+        except (FileExistsError, NotADirectoryError):
+            _report(report_w, Failed("workdir", f"{config.workdir} is not a directory", errno.ENOTDIR))
+            os._exit(126)
         if config.tty:
             _send_console(report_w)
         if os.read(release_r, 1) != b"R":

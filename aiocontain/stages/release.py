@@ -117,4 +117,8 @@ def failure_error(failure: Failed, command: str) -> AiocontainError:
                 f"{command}: command not found in the container", fix="check the command and the rootfs's PATH"
             )
         return CommandNotExecutable(f"cannot execute {failure.message}")
+    if failure.step == "workdir":  # podman's 126 too: the command cannot be started there
+        return CommandNotExecutable(
+            f"the working directory {failure.message}", fix="give -w a directory, or a path that does not exist yet"
+        )
     return AiocontainError(f"container set-up failed: {failure.message}")
