@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
-from aiocontain import events, fdlimit
+from aiocontain import events, fdlimit, names
 from aiocontain.cgroups import Placement, ResourceUsage
 from aiocontain.errors import AiocontainError
 from aiocontain.network import NetworkDriver, driver_for
@@ -162,6 +162,7 @@ class Container:
         try:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
+            name = names.claim(self.spec.name) if self.spec.name is not None else None  # last: nothing can fail after
         except BaseException:
             self.log.close()  # nothing was started: event streams end here
             raise
@@ -172,6 +173,8 @@ class Container:
         await tg.__aenter__()
         stack = self._stack = AsyncExitStack()
         await stack.__aenter__()
+        if name is not None:
+            stack.callback(name.release)  # the last to go: the name is the container's until it is all gone
         try:
             ctx = self._ctx = StageContext(
                 spec=spec,
