@@ -44,7 +44,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
     run.add_argument("--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "none", "host"])
-    run.add_argument("--mtu", type=int, default=65520, help="MTU of tap0 (default: 65520)")
+    run.add_argument("--mtu", type=int, help="MTU of tap0 (default: 65520)")
     run.add_argument("--allow-host-loopback", action="store_true", help="let 10.0.2.2 reach the host's 127.0.0.1")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
@@ -82,10 +82,13 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
 
     for item in installed:
         if item.plugin is not None:
+            known = len(run._actions)
             try:
                 item.plugin.add_arguments(run)
             except Exception as exc:  # noqa: BLE001 - a broken plugin is skipped, not fatal
                 item.plugin, item.error = None, f"cannot add its options: {type(exc).__name__}: {exc}"
+            # (dest, how the user spells it, its default): given while the plugin does not run, it is refused
+            item.options = [(a.dest, (a.option_strings or [a.dest])[0], a.default) for a in run._actions[known:]]
 
     commands.add_parser("plugins", help="list the installed plugins")
 
@@ -163,7 +166,7 @@ def _main(argv: Sequence[str]) -> int:
         print(f"root filesystem ready in {target}", file=sys.stderr)
         return 0
     except AiocontainError as exc:
-        print(f"aiocontain: {exc.line()}", file=sys.stderr)
+        _error_line(args, exc.line(), exc.message, exc.fix)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -177,13 +180,26 @@ def _main(argv: Sequence[str]) -> int:
         from aiocontain import fdlimit
 
         if isinstance(exc, OSError) and fdlimit.exhausted(exc):
-            print(f"aiocontain: {fdlimit.exhaustion_error(exc).line()}", file=sys.stderr)
+            error = fdlimit.exhaustion_error(exc)
+            _error_line(args, error.line(), error.message, error.fix)
             return 125
-        print(
-            f"aiocontain: unexpected error: {type(exc).__name__}: {exc} (this is a bug; --log-level debug shows where)",
-            file=sys.stderr,
-        )
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+        fix = "this is a bug; --log-level debug shows where"
+        _error_line(args, f"{message} ({fix})", message, fix)
         return EXIT_ERROR
+
+
+def _error_line(args: argparse.Namespace, line: str, message: str, fix: str | None) -> None:
+    """aiocontain's own error: one line on stderr; with --log-format json, one JSON object like the events'."""
+    if getattr(args, "log_format", None) == "json":
+        import json
+        import time
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = {"event": "aiocontain.error", "level": "error", "timestamp": stamp, "message": message, "fix": fix}
+        print(json.dumps(record), file=sys.stderr)
+        return
+    print(f"aiocontain: {line}", file=sys.stderr)
 
 
 def _release_stop_signals() -> None:
@@ -224,6 +240,8 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
+    if args.mtu is not None and args.net != "slirp4netns":
+        raise AiocontainError(f"--mtu sets tap0's MTU, which --net {args.net} has none of", fix="drop --mtu")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     env = {}
     for item in args.env:
@@ -242,7 +260,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         name=args.name,
         hostname=args.hostname,
         network=args.net,
-        mtu=args.mtu,
+        **({"mtu": args.mtu} if args.mtu is not None else {}),
         allow_host_loopback=args.allow_host_loopback,
         env=env,
         workdir=args.workdir,
@@ -271,7 +289,9 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     events.configure(args.log_format, args.log_level)
     plugins = _plugins(args, installed)
     events_file = None
-    if args.events is not None:
+    if args.events == Path("-"):
+        events_file = sys.stdout  # podman's "-": the container's own stdout is then shared with the events
+    elif args.events is not None:
         try:
             events_file = open(args.events, "w", encoding="utf-8")  # noqa: SIM115 - closed below, on every path
         except OSError as exc:
@@ -283,8 +303,9 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     try:
         anyio.run(_run_container, spec, result, events_file, plugins, describe, interactive, backend=args.backend)
     finally:
-        if events_file is not None:
-            events_file.close()
+        if events_file is not None and events_file is not sys.stdout:
+            with contextlib.suppress(OSError):  # a reader that went away: what it missed is lost, nothing more
+                events_file.close()
     if "error" in result:
         raise result["error"]
     if result.get("oom_killed"):
@@ -356,9 +377,14 @@ async def _write_events(stream: Any, file: TextIO) -> None:
 
     from aiocontain.events import as_json
 
-    async for event in stream:
-        file.write(json.dumps(as_json(event), default=str) + "\n")
-        file.flush()
+    writing = True
+    async for event in stream:  # read to the end either way: the stream's producer never waits on us
+        if writing:
+            try:
+                file.write(json.dumps(as_json(event), default=str) + "\n")
+                file.flush()
+            except (OSError, ValueError):
+                writing = False  # its reader went away (`--events /dev/stdout | head`): the container carries on
 
 
 def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
@@ -368,6 +394,14 @@ def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[P
     from aiocontain.plugins.loading import select
 
     chosen = select(list(installed), args.enable_plugin, args.disable_plugin)
+    for item in installed:
+        if item.plugin is None or item.plugin not in chosen:
+            for dest, spelling, default in item.options:
+                if getattr(args, dest, default) != default:
+                    raise AiocontainError(
+                        f"plugin {item.name} does not run in this container, but its option {spelling} was given",
+                        fix=f"drop {spelling}, or let the plugin run (without --disable-plugin {item.name})",
+                    )
     log = events.logger()
     for item in installed:
         if item.plugin is None and item.name not in args.disable_plugin:

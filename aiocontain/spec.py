@@ -106,6 +106,11 @@ class ContainerSpec:
             ) from None
         if not _MTU_RANGE[0] <= self.mtu <= _MTU_RANGE[1]:
             raise AiocontainError(f"invalid MTU {self.mtu}", fix=f"use a value from {_MTU_RANGE[0]} to {_MTU_RANGE[1]}")
+        if self.mtu != DEFAULT_MTU and self.network is not NetworkMode.SLIRP4NETNS:
+            raise AiocontainError(
+                f"--mtu sets tap0's MTU, which --net {self.network.value} has none of",
+                fix="drop --mtu, or use slirp4netns",
+            )
         if self.name is not None and not _NAME.match(self.name):
             raise AiocontainError(
                 f"invalid container name {self.name!r}", fix="use letters, digits, '_', '.', '-' (at most 128)"
@@ -133,9 +138,12 @@ class ContainerSpec:
         _ = self.capabilities  # refuses unknown capability names
         if self.tty_size is not None and not all(0 <= n <= 0xFFFF for n in self.tty_size):
             raise AiocontainError(f"invalid terminal size {self.tty_size!r}", fix="give (rows, cols) from 0 to 65535")
-        for what, value in (("stop timeout", self.stop_timeout), ("network timeout", self.network_timeout)):
-            if not value >= 0:
-                raise AiocontainError(f"invalid {what} {value!r}", fix="give a number of seconds >= 0")
+        if not self.stop_timeout >= 0:
+            raise AiocontainError(f"invalid stop timeout {self.stop_timeout!r}", fix="give a number of seconds >= 0")
+        if not self.network_timeout > 0:  # 0 would fail every networked run, then blame slirp4netns
+            raise AiocontainError(
+                f"invalid network timeout {self.network_timeout!r}", fix="give a number of seconds > 0"
+            )
 
     @property
     def limits(self) -> Limits:

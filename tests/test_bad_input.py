@@ -86,6 +86,9 @@ def test_empty_default_rootfs_names_the_command_that_fills_it(tmp_path):
         (["-e", "=x"], "invalid --env"),
         (["--stop-timeout", "-1"], "invalid stop timeout"),
         (["--network-timeout", "-3"], "invalid network timeout"),
+        (["--network-timeout", "0"], "invalid network timeout 0.0"),
+        (["--net", "none", "--mtu", "1500"], "--mtu sets tap0's MTU, which --net none has none of"),
+        (["--net", "host", "--mtu", "65520"], "--mtu sets tap0's MTU, which --net host has none of"),
         (["--memory", "2x"], "invalid --memory '2x'"),
         (["-m", "0"], "must be more than 0 bytes"),
         (["--memory=-5m"], "invalid --memory '-5m'"),
@@ -137,9 +140,10 @@ def test_slirp4netns_failing_early_is_one_line_with_its_stderr(rootfs, tmp_path,
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     result = run("--rootfs", str(rootfs), "--log-level", level, "--log-format", "json", "true", env=env)
     assert result.code == 125, result
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert all(line.startswith("{") for line in result.stderr.splitlines()), result.stderr  # JSON lines only
+    errors = [event for event in result.events() if event["event"] == "aiocontain.error"]
     assert len(errors) == 1, result.stderr
-    assert "slirp4netns exited early with status 3: fake failure" in errors[0]
+    assert "slirp4netns exited early with status 3: fake failure" in str(errors[0]["message"])
 
 
 def test_user_namespaces_disabled(rootfs):

@@ -119,7 +119,7 @@ def test_run_builds_the_spec(fake_run: FakeRun, tmp_path: Path) -> None:
             "--hostname",
             "box",
             "--net",
-            "none",
+            "slirp4netns",
             "--mtu",
             "1500",
             "--allow-host-loopback",
@@ -141,7 +141,7 @@ def test_run_builds_the_spec(fake_run: FakeRun, tmp_path: Path) -> None:
     assert spec.rootfs == tmp_path
     assert spec.name == "web"
     assert spec.hostname == "box"
-    assert spec.network is NetworkMode.NONE
+    assert spec.network is NetworkMode.SLIRP4NETNS
     assert spec.mtu == 1500
     assert spec.allow_host_loopback is True
     assert spec.workdir == "/srv"

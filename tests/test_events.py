@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -96,3 +98,41 @@ def test_unwritable_events_file_is_one_line(rootfs, tmp_path):
     )
     assert proc.returncode == 125
     assert proc.stderr.splitlines() == [f"aiocontain: cannot write the events file {target}: No such file or directory"]
+
+
+def test_events_dash_is_stdout(rootfs):
+    proc = subprocess.run(
+        [*cli_argv(rootfs, "--net", "none", "--events", "-"), "true"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    names = [json.loads(line)["event"] for line in proc.stdout.splitlines()]
+    assert names[0] == "container.created" and names[-1] == "teardown.finished"
+    assert not os.path.exists("-")
+
+
+def test_a_closed_events_reader_never_stops_the_container(rootfs):
+    # `--events /dev/stdout | head -1`: the reader goes after one line; the command still runs to its end,
+    # and the events after it (command.exited, teardown.finished) find no reader.
+    argv = [*cli_argv(rootfs, "--net", "none", "--events", "/dev/stdout"), "/bin/sh", "-c", "read line; exit 3"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert json.loads(proc.stdout.readline())["event"] == "container.created"
+    proc.stdout.close()  # the reader is gone
+    _, stderr = proc.communicate("go\n", timeout=60)  # only now may the command end
+    assert proc.returncode == 3, stderr
+    assert stderr == ""
+
+
+def test_an_error_is_one_json_line_with_log_format_json(rootfs, tmp_path):
+    missing = tmp_path / "nope"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aiocontain", "run", "--log-format", "json", "--rootfs", str(missing), "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 125
+    (line,) = proc.stderr.splitlines()
+    record = json.loads(line)
+    assert record["event"] == "aiocontain.error" and record["level"] == "error"
+    assert record["message"] == f"rootfs {missing} does not exist" and "rootfs init" in record["fix"]

@@ -282,6 +282,27 @@ def test_entry_point_plugins_run_and_broken_ones_are_one_warning_each(site, root
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "none\n", "")
 
 
+def test_an_option_of_a_plugin_that_does_not_run_is_refused(site, rootfs):
+    # Silently ignored, --greeting (or portforward's -p) would promise what nothing does.
+    proc = run_cli(site, *cli_argv(rootfs, "--disable-plugin", "greeter", "--greeting", "hi", "true"))
+    assert proc.returncode == 125
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("aiocontain: plugin greeter does not run in this container, but its option --greeting was given")
+    )
+    assert run_cli(site, *cli_argv(rootfs, "--net", "none", "--disable-plugin", "greeter", "true")).returncode == 0
+
+
+def test_enabling_a_plugin_that_cannot_load_fails(site, rootfs):
+    proc = run_cli(site, *cli_argv(rootfs, "--enable-plugin", "broken", "true"))
+    assert proc.returncode == 125
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "aiocontain: --enable-plugin broken: cannot be loaded: ImportError: no such thing"
+        " (fix: aiocontain plugins says why)"
+    )
+
+
 def test_unknown_plugin_name_is_one_line(site, rootfs):
     proc = run_cli(site, *cli_argv(rootfs, "--enable-plugin", "nope", "true"))
     assert proc.returncode == 125

@@ -49,7 +49,7 @@ def test_defaults_are_valid() -> None:
         {"env": {"A": "1", "lower_case": "", "X.Y": "=value=with=equals"}},
         {"workdir": "/srv/app"},
         {"stop_timeout": 0},
-        {"network_timeout": 0.0},
+        {"network_timeout": 0.001},
         {"stop_timeout": 3600.5},
         {"command": ["sh", "-c", ""]},
     ],
@@ -122,6 +122,11 @@ def test_a_nul_byte_in_the_command_is_refused(command: list[str], needle: str) -
 @pytest.mark.parametrize("workdir", ["", "relative", "./x", "~/x"])
 def test_relative_workdir_is_refused(workdir: str) -> None:
     assert "invalid working directory" in str(refused(workdir=workdir))
+
+
+def test_a_zero_network_timeout_is_refused() -> None:
+    # Every networked run would fail with it, and the error would blame slirp4netns.
+    assert "invalid network timeout 0" in str(refused(network_timeout=0))
 
 
 @pytest.mark.parametrize("field", ["stop_timeout", "network_timeout"])

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiocontain.errors import AiocontainError
 from aiocontain.plugins.api import SUPPORTED_API_VERSIONS, Plugin
@@ -27,6 +27,7 @@ class Installed:
     distribution: str  # "name version" of the package that provides it
     plugin: Plugin | None
     error: str | None = None
+    options: list[tuple[str, str, object]] = field(default_factory=list)  # its run options: dest, spelling, default
 
     @property
     def enabled_by_default(self) -> bool:
@@ -126,6 +127,9 @@ def select(installed: list[Installed], enable: Iterable[str] = (), disable: Iter
         raise AiocontainError(f"no plugin named {name!r} is installed", fix="aiocontain plugins lists them")
     if enable & disable:
         raise AiocontainError(f"plugin {sorted(enable & disable)[0]!r} is both enabled and disabled")
+    for item in installed:
+        if item.name in enable and item.plugin is None:
+            raise AiocontainError(f"--enable-plugin {item.name}: {item.error}", fix="aiocontain plugins says why")
     chosen = []
     for item in installed:
         wanted = (item.enabled_by_default or item.name in enable) and item.name not in disable
