@@ -43,9 +43,14 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("--rootfs", type=Path, help="root filesystem directory (default: rootfs_arm/)")
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
-    run.add_argument("--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "none", "host"])
+    run.add_argument(
+        "--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "pasta", "none", "host"]
+    )
     run.add_argument("--mtu", type=int, help="MTU of tap0 (default: 65520)")
-    run.add_argument("--allow-host-loopback", action="store_true", help="let 10.0.2.2 reach the host's 127.0.0.1")
+    run.add_argument(
+        "--allow-host-loopback", action="store_true", help="let the gateway (10.0.2.2) reach the host's 127.0.0.1"
+    )
+    _bool_option(run, None, "--ipv6", "IPv6 on tap0 too (default: on, as podman's slirp4netns)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
     run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
     run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
@@ -103,13 +108,14 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, text: str) -> None:
+def _bool_option(parser: argparse.ArgumentParser, short: str | None, long: str, text: str) -> None:
     """A flag spelled as podman's: -t, -t=true, --tty=false; combined as -it. Unset it stays None (the default
     depends on the terminal)."""
     dest = long.lstrip("-")
-    parser.add_argument(short, long, dest=dest, action="store_const", const=True, default=None, help=text)
+    spellings = [name for name in (short, long) if name]
+    parser.add_argument(*spellings, dest=dest, action="store_const", const=True, default=None, help=text)
     for value in ("true", "false"):
-        names = (f"{short}={value}", f"{long}={value}")
+        names = [f"{name}={value}" for name in spellings]
         parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
 
 
@@ -240,7 +246,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
-    if args.mtu is not None and args.net != "slirp4netns":
+    if args.mtu is not None and args.net not in ("slirp4netns", "pasta"):
         raise AiocontainError(f"--mtu sets tap0's MTU, which --net {args.net} has none of", fix="drop --mtu")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     env = {}
@@ -262,6 +268,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         network=args.net,
         **({"mtu": args.mtu} if args.mtu is not None else {}),
         allow_host_loopback=args.allow_host_loopback,
+        ipv6=args.ipv6 is not False,
         env=env,
         workdir=args.workdir,
         init=args.init,

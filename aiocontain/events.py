@@ -27,6 +27,7 @@ STAGE_SKIPPED = "stage.skipped"
 IDMAP_MAPPED = "idmap.mapped"
 CGROUP_CREATED = "cgroup.created"
 SLIRP_STARTED = "slirp4netns.started"
+PASTA_STARTED = "pasta.started"
 NETWORK_READY = "network.ready"
 RELEASED = "container.released"
 COMMAND_STARTED = "command.started"
@@ -67,9 +68,16 @@ CATALOGUE: dict[str, EventSpec] = {
         ("path", "controllers", "memory", "memory_swap", "pids_limit", "cpus"),
         "the container's cgroup leaf exists with its limits",
     ),
-    SLIRP_STARTED: EventSpec("debug", ("pid", "mtu", "host_loopback"), "slirp4netns runs against the container"),
+    SLIRP_STARTED: EventSpec(
+        "debug", ("pid", "mtu", "host_loopback", "ipv6"), "slirp4netns runs against the container"
+    ),
+    PASTA_STARTED: EventSpec(
+        "debug", ("pid", "mtu", "host_loopback", "ipv6", "ports"), "pasta runs against the container"
+    ),
     NETWORK_READY: EventSpec(
-        "info", ("interface", "address", "gateway", "mtu"), "tap0 is up with its address and default route"
+        "info",
+        ("interface", "address", "gateway", "mtu", "address6", "gateway6"),
+        "tap0 is up with its address and default route (and with IPv6 its IPv6 ones)",
     ),
     RELEASED: EventSpec("info", ("pid",), "PID 1 may build its root and exec the command"),
     COMMAND_STARTED: EventSpec("info", ("pid", "command"), "the command was executed"),
@@ -79,7 +87,9 @@ CATALOGUE: dict[str, EventSpec] = {
         "warning", ("pid", "oom_kills", "memory_limit", "limit"), "the OOM killer killed a process of the container"
     ),
     HELPER_FAILED: EventSpec(
-        "info", ("helper", "error"), "a helper (slirp4netns) failed; the container is killed and the run fails with it"
+        "info",
+        ("helper", "error"),
+        "a helper (slirp4netns, pasta) failed; the container is killed and the run fails with it",
     ),
     CHILD_KILLED: EventSpec("warning", ("pid",), "the container's child process lingered at teardown and was killed"),
     HOOK_FINISHED: EventSpec("debug", ("plugin", "hook", "duration_ms"), "a plugin's hook returned"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,15 +24,23 @@ import anyio
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-RTM_NEWLINK = 16
-RTM_NEWADDR = 20
-RTM_NEWROUTE = 24
-IFLA_IFNAME = 3
-IFLA_MTU = 4
+from aiocontain.rtnl import HEADER as _HEADER
+from aiocontain.rtnl import IFINFO as _IFINFO
+from aiocontain.rtnl import (
+    IFLA_IFNAME,
+    IFLA_MTU,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    Ipv6State,
+    attributes,
+    family,
+    split,
+)
+
+__all__ = ["InterfaceState", "attributes", "split", "update", "wait_configured"]
+
 _IFF_UP = 0x1
-_HEADER = struct.Struct("=IHHII")
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_ATTR = struct.Struct("=HH")  # length (header included), type
 _U32 = struct.Struct("=I")
 
 
@@ -48,10 +55,12 @@ class InterfaceState:
     prefixlen: int | None = None
     mtu: int | None = None
     gateway: str | None = None
+    ipv6: Ipv6State | None = None  # also wait for IPv6 (slirp4netns --enable-ipv6)
 
     @property
     def configured(self) -> bool:
-        return self.up and self.address is not None and self.gateway is not None
+        ipv4 = self.up and self.address is not None and self.gateway is not None
+        return ipv4 and (self.ipv6 is None or self.ipv6.configured)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,22 +68,17 @@ class InterfaceState:
             "address": f"{self.address}/{self.prefixlen}",
             "gateway": self.gateway,
             "mtu": self.mtu,
-        }
-
-
-def split(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Each (type, bytes) netlink message of one datagram."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            return
-        yield kind, data[offset : offset + length]
-        offset += (length + 3) & ~3
+        } | (
+            {"address6": f"{self.ipv6.address}/{self.ipv6.prefixlen}", "gateway6": self.ipv6.gateway}
+            if self.ipv6 is not None
+            else {}
+        )
 
 
 def update(state: InterfaceState, kind: int, raw: bytes) -> None:
     """Fold one rtnetlink message into the state of the interface being watched."""
+    if state.ipv6 is not None:
+        state.ipv6.update(kind, raw)
     if kind == RTM_NEWLINK:
         _family, _type, index, flags, _change = _IFINFO.unpack_from(raw, _HEADER.size)
         attrs = attributes(raw, _HEADER.size + _IFINFO.size)
@@ -83,35 +87,24 @@ def update(state: InterfaceState, kind: int, raw: bytes) -> None:
             state.up = bool(flags & _IFF_UP)
             if IFLA_MTU in attrs:
                 (state.mtu,) = _U32.unpack_from(attrs[IFLA_MTU])
-    elif kind == RTM_NEWADDR:
+    elif kind == RTM_NEWADDR and family(raw) == socket.AF_INET:
         addr = ifaddrmsg(raw)
         addr.decode()
         if addr.get_attr("IFA_LABEL") == state.name or (state.index is not None and addr["index"] == state.index):
             state.address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             state.prefixlen = addr["prefixlen"]
-    elif kind == RTM_NEWROUTE:
+    elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET:
         route = rtmsg(raw)
         route.decode()
         if route["dst_len"] == 0 and route.get_attr("RTA_GATEWAY"):
             state.gateway = route.get_attr("RTA_GATEWAY")
 
 
-def attributes(raw: bytes, offset: int) -> dict[int, bytes]:
-    """The top-level attributes (rtattr: length, type, payload; 4-byte aligned) from offset on: type -> payload."""
-    found: dict[int, bytes] = {}
-    while offset + _ATTR.size <= len(raw):
-        length, kind = _ATTR.unpack_from(raw, offset)
-        if length < _ATTR.size:
-            break
-        found.setdefault(kind & 0x3FFF, raw[offset + _ATTR.size : offset + length])  # without NESTED/BYTEORDER
-        offset += (length + 3) & ~3
-    return found
-
-
-async def wait_configured(sock: socket.socket, name: str) -> InterfaceState:
-    """Read events until ``name`` is up with an IPv4 address and a default route exists."""
+async def wait_configured(sock: socket.socket, name: str, *, ipv6: bool = False) -> InterfaceState:
+    """Read events until ``name`` is up with an IPv4 address and a default route exists (and, with ipv6, a
+    global IPv6 address and an IPv6 default route)."""
     sock.setblocking(False)
-    state = InterfaceState(name)
+    state = InterfaceState(name, ipv6=Ipv6State(name) if ipv6 else None)
     while not state.configured:
         await anyio.wait_readable(sock)
         try:

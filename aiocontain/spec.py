@@ -15,7 +15,7 @@ from aiocontain.errors import AiocontainError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MTU = 65520
-_MTU_RANGE = (68, 65521)  # slirp4netns accepts at most 65521
+_MTU_RANGE = (68, 65520)  # slirp4netns accepts at most 65521, pasta 65520
 _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY = re.compile(r"^[^=\0]+$")
@@ -25,8 +25,14 @@ class NetworkMode(StrEnum):
     """How the container reaches the network (podman's --network)."""
 
     SLIRP4NETNS = "slirp4netns"  # own network namespace, user-mode TCP/IP to the host
+    PASTA = "pasta"  # own network namespace, the host's addresses and routes, mapped to host sockets by pasta
     NONE = "none"  # own network namespace with only loopback
     HOST = "host"  # the host's network namespace
+
+    @property
+    def has_tap(self) -> bool:
+        """A tap0 that a host-side helper serves (so --mtu, --ipv6 and -p mean something)."""
+        return self in (NetworkMode.SLIRP4NETNS, NetworkMode.PASTA)
 
 
 class CgroupsMode(StrEnum):
@@ -70,6 +76,7 @@ class ContainerSpec:
     network: NetworkMode = NetworkMode.SLIRP4NETNS
     mtu: int = DEFAULT_MTU
     allow_host_loopback: bool = False
+    ipv6: bool = True  # IPv6 on tap0 as well (podman's default: slirp4netns's enable_ipv6=true)
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str = "/"
     init: bool = False
@@ -102,11 +109,11 @@ class ContainerSpec:
             self.network = NetworkMode(self.network)
         except ValueError:
             raise AiocontainError(
-                f"invalid network mode {self.network!r}", fix="use one of slirp4netns, none, host"
+                f"invalid network mode {self.network!r}", fix="use one of slirp4netns, pasta, none, host"
             ) from None
         if not _MTU_RANGE[0] <= self.mtu <= _MTU_RANGE[1]:
             raise AiocontainError(f"invalid MTU {self.mtu}", fix=f"use a value from {_MTU_RANGE[0]} to {_MTU_RANGE[1]}")
-        if self.mtu != DEFAULT_MTU and self.network is not NetworkMode.SLIRP4NETNS:
+        if self.mtu != DEFAULT_MTU and not self.network.has_tap:
             raise AiocontainError(
                 f"--mtu sets tap0's MTU, which --net {self.network.value} has none of",
                 fix="drop --mtu, or use slirp4netns",

@@ -21,6 +21,8 @@ _TUN_IFREQ = "16sH22x"  # struct ifreq: name, flags (unsigned short), padding to
 _RTMGRP_LINK = 0x1
 _RTMGRP_IPV4_IFADDR = 0x10
 _RTMGRP_IPV4_ROUTE = 0x40
+_RTMGRP_IPV6_IFADDR = 0x100
+_RTMGRP_IPV6_ROUTE = 0x400
 
 
 def bring_up(name: str) -> None:
@@ -49,15 +51,28 @@ def create_persistent_tap(name: str) -> None:
             os.close(fd)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot create {name} through /dev/net/tun: {exc.strerror}") from None
+    _quick_ipv6(name)
+
+
+def _quick_ipv6(name: str) -> None:
+    """IPv6 on the tap at once: no duplicate address detection (the user-mode router is its only neighbour) and
+    no random delay of up to a second before the router solicitation, so the address and route the tap stage
+    waits for come within milliseconds of the link going up. Harmless without IPv6."""
+    for setting in ("accept_dad", "router_solicitation_delay"):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{name}/{setting}", "w") as f:
+                f.write("0")
+        except OSError:
+            pass  # a kernel without IPv6: nothing to speed up
 
 
 def open_netlink() -> socket.socket:
-    """A NETLINK_ROUTE socket subscribed to link, IPv4 address and route events.
+    """A NETLINK_ROUTE socket subscribed to link, address and route events (IPv4 and IPv6).
 
     It is opened here, inside the new network namespace, because the unprivileged
     parent cannot setns() into it; the parent receives it over SCM_RIGHTS and
     learns from its events when the network is up, without polling.
     """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-    sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV4_ROUTE))
+    sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_IFADDR | _RTMGRP_IPV6_ROUTE))
     return sock

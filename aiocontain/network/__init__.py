@@ -45,7 +45,21 @@ def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
         from aiocontain.network.slirp4netns import Slirp4netns
 
         return Slirp4netns(
-            mtu=spec.mtu, allow_host_loopback=spec.allow_host_loopback, timeout=spec.network_timeout, describe=describe
+            mtu=spec.mtu,
+            allow_host_loopback=spec.allow_host_loopback,
+            timeout=spec.network_timeout,
+            describe=describe,
+            ipv6=spec.ipv6,
+        )
+    if spec.network is NetworkMode.PASTA:
+        from aiocontain.network.pasta import Pasta
+
+        return Pasta(
+            mtu=spec.mtu,
+            allow_host_loopback=spec.allow_host_loopback,
+            timeout=spec.network_timeout,
+            describe=describe,
+            ipv6=spec.ipv6,
         )
     if spec.network is NetworkMode.HOST:
         from aiocontain.network.host import HostNetwork

@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from aiocontain import events, processes
+from aiocontain import events, processes, rtnl
 from aiocontain.errors import AiocontainError
 from aiocontain.network import slirp_sandbox
 from aiocontain.stages.context import StageContext
@@ -44,11 +44,15 @@ class Slirp4netns:
     unshare_netns = True
     tap: str | None = TAP  # created persistent by the child: see aiocontain.child.netdev.create_persistent_tap
 
-    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True) -> None:
+    def __init__(
+        self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True, ipv6: bool = True
+    ) -> None:
         self.mtu = mtu
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
-        self.wants_netlink = describe
+        self.ipv6 = ipv6
+        self.describe = describe
+        self.wants_netlink = describe or ipv6  # the ready fd says nothing of IPv6, which comes later by RA
         self.binary: str | None = None
         self.sandbox: tuple[str, ...] = ()
         self.api_socket: str | None = None
@@ -97,6 +101,8 @@ class Slirp4netns:
         ]
         if not self.allow_host_loopback:
             argv.append("--disable-host-loopback")
+        if self.ipv6:
+            argv.append("--enable-ipv6")  # fd00::/64 by router advertisement, default route via fe80::2
         argv += self.sandbox
         argv += [str(ctx.process.pid), TAP]
         try:
@@ -123,18 +129,20 @@ class Slirp4netns:
 
         async def supervise() -> None:
             try:
-                await _watch(process, stderr)
+                await watch(process, stderr)
             finally:
                 supervised.set()
             if not ctx.stopping:
-                error = _exit_error(process.returncode, stderr)
+                error = exit_error(process.returncode, stderr)
                 # The run fails with this error, printed once: the event is its record, not a second line.
                 ctx.log.info(events.HELPER_FAILED, helper="slirp4netns", error=error.message)
                 ctx.fail(error)
 
         ctx.stack.push_async_callback(stop)
         ctx.tg.start_soon(supervise)
-        ctx.log.debug(events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback)
+        ctx.log.debug(
+            events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback, ipv6=self.ipv6
+        )
         return True
 
     async def api(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -161,19 +169,25 @@ class Slirp4netns:
         return answer
 
     async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
-        if self.wants_netlink:
+        if self.describe:
             # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
             from aiocontain.netlink import wait_configured
         try:
             with anyio.fail_after(self.timeout):
-                if not self.wants_netlink:
-                    return await self._wait_ready_fd(ctx)
+                if not self.describe:
+                    facts = await self._wait_ready_fd(ctx)
+                    if self.ipv6:  # its address and route come after the ready fd, from slirp4netns's RA
+                        assert ctx.netlink is not None
+                        await rtnl.wait_ipv6(ctx.netlink, rtnl.Ipv6State(TAP))
+                    return facts
                 assert ctx.netlink is not None
-                state = await wait_configured(ctx.netlink, TAP)
+                state = await wait_configured(ctx.netlink, TAP, ipv6=self.ipv6)
                 await self._wait_ready_fd(ctx)  # and its API socket listens
         except TimeoutError:
+            what = "with its IPv6 address and route " if self.ipv6 else ""
             raise AiocontainError(
-                f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
+                f"{TAP} did not come up {what}within {self.timeout:g}s",
+                fix="check slirp4netns (aiocontain doctor)" + (", or run with --ipv6=false" if self.ipv6 else ""),
             ) from None
         return state.as_dict()
 
@@ -186,8 +200,8 @@ class Slirp4netns:
         raise ctx.failure or AiocontainError("slirp4netns exited before tap0 was ready")
 
 
-def _exit_error(code: int | None, stderr: bytearray) -> AiocontainError:
-    """Why slirp4netns ended: a signal (its last words are then only progress, not a cause), or its stderr."""
+def exit_error(code: int | None, stderr: bytearray, helper: str = "slirp4netns") -> AiocontainError:
+    """Why the helper ended: a signal (its last words are then only progress, not a cause), or its stderr."""
     if code is not None and code < 0:
         import signal
 
@@ -196,15 +210,20 @@ def _exit_error(code: int | None, stderr: bytearray) -> AiocontainError:
         except ValueError:
             name = f"signal {-code}"
         return AiocontainError(
-            f"slirp4netns was killed by {name}, so the container lost its network and was stopped",
+            f"{helper} was killed by {name}, so the container lost its network and was stopped",
             fix="something outside killed it (an OOM kill, a kill of the user's processes); run the container again",
         )
-    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip() and not _noise(line)]
     detail = lines[-1] if lines else "no message"
-    return AiocontainError(f"slirp4netns exited early with status {code}: {detail}")
+    return AiocontainError(f"{helper} exited early with status {code}: {detail}")
 
 
-async def _watch(process: processes.Helper, stderr: bytearray) -> None:
+def _noise(line: str) -> bool:
+    """pasta's complaint, after each line it logs, that there is no syslog to log it to."""
+    return line.startswith("Failed to send ") and line.endswith(" to syslog")
+
+
+async def watch(process: processes.Helper, stderr: bytearray) -> None:
     """Keep the tail of the helper's stderr until it ends, then reap it."""
     try:
         async for chunk in process.stderr:

@@ -60,6 +60,7 @@ class PrepareContext:
     env: dict[str, str] = field(default_factory=dict)  # set on top of the spec's environment
     mounts: list[BindMount] = field(default_factory=list)
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # target -> (content, mode)
+    ports: list[tuple[str, str, int, int]] = field(default_factory=list)  # (proto, host_addr, host_port, ctr_port)
 
     def add_mount(self, source: str | Path, target: str, *, readonly: bool = True) -> None:
         """Bind-mount a host file or directory at an absolute path in the container."""
@@ -73,6 +74,11 @@ class PrepareContext:
         if not target.startswith("/"):
             raise ValueError(f"file target {target!r} is not an absolute path")
         self.files[target] = (content.encode() if isinstance(content, str) else content, mode)
+
+    def publish(self, proto: str, host_addr: str, host_port: int, container_port: int) -> None:
+        """Publish a port from the network helper's start, for a driver that takes them only there (pasta's
+        -t/-u); slirp4netns's are added in prestart through its API instead."""
+        self.ports.append((proto, host_addr, host_port, container_port))
 
     def veto(self, reason: str) -> NoReturn:
         raise Veto(reason)

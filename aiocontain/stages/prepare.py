@@ -6,6 +6,7 @@ what they ask for is kept on the context for the spawn stage to pass on.
 
 from __future__ import annotations
 
+from aiocontain.errors import AiocontainError
 from aiocontain.plugins.api import PrepareContext
 from aiocontain.plugins.hooks import run_hooks
 from aiocontain.stages.context import StageContext
@@ -20,4 +21,9 @@ async def run(ctx: StageContext) -> bool:
     ctx.extra_env.update(context.env)
     ctx.mounts.extend(context.mounts)
     ctx.files.update(context.files)
+    if context.ports:
+        publish = getattr(ctx.driver, "publish", None)
+        if publish is None:
+            raise AiocontainError(f"--net {ctx.driver.name} cannot publish ports when it starts")
+        publish(context.ports)
     return called

@@ -1,20 +1,26 @@
-"""Publish container ports on the host: ``-p [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]``, as podman's ``--publish``.
+"""Publish container ports on the host: ``-p [[HOSTIP:]HOSTPORT:]CONTAINERPORT[/tcp|/udp]``, as podman's ``--publish``.
 
-A container on ``--net slirp4netns`` has its own network namespace behind
-user-mode NAT: it reaches out, but nothing on the host reaches in. slirp4netns
-can listen on a host port and forward each connection (or datagram) to the
-container; its API socket's ``add_hostfwd`` asks it to. This plugin validates
-the mappings before anything starts and adds them in its ``prestart`` hook, so
-they are in place before the command runs; they go with slirp4netns when the
-container ends.
+A container on ``--net slirp4netns`` or ``--net pasta`` has its own network
+namespace behind user-mode networking: it reaches out, but nothing on the host
+reaches in. Both helpers can listen on a host port and forward each connection
+(or datagram) to the container. slirp4netns is asked through its API socket's
+``add_hostfwd``, in this plugin's ``prestart`` hook; pasta takes its forwards
+only as options when it starts (``-t``/``-u``), so for it the ``prepare`` hook
+hands them to the network driver. Either way they are in place before the
+command runs, and go with the helper when the container ends.
+
+Without a host port (``-p 80``) a free one is picked, as podman does, and the
+CLI says which on stderr; ranges (``-p 8000-8009:80-89``) publish each pair.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import ipaddress
 import socket
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +34,18 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_HOST_ADDR", "FORMAT", "Mapping", "PortForward"]
 
-FORMAT = "[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]"
+FORMAT = "[[HOSTIP:]HOSTPORT:]CONTAINERPORT[/tcp|/udp]"
 DEFAULT_HOST_ADDR = "0.0.0.0"  # as podman: every host address
 GUEST_ADDR = "10.0.2.100"  # tap0's address: slirp4netns --configure always gives it this one
-_FIX = f"use -p {FORMAT}, e.g. -p 127.0.0.1:8080:80"
+NETWORKS = ("slirp4netns", "pasta")
+_FIX = f"use -p {FORMAT}, ports or ranges of ports (START-END), e.g. -p 127.0.0.1:8080:80"
 
 
 @dataclass(frozen=True)
 class Mapping:
-    """One published port: host_addr:host_port on the host to container_port in the container."""
+    """One published port: host_addr:host_port on the host to container_port in the container.
+
+    host_port 0: a free port is picked when the container starts (``-p 80``)."""
 
     host_addr: str
     host_port: int
@@ -45,7 +54,16 @@ class Mapping:
 
     @classmethod
     def parse(cls, text: str) -> Mapping:
-        """``[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]``; AiocontainError naming what is wrong."""
+        """One mapping; a range of more than one port is refused (``parse_all`` takes those)."""
+        mappings = cls.parse_all(text)
+        if len(mappings) != 1:
+            raise AiocontainError(f"invalid -p {text!r}: a range publishes {len(mappings)} ports", fix=_FIX)
+        return mappings[0]
+
+    @classmethod
+    def parse_all(cls, text: str) -> list[Mapping]:
+        """``[[HOSTIP:]HOSTPORT:]CONTAINERPORT[/tcp|/udp]``, each port or a START-END range (host and container
+        ranges of the same length); AiocontainError naming what is wrong."""
 
         def bad(why: str) -> AiocontainError:
             return AiocontainError(f"invalid -p {text!r}: {why}", fix=_FIX)
@@ -56,21 +74,37 @@ class Mapping:
         elif proto not in ("tcp", "udp"):
             raise bad(f"protocol {proto!r} is not tcp or udp")
         parts = ports.split(":")
-        if len(parts) == 2:
-            parts.insert(0, DEFAULT_HOST_ADDR)
         if ports.startswith("[") or len(parts) > 3:
             raise bad("IPv6 is not supported; the host address must be IPv4")
-        if len(parts) != 3:
-            raise bad("expected HOSTPORT:CONTAINERPORT, with an optional IPv4 HOSTIP: in front")
-        host, host_port, container_port = parts
+        host, host_ports, container_ports = [DEFAULT_HOST_ADDR, ""][: 3 - len(parts)] + parts
         try:
             address = ipaddress.IPv4Address(host)
         except ValueError:
             raise bad(f"host address {host!r} is not an IPv4 address") from None
-        return cls(str(address), _port(host_port, "host", bad), _port(container_port, "container", bad), proto)
+        inside = _ports(container_ports, "container", bad)
+        if not host_ports:  # "-p 80", "-p 127.0.0.1::80": free host ports, picked at start
+            return [cls(str(address), 0, port, proto) for port in inside]
+        outside = _ports(host_ports, "host", bad)
+        if len(outside) != len(inside):
+            raise bad(
+                f"host ports {host_ports} are {len(outside)}, container ports {container_ports} are {len(inside)}"
+            )
+        return [cls(str(address), h, c, proto) for h, c in zip(outside, inside, strict=True)]
 
     def __str__(self) -> str:
-        return f"{self.host_addr}:{self.host_port}:{self.container_port}/{self.proto}"
+        return f"{self.host_addr}:{self.host_port or ''}:{self.container_port}/{self.proto}"
+
+
+def _ports(text: str, which: str, bad: Callable[[str], AiocontainError]) -> list[int]:
+    """A port or a START-END range of them."""
+    first, dash, last = text.partition("-")
+    start = _port(first, which, bad)
+    if not dash:
+        return [start]
+    end = _port(last, which, bad)
+    if end < start:
+        raise bad(f"{which} port range {text!r} ends before it starts")
+    return list(range(start, end + 1))
 
 
 def _port(text: str, which: str, bad: Callable[[str], AiocontainError]) -> int:
@@ -81,8 +115,10 @@ def _port(text: str, which: str, bad: Callable[[str], AiocontainError]) -> int:
 
 
 def _validated(mappings: list[Mapping]) -> list[Mapping]:
-    """Refuse a host port published twice: slirp4netns would fail on the second one, after set-up."""
+    """Refuse a host port published twice: the helper would fail on the second one, after set-up."""
     for index, mapping in enumerate(mappings):
+        if not mapping.host_port:
+            continue  # picked free at start
         for earlier in mappings[:index]:
             same_port = (earlier.host_port, earlier.proto) == (mapping.host_port, mapping.proto)
             addresses = {earlier.host_addr, mapping.host_addr}
@@ -98,16 +134,19 @@ class PortForward(Plugin):
     """``-p``/``--publish`` on the CLI; ``PortForward(["127.0.0.1:8080:80"])`` in ``Container(spec, plugins=...)``.
 
     Emits ``plugin.event`` kind ``forward`` (host_addr, host_port, container_port,
-    proto, id) for each forward added.
+    proto, id) for each forward added; ``published`` holds them with the host ports picked.
     """
 
     name = "portforward"
-    description = f"publish container ports on the host: -p {FORMAT} (slirp4netns)"
+    description = f"publish container ports on the host: -p {FORMAT} (slirp4netns, pasta)"
     order = 50  # before plugins of the default order: their prestart hooks see the forwards in place
     uses_network_facts = False  # tap0 has slirp4netns --configure's fixed address (GUEST_ADDR)
 
     def __init__(self, publish: Iterable[str | Mapping] = ()) -> None:
-        self.mappings = _validated([m if isinstance(m, Mapping) else Mapping.parse(m) for m in publish])
+        self.mappings = _validated(_expand(publish))
+        self.published: list[Mapping] = []
+        self.announce = False  # the CLI: say on stderr which host ports were picked
+        self._picked: set[Mapping] = set()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -116,22 +155,34 @@ class PortForward(Plugin):
             action="append",
             default=[],
             metavar=FORMAT,
-            help="publish a container port on the host (HOSTIP defaults to 0.0.0.0, as in podman); repeatable",
+            help="publish a container port (or START-END range) on the host; HOSTIP defaults to 0.0.0.0, as in "
+            "podman; without HOSTPORT a free one is picked and printed; repeatable",
         )
 
     def configure(self, args: argparse.Namespace) -> None:
-        self.mappings = _validated([Mapping.parse(text) for text in args.publish])
-        if self.mappings and args.net != "slirp4netns":
-            raise AiocontainError(f"-p needs --net slirp4netns: {_no_ports(args.net)}", fix="drop -p or --net")
+        self.mappings = _validated(_expand(args.publish))
+        self.announce = True
+        if self.mappings and args.net not in NETWORKS:
+            raise AiocontainError(f"-p needs --net slirp4netns or pasta: {_no_ports(args.net)}", fix="drop -p or --net")
 
     async def prepare(self, context: PrepareContext) -> None:
         # Embedders skip configure(): refuse here, before anything starts, rather than in prestart.
         network = str(context.container.spec.network)
-        if self.mappings and network != "slirp4netns":
-            context.veto(f"ports are published only with the slirp4netns network: {_no_ports(network)}")
+        if self.mappings and network not in NETWORKS:
+            context.veto(f"ports are published only with the slirp4netns or pasta network: {_no_ports(network)}")
+        if network != "pasta":
+            return
+        # pasta binds its forwards as it starts, so a port that cannot be had is found here, with the reason.
+        for mapping in self._resolve():
+            if why := _why_refused(mapping):
+                raise AiocontainError(f"cannot publish {mapping}: {why}", fix=_fix_for(mapping))
+            context.publish(mapping.proto, mapping.host_addr, mapping.host_port, mapping.container_port)
+            self._forwarded(context.container, mapping, None)
 
     async def prestart(self, context: PrestartContext) -> None:
-        for mapping in self.mappings:
+        if str(context.container.spec.network) != "slirp4netns":
+            return
+        for mapping in self._resolve():
             request = {
                 "execute": "add_hostfwd",
                 "arguments": {
@@ -150,7 +201,26 @@ class PortForward(Plugin):
                 ) from None
             self._forwarded(context.container, mapping, reply.get("return", {}).get("id"))
 
+    def _resolve(self) -> list[Mapping]:
+        """The mappings with a free host port for each that has none, all picked while each is held, so no
+        two of them get the same one (as podman, the port is free when picked, and then is the helper's)."""
+        with contextlib.ExitStack() as held:
+            resolved = []
+            for mapping in self.mappings:
+                if not mapping.host_port:
+                    kind = socket.SOCK_STREAM if mapping.proto == "tcp" else socket.SOCK_DGRAM
+                    probe = held.enter_context(socket.socket(socket.AF_INET, kind))
+                    probe.bind((mapping.host_addr, 0))
+                    mapping = Mapping(mapping.host_addr, probe.getsockname()[1], mapping.container_port, mapping.proto)
+                resolved.append(mapping)
+        self._picked = {m for m, asked in zip(resolved, self.mappings, strict=True) if not asked.host_port}
+        return resolved
+
     def _forwarded(self, container: Container, mapping: Mapping, forward_id: object) -> None:
+        self.published.append(mapping)
+        if self.announce and mapping in self._picked:  # the only way a CLI user learns it (podman: `podman port`)
+            where = f"{mapping.host_addr}:{mapping.host_port} -> {mapping.container_port}/{mapping.proto}"
+            print(f"aiocontain: published {where}", file=sys.stderr, flush=True)
         self.emit(
             container,
             "forward",
@@ -160,6 +230,10 @@ class PortForward(Plugin):
             proto=mapping.proto,
             id=forward_id,
         )
+
+
+def _expand(publish: Iterable[str | Mapping]) -> list[Mapping]:
+    return [m for item in publish for m in ([item] if isinstance(item, Mapping) else Mapping.parse_all(item))]
 
 
 def _no_ports(network: str) -> str:

@@ -30,6 +30,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     "text, expected",
     [
         ("8080:80", Mapping("0.0.0.0", 8080, 80, "tcp")),
+        ("80", Mapping("0.0.0.0", 0, 80, "tcp")),  # a free host port, picked at start
+        ("127.0.0.1::53/udp", Mapping("127.0.0.1", 0, 53, "udp")),
         ("127.0.0.1:8080:80", Mapping("127.0.0.1", 8080, 80, "tcp")),
         ("127.0.0.1:5353:53/udp", Mapping("127.0.0.1", 5353, 53, "udp")),
         ("65535:1/tcp", Mapping("0.0.0.0", 65535, 1, "tcp")),
@@ -42,7 +44,11 @@ def test_mappings_parse_as_podman_writes_them(text, expected):
 @pytest.mark.parametrize(
     "text, why",
     [
-        ("8080", "expected HOSTPORT:CONTAINERPORT"),
+        ("127.0.0.1:8080", "host port '127.0.0.1' is not a number from 1 to 65535"),
+        ("8000-8002:80-81", "host ports 8000-8002 are 3, container ports 80-81 are 2"),
+        ("8002-8000:80-82", "host port range '8002-8000' ends before it starts"),
+        ("8000-:80", "host port '' is not a number"),
+        ("8000-8001", "a range publishes 2 ports"),
         ("0:80", "host port '0' is not a number from 1 to 65535"),
         ("8080:65536", "container port '65536' is not a number"),
         ("8080:+80", "container port '+80' is not a number"),
@@ -55,7 +61,16 @@ def test_bad_mappings_are_refused_with_what_is_wrong(text, why):
     with pytest.raises(AiocontainError) as caught:
         Mapping.parse(text)
     assert f"invalid -p {text!r}: {why}" in caught.value.message
-    assert caught.value.fix is not None and "HOSTPORT:CONTAINERPORT" in caught.value.fix
+    assert caught.value.fix is not None and "HOSTPORT:]CONTAINERPORT" in caught.value.fix
+
+
+def test_ranges_publish_each_pair_in_order():
+    assert Mapping.parse_all("127.0.0.1:8000-8002:80-82/udp") == [
+        Mapping("127.0.0.1", 8000 + i, 80 + i, "udp") for i in range(3)
+    ]
+    assert Mapping.parse_all("80-81") == [Mapping("0.0.0.0", 0, 80), Mapping("0.0.0.0", 0, 81)]
+    with pytest.raises(AiocontainError, match="host port 8001/tcp is published twice"):
+        PortForward(["8000-8001:80-81", "8001:90"])
 
 
 def test_a_host_port_published_twice_is_refused():
@@ -81,12 +96,15 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["-p", "127.0.0.1:8080"], ["invalid -p '127.0.0.1:8080'", "(fix: use -p [HOSTIP:]HOSTPORT:"]),
+        (["-p", "127.0.0.1:8080"], ["invalid -p '127.0.0.1:8080'", "(fix: use -p [[HOSTIP:]HOSTPORT:]"]),
         (["-p", "127.0.0.1:99999:80"], ["host port '99999' is not a number from 1 to 65535"]),
         (["-p", "127.0.0.1:8080:80/icmp"], ["protocol 'icmp' is not tcp or udp"]),
         (["-p", "localhost:8080:80"], ["host address 'localhost' is not an IPv4 address"]),
-        (["--net", "none", "-p", "127.0.0.1:8080:80"], ["-p needs --net slirp4netns", "no network to forward to"]),
-        (["--net", "host", "-p", "127.0.0.1:8080:80"], ["-p needs --net slirp4netns", "the host's ports directly"]),
+        (["-p", "127.0.0.1:8000-8002:80-81"], ["host ports 8000-8002 are 3, container ports 80-81 are 2"]),
+        (["-p", "127.0.0.1:8002-8000:80-82"], ["host port range '8002-8000' ends before it starts"]),
+        (["--net", "pasta", "-p", "127.0.0.1:80-:80"], ["host port '' is not a number"]),
+        (["--net", "none", "-p", "127.0.0.1:8080:80"], ["-p needs --net slirp4netns or pasta", "no network to"]),
+        (["--net", "host", "-p", "127.0.0.1:8080:80"], ["-p needs --net slirp4netns or pasta", "the host's ports"]),
     ],
 )
 def test_bad_publish_options_are_one_line_and_start_nothing(rootfs, args, needles):
@@ -230,7 +248,7 @@ async def test_embedded_publish_without_slirp4netns_is_refused_before_anything_s
         async with Container(spec, plugins=[PortForward(["127.0.0.1:8080:80"])]):
             pass
     assert caught.value.message == (
-        "plugin portforward stopped the run: ports are published only with the slirp4netns network: "
+        "plugin portforward stopped the run: ports are published only with the slirp4netns or pasta network: "
         "with --net none the container has no network to forward to"
     )
     assert leftovers() == before
