@@ -148,6 +148,24 @@ def check_slirp4netns() -> Check:
     return Check("slirp4netns", True, f"{path} version {version}, {on}", None)
 
 
+def check_pasta() -> Check:
+    """pasta (Debian's passt) for --net pasta; optional: slirp4netns is the default network."""
+    fix = "sudo apt-get install passt"
+    path = shutil.which("pasta")
+    if path is None:
+        return Check("pasta", False, "pasta not found: --net pasta is refused", fix, required=False)
+    try:
+        helped = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10, check=False)
+        text = helped.stdout + helped.stderr  # Debian 12's prints it on stderr
+    except (OSError, subprocess.SubprocessError) as err:
+        return Check("pasta", False, f"`{path} --help` failed: {err}", fix, required=False)
+    if "--config-net" not in text:
+        return Check("pasta", False, f"{path} has no --config-net: too old", f"upgrade it: {fix}", required=False)
+    if shutil.which("setpriv") is None:  # how pasta gets a parent-death signal
+        return Check("pasta", False, "setpriv not found", "sudo apt-get install util-linux", required=False)
+    return Check("pasta", True, f"{path} for --net pasta", None, required=False)
+
+
 def check_init() -> Check:
     """--init runs a static init (catatonit) as the container's PID 1; without it, --init is refused."""
     try:
@@ -256,6 +274,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         *(dataclasses.replace(check, required=False) for check in id_maps),
         _safely("slirp4netns", check_slirp4netns),
         _safely("tun", check_tun),
+        dataclasses.replace(_safely("pasta", check_pasta), required=False),
         _safely("init", check_init),
         _safely("cgroup v2", check_cgroup),
         _safely("libseccomp", check_libseccomp),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine (as root) for aiocontain's test suite. Idempotent.
-# - host packages: slirp4netns, uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
+# - host packages: slirp4netns, passt (pasta, for --net pasta), uidmap (newuidmap/newgidmap), busybox-static, python3-venv,
 #   gcc/libc6-dev (the chroot-escape test and the isolation probes build static programs),
 #   catatonit (the static init that --init bind-mounts; tini's static build, the tests' contrast to it),
 #   keyutils (the keyring probe's host side),
@@ -19,7 +19,7 @@ set -euo pipefail
 
 TEST_USER=${AIOCONTAIN_TEST_USER:-aiotest}
 SUBID_START=${AIOCONTAIN_SUBID_START:-300000}
-PACKAGES=(slirp4netns uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps
+PACKAGES=(slirp4netns passt uidmap busybox-static python3-venv gcc libc6-dev iproute2 procps
     qemu-system-x86 linux-image-amd64 kmod udev catatonit tini keyutils golang-github-containers-common podman runc)
 for arg in "$@"; do
     case $arg in

@@ -132,7 +132,7 @@ def loopback_server() -> Iterator[tuple[int, bytes]]:
 
 
 def leftovers() -> dict[str, object]:
-    """What a container could leave behind: our slirp4netns processes, runtime dirs, children, mounts."""
+    """What a container could leave behind: our slirp4netns and pasta processes, runtime dirs, children, mounts."""
     from aiocontain import forkserver
 
     server = forkserver.current()
@@ -150,7 +150,7 @@ def leftovers() -> dict[str, object]:
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         if int(fields.get("Uid", "-1").split()[0]) != uid:
             continue
-        if cmdline and cmdline[0].endswith(b"slirp4netns"):
+        if cmdline and cmdline[0].endswith((b"slirp4netns", b"pasta", b"passt", b"passt.avx2", b"setpriv")):
             slirps.append(int(entry.name))
         if int(fields.get("PPid", "0")) == os.getpid():
             # The session's fork server runs, sleeps and runs again as it forks: only its pid is stable.

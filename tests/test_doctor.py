@@ -24,6 +24,7 @@ EXPECTED = {
     "subgid",
     "slirp4netns",
     "tun",
+    "pasta",
     "init",
     "cgroup v2",
     "libseccomp",
@@ -50,7 +51,7 @@ def test_run_checks_covers_every_prerequisite(tmp_path: Path) -> None:
         assert check.detail.strip(), check
         if not check.ok:
             assert check.fix, check
-    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "init", "cgroup v2"}  # containers run without them
+    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "pasta", "init", "cgroup v2"}  # runs go on without
     assert {c.name for c in checks if not c.required} == optional
 
 
@@ -300,3 +301,11 @@ def test_init_is_optional_and_names_its_package(tmp_path: Path, monkeypatch: pyt
     missing = doctor.check_init()
     assert not missing.ok and not missing.required
     assert missing.fix == "sudo apt-get install catatonit"
+
+
+def test_pasta_is_optional_and_a_missing_one_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = doctor.check_pasta()
+    assert found.ok and not found.required, found  # host-setup.sh installs passt
+    monkeypatch.setenv("PATH", "/nonexistent")
+    check = doctor.check_pasta()
+    assert (check.ok, check.required, check.fix) == (False, False, "sudo apt-get install passt")
