@@ -339,7 +339,7 @@ def bench(session: nox.Session) -> None:
 
     setup = str(ROOT / "scripts" / "host-setup.sh")
     session.run("bash", setup, "--bench", env={"AIOCONTAIN_TEST_USER": BENCH_USER}, external=True)
-    stage = _stage(session, BENCH_STAGE, BENCH_USER, ["bench"], [], runtime_dir=True)
+    stage = _stage(session, BENCH_STAGE, BENCH_USER, ["bench", "plugins"], [], runtime_dir=True)
     results = stage.work / "results.json"
     session.chdir(stage.work)
     try:

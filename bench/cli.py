@@ -7,6 +7,9 @@ Cases (``--cases``, comma-separated; groups or single names):
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
   batch.shell (as many shell baselines at once: the floor for the concurrent batch)
 - throughput: throughput.default_mtu and throughput.mtu1500
+- pasta: pasta against slirp4netns, each at its default MTU: cli.pasta beside cli.net (and cli.net4, slirp4netns
+  without IPv6), throughput.pasta beside throughput.default_mtu (container -> host loopback), and
+  published.pasta beside published.slirp4netns (host -> container through -p)
 - memory: what each running container costs the runtime
 
 A case whose tool is not installed is skipped and the report says so (as root,
@@ -30,6 +33,15 @@ GROUPS = {
     "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
+    "pasta": [
+        "cli.net",
+        "cli.net4",
+        "cli.pasta",
+        "throughput.default_mtu",
+        "throughput.pasta",
+        "published.slirp4netns",
+        "published.pasta",
+    ],
 }
 TOOLS = {
     "bwrap.none": ("bwrap",),
@@ -37,6 +49,9 @@ TOOLS = {
     "podman.net": ("podman", "runc", "slirp4netns"),
     "shell.net": ("unshare", "slirp4netns"),
     "batch.shell": ("unshare", "slirp4netns"),
+    "cli.pasta": ("pasta",),
+    "throughput.pasta": ("pasta",),
+    "published.pasta": ("pasta",),
 }
 DEFAULT_JSON = Path(".bench/results.json")
 
@@ -83,6 +98,8 @@ IN_WORKER = ("embedded", "batch")
 def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -> Case:
     """The case of that name, with its repetitions from the options."""
     rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
+    if name in ("cli.pasta", "cli.net4"):
+        return external.cli_network(rootfs, name, reps)
     if group == "cli":
         return external.cli(rootfs, name == "cli.net", reps)
     if group == "bwrap":
@@ -93,9 +110,16 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
         return external.shell_batch(rootfs, args.batch, args.batch_reps)
     if group == "shell":
         return external.shell_baseline(rootfs, reps)
+    if name == "throughput.pasta":
+        return throughput.ThroughputCase(
+            name, rootfs, None, args.throughput_mb, args.sender, args.throughput_reps, net="pasta"
+        )
     if group == "throughput":
         mtu = None if name == "throughput.default_mtu" else 1500
         return throughput.ThroughputCase(name, rootfs, mtu, args.throughput_mb, args.sender, args.throughput_reps)
+    if group == "published":
+        net = name.split(".")[1]
+        return throughput.PublishedCase(name, rootfs, net, args.throughput_mb, args.throughput_reps)
     if group == "memory":
         return embedded.MemoryCase(rootfs, args.backend, args.memory_count, args.memory_reps)
     assert worker is not None and group in IN_WORKER

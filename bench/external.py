@@ -70,6 +70,14 @@ def aiocontain_executable() -> str:
     return str(beside) if beside.exists() else shutil.which("aiocontain") or "aiocontain"
 
 
+def cli_network(rootfs: Path, name: str, repetitions: int) -> CommandCase:
+    """``aiocontain run`` with another network than the default: cli.pasta (--net pasta), cli.net4 (slirp4netns
+    with --ipv6=false, so that the cost of waiting for IPv6 shows)."""
+    options = ["--net", "pasta"] if name == "cli.pasta" else ["--ipv6=false"]
+    argv = [aiocontain_executable(), "run", "--rootfs", str(rootfs), *options]
+    return CommandCase(name, [*argv, *TRUE], f"aiocontain run {' '.join(options)} /bin/true", repetitions)
+
+
 def cli(rootfs: Path, network: bool, repetitions: int) -> CommandCase:
     """``aiocontain run``, a fresh interpreter each time; networking is the CLI's default (slirp4netns)."""
     argv = [aiocontain_executable(), "run", "--rootfs", str(rootfs)]

@@ -66,6 +66,12 @@ def ratios(batch: int) -> list[Ratio]:
         Ratio(f"{batch} one after another / {batch} concurrent", "batch.sequential", "batch.concurrent"),
         Ratio(f"{batch} shell baselines at once / one (the floor of the 5x target)", "batch.shell", "shell.net"),
         Ratio(f"{batch} concurrent / {batch} shell baselines at once", "batch.concurrent", "batch.shell"),
+        Ratio("CLI start-to-exit, pasta / slirp4netns (lower: pasta starts faster)", "cli.pasta", "cli.net"),
+        Ratio("CLI start-to-exit, slirp4netns with IPv6 / without", "cli.net", "cli.net4"),
+        Ratio(
+            "throughput container -> host loopback, pasta / slirp4netns", "throughput.pasta", "throughput.default_mtu"
+        ),
+        Ratio("throughput host -> -p -> container, pasta / slirp4netns", "published.pasta", "published.slirp4netns"),
     ]
 
 

@@ -1,8 +1,14 @@
-"""TCP throughput from a container to a server on the host's loopback, through slirp4netns.
+"""TCP throughput between a container and the host's loopback, through slirp4netns or pasta.
 
-The server is this process, on 127.0.0.1; the container reaches it as 10.0.2.2
-(``--allow-host-loopback``). The rate is measured on the server side, from the
+Outbound: the server is this process, on 127.0.0.1; the container reaches it as
+its gateway (``--allow-host-loopback``: 10.0.2.2 with slirp4netns, the host's
+gateway address with pasta). The rate is measured on the server side, from the
 first payload byte to the last, so the container's start does not count.
+
+Published (``-p``): this process connects to the container's busybox httpd
+through ``-p 127.0.0.1:PORT:80`` and downloads a file (httpd sends it with
+sendfile, so the sender's syscalls do not set the pace); the rate is measured
+here, from the first body byte to the last.
 
 The sender is what the busybox rootfs has. busybox ``nc`` copies stdin to the
 socket 1 KiB per write(2), so with it the sender's syscalls, not the link, set
@@ -17,6 +23,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,17 +39,20 @@ _MB = 1_000_000
 _HEADER_END = b"\r\n\r\n"
 
 
-def sender_script(sender: str, megabytes: int, port: int) -> str:
-    """The shell command run in the container: send megabytes MiB to 10.0.2.2:port."""
+GATEWAY = "$(ip route | awk '/^default/ {print $3}')"  # 10.0.2.2 with slirp4netns; the host's gateway with pasta
+
+
+def sender_script(sender: str, megabytes: int, port: int, host: str = "10.0.2.2") -> str:
+    """The shell command run in the container: send megabytes MiB to host:port."""
     size = megabytes * 1024 * 1024
     if sender == "nc":
-        return f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | nc 10.0.2.2 {port}"
+        return f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | nc {host} {port}"
     # wget sends the file as a C string, so the payload has no NUL bytes. Not `yes | head -c`: in an
     # aiocontain container SIGPIPE is ignored (inherited from the Python intermediate), so yes never ends.
     payload = "/tmp/payload"
     return (
         f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | tr '\\0' a >{payload}"
-        f" && wget -q -O /dev/null --post-file {payload} http://10.0.2.2:{port}/"
+        f" && wget -q -O /dev/null --post-file {payload} http://{host}:{port}/"
     )
 
 
@@ -104,20 +114,24 @@ class ThroughputCase:
     megabytes: int
     sender: str
     repetitions: int
+    net: str = "slirp4netns"
     metrics: tuple[Metric, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        which = "aiocontain's default MTU" if self.mtu is None else f"--mtu {self.mtu}"
-        what = f"{self.megabytes} MiB container -> host 127.0.0.1 via 10.0.2.2, {which}, busybox {self.sender}"
+        which = "the default MTU" if self.mtu is None else f"--mtu {self.mtu}"
+        via = "10.0.2.2" if self.net == "slirp4netns" else "the gateway"
+        what = f"{self.megabytes} MiB container -> host 127.0.0.1 via {via}, {self.net}, {which}, busybox {self.sender}"
         self.metrics = (Metric(self.name, "MB/s", what, higher_is_better=True),)
 
     def run(self) -> Mapping[str, float]:
         with socket.create_server(("127.0.0.1", 0)) as server:
             port = server.getsockname()[1]
             argv = [aiocontain_executable(), "run", "--rootfs", str(self.rootfs), "--allow-host-loopback"]
+            argv += ["--net", self.net]
             if self.mtu is not None:
                 argv += ["--mtu", str(self.mtu)]
-            argv += ["--", "sh", "-c", sender_script(self.sender, self.megabytes, port)]
+            host = "10.0.2.2" if self.net == "slirp4netns" else GATEWAY
+            argv += ["--", "sh", "-c", sender_script(self.sender, self.megabytes, port, host)]
             with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as process:
                 try:
                     connection = _accept(server, process)
@@ -130,6 +144,73 @@ class ThroughputCase:
         if code != 0:
             raise RuntimeError(f"the sending container exited {code}")
         return {self.name: counted / seconds / _MB}
+
+
+@dataclass
+class PublishedCase:
+    """The host downloads a file from the container's httpd through -p on 127.0.0.1; MB/s as seen here."""
+
+    name: str
+    rootfs: Path
+    net: str
+    megabytes: int
+    repetitions: int
+    metrics: tuple[Metric, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        what = f"{self.megabytes} MiB host 127.0.0.1 -> -p -> container httpd (download), {self.net}, default MTU"
+        self.metrics = (Metric(self.name, "MB/s", what, higher_is_better=True),)
+
+    def run(self) -> Mapping[str, float]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        size = self.megabytes * 1024 * 1024
+        # httpd binds before it goes to the background, so "ready" means it listens; cat holds the container.
+        script = (
+            f"mkdir /tmp/www && dd if=/dev/zero bs=64k count={size // 65536} of=/tmp/www/payload 2>/dev/null"
+            " && httpd -p 80 -h /tmp/www && echo ready && cat >/dev/null"
+        )
+        argv = [sys.executable, "-m", "bench.publish", self.net, str(port), str(self.rootfs), script]
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as process:
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                if process.stdout.readline() != b"ready\n":
+                    raise RuntimeError(f"the serving container exited {process.wait()} before it was ready")
+                with socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT) as connection:
+                    counted, seconds = _download(connection, size)
+                process.stdin.close()
+                code = process.wait(timeout=TRANSFER_TIMEOUT)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+        if code != 0:
+            raise RuntimeError(f"the serving container exited {code}")
+        return {self.name: counted / seconds / _MB}
+
+
+def _download(connection: socket.socket, size: int) -> tuple[int, float]:
+    """GET /payload; (body bytes after the first chunk, seconds from the first body chunk to the last)."""
+    connection.settimeout(TRANSFER_TIMEOUT)
+    connection.sendall(b"GET /payload HTTP/1.0\r\n\r\n")
+    buffer = bytearray(1 << 20)
+    head = b""
+    while _HEADER_END not in head:
+        head += _recv(connection, buffer)
+    _, _, body = head.partition(_HEADER_END)
+    if not body:
+        body = _recv(connection, buffer)
+    received, first = len(body), time.perf_counter()
+    last = first
+    while received < size:
+        got = connection.recv_into(buffer)
+        if not got:
+            raise RuntimeError(f"the download ended after {received} of {size} bytes")
+        received += got
+        last = time.perf_counter()
+    if last <= first:
+        raise RuntimeError("too little payload to measure")
+    return received - len(body), last - first
 
 
 def _accept(server: socket.socket, process: subprocess.Popen[bytes]) -> socket.socket:
