@@ -15,7 +15,7 @@ from aiocontain.errors import AiocontainError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MTU = 65520
-_MTU_RANGE = (68, 65520)  # slirp4netns accepts at most 65521, pasta 65520
+_MTU_RANGE = (68, 65521)  # slirp4netns accepts at most 65521 (pasta 65520: its driver says so)
 _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY = re.compile(r"^[^=\0]+$")

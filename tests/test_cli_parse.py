@@ -37,7 +37,7 @@ def assert_usage_error(capsys: pytest.CaptureFixture[str], argv: list[str], *nee
     [
         (["run", "--mtu", "abc", "true"], ["--mtu", "invalid int value: 'abc'", "aiocontain run --help"]),
         (["run", "--net", "bridge", "true"], ["invalid choice: 'bridge'", "aiocontain run --help"]),
-        (["run", "--network", "pasta", "true"], ["invalid choice: 'pasta'"]),
+        (["run", "--network", "slirp", "true"], ["invalid choice: 'slirp'"]),
         (["run", "--stop-timeout", "soon", "true"], ["--stop-timeout", "invalid float value"]),
         (["run", "--backend", "curio", "true"], ["invalid choice: 'curio'"]),
         (["run", "--log-level", "loud", "true"], ["invalid choice: 'loud'"]),

@@ -176,3 +176,13 @@ def test_pasta_dies_with_a_sigkilled_runtime(rootfs):
         assert ready, "pasta outlived the runtime"
     finally:
         os.close(pidfd)
+
+
+def test_an_mtu_pasta_cannot_take_is_one_line(cli):
+    before = leftovers()
+    result = cli("--net", "pasta", "--mtu", "65521", "true")  # slirp4netns's largest, one more than pasta's
+    assert (result.code, result.stderr) == (
+        125,
+        "aiocontain: invalid MTU 65521 for pasta (fix: use a value from 68 to 65520)\n",
+    )
+    assert leftovers() == before

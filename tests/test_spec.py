@@ -58,7 +58,7 @@ def test_valid_values_are_accepted(kwargs: dict[str, Any]) -> None:
     spec(**kwargs).validate()
 
 
-@pytest.mark.parametrize("value", ["slirp4netns", "none", "host"])
+@pytest.mark.parametrize("value", ["slirp4netns", "pasta", "none", "host"])
 def test_network_string_becomes_a_mode(value: str) -> None:
     s = spec(network=value)
     s.validate()
@@ -136,7 +136,7 @@ def test_negative_or_nan_timeout_is_refused(field: str, value: float) -> None:
     assert field.replace("_", " ") in str(err)
 
 
-@pytest.mark.parametrize("network", ["bridge", "", "SLIRP4NETNS", "pasta"])
+@pytest.mark.parametrize("network", ["bridge", "", "SLIRP4NETNS", "pasta4"])
 def test_unknown_network_is_refused(network: str) -> None:
     assert "invalid network mode" in str(refused(network=network))
 

@@ -39,6 +39,7 @@ from aiocontain.stages.context import StageContext
 
 _TUN = "/dev/net/tun"
 _LOOPBACK_RESOLVERS = ("127.", "::1")
+_MAX_MTU = 65520  # pasta's largest (slirp4netns takes one more)
 
 
 class Pasta:
@@ -61,6 +62,8 @@ class Pasta:
         self._supervised = anyio.Event()
 
     def check(self) -> None:
+        if self.mtu > _MAX_MTU:
+            raise AiocontainError(f"invalid MTU {self.mtu} for pasta", fix=f"use a value from 68 to {_MAX_MTU}")
         self.binary = shutil.which("pasta")
         if self.binary is None:
             raise AiocontainError(
