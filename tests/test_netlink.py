@@ -341,3 +341,67 @@ def test_link_attributes_read_as_pyroute2_reads_them_from_real_kernel_messages()
             bool(decoded["flags"] & IFF_UP),
             decoded.get_attr("IFLA_MTU"),
         )
+
+
+def addr6(index: int, address: str, *, flags: int = 0, scope: int = 0) -> bytes:
+    msg = ifaddrmsg()
+    msg["header"]["type"] = RTM_NEWADDR
+    msg["family"] = socket.AF_INET6
+    msg["prefixlen"] = 64
+    msg["index"] = index
+    msg["scope"] = scope
+    msg["attrs"] = [("IFA_ADDRESS", address), ("IFA_FLAGS", flags)]
+    msg.encode()
+    return bytes(msg.data)
+
+
+def route6(gateway: str, *, oif: int = 2, dst_len: int = 0) -> bytes:
+    msg = rtmsg()
+    msg["header"]["type"] = RTM_NEWROUTE
+    msg["family"] = socket.AF_INET6
+    msg["dst_len"] = dst_len
+    msg["table"] = 254
+    msg["type"] = 1
+    msg["attrs"] = [("RTA_TABLE", 254), ("RTA_OIF", oif), ("RTA_GATEWAY", gateway)]
+    msg.encode()
+    return bytes(msg.data)
+
+
+IFA_F_TENTATIVE = 0x40
+RT_SCOPE_LINK = 253
+
+
+def test_ipv6_needs_a_usable_global_address_and_a_default_route_of_the_interface() -> None:
+    from aiocontain.rtnl import Ipv6State
+
+    state = Ipv6State("tap0")
+    steps = [
+        (link("tap0", 2), False),
+        (addr6(2, "fe80::1", scope=RT_SCOPE_LINK), False),  # link-local: not reachable beyond the router
+        (addr6(2, "fd00::5", flags=IFA_F_TENTATIVE), False),  # duplicate address detection not done
+        (addr6(3, "fd00::9"), False),  # another interface's
+        (route6("fe80::2", oif=3), False),  # another interface's default route
+        (route6("fe80::2", dst_len=64), False),  # not a default route
+        (addr6(2, "fd00::5"), False),
+        (route6("fe80::2"), True),
+    ]
+    for raw, configured in steps:
+        for kind, message in netlink.split(raw):
+            state.update(kind, message)
+        assert state.configured == configured, raw
+    assert (state.address, state.prefixlen, state.gateway) == ("fd00::5", 64, "fe80::2")
+
+
+def test_ipv4_waits_for_ipv6_when_asked_and_reports_both() -> None:
+    from aiocontain.rtnl import Ipv6State
+
+    state = InterfaceState("tap0", ipv6=Ipv6State("tap0"))
+    for raw in (link("tap0", 2), addr(2), route(), addr(2), addr6(2, "fd00::5")):
+        for kind, message in netlink.split(raw):
+            netlink.update(state, kind, message)
+    assert not state.configured  # IPv4 is, IPv6 has no route yet
+    for kind, message in netlink.split(route6("fe80::2")):
+        netlink.update(state, kind, message)
+    assert state.configured
+    facts = state.as_dict()
+    assert (facts["address"], facts["address6"], facts["gateway6"]) == ("10.0.2.100/24", "fd00::5/64", "fe80::2")
