@@ -55,9 +55,16 @@ def create_persistent_tap(name: str) -> None:
 
 
 def _quick_ipv6(name: str) -> None:
-    """IPv6 on the tap at once: no duplicate address detection (the user-mode router is its only neighbour) and
-    no random delay of up to a second before the router solicitation, so the address and route the tap stage
-    waits for come within milliseconds of the link going up. Harmless without IPv6."""
+    """IPv6 on the tap at once, so the address and route the tap stage waits for come within milliseconds of
+    the helper attaching. Harmless without IPv6.
+
+    - No duplicate address detection (the user-mode router is its only neighbour) and no random delay of up
+      to a second before the router solicitation.
+    - Up before the helper attaches: IPv6 starts only once the kernel's link watch has marked the link
+      operational, and it handles the carrier coming on at once only for a running device; for a device
+      still down it batches the event, up to a second after its last run (one start in twenty here).
+    """
+    bring_up(name)
     for setting in ("accept_dad", "router_solicitation_delay"):
         try:
             with open(f"/proc/sys/net/ipv6/conf/{name}/{setting}", "w") as f:
