@@ -82,10 +82,14 @@ def _serving(rootfs, *args: str, ports: tuple[int, ...]) -> subprocess.Popen[str
 
 
 def _get(port: int) -> str:
-    import urllib.request
+    import http.client
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-        return str(response.read().decode().strip())
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # no proxy, unlike urllib
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().read().decode().strip()
+    finally:
+        connection.close()
 
 
 def _free_ports(count: int) -> list[int]:
