@@ -210,13 +210,21 @@ async def read_line(stream) -> bytes:
 
 @pytest.mark.container
 @pytest.mark.anyio
-@pytest.mark.parametrize("allow_host_loopback", [False, True])
-async def test_embedded_tcp_and_udp_forwards_reach_a_server_in_the_container(rootfs, allow_host_loopback):
+@pytest.mark.parametrize(
+    "network, allow_host_loopback",
+    [(NetworkMode.SLIRP4NETNS, False), (NetworkMode.SLIRP4NETNS, True), (NetworkMode.PASTA, False)],
+)
+async def test_embedded_tcp_and_udp_forwards_reach_a_server_in_the_container(rootfs, network, allow_host_loopback):
     command, env = host_python_in_container()
     tcp_port, udp_port, token = free_port(), free_port(socket.SOCK_DGRAM), os.urandom(8).hex()
     forward = PortForward([f"127.0.0.1:{tcp_port}:80", f"127.0.0.1:{udp_port}:53/udp"])
     spec = ContainerSpec(
-        [*command, token], rootfs=rootfs, env=env, stdout=subprocess.PIPE, allow_host_loopback=allow_host_loopback
+        [*command, token],
+        rootfs=rootfs,
+        env=env,
+        stdout=subprocess.PIPE,
+        allow_host_loopback=allow_host_loopback,
+        network=network,
     )
     async with Container(spec, plugins=[HostUsr(), forward]) as container:
         with anyio.fail_after(30):
@@ -227,6 +235,7 @@ async def test_embedded_tcp_and_udp_forwards_reach_a_server_in_the_container(roo
                 if allow_host_loopback:
                     # Only then: a datagram from host loopback arrives from 10.0.2.2, and slirp4netns's
                     # --disable-host-loopback drops replies to that address (podman#4586); TCP is not affected.
+                    # Debian 12's pasta (2023-03) loses the reply too (see the README's Limits).
                     assert await udp.receive() == b"echo ping"
             async with await anyio.connect_tcp("127.0.0.1", tcp_port) as tcp:
                 assert await tcp.receive() == token.encode()
@@ -236,30 +245,8 @@ async def test_embedded_tcp_and_udp_forwards_reach_a_server_in_the_container(roo
         (tcp_port, 80, "tcp"),
         (udp_port, 53, "udp"),
     ]
-    assert all(f["host_addr"] == "127.0.0.1" and isinstance(f["id"], int) for f in forwards)
-
-
-@pytest.mark.container
-@pytest.mark.anyio
-async def test_embedded_tcp_and_udp_forwards_reach_a_server_in_the_container_through_pasta(rootfs):
-    command, env = host_python_in_container()
-    tcp_port, udp_port, token = free_port(), free_port(socket.SOCK_DGRAM), os.urandom(8).hex()
-    forward = PortForward([f"127.0.0.1:{tcp_port}:80", f"127.0.0.1:{udp_port}:53/udp"])
-    spec = ContainerSpec([*command, token], rootfs=rootfs, env=env, stdout=subprocess.PIPE, network=NetworkMode.PASTA)
-    async with Container(spec, plugins=[HostUsr(), forward]) as container:
-        with anyio.fail_after(30):
-            assert await read_line(container.stdout) == b"ready\n"
-            async with await anyio.create_connected_udp_socket("127.0.0.1", udp_port) as udp:
-                await udp.send(b"ping")
-                assert await read_line(container.stdout) == b"udp ping\n"
-                # Not its reply: Debian 12's pasta (2023-03) loses it on the way back (see the README's Limits).
-            async with await anyio.connect_tcp("127.0.0.1", tcp_port) as tcp:
-                assert await tcp.receive() == token.encode()
-            assert (await container.wait()).ok
-    assert [(m.host_port, m.container_port, m.proto) for m in forward.published] == [
-        (tcp_port, 80, "tcp"),
-        (udp_port, 53, "udp"),
-    ]
+    ids = int if network is NetworkMode.SLIRP4NETNS else type(None)  # slirp4netns numbers its forwards
+    assert all(f["host_addr"] == "127.0.0.1" and isinstance(f["id"], ids) for f in forwards)
 
 
 @pytest.mark.container
