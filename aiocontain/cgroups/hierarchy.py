@@ -1,10 +1,12 @@
 """Find where this user may make cgroup v2 groups, before anything starts.
 
-Three places, as the issue and podman's users expect: an explicit
-``--cgroup-parent DIR`` (any directory of a cgroup2 mount the user owns, such
-as the seed's manual mount); else the subtree delegated to the user that
+In this order, as podman's users expect: an explicit ``--cgroup-parent DIR``
+(any directory of a cgroup2 mount the user owns, such as the subtree of the
+README's manual set-up); else the subtree delegated to the user that
 aiocontain's own process runs in (systemd's ``user@UID.service`` with
-``Delegate=yes``, or a ``systemd-run --user --scope -p Delegate=yes``).
+``Delegate=yes``, or a ``systemd-run --user --scope -p Delegate=yes``); else
+nowhere: the container runs without a cgroup of its own, and limits asked for
+are refused with the fix.
 cgroup v1 hierarchies are never touched: only cgroup2 mounts are considered.
 
 The kernel lets a process move another between two groups only with write
@@ -232,7 +234,7 @@ def _explicit(parent: Path, found: list[Mount], required: tuple[str, ...]) -> Pl
             f"{option}: the {'/'.join(missing)} controller is not available there",
             fix=f"enable it in the parent: echo '{controllers}' | sudo tee {parent.parent}/cgroup.subtree_control",
         )
-    # Our own process inside the parent itself (the seed's layout) is moved to a leaf of its own first.
+    # Our own process inside the parent itself (the README's manual set-up) is moved to a leaf of its own first.
     return Placement(parent, parent, _wanted(required, available), evict=has_processes(parent))
 
 

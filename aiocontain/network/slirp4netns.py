@@ -1,6 +1,7 @@
 """``--net slirp4netns``: user-mode networking, no root and no bridges.
 
-slirp4netns joins the child's user and network namespaces, creates tap0 and
+slirp4netns joins the child's user and network namespaces, attaches to tap0,
+which the child created persistent there (``aiocontain.child.netdev``), and
 (``--configure``) gives it 10.0.2.100/24 with 10.0.2.2 as gateway and 10.0.2.3
 as DNS. It gets an exit fd, so it ends when the runtime closes the other end,
 and it is supervised: an early exit fails the run with its own stderr. Its API
