@@ -76,7 +76,6 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--mtu" in out and "--net" in out
 
 
-
 def _subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
     for name in names:
         actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -126,10 +125,10 @@ def test_no_option_is_guessed_from_an_abbreviation(
     assert_usage_error(capsys, argv, f"unrecognized arguments: {unknown}")
 
 
-
 def test_the_full_names_still_parse(fake_run: FakeRun) -> None:
     assert cli.main(["run", "--pids-limit", "3", "--memory", "2m", "--cpus", "1", "--stop-timeout", "3", "true"]) == 0
     assert fake_run.spec.limits.pids == 3 and fake_run.spec.stop_timeout == 3
+
 
 def test_every_parser_refuses_abbreviations() -> None:
     parser = cli._parser()
