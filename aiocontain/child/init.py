@@ -37,9 +37,9 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         os.setsid()  # before anything else: no moment inside the caller's session
         # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
         syscalls.set_parent_death_signal(signal.SIGKILL)
-        # Two bytes on the release pipe: M once our id maps are written (build the root meanwhile, as runc's
-        # create does), R for the release itself (the host side is ready: exec).
-        if os.read(release_r, 1) != b"M":
+        # Two bytes on the release pipe: MAPPED once our id maps are written (build the root meanwhile, as
+        # runc's create does), RELEASE for the release itself (the host side is ready: exec).
+        if os.read(release_r, 1) != messages.MAPPED:
             os._exit(0)  # the runtime went away first
         _become_root()
         if config.unshare_net:
@@ -50,7 +50,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         os.chdir(config.workdir)
         if config.tty:
             _send_console(report_w)
-        if os.read(release_r, 1) != b"R":
+        if os.read(release_r, 1) != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
         # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
@@ -63,7 +63,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
             # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
             syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
-        _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
+        _report(report_w, Failed(messages.STEP_SETUP, _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
     if config.init:
         _exec_init(config, env, report_w)
@@ -109,7 +109,7 @@ def _exec_init(config: Config, env: dict[str, str], report_w: int) -> NoReturn:
     try:
         os.execve(rootfs.INIT_PATH, [rootfs.INIT_PATH, "--", *config.argv], env)
     except OSError as exc:
-        _report(report_w, Failed("setup", f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
+        _report(report_w, Failed(messages.STEP_SETUP, f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
         os._exit(125)
 
 
@@ -127,7 +127,7 @@ def _reset_signals() -> None:
 
 def _exec_failed(name: str, exc: OSError, report_w: int) -> NoReturn:
     code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-    _report(report_w, Failed("exec", f"{name}: {exc.strerror}", exc.errno or 0))
+    _report(report_w, Failed(messages.STEP_EXEC, f"{name}: {exc.strerror}", exc.errno or 0))
     os._exit(code)
 
 

@@ -66,7 +66,7 @@ def main(fd: int) -> NoReturn:
             netdev.create_persistent_tap(config.tap)
         netlink = netdev.open_netlink() if config.want_netlink else None
     except OSError as exc:
-        _send_or_exit(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
+        _send_or_exit(sock, Failed(messages.STEP_NAMESPACES, exc.strerror or str(exc), exc.errno or 0))
         os._exit(125)
 
     _host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

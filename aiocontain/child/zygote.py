@@ -65,7 +65,7 @@ def own_user_namespace(requests: socket.socket) -> None:
         syscalls.unshare(syscalls.CLONE_NEWUSER)
         message: messages.Message = Unshared()
     except OSError as exc:
-        message = Failed("namespaces", exc.strerror or str(exc), exc.errno or 0)
+        message = Failed(messages.STEP_NAMESPACES, exc.strerror or str(exc), exc.errno or 0)
     try:
         messages.send(requests, message)
     except OSError:
@@ -175,7 +175,7 @@ def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, soc
             maps.write(pid)
             _reply(channel, IdsMapped())
         except OSError as exc:
-            _reply(channel, Failed("idmap", exc.strerror or str(exc), exc.errno or 0))
+            _reply(channel, Failed(messages.STEP_IDMAP, exc.strerror or str(exc), exc.errno or 0))
 
 
 class _NestedMaps:

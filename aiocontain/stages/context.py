@@ -59,7 +59,7 @@ class StageContext:
     idmap_requested: bool = False  # the fork server was asked to write the maps (stage idmap reads its answer)
     init_pid: int | None = None
     pidfd: int | None = None
-    release_w: int | None = None  # the init's release pipe: M (mapped: build the root), then R (exec)
+    release_w: int | None = None  # the init's release pipe: messages.MAPPED, then messages.RELEASE
     report_r: int | None = None  # the init's report socket: Console (tty), a Failed, end of stream once it runs
     console: PtyStream | None = None  # tty: the master of the container's pty
     netlink: socket.socket | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from aiocontain import events
+from aiocontain import events, messages
 from aiocontain.stages.context import StageContext
 
 
@@ -36,7 +36,7 @@ async def run(ctx: StageContext) -> None:
     await ctx.process.ids_mapped()
     assert ctx.release_w is not None
     try:
-        os.write(ctx.release_w, b"M")  # PID 1 may build its root now, while the host side is set up
+        os.write(ctx.release_w, messages.MAPPED)  # PID 1 may build its root now, while the host side is set up
     except BrokenPipeError:
         pass  # PID 1 is gone: the release reads why
     mapping = ctx.process.mapping

@@ -31,7 +31,7 @@ async def run(ctx: StageContext) -> None:
         except OSError:
             pass  # the child has exited: PID 1 failed to build its root, and its report says why
     try:
-        os.write(ctx.release_w, b"R")
+        os.write(ctx.release_w, messages.RELEASE)
     except BrokenPipeError:
         pass  # PID 1 was killed meanwhile: its exit report follows
     os.close(ctx.release_w)
@@ -111,7 +111,7 @@ async def _receive_report(ctx: StageContext) -> tuple[messages.Message | None, l
 
 
 def failure_error(failure: Failed, command: str) -> AiocontainError:
-    if failure.step == "exec":
+    if failure.step == messages.STEP_EXEC:
         if failure.errno in (errno.ENOENT, errno.ENOTDIR):
             return CommandNotFound(
                 f"{command}: command not found in the container", fix="check the command and the rootfs's PATH"
