@@ -23,8 +23,6 @@ from aiocontain.plugins.api import ExitedContext, Plugin, StartedContext
 from aiocontain.plugins.hooks import run_hooks
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
-from aiocontain.stages import cgroup as cgroup_stage
-from aiocontain.stages import wait as wait_stage
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
@@ -270,11 +268,11 @@ class Container:
         """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""
         ctx = self._require()
         if self._status is None:
-            code, signum = await wait_stage.run(ctx)
+            code, signum = await _command_status(ctx)
             usage = None
             if ctx.cgroup is not None:
                 usage = ctx.cgroup.usage()
-                cgroup_stage.report_oom(ctx, ctx.cgroup)  # a kill the watcher had no time to see
+                ctx.cgroup.report_oom(self.log, ctx.init_pid)  # a kill the watcher had no time to see
             oom_killed = code == 137 and usage is not None and usage.oom_kills > 0
             self._status = ExitStatus(code=code, signal=signum, usage=usage, oom_killed=oom_killed)
             self.log.info(
@@ -320,6 +318,42 @@ class Container:
         if self._ctx is None or (self._stack is None and self._status is None):
             raise RuntimeError("the container is not running: use 'async with Container(spec) as c'")
         return self._ctx
+
+
+async def _command_status(ctx: StageContext) -> tuple[int, int | None]:
+    """(code, signal) of the container's command, code 128+N when signal N killed it.
+
+    The intermediate reports PID 1's exit (Exited); when it was itself killed
+    before it could, its own exit status (from the fork server, which reaped it)
+    stands in. A helper's failure (slirp4netns exiting early) fails the wait instead.
+    """
+    assert ctx.child is not None and ctx.process is not None
+    exited = await ctx.child.wait_exited()
+    if ctx.failure is not None:
+        raise ctx.failure
+    if exited is not None and (exited.code is not None or exited.signal is not None):
+        signum = exited.signal
+        return (128 + signum if signum is not None else int(exited.code or 0)), signum
+    returncode = await ctx.process.wait()
+    if returncode is None:
+        raise AiocontainError(
+            "the container's monitor process ended and the fork server with it: the command's exit status is lost"
+        )
+    if returncode < 0:
+        # Killed before it could report: the command's status went with it, and PID 1 died with it.
+        raise AiocontainError(
+            f"the container's monitor process (pid {ctx.process.pid}) was killed by {_signal_name(-returncode)};"
+            " the container was killed with it and its command's exit status is lost",
+            fix="do not signal aiocontain's own processes; stop the container through aiocontain",
+        )
+    return returncode, None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 async def run(spec: ContainerSpec) -> ExitStatus:

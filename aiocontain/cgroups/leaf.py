@@ -7,13 +7,17 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from aiocontain.cgroups.hierarchy import RUNTIME_LEAF, Placement
-from aiocontain.cgroups.limits import Limits
+from aiocontain.cgroups.limits import Limits, format_size
 from aiocontain.cgroups.watch import FileWatch
 from aiocontain.errors import AiocontainError
+
+if TYPE_CHECKING:
+    from aiocontain.events import EventLog
 
 EMPTY_TIMEOUT = 5.0
 
@@ -125,6 +129,20 @@ class Leaf:
         total = self.read("memory.events").get("oom_kill", 0)
         new, self.oom_reported = max(0, total - self.oom_reported), max(total, self.oom_reported)
         return new
+
+    def report_oom(self, log: EventLog, pid: int | None) -> None:
+        """Emit container.oom for the kills not reported yet (the watcher's, or ones read at exit)."""
+        from aiocontain import events
+
+        if self.new_oom_kills():
+            memory = self.limits.memory
+            log.warning(
+                events.OOM,
+                pid=pid,
+                oom_kills=self.oom_reported,
+                memory_limit=memory,
+                limit=format_size(memory) if memory is not None else None,
+            )
 
     def watch_memory_events(self) -> FileWatch:
         return FileWatch(self.path / "memory.events")
