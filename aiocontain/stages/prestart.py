@@ -2,6 +2,8 @@
 
 Namespaces, cgroup and network are ready, so a hook can add port forwards
 through slirp4netns's API or veto the run; teardown undoes everything either way.
+
+Reads ``plugins``, ``container``, ``init_pid``, ``network``, ``cgroup``, ``driver``; sets nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Stage 5, tap: wait until the container's interface is configured, by netlink events (and slirp4netns's ready fd)."""
+"""Stage 5, tap: wait until the container's network is ready, by netlink events (and slirp4netns's ready fd).
+
+Reads ``driver`` and ``netlink``; sets ``network``, the facts of network.ready.
+"""
 
 from __future__ import annotations
 
