@@ -22,6 +22,6 @@ async def run(ctx: StageContext) -> bool:
         pid=ctx.init_pid,
         network=dict(ctx.network),
         cgroup=ctx.cgroup.path if ctx.cgroup is not None else None,
-        _api=getattr(ctx.driver, "api", None),
+        _api=ctx.driver.api,
     )
     return await run_hooks(ctx.plugins, "prestart", context, ctx.log)

@@ -10,9 +10,9 @@ from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> bool:
-    info = await ctx.driver.wait_ready(ctx)
+    info = await ctx.driver.wait_ready(ctx.netlink)
     if info is None:
         return False
-    ctx.network = info
-    ctx.log.info(events.NETWORK_READY, **info)
+    ctx.network = info.as_dict()
+    ctx.log.info(events.NETWORK_READY, **ctx.network)
     return True
