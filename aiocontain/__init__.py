@@ -32,7 +32,7 @@ _LAZY = {
     "CommandNotExecutable": "aiocontain.errors",
     "CommandNotFound": "aiocontain.errors",
     "Container": "aiocontain.container",
-    "ExitStatus": "aiocontain.container",
+    "ExitStatus": "aiocontain.status",
     "run": "aiocontain.container",
     "ContainerSpec": "aiocontain.spec",
     "NetworkMode": "aiocontain.spec",
@@ -44,9 +44,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from aiocontain.cgroups.leaf import ResourceUsage
-    from aiocontain.container import Container, ExitStatus, run
+    from aiocontain.container import Container, run
     from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
     from aiocontain.spec import CgroupsMode, ContainerSpec, NetworkMode
+    from aiocontain.status import ExitStatus
 
 
 def __getattr__(name: str) -> Any:

@@ -342,12 +342,11 @@ def _release_stop_signals() -> None:
     quietly) from here on, a pending one at once."""
     import signal
 
-    from aiocontain.command import STOP_SIGNALS
-
-    if not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # aiocontain.command.STOP_SIGNALS, without importing it
+    if not held & signal.pthread_sigmask(signal.SIG_BLOCK, ()):
         return  # not held: main() called from Python, whose signals are not ours
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _list_plugins(installed: Sequence[Installed]) -> int:
@@ -552,7 +551,7 @@ async def _run_container(
         try:
             await _supervise(container, spec, result, interactive)
         finally:
-            container.log.close()  # already closed after teardown; this covers a run cut short before set-up
+            container.close_events()  # already ended after teardown; this covers a run cut short before set-up
 
 
 async def _supervise(container: Any, spec: Any, result: dict[str, Any], interactive: bool = False) -> None:

@@ -6,7 +6,6 @@ import signal
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -16,38 +15,24 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
 from aiocontain import events, fdlimit
-from aiocontain.cgroups import Placement, ResourceUsage
+from aiocontain.cgroups import Placement
 from aiocontain.errors import AiocontainError
+from aiocontain.events import Event
 from aiocontain.network import NetworkDriver, driver_for
 from aiocontain.plugins.api import ExitedContext, Plugin, StartedContext
 from aiocontain.plugins.hooks import run_hooks
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
+from aiocontain.status import ExitStatus
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
 
+__all__ = ["Container", "ExitStatus", "State", "run"]  # ExitStatus lives in aiocontain.status
+
 TEARDOWN_TIMEOUT = 15.0
 
 State = Literal["created", "setting-up", "released", "running", "exited"]
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How the container's command ended. ``code`` follows the shell: 128+N when killed by signal N.
-
-    ``usage`` is read from the container's cgroup when it had one; ``oom_killed``
-    says the OOM killer ended it (SIGKILL, with an OOM kill in its cgroup).
-    """
-
-    code: int
-    signal: int | None = None
-    usage: ResourceUsage | None = None
-    oom_killed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
 
 
 class Container:
@@ -75,7 +60,7 @@ class Container:
         self.describe_network = describe_network
         self.id = spec.id
         self.name = spec.effective_name
-        self.log = events.EventLog(spec.short_id, self.name)
+        self._log = events.EventLog(spec.short_id, self.name)
         self._ctx: StageContext | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -111,7 +96,20 @@ class Container:
                 async with container:
                     await container.wait()
         """
-        return self.log.stream()
+        return self._log.stream()
+
+    def history(self) -> list[Event]:
+        """Every event of this container so far, oldest first (``events()`` is the same as a stream)."""
+        return list(self._log.history)
+
+    def close_events(self) -> None:
+        """End every event stream now, for a container that will not be entered (they end by themselves after
+        teardown)."""
+        self._log.close()
+
+    def _plugin_event(self, plugin: str, kind: str, data: dict[str, Any]) -> None:
+        """``Plugin.emit``: a plugin's own event, on this container's stream."""
+        self._log.info(events.PLUGIN_EVENT, plugin=plugin, kind=kind, data=data)
 
     @property
     def cgroup(self) -> Path | None:
@@ -161,7 +159,7 @@ class Container:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
         except BaseException:
-            self.log.close()  # nothing was started: event streams end here
+            self._log.close()  # nothing was started: event streams end here
             raise
         spec = self.spec
         fdlimit.raise_to_hard_limit()  # before the fork server starts: it and the containers inherit it
@@ -174,7 +172,7 @@ class Container:
             ctx = self._ctx = StageContext(
                 spec=spec,
                 rootfs=rootfs.resolve(),
-                log=self.log,
+                log=self._log,
                 tg=tg,
                 stack=stack,
                 driver=driver,
@@ -185,11 +183,11 @@ class Container:
                 fork_server=self.fork_server,
                 seccomp=seccomp,
             )
-            self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
+            self._log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
                     try:
-                        await events.timed_stage(self.log, stage, partial(body, ctx))
+                        await events.timed_stage(self._log, stage, partial(body, ctx))
                     except OSError as exc:
                         if not fdlimit.exhausted(exc):
                             raise
@@ -200,7 +198,7 @@ class Container:
                 raise AiocontainError("container set-up was stopped")
             if self.plugins:
                 assert ctx.init_pid is not None
-                await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self.log)
+                await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self._log)
         except BaseException as exc:
             await self._teardown(type(exc), exc, exc.__traceback__)
             raise
@@ -256,13 +254,13 @@ class Container:
         tg.cancel_scope.cancel()
         await tg.__aexit__(None, None, None)
         if error is not None:
-            self.log.warning(events.TEARDOWN_FINISHED, error=repr(error))
-            self.log.close()
+            self._log.warning(events.TEARDOWN_FINISHED, error=repr(error))
+            self._log.close()
             if exc is None:
                 raise error
             return
-        self.log.info(events.TEARDOWN_FINISHED)
-        self.log.close()
+        self._log.info(events.TEARDOWN_FINISHED)
+        self._log.close()
 
     async def wait(self) -> ExitStatus:
         """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""
@@ -272,10 +270,10 @@ class Container:
             usage = None
             if ctx.cgroup is not None:
                 usage = ctx.cgroup.usage()
-                ctx.cgroup.report_oom(self.log, ctx.init_pid)  # a kill the watcher had no time to see
+                ctx.cgroup.report_oom(self._log, ctx.init_pid)  # a kill the watcher had no time to see
             oom_killed = code == 137 and usage is not None and usage.oom_kills > 0
             self._status = ExitStatus(code=code, signal=signum, usage=usage, oom_killed=oom_killed)
-            self.log.info(
+            self._log.info(
                 events.EXITED,
                 pid=ctx.init_pid,
                 exit_code=code,
@@ -285,7 +283,7 @@ class Container:
                 **(usage.fields() if usage is not None else {}),
             )
             if self.plugins:
-                await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self.log)
+                await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self._log)
         return self._status
 
     def send_signal(self, signum: int) -> bool:
@@ -296,14 +294,14 @@ class Container:
         """
         sent = self._require().kill(signum)
         if sent:
-            self.log.info(events.SIGNAL_FORWARDED, signal=signal.Signals(signum).name)
+            self._log.info(events.SIGNAL_FORWARDED, signal=signal.Signals(signum).name)
         return sent
 
     def kill(self) -> bool:
         """SIGKILL the container's PID 1, which ends every process in it."""
         sent = self._require().kill(signal.SIGKILL)
         if sent:
-            self.log.info(events.KILLED)
+            self._log.info(events.KILLED)
         return sent
 
     async def stop(self, timeout: float | None = None, signum: int = signal.SIGTERM) -> ExitStatus:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from aiocontain.network import Api, Cleanup, NetworkHost, NetworkInfo
+from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 
 
 class NoNetwork:

@@ -31,7 +31,8 @@ import anyio
 
 from aiocontain import events, processes
 from aiocontain.errors import AiocontainError
-from aiocontain.network import Api, Cleanup, NetworkHost, NetworkInfo, slirp_sandbox
+from aiocontain.network import slirp_sandbox
+from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 
 TAP = "tap0"
 ADDRESS = "10.0.2.100"

@@ -19,12 +19,12 @@ from aiocontain.spec import ContainerSpec
 if TYPE_CHECKING:
     from aiocontain.cgroups import Leaf, Placement
     from aiocontain.channels import ChildChannel, InitChannel
-    from aiocontain.container import Container
     from aiocontain.forkserver import ForkServer
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.forkserver.stdio import PtyStream
     from aiocontain.network import NetworkDriver
     from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.plugins.api import ContainerHandle
     from aiocontain.runtimedir import RuntimeDir
 
 
@@ -41,7 +41,7 @@ class StageContext:
     driver: NetworkDriver
     placement: Placement | None = None
     init_binary: str | None = None  # --init: the host's static init, run as PID 1
-    container: Container | None = None  # the handle the plugins' hooks see
+    container: ContainerHandle | None = None  # the handle the plugins' hooks see
     plugins: list[Plugin] = field(default_factory=list)
     fork_server: ForkServer | None = None
     seccomp: str | None = None  # the compiled filter (BPF, base64) PID 1 installs before exec; None: none
