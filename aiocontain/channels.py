@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import anyio
 
 from aiocontain import fdlimit, messages
-from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
-from aiocontain.messages import Config, Console, Exited, Failed, Message, Ready, Release, Unshared
+from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound, SetupError
+from aiocontain.messages import Config, Console, Exited, Failed, Message, Ready, Release, Unshared, close_fds
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 EXITED_DURING_SETUP = "the container process exited during set-up"
 
 
-class UnexpectedMessage(AiocontainError):
+class UnexpectedMessage(SetupError):
     """A channel broke the protocol: something other than what this step waits for came."""
 
     def __init__(self, channel: str, expected: str, got: Message) -> None:
@@ -96,7 +96,7 @@ class ChildChannel:
                         continue
                     item = (None, [])
                 if item[0] is None or self._drained:
-                    close_all(item[1])  # nobody will ever receive these fds
+                    close_fds(item[1])  # nobody will ever receive these fds
                     if item[0] is None:
                         return
                     continue
@@ -107,7 +107,7 @@ class ChildChannel:
     async def wait_unshared(self) -> None:
         """Step 2: the intermediate has unshared the namespaces, so the id maps may be written."""
         message, fds = await self._receive()
-        close_all(fds)
+        close_fds(fds)
         if isinstance(message, Unshared):
             return
         raise self._setup_error(message, "Unshared")
@@ -116,11 +116,11 @@ class ChildChannel:
         """Step 3: PID 1 is forked and blocked on its release pipe, whose end comes up with its report socket."""
         message, fds = await self._receive()
         if not isinstance(message, Ready):
-            close_all(fds)
+            close_fds(fds)
             raise self._setup_error(message, "Ready")
         if len(fds) < 2:
-            close_all(fds)
-            raise AiocontainError("the container process answered Ready without PID 1's pipes")
+            close_fds(fds)
+            raise SetupError("the container process answered Ready without PID 1's pipes")
         init = InitChannel(fds[0], fds[1], self._command)
         return ReadyFds(message.init_pid, init, socket.socket(fileno=fds[2]) if len(fds) > 2 else None)
 
@@ -140,7 +140,7 @@ class ChildChannel:
         exited: Exited | None = None
         while True:
             message, fds = await self._receive()
-            close_all(fds)
+            close_fds(fds)
             if message is None:
                 return exited
             if not isinstance(message, Exited):
@@ -163,7 +163,7 @@ class ChildChannel:
                 _message, fds = self._inbox.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
-            close_all(fds)
+            close_fds(fds)
 
     async def _receive(self) -> tuple[Message | None, list[int]]:
         try:
@@ -174,11 +174,11 @@ class ChildChannel:
     @staticmethod
     def _setup_error(message: Message | None, expected: str) -> AiocontainError:
         if message is None:
-            return AiocontainError(EXITED_DURING_SETUP)
+            return SetupError(EXITED_DURING_SETUP)
         if isinstance(message, Failed):
             from aiocontain.forkserver.userns import namespace_error
 
-            return namespace_error(message.message)
+            return namespace_error(message)
         return UnexpectedMessage("container process", expected, message)
 
 
@@ -207,11 +207,11 @@ class InitChannel:
         message, fds = await self._receive()
         if isinstance(message, Console) and len(fds) == 1:
             return PtyStream(fds[0])
-        close_all(fds)
+        close_fds(fds)
         if isinstance(message, Failed):
             raise self.error(message)
         if message is None:
-            raise AiocontainError("the container's init exited during set-up")
+            raise SetupError("the container's init exited during set-up")
         raise UnexpectedMessage("container's init", "Console", message)
 
     def release(self) -> None:
@@ -227,7 +227,7 @@ class InitChannel:
         failure: Failed | None = None
         while self._report_r is not None:
             message, fds = await self._receive()
-            close_all(fds)  # nothing else rides on it after the Console
+            close_fds(fds)  # nothing else rides on it after the Console
             if message is None:
                 break
             if isinstance(message, Failed):
@@ -240,7 +240,7 @@ class InitChannel:
     async def exit_reason(self) -> AiocontainError:
         """Why PID 1 exited before its release (it builds its root before it, and may fail): its report."""
         failure = await self.read_report()
-        return self.error(failure) if failure else AiocontainError("the container's init exited during set-up")
+        return self.error(failure) if failure else SetupError("the container's init exited during set-up")
 
     def error(self, failure: Failed) -> AiocontainError:
         """The one line for PID 1's Failed, with podman's exit codes for the command: 127 not found, 126 not
@@ -252,7 +252,7 @@ class InitChannel:
                     fix="check the command and the rootfs's PATH",
                 )
             return CommandNotExecutable(f"cannot execute {failure.message}")
-        return AiocontainError(f"container set-up failed: {failure.message}")
+        return SetupError(f"container set-up failed: {failure.message}")
 
     def close(self) -> None:
         """Teardown: close what is left of both (each once: the number may be reused)."""
@@ -294,9 +294,3 @@ class InitChannel:
             except RuntimeError:
                 pass  # no event loop in this thread: nobody can be waiting
             os.close(fd)
-
-
-def close_all(fds: list[int]) -> None:
-    """Close fds that came with a message nobody will use."""
-    for fd in fds:
-        os.close(fd)

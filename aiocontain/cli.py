@@ -513,7 +513,7 @@ async def _write_events(stream: Any, file: TextIO) -> None:
 def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
     """The plugins of this run, configured; each one that cannot run is one warning line, and the run goes on."""
     from aiocontain import events
-    from aiocontain.errors import AiocontainError
+    from aiocontain.errors import AiocontainError, PluginError
     from aiocontain.plugins.loading import select
 
     chosen = select(list(installed), args.enable_plugin, args.disable_plugin)
@@ -525,9 +525,11 @@ def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[P
         try:
             plugin.configure(args)
         except AiocontainError as exc:
-            raise AiocontainError(f"plugin {plugin.display_name()}: {exc.message}", fix=exc.fix) from None
+            name = plugin.display_name()
+            raise PluginError(f"plugin {name}: {exc.message}", plugin=name, fix=exc.fix) from None
         except Exception as exc:  # noqa: BLE001 - a plugin's bug is named after the plugin, in one line
-            raise AiocontainError(f"plugin {plugin.display_name()}: {type(exc).__name__}: {exc}") from None
+            name = plugin.display_name()
+            raise PluginError(f"plugin {name}: {type(exc).__name__}: {exc}", plugin=name) from None
     return chosen
 
 

@@ -188,6 +188,9 @@ class Container:
                 for stage, body in PIPELINE:
                     try:
                         await events.timed_stage(self._log, stage, partial(body, ctx))
+                    except AiocontainError as exc:
+                        exc.stage = exc.stage or stage  # callers may catch by kind and see where
+                        raise
                     except OSError as exc:
                         if not fdlimit.exhausted(exc):
                             raise

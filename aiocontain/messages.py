@@ -274,6 +274,12 @@ def decode(data: bytes) -> Message:
     return message
 
 
+def close_fds(fds: list[int]) -> None:
+    """Close the fds that came with a message nobody will use (each end of the protocol has such messages)."""
+    for fd in fds:
+        os.close(fd)
+
+
 def send(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
     """Send one message, with fds as SCM_RIGHTS."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -289,8 +295,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if flags & socket.MSG_CTRUNC:
         # The kernel dropped fds it could not install (the receiver is out of them): the message is unusable.
-        for fd in fds:
-            os.close(fd)
+        close_fds(list(fds))
         raise OSError(errno.EMFILE, "file descriptors sent with a message were lost: too many open files")
     if not data:
         return None, list(fds)

@@ -14,7 +14,7 @@ import anyio
 from aiocontain.cgroups.hierarchy import RUNTIME_LEAF, Placement
 from aiocontain.cgroups.limits import Limits, format_size
 from aiocontain.cgroups.watch import FileWatch
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import CgroupError
 
 if TYPE_CHECKING:
     from aiocontain.events import EventLog
@@ -86,11 +86,11 @@ class Leaf:
                 try:
                     _write(target, value)
                 except FileNotFoundError:
-                    raise AiocontainError(
+                    raise CgroupError(
                         f"this kernel has no {filename} in {path}", fix="drop the option that sets it"
                     ) from None
                 except OSError as exc:
-                    raise AiocontainError(f"cannot set {filename} to {value}: {exc.strerror}") from None
+                    raise CgroupError(f"cannot set {filename} to {value}: {exc.strerror}") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 path.rmdir()
@@ -165,7 +165,7 @@ class Leaf:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
-            raise AiocontainError(f"cannot remove the container's cgroup {self.path}: it still has processes") from None
+            raise CgroupError(f"cannot remove the container's cgroup {self.path}: it still has processes") from None
 
 
 def _write(path: Path, value: str) -> None:

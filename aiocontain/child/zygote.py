@@ -143,11 +143,11 @@ def _request(
             return True  # this request's fds are lost (the owner sees its channel close); later ones may fit
         message, fds = None, []
     if message is None:
-        _close_all(fds)
+        messages.close_fds(fds)
         poller.unregister(requests)
         return False
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
-        _close_all(fds)
+        messages.close_fds(fds)
         return True
     forked = _fork(requests, children, fds)
     if forked is not None:
@@ -166,7 +166,7 @@ def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, soc
         message, fds = messages.recv(channel)
     except OSError:
         message, fds = None, []
-    _close_all(fds)
+    messages.close_fds(fds)
     if message is None:
         del channels[channel.fileno()]
         poller.unregister(channel)
@@ -216,7 +216,7 @@ def _fork(
     try:
         pid = os.fork()
     except OSError:
-        _close_all(fds)
+        messages.close_fds(fds)
         return None
     if pid == 0:
         # Python objects of ours hold fds that are about to be closed: detach them, so that
@@ -254,8 +254,3 @@ def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | N
         messages.send(channel, message, fds)
     except OSError:
         pass  # the runtime went away; the intermediate notices through its own control socket
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)

@@ -83,8 +83,7 @@ class ForkedProcess:
                 message, fds = await _receive(channel)
                 if isinstance(message, Forked) and len(fds) == 1:
                     return cls(message.pid, fds[0], channel, stdio, released)
-                for fd in fds:
-                    os.close(fd)
+                messages.close_fds(fds)
         except BaseException:
             channel.close()
             stdio.close()
@@ -105,8 +104,7 @@ class ForkedProcess:
         """Wait for the answer to ``request_map``; raises AiocontainError if the kernel refused the maps."""
         async with self._lock:
             message, fds = await _receive(self._channel)
-        for fd in fds:
-            os.close(fd)
+        messages.close_fds(fds)
         if isinstance(message, Failed):
             raise AiocontainError(f"cannot map the container's user namespace: {message.message}")
         if not isinstance(message, IdsMapped):
@@ -127,8 +125,7 @@ class ForkedProcess:
             await self.wait_exit()
             while self.returncode is None and not self.status_lost:
                 message, fds = await _receive(self._channel)
-                for fd in fds:
-                    os.close(fd)
+                messages.close_fds(fds)
                 if isinstance(message, Reaped):
                     self.returncode = os.waitstatus_to_exitcode(message.status)
                 elif message is None:

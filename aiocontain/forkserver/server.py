@@ -159,10 +159,9 @@ class ForkServer:
         if not _readable(self._requests.fileno(), UNSHARE_TIMEOUT):
             raise AiocontainError("the fork server did not start", fix="aiocontain doctor")
         message, fds = messages.recv(self._requests)
-        for fd in fds:
-            os.close(fd)
+        messages.close_fds(fds)
         if isinstance(message, messages.Failed):
-            raise userns.namespace_error(message.message)
+            raise userns.namespace_error(message)
         if not isinstance(message, messages.Unshared):
             raise AiocontainError("the fork server exited at start-up", fix="aiocontain doctor")
         return userns.map_from_outside(self.pid)

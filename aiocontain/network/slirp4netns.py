@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 
 from aiocontain import events, processes
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, HostPrerequisiteError, NetworkError
 from aiocontain.network import slirp_sandbox
 from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 
@@ -61,11 +61,11 @@ class Slirp4netns:
     def check(self) -> None:
         self.binary = shutil.which("slirp4netns")
         if self.binary is None:
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 "slirp4netns is not installed", fix="sudo apt-get install slirp4netns, or run with --net none"
             )
         if not os.access(_TUN, os.R_OK | os.W_OK):
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 f"{_TUN} is not usable by this user, so slirp4netns cannot create tap0",
                 fix=f"sudo chmod 0666 {_TUN}, or run with --net none",
             )
@@ -168,7 +168,7 @@ class Slirp4netns:
         answer: dict[str, Any] = json.loads(reply)
         if "error" in answer:
             detail = answer["error"].get("desc", answer["error"]) if isinstance(answer["error"], dict) else answer
-            raise AiocontainError(f"slirp4netns refused {request.get('execute')}: {detail}")
+            raise NetworkError(f"slirp4netns refused {request.get('execute')}: {detail}")
         return answer
 
     async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
@@ -184,7 +184,7 @@ class Slirp4netns:
                 state = await wait_configured(netlink, TAP)
                 await self._wait_ready_fd()  # and its API socket listens
         except TimeoutError:
-            raise AiocontainError(
+            raise NetworkError(
                 f"{TAP} did not come up within {self.timeout:g}s", fix="check slirp4netns (aiocontain doctor)"
             ) from None
         return NetworkInfo(**state.as_dict())
@@ -195,10 +195,10 @@ class Slirp4netns:
             return
         # End of file: slirp4netns exited first. Its supervisor fails the run with its stderr.
         await self._supervised.wait()
-        raise self._error or AiocontainError("slirp4netns exited before tap0 was ready")
+        raise self._error or NetworkError("slirp4netns exited before tap0 was ready")
 
 
-def _exit_error(code: int | None, stderr: bytearray) -> AiocontainError:
+def _exit_error(code: int | None, stderr: bytearray) -> NetworkError:
     """Why slirp4netns ended: a signal (its last words are then only progress, not a cause), or its stderr."""
     if code is not None and code < 0:
         import signal
@@ -207,13 +207,13 @@ def _exit_error(code: int | None, stderr: bytearray) -> AiocontainError:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return AiocontainError(
+        return NetworkError(
             f"slirp4netns was killed by {name}, so the container lost its network and was stopped",
             fix="something outside killed it (an OOM kill, a kill of the user's processes); run the container again",
         )
     lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
     detail = lines[-1] if lines else "no message"
-    return AiocontainError(f"slirp4netns exited early with status {code}: {detail}")
+    return NetworkError(f"slirp4netns exited early with status {code}: {detail}")
 
 
 async def _watch(process: processes.Helper, stderr: bytearray) -> None:

@@ -18,7 +18,7 @@ from anyio.abc import TaskStatus
 
 from aiocontain import events
 from aiocontain.cgroups import Leaf
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import CgroupError
 from aiocontain.stages.context import StageContext
 
 
@@ -31,7 +31,7 @@ async def run(ctx: StageContext) -> bool:
     try:
         leaf = Leaf.create(placement, ctx.spec.short_id, limits)
     except OSError as exc:
-        raise AiocontainError(f"cannot create the container's cgroup in {placement.parent}: {exc.strerror}") from None
+        raise CgroupError(f"cannot create the container's cgroup in {placement.parent}: {exc.strerror}") from None
     ctx.cgroup = leaf
     ctx.stack.push_async_callback(leaf.remove)
     try:
@@ -40,7 +40,7 @@ async def run(ctx: StageContext) -> bool:
         assert ctx.init is not None
         raise await ctx.init.exit_reason() from None  # it died building its root: say why
     except OSError as exc:
-        raise AiocontainError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
+        raise CgroupError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
     controllers = list(placement.controllers)
     ctx.log.debug(events.CGROUP_CREATED, path=str(leaf.path), controllers=controllers, **limits.describe())
     if "memory" in placement.controllers:
