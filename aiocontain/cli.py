@@ -428,9 +428,11 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     result: dict[str, Any] = {}
     # network.ready's facts cost pyroute2's import: decode them only where something shows or uses them
     shown = args.log_level in ("debug", "info") or events_file is not None
-    describe = shown or any(plugin.uses_network_facts for plugin in plugins)
+    describe_network = shown or any(plugin.uses_network_facts for plugin in plugins)
     try:
-        anyio.run(_run_container, spec, result, events_file, plugins, describe, interactive, backend=args.backend)
+        anyio.run(
+            _run_container, spec, result, events_file, plugins, describe_network, interactive, backend=args.backend
+        )
     finally:
         if events_file is not None:
             events_file.close()

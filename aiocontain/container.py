@@ -219,7 +219,7 @@ class Container:
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
         init_binary = init_binary_module.find(spec.init_path) if spec.init else None
-        driver = driver_for(spec, describe=self.describe_network)
+        driver = driver_for(spec, describe_network=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
         return rootfs, driver, placement, init_binary

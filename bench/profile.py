@@ -179,7 +179,7 @@ def main() -> None:
         )
     # The fork server as an embedding process starts it: python -I -S, the package's directory on sys.path.
     root = Path(aiocontain.__file__).resolve().parent.parent
-    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.zygote"
+    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.forkserver"
     imports("fork server (python -I -S, once per process)", ["-I", "-S", "-c", boot])
     anyio.run(embedded, args.rootfs, args.runs, args.batch)
 

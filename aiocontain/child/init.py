@@ -7,7 +7,7 @@ outside. With ``tty`` it opens the container's own terminal (child/console.py)
 and sends its master up on the report socket (Console) before the release.
 
 With ``--init`` it execs the host's static init instead (catatonit, bind-mounted
-read-only at ``rootfs.INIT_PATH``), like ``podman run --init``: that stays PID 1,
+read-only at ``mounts.INIT_PATH``), like ``podman run --init``: that stays PID 1,
 runs the command as PID 2, passes signals on to it and reaps every orphan, so that
 a command without signal handlers still stops on SIGTERM and zombies never pile up.
 """
@@ -23,7 +23,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, rootfs
+from aiocontain.child import console, harden, mounts
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -44,7 +44,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         _become_root()
         if config.unshare_net:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
-        rootfs.build(config)
+        mounts.build(config)
         env = dict(config.env)
         os.makedirs(config.workdir, exist_ok=True)
         os.chdir(config.workdir)
@@ -56,7 +56,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         if config.mount_cgroup:
-            rootfs.mount_cgroup()
+            mounts.mount_cgroup()
         harden.apply(config)  # capabilities, no_new_privs, keyring: CAP_SYS_ADMIN stays effective for seccomp
         if config.seccomp:
             # Last, at the one point before both exec paths, so it covers --init's PID 1 too. What runs from
@@ -107,7 +107,7 @@ def _exec_init(config: Config, env: dict[str, str], report_w: int) -> NoReturn:
         _exec_failed(config.argv[0], exc, report_w)
     _reset_signals()
     try:
-        os.execve(rootfs.INIT_PATH, [rootfs.INIT_PATH, "--", *config.argv], env)
+        os.execve(mounts.INIT_PATH, [mounts.INIT_PATH, "--", *config.argv], env)
     except OSError as exc:
         _report(report_w, Failed(messages.STEP_SETUP, f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
         os._exit(125)

@@ -5,7 +5,7 @@ user has subordinate ids, 0 maps to the user and 1..N to the subordinate range,
 so that a container can have more than one user; otherwise a single mapping,
 with setgroups denied (the kernel requires that before an unprivileged process
 writes gid_map). Each container's own user namespace is nested in this one and
-mapped by the fork server (``aiocontain.child.zygote``), with no helper.
+mapped by the fork server (``aiocontain.child.forkserver``), with no helper.
 """
 
 from __future__ import annotations

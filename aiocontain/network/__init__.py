@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["Api", "Cleanup", "NetworkDriver", "NetworkHost", "NetworkInfo", "driver_for"]
 
 
-def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
-    """The spec's driver. describe=False: learn readiness without decoding what the kernel reports
+def driver_for(spec: ContainerSpec, describe_network: bool = True) -> NetworkDriver:
+    """The spec's driver. describe_network=False: learn readiness without decoding what the kernel reports
     (slirp4netns's ready fd), so that pyroute2 is never imported; the facts are then only the interface."""
     from aiocontain.spec import NetworkMode
 
@@ -32,7 +32,10 @@ def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
         from aiocontain.network.slirp4netns import Slirp4netns
 
         return Slirp4netns(
-            mtu=spec.mtu, allow_host_loopback=spec.allow_host_loopback, timeout=spec.network_timeout, describe=describe
+            mtu=spec.mtu,
+            allow_host_loopback=spec.allow_host_loopback,
+            timeout=spec.network_timeout,
+            describe_network=describe_network,
         )
     if spec.network is NetworkMode.HOST:
         from aiocontain.network.host import HostNetwork

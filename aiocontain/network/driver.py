@@ -48,7 +48,7 @@ class NetworkHost:
 class NetworkDriver(Protocol):
     name: str
     unshare_netns: bool
-    wants_netlink: bool  # decode the facts from the netlink socket, rather than only learn readiness
+    describe_network: bool  # decode the facts (netlink socket, pyroute2), rather than only learn readiness
     tap: str | None  # a persistent tap device the child creates in the new namespace, for the host side
 
     @property

@@ -10,7 +10,7 @@ from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 class NoNetwork:
     name = "none"
     unshare_netns = True
-    wants_netlink = False
+    describe_network = False
     tap: str | None = None
     api: Api | None = None
 

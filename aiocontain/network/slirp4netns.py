@@ -11,7 +11,7 @@ command starts (``api``).
 Readiness comes from the kernel either way, never by polling: rtnetlink events
 on the socket the child opened in the container's namespace, decoded with
 pyroute2 (which also gives the address, gateway and MTU), or, when nobody wants
-those facts (``describe=False``: the CLI unless it logs info), slirp4netns's own
+those facts (``describe_network=False``: the CLI unless it logs info), slirp4netns's own
 ``--ready-fd``, written once tap0 is configured, which spares importing pyroute2.
 
 It runs in its own sandbox where its build has one, as podman runs it
@@ -46,11 +46,11 @@ class Slirp4netns:
     unshare_netns = True
     tap: str | None = TAP  # created persistent by the child: see aiocontain.child.netdev.create_persistent_tap
 
-    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True) -> None:
+    def __init__(self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe_network: bool = True) -> None:
         self.mtu = mtu
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
-        self.wants_netlink = describe
+        self.describe_network = describe_network
         self.binary: str | None = None
         self.sandbox: tuple[str, ...] = ()
         self.api_socket: str | None = None
@@ -172,12 +172,12 @@ class Slirp4netns:
         return answer
 
     async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
-        if self.wants_netlink:
+        if self.describe_network:
             # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
             from aiocontain.netlink import wait_configured
         try:
             with anyio.fail_after(self.timeout):
-                if not self.wants_netlink:
+                if not self.describe_network:
                     await self._wait_ready_fd()
                     return NetworkInfo(TAP)
                 assert netlink is not None

@@ -49,7 +49,7 @@ async def run(ctx: StageContext) -> None:
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
-        want_netlink=ctx.driver.wants_netlink,
+        want_netlink=ctx.driver.describe_network,  # the facts come from the netlink socket
         tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,

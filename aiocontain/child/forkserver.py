@@ -1,4 +1,6 @@
-"""The fork server (zygote): forks a container's intermediate process on request.
+"""The fork server process (a zygote): forks a container's intermediate process on request.
+
+The runtime's handle on it, which starts it and sends it requests, is ``aiocontain.forkserver``.
 
 Starting a Python interpreter and importing the child modules costs a container
 tens of milliseconds and most of its CPU. This process pays that once: it has
