@@ -161,7 +161,11 @@ def _kill_and_exit(pid: int, pidfd: int, cleanup: bool = False) -> NoReturn:
 
 
 def _remove_cgroup(parent: int, name: str) -> None:
-    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir."""
+    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir.
+
+    The runtime's own path (``aiocontain.cgroups.leaf.Leaf.remove``) does the same with inotify through its
+    event loop; this one runs only when the runtime is gone, stdlib-only, relative to the host's root fd.
+    """
     try:
         kill = os.open(name + "/cgroup.kill", os.O_WRONLY, dir_fd=parent)
         try:
