@@ -165,7 +165,9 @@ def _listing(pairs: Iterable[tuple[str, int]], most: int = 8) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--rootfs", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=50)
