@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import anyio
 
 from aiocontain import fdlimit, messages
-from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound, SetupError
+from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound, SetupError, UnexpectedMessage
 from aiocontain.messages import Config, Console, Exited, Failed, Message, Ready, Release, Unshared, close_fds
 
 if TYPE_CHECKING:
@@ -28,17 +28,9 @@ if TYPE_CHECKING:
 
     from aiocontain.forkserver.stdio import PtyStream
 
+__all__ = ["ChildChannel", "InitChannel", "ReadyFds", "UnexpectedMessage"]
+
 EXITED_DURING_SETUP = "the container process exited during set-up"
-
-
-class UnexpectedMessage(SetupError):
-    """A channel broke the protocol: something other than what this step waits for came."""
-
-    def __init__(self, channel: str, expected: str, got: Message) -> None:
-        super().__init__(f"the {channel} sent {type(got).__name__} where {expected} was expected (this is a bug)")
-        self.channel = channel
-        self.expected = expected
-        self.got = got
 
 
 class ReadyFds(NamedTuple):

@@ -35,6 +35,16 @@ class SetupError(AiocontainError):
     """The container could not be built: its namespaces, root filesystem, terminal or hardening failed."""
 
 
+class UnexpectedMessage(SetupError):
+    """A channel broke the protocol: something other than what this step waits for came (a bug)."""
+
+    def __init__(self, channel: str, expected: str, got: object) -> None:
+        super().__init__(f"the {channel} sent {type(got).__name__} where {expected} was expected (this is a bug)")
+        self.channel = channel
+        self.expected = expected
+        self.got = got
+
+
 class NetworkError(AiocontainError):
     """The container's network failed: its helper (slirp4netns) exited or refused, or it did not come up."""
 

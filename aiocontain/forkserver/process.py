@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from aiocontain import fdlimit, messages
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import Stdio
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped
 
@@ -106,9 +106,11 @@ class ForkedProcess:
             message, fds = await _receive(self._channel)
         messages.close_fds(fds)
         if isinstance(message, Failed):
-            raise AiocontainError(f"cannot map the container's user namespace: {message.message}")
+            raise SetupError(f"cannot map the container's user namespace: {message.message}")
+        if message is None:
+            raise SetupError("the fork server exited while mapping the container's user namespace")
         if not isinstance(message, IdsMapped):
-            raise AiocontainError("the fork server exited while mapping the container's user namespace")
+            raise UnexpectedMessage("fork server", "IdsMapped", message)
 
     async def wait_exit(self) -> None:
         """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
