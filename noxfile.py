@@ -87,8 +87,27 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
+    """mypy --strict on the code, then on every README example as a user sees them: installed, with py.typed."""
     session.install(MYPY, ".")
     session.run("mypy", "aiocontain", "bench", *PLUGIN_MODULES)
+    session.install("--no-deps", *(str(ROOT / "plugins" / name) for name in PLUGINS))
+    with tempfile.TemporaryDirectory() as where:
+        files = _write_readme_examples(Path(where))
+        session.chdir(where)  # away from the checkout: the imports are the installed packages
+        session.run("mypy", "--strict", *(file.name for file in files))
+        session.chdir(ROOT)
+
+
+def _write_readme_examples(where: Path) -> list[Path]:
+    """The ```python blocks of README.md and the plugins' READMEs, one file each (tests/test_readme.py runs them)."""
+    files = []
+    for readme in [ROOT / "README.md", *sorted(ROOT.glob("plugins/*/README.md"))]:
+        owner = "aiocontain" if readme.parent == ROOT else readme.parent.name
+        for index, code in enumerate(re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)):
+            path = where / f"readme_{owner}_{index}.py"
+            path.write_text(code)
+            files.append(path)
+    return files
 
 
 def _own_venv(session: nox.Session, name: str, deps: Sequence[str], plugins: bool = False) -> Path:

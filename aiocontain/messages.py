@@ -1,8 +1,11 @@
-"""Typed messages between the runtime (parent), the fork server and the container's child process.
+"""Every message between the four processes: runtime, fork server, intermediate and PID 1.
 
-They travel as JSON over one AF_UNIX SOCK_SEQPACKET socket pair: one datagram a
-message, so no framing is needed, and file descriptors ride along as SCM_RIGHTS.
-Stdlib-only: the child imports this on the start-up hot path.
+Grouped below by the channel they travel on, in the order they come (the whole
+sequence, and who holds which end: docs/architecture.md). Each channel is an
+AF_UNIX SOCK_SEQPACKET socket pair carrying JSON, one datagram a message, so no
+framing is needed, and file descriptors ride along as SCM_RIGHTS; PID 1's
+release pipe carries single bytes (MAPPED, RELEASE). Stdlib-only: the child
+imports this on the start-up hot path.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_MESSAGE = 1 << 20
+
+
+# --- Failed.step: which step failed
+STEP_NAMESPACES = "namespaces"  # unshare: the fork server's user namespace, or a container's namespaces
+STEP_IDMAP = "idmap"  # the fork server writing a container's uid/gid maps
+STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itself
+STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
+STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)
+
+# --- PID 1's release pipe (runtime -> PID 1): one byte a step, no messages
+MAPPED = b"M"  # its id maps are written: become root and build the root filesystem
+RELEASE = b"R"  # the host side is ready (cgroup, network, hooks): harden and exec the command
+# End of file instead of either: the runtime went away, and PID 1 exits quietly.
 
 
 class _Message:
@@ -43,8 +59,64 @@ class _Message:
         return f"{type(self).__name__}({args})"
 
 
+# --- The request socket: runtime <-> fork server (one for the fork server's life)
+# From the fork server, once, first: Unshared (or Failed). From the runtime: Fork, one a container.
+
+
+class Fork(_Message):
+    """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
+    channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
+    stdout and stderr."""
+
+    kind = "fork"
+    __slots__ = ()
+
+
+# --- A reply channel: runtime <-> fork server (one per intermediate, passed with its Fork)
+# Forked first; IdsMapped (or Failed) for each MapIds; Reaped last, then the fork server closes it.
+
+
+class Forked(_Message):
+    """Fork server -> runtime, on the reply channel: the intermediate runs. Carries its pidfd."""
+
+    kind = "forked"
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+class MapIds(_Message):
+    """Runtime -> fork server, on the reply channel: write the uid/gid maps of the intermediate's new user
+    namespace (nested in the fork server's, which the runtime mapped once)."""
+
+    kind = "map_ids"
+    __slots__ = ()
+
+
+class IdsMapped(_Message):
+    """Fork server -> runtime, on the reply channel: the maps are written (or Failed says why not)."""
+
+    kind = "ids_mapped"
+    __slots__ = ()
+
+
+class Reaped(_Message):
+    """Fork server -> runtime, on the reply channel, last: the intermediate exited (``waitpid`` status)."""
+
+    kind = "reaped"
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+# --- The control socket: runtime <-> intermediate
+# Config; then Unshared (or Failed), Ready; Release; Exited last. End of stream from the runtime: kill it all.
+
+
 class Config(_Message):
-    """Parent -> child, first: everything the child needs to build the container."""
+    """Runtime -> intermediate, first: everything the child needs to build the container."""
 
     kind = "config"
     __slots__ = (
@@ -113,15 +185,16 @@ class Config(_Message):
 
 
 class Unshared(_Message):
-    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked.
-    Also fork server -> runtime, first on the request socket: its own user namespace exists, map it."""
+    """The namespaces exist: write the id maps now. Fork server -> runtime on the request socket (its own user
+    namespace, mapped once from outside), and intermediate -> runtime on the control socket (the container's,
+    which the fork server maps while the intermediate goes on to fork PID 1)."""
 
     kind = "unshared"
     __slots__ = ()
 
 
 class Ready(_Message):
-    """Child -> parent: namespaces exist, the init process is blocked. Carries, in this order, the write end
+    """Intermediate -> runtime: the namespaces exist, the init process is blocked. Carries, in this order, the write end
     of the init's release pipe, the runtime's end of its report socket and, if asked for, the netlink socket."""
 
     kind = "ready"
@@ -132,7 +205,7 @@ class Ready(_Message):
 
 
 class Release(_Message):
-    """Parent -> child, just before the runtime releases the init through its pipe: ``cgroup`` is the
+    """Runtime -> intermediate, just before the runtime releases the init through its pipe: ``cgroup`` is the
     container's leaf, which the child removes if the runtime dies."""
 
     kind = "release"
@@ -142,29 +215,8 @@ class Release(_Message):
         self.cgroup = cgroup
 
 
-class Console(_Message):
-    """PID 1 -> runtime, on the report socket, before the release (``tty``): its pty's master rides along."""
-
-    kind = "console"
-    __slots__ = ()
-
-
-class Failed(_Message):
-    """Child -> parent: setting up ("namespaces", "setup", "workdir") or executing ("exec") the command failed (the init
-    reports it on its report socket, read by the runtime).
-    Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
-
-    kind = "failed"
-    __slots__ = ("errno", "message", "step")
-
-    def __init__(self, step: str, message: str, errno: int = 0) -> None:
-        self.step = step
-        self.message = message
-        self.errno = errno
-
-
 class Exited(_Message):
-    """Child -> parent: the container's init process ended (code, or the signal that killed it)."""
+    """Intermediate -> runtime, last: the container's init process ended (code, or the signal that killed it)."""
 
     kind = "exited"
     __slots__ = ("code", "signal")
@@ -174,48 +226,35 @@ class Exited(_Message):
         self.signal = signal
 
 
-class Fork(_Message):
-    """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
-    channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
-    stdout and stderr."""
+# --- The report socket: PID 1 -> runtime
+# Console (with -t), or a Failed; end of stream once the command is executed (close-on-exec).
 
-    kind = "fork"
+
+class Console(_Message):
+    """PID 1 -> runtime, on the report socket, before the release (``tty``): its pty's master rides along."""
+
+    kind = "console"
     __slots__ = ()
 
 
-class Forked(_Message):
-    """Fork server -> runtime, on the reply channel: the intermediate runs. Carries its pidfd."""
-
-    kind = "forked"
-    __slots__ = ("pid",)
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+# --- On more than one channel
 
 
-class MapIds(_Message):
-    """Runtime -> fork server, on the reply channel: write the uid/gid maps of the intermediate's new user
-    namespace (nested in the fork server's, which the runtime mapped once)."""
+class Failed(_Message):
+    """A step failed; ``step`` says which (the STEP_* constants), ``errno`` the kernel's reason where it gave one.
 
-    kind = "map_ids"
-    __slots__ = ()
+    On the request socket: the fork server's user namespace (STEP_NAMESPACES). On a reply channel: a container's
+    id maps (STEP_IDMAP). On the control socket: the intermediate's unshare (STEP_NAMESPACES). On the report
+    socket: PID 1 building the root or hardening itself (STEP_SETUP), entering the working directory
+    (STEP_WORKDIR), or executing the command (STEP_EXEC)."""
 
+    kind = "failed"
+    __slots__ = ("errno", "message", "step")
 
-class IdsMapped(_Message):
-    """Fork server -> runtime, on the reply channel: the maps are written (or Failed says why not)."""
-
-    kind = "ids_mapped"
-    __slots__ = ()
-
-
-class Reaped(_Message):
-    """Fork server -> runtime, on the reply channel, last: the intermediate exited (``waitpid`` status)."""
-
-    kind = "reaped"
-    __slots__ = ("status",)
-
-    def __init__(self, status: int) -> None:
-        self.status = status
+    def __init__(self, step: str, message: str, errno: int = 0) -> None:
+        self.step = step
+        self.message = message
+        self.errno = errno
 
 
 Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
@@ -237,6 +276,12 @@ def decode(data: bytes) -> Message:
     return message
 
 
+def close_fds(fds: list[int]) -> None:
+    """Close the fds that came with a message nobody will use (each end of the protocol has such messages)."""
+    for fd in fds:
+        os.close(fd)
+
+
 def send(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
     """Send one message, with fds as SCM_RIGHTS."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -252,8 +297,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if flags & socket.MSG_CTRUNC:
         # The kernel dropped fds it could not install (the receiver is out of them): the message is unusable.
-        for fd in fds:
-            os.close(fd)
+        close_fds(list(fds))
         raise OSError(errno.EMFILE, "file descriptors sent with a message were lost: too many open files")
     if not data:
         return None, list(fds)

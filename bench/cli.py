@@ -42,7 +42,7 @@ DEFAULT_JSON = Path(".bench/results.json")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--rootfs", type=Path, default=Path(__file__).resolve().parent.parent / "rootfs_arm")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"where the results go (default {DEFAULT_JSON})"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from aiocontain import syscalls
-from aiocontain.child import rootfs
+from aiocontain.child import mounts
 from aiocontain.messages import Config
 
 
@@ -39,9 +39,9 @@ def plan(tmp_path, monkeypatch):
     for name in ("hosts", "hostname", "resolv.conf"):
         (runtime / name).write_text(name)
     fake = RecordingSyscalls()
-    monkeypatch.setattr(rootfs, "sc", fake)
+    monkeypatch.setattr(mounts, "sc", fake)
     chdirs: list[str] = []
-    monkeypatch.setattr(rootfs.os, "chdir", chdirs.append)
+    monkeypatch.setattr(mounts.os, "chdir", chdirs.append)
 
     def build() -> list[tuple[object, ...]]:
         config = Config(
@@ -54,7 +54,7 @@ def plan(tmp_path, monkeypatch):
             want_netlink=False,
             etc_files={name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")},
         )
-        rootfs.build(config)
+        mounts.build(config)
         return fake.calls
 
     return root, build, chdirs

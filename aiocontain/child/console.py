@@ -1,6 +1,6 @@
 """The container's terminal (``-t``): a pty of the container's own devpts, the command's controlling terminal.
 
-PID 1 calls ``open_console`` once the root is built (child/rootfs.py mounted a
+PID 1 calls ``open_console`` once the root is built (child/mounts.py mounted a
 devpts ``newinstance`` on /dev/pts, with /dev/ptmx a link into it), after its
 ``setsid``: the slave becomes the session's controlling terminal and PID 1's
 stdin, stdout and stderr, which the command inherits, so inside it is

@@ -2,15 +2,18 @@
 
 The child (the intermediate) is forked by this process's fork server
 (``aiocontain.forkserver``), which has the child modules imported already: only
-the first container pays for starting an interpreter. It unshares the
-namespaces, forks PID 1 and answers Ready with the init's release pipe, its
-report socket and the netlink socket it opened inside the new network namespace.
+the first container pays for starting an interpreter. It reads the Config,
+unshares the namespaces (the fork server is asked for their id maps at once,
+``request_map``, and the idmap stage reads the answer), forks PID 1 and answers
+Ready with the init's release pipe, its report socket and the netlink socket it
+opened inside the new network namespace.
+
+Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
+``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import socket
 import tempfile
@@ -18,13 +21,12 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import events, forkserver, messages
+from aiocontain import events, forkserver
+from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
-from aiocontain.forkserver import userns
-from aiocontain.messages import Config, Failed, Ready, Unshared
+from aiocontain.messages import Config
 from aiocontain.runtimedir import RuntimeDir
 from aiocontain.security import paths
-from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
 READY_TIMEOUT = 10.0
@@ -37,8 +39,8 @@ async def run(ctx: StageContext) -> None:
     mounts += _write_plugin_files(ctx, ctx.runtime_dir.path)
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ctx.control = parent
     ctx.stack.callback(parent.close)
+    channel = ctx.child = ChildChannel(parent, ctx.spec.command[0], ctx.fail)
     spec = ctx.spec
     config = Config(
         rootfs=str(ctx.rootfs),
@@ -47,7 +49,7 @@ async def run(ctx: StageContext) -> None:
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
-        want_netlink=ctx.driver.wants_netlink,
+        want_netlink=ctx.driver.describe_network,  # the facts come from the netlink socket
         tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
@@ -62,53 +64,27 @@ async def run(ctx: StageContext) -> None:
         seccomp=ctx.seccomp,
     )
     try:
-        messages.send(parent, config)  # waits in the socket buffer until the child reads it
-    except OSError as exc:
-        child.close()
-        if exc.errno != errno.EMSGSIZE:
-            raise
-        size = len(messages.encode(config))
-        raise AiocontainError(
-            f"the command, environment and options are too large ({size} bytes)",
-            fix="pass large data through a file in the rootfs instead of -e or arguments",
-        ) from None
-    try:
+        channel.send_config(config)
         server = ctx.fork_server or forkserver.default()
         ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
     finally:
         child.close()
     _write(etc_files)  # while the child unshares: the init reads them only once released
-    ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
+    ctx.stack.callback(channel.drain)  # runs after _stop_child, once the reader has seen end of stream
     ctx.stack.push_async_callback(_stop_child, ctx)
-    parent.setblocking(False)
-    ctx.tg.start_soon(ctx.read_control)
+    ctx.tg.start_soon(channel.read)
 
     with anyio.fail_after(READY_TIMEOUT):
-        message, fds = await ctx.receive()
-        if isinstance(message, Unshared):
-            idmap.begin(ctx)  # the user namespace exists: map it while the child forks the init
-            message, fds = await ctx.receive()
-    if isinstance(message, Failed):
-        raise namespace_error(message)
-    if not isinstance(message, Ready):
-        raise AiocontainError("the container process exited during set-up")
-    if len(fds) < 2:
-        for fd in fds:
-            os.close(fd)
-        raise AiocontainError("the container process answered Ready without PID 1's pipes")
-    ctx.init_pid = message.init_pid
-    ctx.release_w, ctx.report_r = fds[0], fds[1]
-    ctx.stack.callback(ctx.close_init_pipes)
-    if len(fds) > 2:
-        ctx.netlink = socket.socket(fileno=fds[2])
-        ctx.stack.callback(ctx.netlink.close)
+        await channel.wait_unshared()
+        ctx.process.request_map()  # the idmap stage reads the answer: the maps are written while PID 1 is forked
+        ready = await channel.wait_ready()
+    ctx.init_pid, ctx.init, ctx.netlink = ready
+    ctx.stack.callback(ready.init.close)
+    if ready.netlink is not None:
+        ctx.stack.callback(ready.netlink.close)
     # The init is blocked on its release pipe, so this pid is certainly still ours.
-    ctx.pidfd = os.pidfd_open(message.init_pid)
+    ctx.pidfd = os.pidfd_open(ready.init_pid)
     ctx.stack.callback(_close_pidfd, ctx)
-
-
-def namespace_error(failure: Failed) -> AiocontainError:
-    return userns.namespace_error(failure.message)
 
 
 def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
@@ -158,10 +134,9 @@ def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | b
 
 async def _stop_child(ctx: StageContext) -> None:
     """Closing the control socket makes the child kill the container; kill the child if it lingers."""
-    process, control = ctx.process, ctx.control
-    assert process is not None and control is not None
-    with contextlib.suppress(OSError):
-        control.shutdown(socket.SHUT_RDWR)
+    process, channel = ctx.process, ctx.child
+    assert process is not None and channel is not None
+    channel.shutdown()
     with anyio.move_on_after(5):
         await process.wait_exit()
     if not process.exited:

@@ -222,7 +222,7 @@ def test_cgroup_parent_inside_the_delegated_subtree(rootfs, containers_dir, scra
 
 
 def test_runtime_inside_the_cgroup_parent_moves_itself_to_a_leaf_first(rootfs, containers_dir, scratch):
-    # The seed's layout: aiocontain runs in the very group it is told to use, which holds processes and so
+    # The README's manual set-up: aiocontain runs in the very group it is told to use, which holds processes and so
     # cannot enable controllers. It moves itself into a leaf of its own first, as crun does.
     argv = cli_argv(rootfs, "--net", "none", "--cgroup-parent", str(scratch), "-m", "4m", "--", "cat", "/proc/1/cgroup")
     script = f"echo $$ > {scratch / 'cgroup.procs'} && exec " + " ".join(argv)

@@ -18,13 +18,9 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiocontain.errors import AiocontainError
-from aiocontain.plugins import Plugin, PrepareContext, PrestartContext
-
-if TYPE_CHECKING:
-    from aiocontain.container import Container
+from aiocontain.plugins import ContainerHandle, Plugin, PrepareContext, PrestartContext
 
 __all__ = ["DEFAULT_HOST_ADDR", "FORMAT", "Mapping", "PortForward"]
 
@@ -150,7 +146,7 @@ class PortForward(Plugin):
                 ) from None
             self._forwarded(context.container, mapping, reply.get("return", {}).get("id"))
 
-    def _forwarded(self, container: Container, mapping: Mapping, forward_id: object) -> None:
+    def _forwarded(self, container: ContainerHandle, mapping: Mapping, forward_id: object) -> None:
         self.emit(
             container,
             "forward",
