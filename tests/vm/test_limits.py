@@ -261,5 +261,5 @@ def test_a_root_that_cannot_be_built_is_one_line_with_a_cgroup_too(tmp_path, con
     root = rootfs_with_symlinked_tmp(tmp_path)
     result = run(root, "--memory", "8m", "true")
     assert result.code == 125, result
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(errors) == 1 and "tmp in the root filesystem is a symlink" in errors[0], result.stderr
+    errors = [event for event in result.events() if event["event"] == "aiocontain.error"]  # --log-format json
+    assert len(errors) == 1 and "tmp in the root filesystem is a symlink" in str(errors[0]["message"]), result.stderr
