@@ -78,6 +78,9 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument("--events", type=Path, metavar="FILE", help="write every event as a JSON line to FILE")
     run.add_argument("--enable-plugin", action="append", default=[], metavar="NAME", help="use a plugin for this run")
     run.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="leave a plugin out")
+    from aiocontain import cli_users
+
+    cli_users.add_arguments(run)  # --user, --env-file, --ulimit, --dns, --add-host, --label, ...
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
 
     for item in installed:
@@ -237,6 +240,7 @@ def _list_plugins(installed: Sequence[Installed]) -> int:
 
 
 def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
+    from aiocontain import cli_users
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
@@ -262,7 +266,6 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         network=args.net,
         **({"mtu": args.mtu} if args.mtu is not None else {}),
         allow_host_loopback=args.allow_host_loopback,
-        env=env,
         workdir=args.workdir,
         init=args.init,
         init_path=args.init_path,
@@ -279,6 +282,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cap_drop=args.cap_drop,
         privileged=args.privileged,
         **_security_options(args.security_opt),
+        **cli_users.spec_fields(args, env),
     )
     spec.validate()
 

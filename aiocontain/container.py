@@ -28,6 +28,7 @@ from aiocontain.stages import wait as wait_stage
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
+    from aiocontain.users import ExecUser
 
 TEARDOWN_TIMEOUT = 15.0
 
@@ -162,6 +163,7 @@ class Container:
         try:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
+            user = self._user(rootfs)
             name = names.claim(self.spec.name) if self.spec.name is not None else None  # last: nothing can fail after
         except BaseException:
             self.log.close()  # nothing was started: event streams end here
@@ -189,8 +191,16 @@ class Container:
                 plugins=self.plugins,
                 fork_server=self.fork_server,
                 seccomp=seccomp,
+                user=user,
             )
-            self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
+            self.log.info(
+                events.CREATED,
+                command=list(spec.command),
+                rootfs=str(rootfs),
+                network=driver.name,
+                labels=dict(spec.labels),
+                annotations=dict(spec.annotations),
+            )
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
                     try:
@@ -233,6 +243,16 @@ class Container:
         from aiocontain.seccomp import filter_for
 
         return filter_for(self.spec)
+
+    def _user(self, rootfs: Path) -> ExecUser | None:
+        """--user resolved in the rootfs's passwd and group and checked against the id mapping, before anything
+        starts: a name that is not there or an id the container does not map is refused here."""
+        if self.spec.user is None and not self.spec.group_add:
+            return None
+        from aiocontain import users
+        from aiocontain.forkserver import userns
+
+        return users.resolve(self.spec.user or "0", self.spec.group_add, rootfs, userns.planned())
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
