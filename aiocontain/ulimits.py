@@ -45,9 +45,9 @@ def parse(options: Sequence[str]) -> list[tuple[int, int, int]]:
                 f"invalid --ulimit {option!r}: unknown limit {name!r}", fix=f"use one of {', '.join(sorted(NAMES))}"
             )
         soft_text, _, hard_text = values.partition(":")
-        soft, hard = _value(option, soft_text), _value(option, hard_text or soft_text)
         if not sep or soft_text == "":
             raise AiocontainError(f"invalid --ulimit {option!r}", fix="use NAME=SOFT[:HARD], e.g. nofile=1024:2048")
+        soft, hard = _value(option, soft_text), _value(option, hard_text or soft_text)
         if _above(soft, hard):
             raise AiocontainError(
                 f"invalid --ulimit {option!r}: the soft limit {soft_text} is above the hard limit {hard_text}",
