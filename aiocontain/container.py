@@ -252,7 +252,7 @@ class Container:
         from aiocontain import users
         from aiocontain.forkserver import userns
 
-        return users.resolve(self.spec.user or "0", self.spec.group_add, rootfs, userns.planned())
+        return users.resolve(self.spec.user, self.spec.group_add, rootfs, userns.planned())
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

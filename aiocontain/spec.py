@@ -61,6 +61,12 @@ class ContainerSpec:
     a profile in the JSON format docker and podman use; ``no_new_privileges``
     sets no_new_privs; ``privileged`` keeps every capability and applies no
     seccomp filter and no masked paths, as ``podman run --privileged``.
+
+    ``user`` (``"USER[:GROUP]"``, names from the rootfs's /etc/passwd and group, or
+    numbers) and ``group_add`` set who the command runs as; ``ulimits`` are podman's
+    ``NAME=SOFT[:HARD]``; ``dns``, ``dns_search``, ``dns_options`` and ``add_hosts``
+    (``NAME:IP``) fill the container's resolv.conf and hosts; ``labels`` and
+    ``annotations`` are shown in the ``container.created`` event.
     """
 
     command: Sequence[str]

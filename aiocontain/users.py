@@ -56,8 +56,13 @@ class _Entry:
     members: tuple[str, ...]
 
 
-def resolve(user: str, group_add: Sequence[str], rootfs: Path, mapping: IdMapping) -> ExecUser:
-    """Resolve ``--user`` and ``--group-add`` in rootfs; AiocontainError (one line) when it cannot be done."""
+def resolve(user: str | None, group_add: Sequence[str], rootfs: Path, mapping: IdMapping) -> ExecUser:
+    """Resolve ``--user`` and ``--group-add`` in rootfs; AiocontainError (one line) when it cannot be done.
+    user None (``--group-add`` alone): root, with only the added groups, as podman gives it."""
+    if user is None:
+        groups = tuple(dict.fromkeys(_added_group(_read(rootfs, "/etc/group", 4), item) for item in group_add))
+        _check_mapped("--group-add", 0, 0, groups, mapping)
+        return ExecUser(0, 0, groups, "/root")
     user_arg, _, group_arg = user.partition(":")
     passwd = _read(rootfs, "/etc/passwd", 7)
     groups_file = _read(rootfs, "/etc/group", 4)
@@ -103,7 +108,7 @@ def resolve(user: str, group_add: Sequence[str], rootfs: Path, mapping: IdMappin
     for item in group_add:
         supplementary.append(_added_group(groups_file, item))
     groups = tuple(dict.fromkeys([gid, *supplementary]))  # the primary first, as podman lists it; no repeats
-    _check_mapped(user, uid, gid, groups, mapping)
+    _check_mapped(f"--user {user}", uid, gid, groups, mapping)
     return ExecUser(uid, gid, groups, home or "/", passwd_line, group_line)
 
 
@@ -148,7 +153,7 @@ def _added_group(groups: list[_Entry], item: str) -> int:
     return number
 
 
-def _check_mapped(user: str, uid: int, gid: int, groups: tuple[int, ...], mapping: IdMapping) -> None:
+def _check_mapped(what: str, uid: int, gid: int, groups: tuple[int, ...], mapping: IdMapping) -> None:
     """Every id must exist in the container's user namespace: refuse here, not in PID 1's setresuid."""
     unmapped = [f"uid {uid}"] if uid > mapping.highest_uid else []
     unmapped += [f"gid {g}" for g in dict.fromkeys((gid, *groups)) if g > mapping.highest_gid]
@@ -156,13 +161,13 @@ def _check_mapped(user: str, uid: int, gid: int, groups: tuple[int, ...], mappin
         return
     if mapping.mode == "single":
         raise AiocontainError(
-            f"--user {user}: {', '.join(unmapped)} not mapped in the container: without subordinate ids "
+            f"{what}: {', '.join(unmapped)} not mapped in the container: without subordinate ids "
             "(newuidmap and a range in /etc/subuid and /etc/subgid) only uid 0, you, exists there",
             fix="sudo apt-get install uidmap && sudo usermod --add-subuids 100000-165535 "
             "--add-subgids 100000-165535 $USER (see aiocontain doctor), or run as root inside",
         )
     raise AiocontainError(
-        f"--user {user}: {', '.join(unmapped)} not mapped in the container: your subordinate ids map "
+        f"{what}: {', '.join(unmapped)} not mapped in the container: your subordinate ids map "
         f"uids 0-{mapping.highest_uid} and gids 0-{mapping.highest_gid}",
         fix="use ids within that range, or give the user a larger range in /etc/subuid and /etc/subgid",
     )

@@ -263,3 +263,39 @@ def test_rootfs_files_are_not_changed(cli, fresh):
     result = cli("--net", "none", "--user", "1234:4321", "/bin/sh", "-c", "id", rootfs_dir=root)
     assert result.stdout == "uid=1234(1234) gid=4321(4321) groups=4321(4321)\n", result.stderr
     assert {name: (root / "etc" / name).read_text() for name in ("passwd", "group")} == before
+
+
+@needs_subids
+def test_group_add_alone_keeps_root_with_only_that_group(cli, podman_or_none, fresh):
+    ours, theirs = both(cli, podman_or_none, fresh, "--group-add", "100")
+    got = fields(ours)
+    assert (got["Uid"].split()[0], got["Gid"].split()[0], got["Groups"]) == ("0", "0", "100")
+    assert got["CapEff"] == "00000000800405fb"
+    if theirs is not None:
+        assert ours == theirs
+
+
+@needs_subids
+@pytest.mark.anyio
+async def test_embedded_user(rootfs, anyio_backend):
+    import subprocess as sp
+
+    from aiocontain import Container, ContainerSpec, NetworkMode
+
+    spec = ContainerSpec(
+        command=["/bin/sh", "-c", "id -u; id -G; echo $HOME; ulimit -n"],
+        rootfs=rootfs,
+        network=NetworkMode.NONE,
+        user="nobody",
+        group_add=["root"],
+        ulimits=["nofile=77"],
+        stdout=sp.PIPE,
+    )
+    async with Container(spec) as container:
+        assert container.stdout is not None
+        output = b""
+        async for chunk in container.stdout:
+            output += chunk
+        status = await container.wait()
+    assert status.code == 0
+    assert output.decode().split("\n")[:4] == ["65534", "65534 0", "/nonexistent", "77"]
