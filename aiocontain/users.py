@@ -217,10 +217,12 @@ def read_text(rootfs: Path, path: str) -> str | None:
 
 def etc_copies(user: ExecUser, rootfs: Path) -> dict[str, str]:
     """The container's passwd and group with the entries --user needs added (name -> content), for the runtime
-    to write and PID 1 to bind-mount; only for a file the rootfs has, so that nothing is created in it."""
+    to write and PID 1 to bind-mount; only over a regular file of the rootfs's own etc/ (no symlink on the way,
+    which the mount would replace), so that nothing in the rootfs is created or changed."""
     copies = {}
     for name, line in (("passwd", user.passwd_line), ("group", user.group_line)):
-        text = read_text(rootfs, f"/etc/{name}") if line is not None else None
+        plain = elf.resolve_in_rootfs(rootfs, f"/etc/{name}") == rootfs / "etc" / name
+        text = read_text(rootfs, f"/etc/{name}") if line is not None and plain else None
         if text is not None and line is not None:
             copies[name] = text + ("" if text.endswith("\n") or not text else "\n") + line
     return copies

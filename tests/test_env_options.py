@@ -256,3 +256,36 @@ def test_labels_in_the_events_file(cli, tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     first = json.loads(events.read_text().splitlines()[0])
     assert first["event"] == "container.created" and first["labels"] == {"k": "v"}
+
+
+# the files' layout, without a container
+
+
+def test_resolv_conf_layout() -> None:
+    from aiocontain import etcfiles
+
+    driver = "nameserver 10.0.2.3\n"
+    assert etcfiles.resolv_conf(driver, [], [], []) == driver
+    assert etcfiles.resolv_conf(driver, [], ["a.test", "b.test"], []) == "search a.test b.test\n" + driver
+    assert etcfiles.resolv_conf(driver, [], ["."], ["ndots:1"]) == driver + "options ndots:1\n"  # "." is none
+    assert etcfiles.resolv_conf(driver, ["192.0.2.1"], [], []) == "nameserver 192.0.2.1\n"
+
+
+def test_add_host_forms() -> None:
+    from aiocontain import etcfiles
+
+    assert etcfiles.parse_add_host("db:192.0.2.1") == ("db", "192.0.2.1")
+    assert etcfiles.parse_add_host("v6:[2001:db8::1]") == ("v6", "2001:db8::1")
+    assert etcfiles.parse_add_host("a;b:192.0.2.1") == ("a b", "192.0.2.1")
+    for bad in ("db", "db:", ":192.0.2.1", "d b:192.0.2.1", "db:300.1.1.1"):
+        with pytest.raises(AiocontainError):
+            etcfiles.parse_add_host(bad)
+
+
+def test_ulimit_values() -> None:
+    from aiocontain import ulimits
+
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    assert ulimits.parse(["core=0", "core=0:0"]) == [(resource.RLIMIT_CORE, 0, 0)]  # the last one wins
+    if hard == resource.RLIM_INFINITY:
+        assert ulimits.parse(["core=-1"]) == [(resource.RLIMIT_CORE, resource.RLIM_INFINITY, resource.RLIM_INFINITY)]

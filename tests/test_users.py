@@ -299,3 +299,17 @@ async def test_embedded_user(rootfs, anyio_backend):
         status = await container.wait()
     assert status.code == 0
     assert output.decode().split("\n")[:4] == ["65534", "65534 0", "/nonexistent", "77"]
+
+
+@needs_subids
+def test_symlinked_passwd_is_read_but_never_replaced(cli, fresh):
+    # etc/passwd -> ../usr/passwd: read through the link, and the link stays (no copy is mounted over it)
+    root = fresh()
+    (root / "usr" / "passwd").write_text((root / "etc" / "passwd").read_text())
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").symlink_to("../usr/passwd")
+    result = cli("--net", "none", "--user", "nobody", "/bin/sh", "-c", "echo $HOME", rootfs_dir=root)
+    assert (result.code, result.stdout) == (0, "/nonexistent\n"), result.stderr
+    result = cli("--net", "none", "--user", "1000", "/bin/sh", "-c", "id -u", rootfs_dir=root)
+    assert (result.code, result.stdout) == (0, "1000\n"), result.stderr
+    assert os.readlink(root / "etc" / "passwd") == "../usr/passwd"
