@@ -221,6 +221,9 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     run.add_argument(
         "--disable-plugin", action="append", default=[], metavar="NAME", help="leave a plugin out (default: none)"
     )
+    from aiocontain import cli_users
+
+    cli_users.add_arguments(run)  # --user, --env-file, --ulimit, --dns, --add-host, --label, ...
     run.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -386,6 +389,7 @@ def _list_plugins(installed: Sequence[Installed]) -> int:
 
 
 def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
+    from aiocontain import cli_users
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
@@ -411,7 +415,6 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         network=args.net,
         **({"mtu": args.mtu} if args.mtu is not None else {}),
         allow_host_loopback=args.allow_host_loopback,
-        env=env,
         workdir=args.workdir,
         init=args.init,
         init_path=args.init_path,
@@ -428,6 +431,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cap_drop=args.cap_drop,
         privileged=args.privileged,
         **_security_options(args.security_opt),
+        **cli_users.spec_fields(args, env),
     )
     spec.validate()
 

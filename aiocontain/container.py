@@ -27,6 +27,7 @@ from aiocontain.status import ExitStatus
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
+    from aiocontain.users import ExecUser
 
 __all__ = ["Container", "ExitStatus", "State", "run"]  # ExitStatus lives in aiocontain.status
 
@@ -158,6 +159,7 @@ class Container:
         try:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
+            user = self._user(rootfs)
             name = names.claim(self.spec.name) if self.spec.name is not None else None  # last: nothing can fail after
         except BaseException:
             self._log.close()  # nothing was started: event streams end here
@@ -185,8 +187,16 @@ class Container:
                 plugins=self.plugins,
                 fork_server=self.fork_server,
                 seccomp=seccomp,
+                user=user,
             )
-            self._log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
+            self._log.info(
+                events.CREATED,
+                command=list(spec.command),
+                rootfs=str(rootfs),
+                network=driver.name,
+                labels=dict(spec.labels),
+                annotations=dict(spec.annotations),
+            )
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
                     try:
@@ -232,6 +242,16 @@ class Container:
         from aiocontain.seccomp import filter_for
 
         return filter_for(self.spec)
+
+    def _user(self, rootfs: Path) -> ExecUser | None:
+        """--user resolved in the rootfs's passwd and group and checked against the id mapping, before anything
+        starts: a name that is not there or an id the container does not map is refused here."""
+        if self.spec.user is None and not self.spec.group_add:
+            return None
+        from aiocontain import users
+        from aiocontain.forkserver import userns
+
+        return users.resolve(self.spec.user, self.spec.group_add, rootfs, userns.planned())
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -132,11 +132,13 @@ class Config(_Message):
         "mounts",
         "no_new_privs",
         "readonly_paths",
+        "rlimits",
         "rootfs",
         "seccomp",
         "tap",
         "tty",
         "unshare_net",
+        "user",
         "want_netlink",
         "workdir",
     )
@@ -162,6 +164,8 @@ class Config(_Message):
         readonly_paths: list[str] | None = None,
         tty: bool = False,
         init_binary: str | None = None,
+        user: list[int] | None = None,
+        rlimits: list[list[int]] | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -182,6 +186,8 @@ class Config(_Message):
         self.readonly_paths = readonly_paths or []  # bind-remounted read-only
         self.tty = tty  # open a pty in the container's devpts for the command, master sent up as Console
         self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
+        self.user = user  # --user: [uid, gid, *groups] the command runs as (child/ids.py); None: root, as set up
+        self.rlimits = rlimits or []  # --ulimit: [resource, soft, hard], set just before exec
 
 
 class Unshared(_Message):

@@ -61,6 +61,12 @@ class ContainerSpec:
     a profile in the JSON format docker and podman use; ``no_new_privileges``
     sets no_new_privs; ``privileged`` keeps every capability and applies no
     seccomp filter and no masked paths, as ``podman run --privileged``.
+
+    ``user`` (``"USER[:GROUP]"``, names from the rootfs's /etc/passwd and group, or
+    numbers) and ``group_add`` set who the command runs as; ``ulimits`` are podman's
+    ``NAME=SOFT[:HARD]``; ``dns``, ``dns_search``, ``dns_options`` and ``add_hosts``
+    (``NAME:IP``) fill the container's resolv.conf and hosts; ``labels`` and
+    ``annotations`` are shown in the ``container.created`` event.
     """
 
     command: Sequence[str]
@@ -92,6 +98,17 @@ class ContainerSpec:
     privileged: bool = False
     seccomp: str | Path | None = None
     no_new_privileges: bool = False
+    # Users and environment (aiocontain.users, ulimits, etcfiles): podman's --user, --group-add, --ulimit, --dns,
+    # --dns-search, --dns-option, --add-host; labels and annotations are kept here and shown in container.created.
+    user: str | None = None
+    group_add: Sequence[str] = ()
+    ulimits: Sequence[str] = ()
+    dns: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+    dns_options: Sequence[str] = ()
+    add_hosts: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
@@ -135,6 +152,7 @@ class ContainerSpec:
         except ValueError:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
         _ = self.limits  # parses, refusing malformed sizes
+        self._validate_user_options()
         _ = self.capabilities  # refuses unknown capability names
         if self.tty_size is not None and not all(0 <= n <= 0xFFFF for n in self.tty_size):
             raise AiocontainError(f"invalid terminal size {self.tty_size!r}", fix="give (rows, cols) from 0 to 65535")
@@ -143,6 +161,19 @@ class ContainerSpec:
         if not self.network_timeout > 0:  # 0 would fail every networked run, then blame slirp4netns
             raise AiocontainError(
                 f"invalid network timeout {self.network_timeout!r}", fix="give a number of seconds > 0"
+            )
+
+    def _validate_user_options(self) -> None:
+        from aiocontain import etcfiles, ulimits
+
+        if self.user is not None and not self.user:
+            raise AiocontainError("invalid --user ''", fix="give USER[:GROUP], names or numbers")
+        ulimits.parse(self.ulimits)
+        etcfiles.check(self.dns, self.dns_search, self.dns_options, self.add_hosts)
+        if (self.dns or self.dns_search or self.dns_options) and self.network is NetworkMode.NONE:
+            raise AiocontainError(
+                "--dns, --dns-search and --dns-option have no network to use with --net none (podman refuses them too)",
+                fix="drop them, or use --net slirp4netns",
             )
 
     @property

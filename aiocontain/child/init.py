@@ -23,7 +23,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, mounts
+from aiocontain.child import console, harden, ids, mounts
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -53,7 +53,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
             _report(report_w, Failed(messages.STEP_WORKDIR, f"{config.workdir} is not a directory", errno.ENOTDIR))
             os._exit(126)
         if config.tty:
-            _send_console(report_w)
+            _send_console(report_w, config.user[0] if config.user is not None else None)
         if os.read(release_r, 1) != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
@@ -62,10 +62,16 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         if config.mount_cgroup:
             mounts.mount_cgroup()
         harden.apply(config)  # capabilities, no_new_privs, keyring: CAP_SYS_ADMIN stays effective for seccomp
+        ids.set_limits(config.rlimits)
+        filter_first = ids.filter_first(config.user, bool(config.seccomp), config.no_new_privs)
+        if config.user is not None and not filter_first:
+            ids.switch(config.user)
         if config.seccomp:
             # Last, at the one point before both exec paths, so it covers --init's PID 1 too. What runs from
             # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
             syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
+        if filter_first and config.user is not None:
+            ids.switch(config.user)
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
         _report(report_w, Failed(messages.STEP_SETUP, _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
@@ -74,9 +80,9 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
     _exec(config.argv, env, report_w)
 
 
-def _send_console(report_w: int) -> None:
+def _send_console(report_w: int, owner: int | None) -> None:
     """Open the container's terminal and hand its master to the runtime, which holds the only copy."""
-    master = console.open_console()
+    master = console.open_console(owner)
     report = socket.socket(fileno=report_w)
     try:
         messages.send(report, Console(), [master])

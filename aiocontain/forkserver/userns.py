@@ -30,21 +30,38 @@ class IdMapping:
     uid_range: tuple[int, int] | None = None  # the subordinate (start, count) mapped to 1..count
     gid_range: tuple[int, int] | None = None
 
+    @property
+    def highest_uid(self) -> int:
+        """The highest uid mapped inside (0 alone without subordinate ids)."""
+        return self.uid_range[1] if self.uid_range is not None else 0
+
+    @property
+    def highest_gid(self) -> int:
+        return self.gid_range[1] if self.gid_range is not None else 0
+
+
+def planned() -> IdMapping:
+    """How map_from_outside will map the fork server's namespace, known before anything starts."""
+    uid = os.getuid()
+    uid_ranges = subids.ranges(uid, Path("/etc/subuid"))
+    gid_ranges = subids.ranges(uid, Path("/etc/subgid"))
+    if uid != 0 and uid_ranges and gid_ranges and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        return IdMapping("subordinate", uid_ranges[0], gid_ranges[0])
+    return IdMapping("single")
+
 
 def map_from_outside(pid: int) -> IdMapping:
     """Write the uid/gid maps of process pid's (new, empty) user namespace as the invoking user."""
     uid, gid = os.getuid(), os.getgid()
-    uid_ranges = subids.ranges(uid, Path("/etc/subuid"))
-    gid_ranges = subids.ranges(uid, Path("/etc/subgid"))
-    helpers = shutil.which("newuidmap"), shutil.which("newgidmap")
-    if uid != 0 and uid_ranges and gid_ranges and helpers[0] and helpers[1]:
+    plan = planned()
+    if plan.uid_range is not None and plan.gid_range is not None:
         _run_helpers(
             [
-                [helpers[0], str(pid), "0", str(uid), "1", "1", *map(str, uid_ranges[0])],
-                [helpers[1], str(pid), "0", str(gid), "1", "1", *map(str, gid_ranges[0])],
+                [str(shutil.which("newuidmap")), str(pid), "0", str(uid), "1", "1", *map(str, plan.uid_range)],
+                [str(shutil.which("newgidmap")), str(pid), "0", str(gid), "1", "1", *map(str, plan.gid_range)],
             ]
         )
-        return IdMapping("subordinate", uid_ranges[0], gid_ranges[0])
+        return plan
     proc = Path(f"/proc/{pid}")
     (proc / "setgroups").write_text("deny")
     (proc / "uid_map").write_text(f"0 {uid} 1\n")

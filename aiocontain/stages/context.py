@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from aiocontain.plugins import BindMount, Plugin
     from aiocontain.plugins.api import ContainerHandle
     from aiocontain.runtimedir import RuntimeDir
+    from aiocontain.users import ExecUser
 
 
 @dataclass
@@ -45,6 +46,7 @@ class StageContext:
     plugins: list[Plugin] = field(default_factory=list)
     fork_server: ForkServer | None = None
     seccomp: str | None = None  # the compiled filter (BPF, base64) PID 1 installs before exec; None: none
+    user: ExecUser | None = None  # --user, resolved in the rootfs's passwd and group before anything started
     cgroup: Leaf | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
     mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks

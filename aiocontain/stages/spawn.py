@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import events, forkserver
+from aiocontain import etcfiles, events, forkserver, ulimits, users
 from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config
@@ -45,7 +45,7 @@ async def run(ctx: StageContext) -> None:
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
-        env={**spec.environment(None), **ctx.extra_env},  # TERM=xterm, as podman: not the caller's terminal
+        env=_environment(ctx),
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
@@ -62,6 +62,8 @@ async def run(ctx: StageContext) -> None:
         masked_paths=[] if spec.privileged else list(paths.MASKED),
         readonly_paths=[] if spec.privileged else list(paths.READONLY),
         seccomp=ctx.seccomp,
+        user=None if ctx.user is None else [ctx.user.uid, ctx.user.gid, *ctx.user.groups],
+        rlimits=[list(limit) for limit in ulimits.parse(spec.ulimits)],
     )
     try:
         channel.send_config(config)
@@ -100,14 +102,27 @@ def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
     return directory
 
 
+def _environment(ctx: StageContext) -> dict[str, str]:
+    """podman's defaults (TERM=xterm: not the caller's terminal), the plugins' and the user's; HOME from --user's
+    passwd entry unless given."""
+    env = {**ctx.spec.environment(None), **ctx.extra_env}
+    if ctx.user is not None and "HOME" not in ctx.spec.env and "HOME" not in ctx.extra_env:
+        env["HOME"] = ctx.user.home
+    return env
+
+
 def _etc_files(ctx: StageContext, directory: Path) -> dict[str, tuple[str, str]]:
-    """The container's /etc/hostname, hosts and resolv.conf: name -> (host path, content)."""
-    hostname = ctx.spec.effective_hostname
+    """The container's /etc/hostname, hosts and resolv.conf (and passwd or group with --user's added entry):
+    name -> (host path, content)."""
+    spec = ctx.spec
+    hostname = spec.effective_hostname
+    host_loopback = spec.allow_host_loopback and ctx.driver.name == "slirp4netns"
     files = {
         "hostname": hostname + "\n",
-        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ctx.driver.hosts_line(hostname)}",
-        "resolv.conf": ctx.driver.resolv_conf(),
+        "hosts": etcfiles.hosts(ctx.driver.hosts_line(hostname), spec.add_hosts, host_loopback),
+        "resolv.conf": etcfiles.resolv_conf(ctx.driver.resolv_conf(), spec.dns, spec.dns_search, spec.dns_options),
     }
+    files.update(users.etc_copies(ctx.user, ctx.rootfs) if ctx.user is not None else {})
     return {name: (str(directory / name), content) for name, content in files.items()}
 
 
