@@ -16,16 +16,38 @@ from aiocontain.errors import AiocontainError
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
     many: dict[str, Any] = {"action": "append", "default": []}
-    run.add_argument("-u", "--user", help="USER[:GROUP] to run as: names from the rootfs's /etc/passwd or numbers")
-    run.add_argument("--group-add", **many, metavar="GROUP", help="an additional group (name or gid)")
-    run.add_argument("--env-file", **many, type=Path, metavar="FILE", help="read KEY=VALUE lines (-e wins)")
-    run.add_argument("--ulimit", **many, metavar="NAME=SOFT[:HARD]", help="a resource limit, e.g. nofile=1024:2048")
-    run.add_argument("--dns", **many, metavar="IP", help="a nameserver for the container's /etc/resolv.conf")
-    run.add_argument("--dns-search", **many, metavar="DOMAIN", help="a search domain for /etc/resolv.conf")
-    run.add_argument("--dns-option", "--dns-opt", **many, metavar="OPT", help="a resolv.conf option, e.g. ndots:2")
-    run.add_argument("--add-host", **many, metavar="NAME:IP", help="a line for the container's /etc/hosts")
-    run.add_argument("-l", "--label", **many, metavar="KEY=VALUE", help="a label (shown in container.created)")
-    run.add_argument("--annotation", **many, metavar="KEY=VALUE", help="an annotation (shown in container.created)")
+    run.add_argument(
+        "-u", "--user", help="USER[:GROUP] to run as: names from the rootfs's /etc/passwd or numbers (default: root)"
+    )
+    run.add_argument(
+        "--group-add",
+        **many,
+        metavar="GROUP",
+        help="an additional group, name or gid (default: those /etc/group gives the user)",
+    )
+    run.add_argument(
+        "--env-file", **many, type=Path, metavar="FILE", help="read KEY=VALUE lines; -e wins (default: none)"
+    )
+    run.add_argument(
+        "--ulimit",
+        **many,
+        metavar="NAME=SOFT[:HARD]",
+        help="a resource limit, e.g. nofile=1024:2048 (default: inherited)",
+    )
+    run.add_argument("--dns", **many, metavar="IP", help="a nameserver for /etc/resolv.conf (default: the network's)")
+    run.add_argument(
+        "--dns-search", **many, metavar="DOMAIN", help="a search domain for /etc/resolv.conf (default: none)"
+    )
+    run.add_argument(
+        "--dns-option", "--dns-opt", **many, metavar="OPT", help="a resolv.conf option, e.g. ndots:2 (default: none)"
+    )
+    run.add_argument("--add-host", **many, metavar="NAME:IP", help="a NAME:IP line for /etc/hosts (default: none)")
+    run.add_argument(
+        "-l", "--label", **many, metavar="KEY=VALUE", help="a label, shown in container.created (default: none)"
+    )
+    run.add_argument(
+        "--annotation", **many, metavar="KEY=VALUE", help="an annotation, shown in container.created (default: none)"
+    )
 
 
 def spec_fields(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
