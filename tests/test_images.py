@@ -156,7 +156,8 @@ def docker_archive(path: Path, images: list[tuple[str, str, list[bytes]]]) -> No
                 }
             ).encode()
             add(digest(config)[7:] + ".json", config)
-            manifest.append({"Config": digest(config)[7:] + ".json", "RepoTags": [tag], "Layers": names})
+            repo_tag = f"{tag}:latest"  # podman load wants the tag spelled out
+            manifest.append({"Config": digest(config)[7:] + ".json", "RepoTags": [repo_tag], "Layers": names})
         add("manifest.json", json.dumps(manifest).encode())
 
 
@@ -400,6 +401,14 @@ def test_device_nodes_are_skipped_with_one_warning(space: Path) -> None:
     assert (space / "root" / "etc" / "file").read_bytes() == b"x"
 
 
+@needs_subids
+def test_an_id_beyond_the_range_is_refused(space: Path) -> None:
+    uid_ranges = subids.ranges(os.getuid(), Path("/etc/subuid"))
+    beyond = uid_ranges[0][1] + 1  # 0 is the user, 1..count the range
+    (space / "far.tar").write_bytes(tar_bytes([Entry("far", data=b"x", uid=beyond, gid=0)]))
+    assert_failed(import_cmd(str(space / "far.tar"), str(space / "root")), f"belongs to uid {beyond}", space)
+
+
 def images_for(arches: list[tuple[str, str]]) -> list[tuple[str, str, list[bytes]]]:
     return [(tag, arch, [tar_bytes([Entry("which", data=tag.encode())])]) for tag, arch in arches]
 
@@ -422,11 +431,13 @@ def test_the_image_for_this_host_or_platform(space: Path) -> None:
     assert result.code == 125
     assert result.stderr.startswith(f"aiocontain: {archive} has no image for linux/mips64le; it holds ")
     assert "localhost/other" in result.stderr and "localhost/here" in result.stderr
+    assert_failed(import_cmd("--platform", "amd64", str(archive), str(space / "root")), "invalid platform", space)
     twins = space / "twins.tar"
     docker_archive(twins, images_for([("localhost/one", here), ("localhost/two", here)]))
     result = import_cmd(str(twins), str(space / "d"))
     assert result.code == 125
-    assert "holds 2 images for linux/" in result.stderr and "localhost/one, localhost/two" in result.stderr
+    assert "holds 2 images for linux/" in result.stderr
+    assert "(localhost/one:latest, localhost/two:latest)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not (space / "c").exists() and not (space / "d").exists() and leftovers_in(space) == []
 
@@ -512,12 +523,17 @@ def test_control_a_naive_extraction_escapes(attack: str, space: Path, sentinel: 
     assert "pwned" in sentinel_state(sentinel)
 
 
-def test_podman_contains_the_lower_layer_symlink_too(space: Path, sentinel: Path, podman_env: dict[str, str]):
+@pytest.mark.parametrize(
+    "attack", ["symlink-in-lower-layer", "whiteout-through-symlink", "opaque-through-symlink", "relative-symlink"]
+)
+def test_podman_contains_them_too(attack: str, space: Path, sentinel: Path, podman_env: dict[str, str]) -> None:
+    """podman applies layers in a chroot of the image: it fails on some, loads others, and the host stays."""
     source = space / "evil.tar"
-    layers = escapes(sentinel, space / "root")["symlink-in-lower-layer"]
+    layers = escapes(sentinel, space / "root")[attack]
     docker_archive(source, [("localhost/evil", "amd64", [tar_bytes(layer) for layer in layers])])
-    podman_cmd(podman_env, "load", "-i", str(source))  # whatever it answers, the host must not change
-    podman_cmd(podman_env, "rmi", "-f", "localhost/evil")
+    result = podman_cmd(podman_env, "load", "-i", str(source))
+    assert result.code == 0 or "ApplyLayer" in result.stderr, result.stderr  # it did unpack the layers
+    podman_cmd(podman_env, "rmi", "-f", "localhost/evil:latest")
     assert sentinel_state(sentinel) == {"secret": "host data\n"}
 
 
