@@ -442,6 +442,32 @@ def test_the_image_for_this_host_or_platform(space: Path) -> None:
     assert not (space / "c").exists() and not (space / "d").exists() and leftovers_in(space) == []
 
 
+def test_a_nested_oci_index_picks_by_platform(space: Path) -> None:
+    """An OCI layout whose index names an image index (a manifest list) of two platforms, told in descriptors."""
+    from aiocontain.images import platforms
+
+    here = platforms.host().architecture
+    other = "s390x" if here != "s390x" else "amd64"
+    layout = space / "layout"
+    descriptors = []
+    for arch in (other, here):
+        write_layout(layout, [tar_bytes([Entry("which", data=arch.encode())])], platform=("linux", arch))
+        descriptor = json.loads((layout / "index.json").read_text())["manifests"][0]
+        descriptors.append({**descriptor, "platform": {"os": "linux", "architecture": arch}})
+    nested = json.dumps(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descriptors}
+    ).encode()
+    (layout / "blobs" / "sha256" / digest(nested)[7:]).write_bytes(nested)
+    index = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest(nested), "size": len(nested)}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [index]}))
+    result = import_cmd(str(layout), str(space / "a"))
+    assert result.code == 0, result.stderr
+    assert (space / "a" / "which").read_text() == here
+    result = import_cmd("--platform", f"linux/{other}", str(layout), str(space / "b"))
+    assert result.code == 0, result.stderr
+    assert (space / "b" / "which").read_text() == other
+
+
 # -- malicious archives ---------------------------------------------------------------------------------------
 
 
