@@ -1,4 +1,4 @@
-"""The ``aiocontain`` command: run, doctor, rootfs init.
+"""The ``aiocontain`` command: run, doctor, rootfs init and import.
 
 Errors of aiocontain itself are one line on stderr and exit 125; 126 and 127
 are a command that cannot be executed or is not found, as in podman. Heavy
@@ -253,6 +253,10 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     init = rootfs_commands.add_parser("init", help="build a minimal root filesystem from a static busybox")
     init.add_argument("dir", nargs="?", type=Path, help=f"where (default: {_ROOTFS_DEFAULT})")
     init.add_argument("--busybox", type=Path, help="static busybox binary (default: the host's /bin/busybox)")
+    imp = rootfs_commands.add_parser("import", help="unpack an image (OCI layout or archive, docker-archive, tar)")
+    imp.add_argument("source", type=Path, help="OCI layout directory or archive, docker-archive, or a rootfs tar")
+    imp.add_argument("dir", type=Path, help="the new (or empty) directory to unpack it into")
+    imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the image to take (default: this host's)")
     return parser
 
 
@@ -312,6 +316,8 @@ def _main(argv: Sequence[str]) -> int:
             from aiocontain import doctor
 
             return doctor.main(args.rootfs)
+        if args.rootfs_command == "import":
+            return _import(args.source, args.dir, args.platform)
         from aiocontain import rootfs
 
         target = args.dir or rootfs.default_rootfs()
@@ -353,6 +359,17 @@ def _error_line(args: argparse.Namespace, line: str, message: str, fix: str | No
         print(json.dumps(record), file=sys.stderr)
         return
     print(f"aiocontain: {line}", file=sys.stderr)
+
+
+def _import(source: Path, dest: Path, platform: str | None) -> int:
+    from aiocontain.images import import_rootfs
+
+    imported = import_rootfs(source, dest, platform)
+    for line in imported.warnings:
+        print(f"aiocontain: warning: {line}", file=sys.stderr)
+    layers = f"{imported.layers} layer{'s' if imported.layers != 1 else ''}"
+    print(f"imported {imported.description} ({layers}) into {dest}", file=sys.stderr)
+    return 0
 
 
 def _release_stop_signals() -> None:
