@@ -40,7 +40,9 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a command in a new container")
-    run.add_argument("--rootfs", type=Path, help="root filesystem directory (default: rootfs_arm/)")
+    run.add_argument(
+        "--rootfs", type=Path, help="root filesystem directory (default: rootfs_arm/); DIR:O a throwaway overlay on it"
+    )
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
     run.add_argument("--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "none", "host"])
@@ -64,6 +66,11 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         metavar="OPT",
         help="seccomp=FILE, seccomp=unconfined or no-new-privileges",
     )
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:OPTS]", help="bind a host path")
+    run.add_argument("--mount", action="append", default=[], metavar="type=bind|tmpfs,...", help="add a mount")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
+    _flag(run, "--read-only", False, "mount the root read-only (tmpfs at /tmp, /run, /var/tmp)")
+    _flag(run, "--read-only-tmpfs", True, "with --read-only, tmpfs at /tmp, /run and /var/tmp (default: true)")
     run.add_argument("-m", "--memory", help="memory limit (memory.max), e.g. 2m, 512k, 1g or bytes")
     run.add_argument("--memory-swap", help="memory plus swap limit (memory.swap.max); -1 for unlimited swap")
     run.add_argument("--pids-limit", type=int, help="most processes at once (pids.max); -1 for no limit")
@@ -111,6 +118,16 @@ def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, text: s
     for value in ("true", "false"):
         names = (f"{short}={value}", f"{long}={value}")
         parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
+    """A boolean option spelled as podman's: --name, --name=true, --name=false."""
+    dest = name.lstrip("-").replace("-", "_")
+    parser.add_argument(name, dest=dest, action="store_const", const=True, default=default, help=text)
+    for value in ("true", "false"):
+        parser.add_argument(
+            f"{name}={value}", dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS
+        )
 
 
 def entry() -> NoReturn:
@@ -254,9 +271,11 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
             value = os.environ[key]  # -e KEY passes the host's value on
         env[key] = value
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
+    from aiocontain import mounts
+
     spec = ContainerSpec(
         command=command,
-        rootfs=args.rootfs,
+        **mounts.spec_fields(args),
         name=args.name,
         hostname=args.hostname,
         network=args.net,

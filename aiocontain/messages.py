@@ -59,6 +59,8 @@ class Config(_Message):
         "mount_cgroup",
         "mounts",
         "no_new_privs",
+        "overlay",
+        "read_only",
         "readonly_paths",
         "rootfs",
         "seccomp",
@@ -81,7 +83,7 @@ class Config(_Message):
         etc_files: dict[str, str] | None = None,
         init: bool = False,
         mount_cgroup: bool = False,
-        mounts: list[list[str | bool]] | None = None,
+        mounts: list[dict[str, Any]] | None = None,
         tap: str | None = None,
         caps: list[int] | None = None,
         seccomp: str | None = None,
@@ -90,6 +92,8 @@ class Config(_Message):
         readonly_paths: list[str] | None = None,
         tty: bool = False,
         init_binary: str | None = None,
+        read_only: bool = False,
+        overlay: str | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -101,7 +105,7 @@ class Config(_Message):
         self.etc_files = etc_files or {}
         self.init = init
         self.mount_cgroup = mount_cgroup
-        self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
+        self.mounts = mounts or []  # -v, --mount, --tmpfs and the plugins': mounts.Mount.config() dicts
         self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
         self.caps = caps  # capability numbers to keep in the bounding set; None keeps all (--privileged)
         self.seccomp = seccomp  # the compiled seccomp filter (BPF, base64), installed just before exec; None: none
@@ -110,6 +114,8 @@ class Config(_Message):
         self.readonly_paths = readonly_paths or []  # bind-remounted read-only
         self.tty = tty  # open a pty in the container's devpts for the command, master sent up as Console
         self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
+        self.read_only = read_only  # --read-only: the root is remounted read-only once every mount is in place
+        self.overlay = overlay  # --rootfs DIR:O: an empty directory to hold the overlay's upper layer (a tmpfs)
 
 
 class Unshared(_Message):

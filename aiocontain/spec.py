@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from aiocontain.cgroups.limits import Limits
 from aiocontain.errors import AiocontainError
+from aiocontain.mounts import Mount
+from aiocontain.mounts import check as check_mounts
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MTU = 65520
@@ -92,6 +94,10 @@ class ContainerSpec:
     privileged: bool = False
     seccomp: str | Path | None = None
     no_new_privileges: bool = False
+    mounts: Sequence[Mount] = ()
+    read_only: bool = False
+    read_only_tmpfs: bool = True
+    rootfs_overlay: bool = False
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
@@ -134,6 +140,7 @@ class ContainerSpec:
             self.cgroups = CgroupsMode(self.cgroups)
         except ValueError:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
+        check_mounts(self.mounts)
         _ = self.limits  # parses, refusing malformed sizes
         _ = self.capabilities  # refuses unknown capability names
         if self.tty_size is not None and not all(0 <= n <= 0xFFFF for n in self.tty_size):

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
+from aiocontain.mounts import Mount
+
 if TYPE_CHECKING:
     from aiocontain.container import Container, ExitStatus
 
@@ -46,9 +48,10 @@ class Veto(Exception):
 
 
 @dataclass
-class BindMount:
-    source: str
-    target: str
+class BindMount(Mount):
+    """A host file or directory bound into the container: read-only unless asked (``ContainerSpec.mounts``
+    takes the same type, and ``Mount`` for tmpfs)."""
+
     readonly: bool = True
 
 

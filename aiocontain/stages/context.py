@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.forkserver.stdio import PtyStream
+    from aiocontain.mounts import Mount
     from aiocontain.network import NetworkDriver
-    from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.plugins import Plugin
     from aiocontain.runtimedir import RuntimeDir
 
 
@@ -50,7 +51,7 @@ class StageContext:
     seccomp: str | None = None  # the compiled filter (BPF, base64) PID 1 installs before exec; None: none
     cgroup: Leaf | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
-    mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks
+    mounts: list[Mount] = field(default_factory=list)  # from prepare hooks
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: RuntimeDir | None = None  # removed once the command runs (its files are bind-mounted by then)
