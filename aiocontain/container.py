@@ -221,7 +221,7 @@ class Container:
         spec = self.spec
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
-        if spec.rootfs_overlay:
+        if spec.rootfs_overlay:  # asked for: refused where the kernel cannot
             from aiocontain.mounts import check_overlay
 
             check_overlay()

@@ -263,7 +263,7 @@ def spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     wanted = [volume(v) for v in args.volume] + [mount(m) for m in args.mount] + [tmpfs(t) for t in args.tmpfs]
     return {
         "rootfs": rootfs,
-        "rootfs_overlay": overlay,
+        "rootfs_overlay": True if overlay else None if rootfs is None else False,
         "mounts": wanted,
         "read_only": args.read_only,
         "read_only_tmpfs": args.read_only_tmpfs,

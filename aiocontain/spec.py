@@ -63,6 +63,13 @@ class ContainerSpec:
     a profile in the JSON format docker and podman use; ``no_new_privileges``
     sets no_new_privs; ``privileged`` keeps every capability and applies no
     seccomp filter and no masked paths, as ``podman run --privileged``.
+
+    Files in and out: ``mounts`` are ``Mount`` values (``aiocontain.mounts``: a bind of a host path, or a
+    tmpfs), as ``-v``, ``--mount`` and ``--tmpfs``; ``read_only`` mounts the root read-only, with tmpfs at
+    /tmp, /run and /var/tmp unless ``read_only_tmpfs`` is False. ``rootfs_overlay`` (``--rootfs DIR:O``)
+    puts a throwaway overlay over the rootfs, so nothing the container writes reaches it on disk; unset,
+    the default rootfs (``rootfs=None``) gets one where the kernel can (Linux 5.11+), as each ``podman run``
+    of an image gets a layer of its own, and a rootfs named explicitly is used directly, as podman's --rootfs.
     """
 
     command: Sequence[str]
@@ -97,7 +104,7 @@ class ContainerSpec:
     mounts: Sequence[Mount] = ()
     read_only: bool = False
     read_only_tmpfs: bool = True
-    rootfs_overlay: bool = False
+    rootfs_overlay: bool | None = None  # None: for the default rootfs only (see ``overlay``)
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
@@ -163,6 +170,15 @@ class ContainerSpec:
         from aiocontain.security import capabilities
 
         return capabilities.kept(self.cap_add, self.cap_drop, self.privileged)
+
+    @property
+    def overlay(self) -> bool:
+        """Whether the rootfs gets a throwaway overlay: as asked, else for the default rootfs where possible."""
+        if self.rootfs_overlay is not None:
+            return self.rootfs_overlay
+        from aiocontain.mounts import overlay_supported
+
+        return self.rootfs is None and overlay_supported()
 
     @property
     def short_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,13 @@ def test_cli_fields(tmp_path):
     assert fields["rootfs"] == tmp_path and fields["rootfs_overlay"] is True
     assert [m.target for m in fields["mounts"]] == ["/v", "/m", "/t"]
     assert (fields["read_only"], fields["read_only_tmpfs"]) == (True, False)
+
+
+def test_the_default_rootfs_gets_an_overlay_where_the_kernel_can(monkeypatch):
+    assert ContainerSpec(["true"]).overlay is mounts.overlay_supported()
+    assert ContainerSpec(["true"], rootfs=Path("/r")).overlay is False  # named: used directly, as podman's --rootfs
+    assert ContainerSpec(["true"], rootfs_overlay=False).overlay is False
+    monkeypatch.setattr(mounts.os, "uname", lambda: os.uname_result(("Linux", "h", "5.10.0", "#1", "x86_64")))
+    assert ContainerSpec(["true"]).overlay is False
+    with pytest.raises(AiocontainError, match=r"5\.11"):
+        mounts.check_overlay()

@@ -35,7 +35,7 @@ async def run(ctx: StageContext) -> None:
     etc_files = _etc_files(ctx, ctx.runtime_dir.path)
     spec = ctx.spec
     wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
-    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.rootfs_overlay else None
+    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.control = parent
