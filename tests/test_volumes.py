@@ -108,8 +108,14 @@ def test_tmpfs_matches_podman(cli, podman, root):
     ours = cli(*args, "/bin/sh", "-c", show, rootfs_dir=root)
     theirs = podman(*args, "/bin/sh", "-c", show, rootfs_dir=root)
     assert ours.code == 0 and "size=1024k" in ours.stdout and ours.stdout.endswith("drwx------\n"), ours
+    assert mount_line(ours.stdout, "/home")[:3] == ["tmpfs", "rw", "nosuid"], ours
     for target in ("/home", "/mnt"):
         assert mount_line(ours.stdout, target) == mount_line(theirs.stdout, target), (ours, theirs)
+
+
+def test_a_read_only_tmpfs_refuses_writes(cli, root):
+    result = cli("--tmpfs", "/home:ro", "--tmpfs", "/mnt", "/bin/sh", "-c", "touch /home/x; touch /mnt/x && echo rw")
+    assert result.stdout == "rw\n" and "/home/x: Read-only file system" in result.stderr, result
 
 
 def test_read_only_root_with_tmpfs_as_podman(cli, podman, root):
@@ -134,6 +140,26 @@ def test_writes_under_an_overlay_do_not_reach_the_rootfs(cli, podman, root):
         assert tree(root) == before, name
     control = cli("/bin/sh", "-c", "echo x > /root/new", rootfs_dir=root)
     assert control.code == 0 and (root / "root" / "new").exists()  # the same write, without :O, stays
+
+
+def test_read_only_makes_the_working_directory_first(cli, podman, root):
+    """-w makes a missing directory (podman's --rootfs refuses one: 126), before the root turns read-only."""
+    result = cli("--read-only", "-w", "/made/dir", "/bin/sh", "-c", "pwd; touch x || echo ro", rootfs_dir=root)
+    assert result.stdout == "/made/dir\nro\n", result
+    for run, name in ((cli, "aiocontain"), (podman, "podman")):  # an existing one, read-only, in both
+        result = run("--read-only", "-w", "/root", "/bin/sh", "-c", "pwd; touch x || echo ro", rootfs_dir=root)
+        assert result.stdout == "/root\nro\n", (name, result)
+
+
+def test_the_default_rootfs_is_under_a_throwaway_overlay(root):
+    """Without --rootfs, each container starts from the default rootfs and leaves it as it was."""
+    before = tree(root)
+    env = {**os.environ, "AIOCONTAIN_ROOTFS": str(root)}
+    argv = cli_argv(root, "--net", "none", "/bin/sh", "-c", "rm /bin/ls && echo x > /root/new && echo done")
+    del argv[argv.index("--rootfs") : argv.index("--rootfs") + 2]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (0, "done\n"), result
+    assert tree(root) == before
 
 
 def test_mount_points_are_not_made_in_the_rootfs_on_disk(cli, root, host_dir):

@@ -49,6 +49,8 @@ def build(config: Config) -> None:
     for spec in config.mounts:
         _mount_one(root, spec)
     if config.read_only:
+        with contextlib.suppress(OSError):  # as podman, -w is made first; a failure is init's to report
+            os.makedirs(_resolve(root, config.workdir), 0o755, exist_ok=True)
         _remount_readonly(root)  # the root mount alone: what is mounted on it keeps its own mode
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
