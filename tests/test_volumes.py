@@ -179,14 +179,16 @@ def test_mount_points_are_not_made_in_the_rootfs_on_disk(cli, root, host_dir):
 
 
 def test_existing_mount_points_are_bound_over_not_replaced(cli, root):
-    (root / "etc" / "resolv.conf").unlink()
-    (root / "etc" / "resolv.conf.real").write_text("")
-    (root / "etc" / "resolv.conf").symlink_to("resolv.conf.real")
+    """A rootfs used directly: its /etc files are mounted over, and a symlinked one is bound through where it
+    leads inside the root; the link and the file stay as they were on disk."""
+    (root / "etc" / "hosts").unlink()
+    (root / "etc" / "hosts.real").write_text("on disk\n")
+    (root / "etc" / "hosts").symlink_to("/etc/hosts.real")  # absolute: the container's /etc, not the host's
     before = tree(root)
-    result = cli("--net", "none", "--hostname", "h", "/bin/cat", "/etc/hostname", rootfs_dir=root)
-    assert (result.code, result.stdout) == (0, "h\n"), result
+    result = cli("--net", "none", "--hostname", "h", "/bin/sh", "-c", "cat /etc/hostname /etc/hosts", rootfs_dir=root)
+    assert result.code == 0 and result.stdout.startswith("h\n127.0.0.1\tlocalhost\n"), result
     assert tree(root) == before
-    assert (root / "etc" / "resolv.conf").is_symlink() and (root / "etc" / "resolv.conf.real").read_text() == ""
+    assert (root / "etc" / "hosts").is_symlink() and (root / "etc" / "hosts.real").read_text() == "on disk\n"
 
 
 @pytest.mark.parametrize(
