@@ -30,6 +30,19 @@ class RecordingSyscalls:
         self.calls.append(("pivot_root", new_root, put_old, os.getcwd()))
 
 
+def config_for(root, **fields) -> Config:
+    return Config(
+        rootfs=str(root),
+        argv=["true"],
+        env={},
+        workdir="/",
+        hostname="h",
+        unshare_net=True,
+        want_netlink=False,
+        **fields,
+    )
+
+
 @pytest.fixture
 def plan(tmp_path, monkeypatch):
     root = tmp_path / "root"
@@ -44,17 +57,8 @@ def plan(tmp_path, monkeypatch):
     monkeypatch.setattr(rootfs.os, "chdir", chdirs.append)
 
     def build() -> list[tuple[object, ...]]:
-        config = Config(
-            rootfs=str(root),
-            argv=["true"],
-            env={},
-            workdir="/",
-            hostname="h",
-            unshare_net=True,
-            want_netlink=False,
-            etc_files={name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")},
-        )
-        rootfs.build(config)
+        etc_files = {name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")}
+        rootfs.build(config_for(root, etc_files=etc_files))
         return fake.calls
 
     return root, build, chdirs
@@ -129,19 +133,7 @@ def test_overlay_read_only_and_mounts_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(rootfs.os, "chdir", lambda path: None)
     volume = {"type": "bind", "source": "/src", "target": "/var/run/x", "flags": syscalls.MS_RDONLY}
     volume |= {"data": None, "propagation": syscalls.MS_SHARED, "dir": True}
-    config = Config(
-        rootfs=str(root),
-        argv=["true"],
-        env={},
-        workdir="/",
-        hostname="h",
-        unshare_net=True,
-        want_netlink=False,
-        mounts=[volume],
-        read_only=True,
-        overlay=str(holder),
-    )
-    rootfs.build(config)
+    rootfs.build(config_for(root, mounts=[volume], read_only=True, overlay=str(holder)))
     calls, r, sc = fake.calls, str(root), syscalls
     assert calls[1] == ("mount", "tmpfs", str(holder), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
     lower = str(root).replace(",", "\\,").replace(":", "\\:")
