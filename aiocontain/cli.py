@@ -66,7 +66,14 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         metavar="OPT",
         help="seccomp=FILE, seccomp=unconfined or no-new-privileges",
     )
-    run.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:OPTS]", help="bind a host path")
+    run.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:CTR[:OPTS]",
+        help="bind a host path (z, Z: ignored)",
+    )
     run.add_argument("--mount", action="append", default=[], metavar="type=bind|tmpfs,...", help="add a mount")
     run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
     _flag(run, "--read-only", False, "mount the root read-only (tmpfs at /tmp, /run, /var/tmp)")
