@@ -85,7 +85,12 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         description="Run CMD in a new rootless container and exit with its exit code.",
         epilog=RUN_EPILOG,
     )
-    run.add_argument("--rootfs", type=Path, metavar="DIR", help=f"root filesystem (default: {_ROOTFS_DEFAULT})")
+    run.add_argument(
+        "--rootfs",
+        type=Path,
+        metavar="DIR",
+        help=f"root filesystem; DIR:O a throwaway overlay on it (default: {_ROOTFS_DEFAULT}, overlaid)",
+    )
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
     run.add_argument(
@@ -230,6 +235,18 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         metavar="CMD [ARGS...]",
         help="the command to run in the container, and its arguments",
     )
+    run.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:CTR[:OPTS]",
+        help="bind a host path (z, Z: ignored)",
+    )
+    run.add_argument("--mount", action="append", default=[], metavar="type=bind|tmpfs,...", help="add a mount")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
+    _flag(run, "--read-only", False, "mount the root read-only (tmpfs at /tmp, /run, /var/tmp)")
+    _flag(run, "--read-only-tmpfs", True, "with --read-only, tmpfs at /tmp, /run and /var/tmp (default: true)")
 
     for item in installed:
         if item.plugin is not None:
@@ -268,6 +285,16 @@ def _bool_option(parser: argparse.ArgumentParser, short: str, long: str, text: s
     for value in ("true", "false"):
         names = (f"{short}={value}", f"{long}={value}")
         parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
+    """A boolean option spelled as podman's: --name, --name=true, --name=false."""
+    dest = name.lstrip("-").replace("-", "_")
+    parser.add_argument(name, dest=dest, action="store_const", const=True, default=default, help=text)
+    for value in ("true", "false"):
+        parser.add_argument(
+            f"{name}={value}", dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS
+        )
 
 
 def entry() -> NoReturn:
@@ -424,9 +451,11 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
             value = os.environ[key]  # -e KEY passes the host's value on
         env[key] = value
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
+    from aiocontain import mounts
+
     spec = ContainerSpec(
         command=command,
-        rootfs=args.rootfs,
+        **mounts.spec_fields(args),
         name=args.name,
         hostname=args.hostname,
         network=args.net,

@@ -230,6 +230,10 @@ class Container:
         spec = self.spec
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
+        if spec.rootfs_overlay:  # asked for: refused where the kernel cannot
+            from aiocontain.mounts import check_overlay
+
+            check_overlay()
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
         init_binary = init_binary_module.find(spec.init_path) if spec.init else None
         driver = driver_for(spec, describe_network=self.describe_network)

@@ -149,6 +149,19 @@ def check_init() -> Check:
     return Check("init", True, f"{path} for --init", None, required=False)
 
 
+def check_overlay() -> Check:
+    """--rootfs DIR:O mounts overlayfs in the container's user namespace, which Linux allows from 5.11 on."""
+    from aiocontain.mounts import overlay_supported
+
+    release = os.uname().release
+    if overlay_supported(release):
+        return Check(
+            "overlay", True, f"Linux {release} mounts overlayfs in a user namespace (--rootfs DIR:O)", None, False
+        )
+    detail = f"Linux {release} cannot mount overlayfs in a user namespace (5.11+): --rootfs DIR:O is refused"
+    return Check("overlay", False, detail, "a kernel 5.11 or newer (Debian 12 has 6.1)", False)
+
+
 def check_tun() -> Check:
     """slirp4netns opens the tun device as the current user."""
     try:
@@ -249,6 +262,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         _safely("slirp4netns", check_slirp4netns),
         _safely("tun", check_tun),
         _safely("init", check_init),
+        _safely("overlay", check_overlay),
         _safely("cgroup v2", check_cgroup),
         _safely("libseccomp", check_libseccomp),
         _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),

@@ -131,6 +131,8 @@ class Config(_Message):
         "mount_cgroup",
         "mounts",
         "no_new_privs",
+        "overlay",
+        "read_only",
         "readonly_paths",
         "rlimits",
         "rootfs",
@@ -155,7 +157,7 @@ class Config(_Message):
         etc_files: dict[str, str] | None = None,
         init: bool = False,
         mount_cgroup: bool = False,
-        mounts: list[list[str | bool]] | None = None,
+        mounts: list[dict[str, Any]] | None = None,
         tap: str | None = None,
         caps: list[int] | None = None,
         seccomp: str | None = None,
@@ -166,6 +168,8 @@ class Config(_Message):
         init_binary: str | None = None,
         user: list[int] | None = None,
         rlimits: list[list[int]] | None = None,
+        read_only: bool = False,
+        overlay: str | None = None,
     ) -> None:
         self.rootfs = rootfs
         self.argv = argv
@@ -177,7 +181,7 @@ class Config(_Message):
         self.etc_files = etc_files or {}
         self.init = init
         self.mount_cgroup = mount_cgroup
-        self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
+        self.mounts = mounts or []  # -v, --mount, --tmpfs and the plugins': mounts.Mount.config() dicts
         self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
         self.caps = caps  # capability numbers to keep in the bounding set; None keeps all (--privileged)
         self.seccomp = seccomp  # the compiled seccomp filter (BPF, base64), installed just before exec; None: none
@@ -188,6 +192,8 @@ class Config(_Message):
         self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
         self.user = user  # --user: [uid, gid, *groups] the command runs as (child/ids.py); None: root, as set up
         self.rlimits = rlimits or []  # --ulimit: [resource, soft, hard], set just before exec
+        self.read_only = read_only  # --read-only: the root is remounted read-only once every mount is in place
+        self.overlay = overlay  # --rootfs DIR:O: an empty directory to hold the overlay's upper layer (a tmpfs)
 
 
 class Unshared(_Message):

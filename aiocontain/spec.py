@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from aiocontain.cgroups.limits import Limits
 from aiocontain.errors import AiocontainError
+from aiocontain.mounts import Mount
+from aiocontain.mounts import check as check_mounts
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MTU = 65520
@@ -67,6 +69,13 @@ class ContainerSpec:
     ``NAME=SOFT[:HARD]``; ``dns``, ``dns_search``, ``dns_options`` and ``add_hosts``
     (``NAME:IP``) fill the container's resolv.conf and hosts; ``labels`` and
     ``annotations`` are shown in the ``container.created`` event.
+
+    Files in and out: ``mounts`` are ``Mount`` values (``aiocontain.mounts``: a bind of a host path, or a
+    tmpfs), as ``-v``, ``--mount`` and ``--tmpfs``; ``read_only`` mounts the root read-only, with tmpfs at
+    /tmp, /run and /var/tmp unless ``read_only_tmpfs`` is False. ``rootfs_overlay`` (``--rootfs DIR:O``)
+    puts a throwaway overlay over the rootfs, so nothing the container writes reaches it on disk; unset,
+    the default rootfs (``rootfs=None``) gets one where the kernel can (Linux 5.11+), as each ``podman run``
+    of an image gets a layer of its own, and a rootfs named explicitly is used directly, as podman's --rootfs.
     """
 
     command: Sequence[str]
@@ -109,6 +118,10 @@ class ContainerSpec:
     add_hosts: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[Mount] = ()
+    read_only: bool = False
+    read_only_tmpfs: bool = True
+    rootfs_overlay: bool | None = None  # None: for the default rootfs only (see ``overlay``)
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
@@ -151,6 +164,7 @@ class ContainerSpec:
             self.cgroups = CgroupsMode(self.cgroups)
         except ValueError:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
+        check_mounts(self.mounts)
         _ = self.limits  # parses, refusing malformed sizes
         self._validate_user_options()
         _ = self.capabilities  # refuses unknown capability names
@@ -187,6 +201,15 @@ class ContainerSpec:
         from aiocontain.security import capabilities
 
         return capabilities.kept(self.cap_add, self.cap_drop, self.privileged)
+
+    @property
+    def overlay(self) -> bool:
+        """Whether the rootfs gets a throwaway overlay: as asked, else for the default rootfs where possible."""
+        if self.rootfs_overlay is not None:
+            return self.rootfs_overlay
+        from aiocontain.mounts import overlay_supported
+
+        return self.rootfs is None and overlay_supported()
 
     @property
     def short_id(self) -> str:

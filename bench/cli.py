@@ -4,6 +4,7 @@ Cases (``--cases``, comma-separated; groups or single names):
 
 - start: ``/bin/true`` without network: cli.none, embedded.none, bwrap.none, podman.none
 - net: with slirp4netns: cli.net, embedded.net, podman.net, shell.net
+- overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
   batch.shell (as many shell baselines at once: the floor for the concurrent batch)
 - throughput: throughput.default_mtu and throughput.mtu1500
@@ -27,6 +28,7 @@ from bench.runner import Case, run_interleaved
 GROUPS = {
     "start": ["cli.none", "embedded.none", "bwrap.none", "podman.none"],
     "net": ["cli.net", "embedded.net", "podman.net", "shell.net"],
+    "overlay": ["cli.overlay", "cli.none", "podman.overlay", "podman.none"],
     "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
@@ -35,6 +37,7 @@ TOOLS = {
     "bwrap.none": ("bwrap",),
     "podman.none": ("podman", "runc"),
     "podman.net": ("podman", "runc", "slirp4netns"),
+    "podman.overlay": ("podman", "runc"),
     "shell.net": ("unshare", "slirp4netns"),
     "batch.shell": ("unshare", "slirp4netns"),
 }
@@ -84,11 +87,11 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     """The case of that name, with its repetitions from the options."""
     rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
     if group == "cli":
-        return external.cli(rootfs, name == "cli.net", reps)
+        return external.cli(rootfs, name == "cli.net", reps, overlay=name == "cli.overlay")
     if group == "bwrap":
         return external.bwrap(rootfs, reps)
     if group == "podman":
-        return external.podman_run(rootfs, name == "podman.net", reps)
+        return external.podman_run(rootfs, name == "podman.net", reps, overlay=name == "podman.overlay")
     if name == "batch.shell":
         return external.shell_batch(rootfs, args.batch, args.batch_reps)
     if group == "shell":

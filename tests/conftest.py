@@ -253,6 +253,7 @@ def _split_podman_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 _PODMAN_VALUED = {"--network", "--net", "--cap-add", "--cap-drop", "--security-opt", "-e", "--env", "--name", "-w"}
 _PODMAN_VALUED |= {"--env-file"}
+_PODMAN_VALUED |= {"-v", "--volume", "--mount", "--tmpfs"}
 
 
 class Probes:

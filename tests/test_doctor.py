@@ -25,6 +25,7 @@ EXPECTED = {
     "slirp4netns",
     "tun",
     "init",
+    "overlay",
     "cgroup v2",
     "libseccomp",
     "rootfs",
@@ -50,7 +51,15 @@ def test_run_checks_covers_every_prerequisite(tmp_path: Path) -> None:
         assert check.detail.strip(), check
         if not check.ok:
             assert check.fix, check
-    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "init", "cgroup v2"}  # containers run without them
+    optional = {
+        "newuidmap",
+        "newgidmap",
+        "subuid",
+        "subgid",
+        "init",
+        "overlay",
+        "cgroup v2",
+    }  # containers run without them
     assert {c.name for c in checks if not c.required} == optional
 
 
@@ -300,3 +309,12 @@ def test_init_is_optional_and_names_its_package(tmp_path: Path, monkeypatch: pyt
     missing = doctor.check_init()
     assert not missing.ok and not missing.required
     assert missing.fix == "sudo apt-get install catatonit"
+
+
+def test_overlay_needs_linux_5_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = os.uname_result(("Linux", "h", "5.10.0-28-amd64", "#1", "x86_64"))
+    monkeypatch.setattr(doctor.os, "uname", lambda: fake)
+    check = doctor.check_overlay()
+    assert (check.ok, check.required) == (False, False) and "5.11" in check.detail and "--rootfs DIR:O" in check.detail
+    monkeypatch.setattr(doctor.os, "uname", lambda: os.uname_result(("Linux", "h", "6.1.0-18-amd64", "#1", "x")))
+    assert doctor.check_overlay().ok

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from aiocontain import syscalls
+from aiocontain import messages, syscalls
 from aiocontain.errors import AiocontainError
 from aiocontain.forkserver import userns
 
@@ -83,7 +83,7 @@ def _parent(pid: int, from_child: int, to_child: int, mask: set[int | signal.Sig
                     os.waitpid(pid, 0)
                     if isinstance(err, AiocontainError):
                         raise
-                    raise userns.namespace_error(str(err)) from err
+                    raise userns.namespace_error(messages.Failed(messages.STEP_NAMESPACES, str(err))) from err
             if first in (b"unshared\n", b"root\n"):
                 try:
                     writer.write(mode.encode() + b"\n")
@@ -159,7 +159,7 @@ def _child_work(work: Callable[[str], dict[str, Any]], writer: Any, from_parent:
             try:
                 syscalls.unshare(syscalls.CLONE_NEWUSER)
             except OSError as err:
-                raise userns.namespace_error(str(err)) from err
+                raise userns.namespace_error(messages.Failed(messages.STEP_NAMESPACES, str(err))) from err
             send_line = b"unshared\n"
         writer.write(send_line)
         writer.flush()

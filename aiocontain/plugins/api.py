@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
+from aiocontain.mounts import Mount
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -79,9 +81,10 @@ class Veto(Exception):
 
 
 @dataclass
-class BindMount:
-    source: str
-    target: str
+class BindMount(Mount):
+    """A host file or directory bound into the container: read-only unless asked (``ContainerSpec.mounts``
+    takes the same type, and ``Mount`` for tmpfs)."""
+
     readonly: bool = True
 
 

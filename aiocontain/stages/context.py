@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
     from aiocontain.forkserver.process import ForkedProcess
     from aiocontain.forkserver.stdio import PtyStream
+    from aiocontain.mounts import Mount
     from aiocontain.network import NetworkDriver
-    from aiocontain.plugins import BindMount, Plugin
+    from aiocontain.plugins import Plugin
     from aiocontain.plugins.api import ContainerHandle
     from aiocontain.runtimedir import RuntimeDir
     from aiocontain.users import ExecUser
@@ -49,7 +50,7 @@ class StageContext:
     user: ExecUser | None = None  # --user, resolved in the rootfs's passwd and group before anything started
     cgroup: Leaf | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # from prepare hooks
-    mounts: list[BindMount] = field(default_factory=list)  # from prepare hooks
+    mounts: list[Mount] = field(default_factory=list)  # from prepare hooks
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: RuntimeDir | None = None  # removed once the command runs (its files are bind-mounted by then)

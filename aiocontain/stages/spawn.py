@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import etcfiles, events, forkserver, ulimits, users
+from aiocontain import etcfiles, events, forkserver, mounts, ulimits, users
 from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config
@@ -35,13 +35,13 @@ READY_TIMEOUT = 10.0
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
     etc_files = _etc_files(ctx, ctx.runtime_dir.path)
-    mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
-    mounts += _write_plugin_files(ctx, ctx.runtime_dir.path)
+    spec = ctx.spec
+    wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
+    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.stack.callback(parent.close)
     channel = ctx.child = ChildChannel(parent, ctx.spec.command[0], ctx.fail)
-    spec = ctx.spec
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
@@ -56,7 +56,9 @@ async def run(ctx: StageContext) -> None:
         tty=spec.tty,
         init_binary=ctx.init_binary,
         mount_cgroup=ctx.placement is not None,
-        mounts=mounts,
+        mounts=mounts.ordered(wanted),
+        read_only=spec.read_only,
+        overlay=overlay,
         caps=spec.capabilities,
         no_new_privs=spec.no_new_privileges,
         masked_paths=[] if spec.privileged else list(paths.MASKED),
@@ -136,15 +138,15 @@ def _write(files: dict[str, tuple[str, str]]) -> None:
             os.close(fd)
 
 
-def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | bool]]:
+def _write_plugin_files(ctx: StageContext, directory: Path) -> list[mounts.Mount]:
     """Files the prepare hooks asked for: written here, bind-mounted writable at their place in the container."""
-    mounts: list[list[str | bool]] = []
+    files: list[mounts.Mount] = []
     for index, (target, (content, mode)) in enumerate(ctx.files.items()):
         path = directory / f"file-{index}"
         path.write_bytes(content)
         path.chmod(mode)
-        mounts.append([str(path), target, False])
-    return mounts
+        files.append(mounts.Mount(str(path), target))
+    return files
 
 
 async def _stop_child(ctx: StageContext) -> None:
