@@ -89,7 +89,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         "--rootfs",
         type=Path,
         metavar="DIR",
-        help=f"root filesystem; DIR:O a throwaway overlay on it (default: {_ROOTFS_DEFAULT}, overlaid)",
+        help=f"root filesystem (default: {_ROOTFS_DEFAULT}); DIR:O puts a throwaway overlay on it, as the default gets",
     )
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
@@ -241,11 +241,19 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST:CTR[:OPTS]",
-        help="bind a host path (z, Z: ignored)",
+        help="bind a host path; z, Z are ignored (default: none)",
     )
-    run.add_argument("--mount", action="append", default=[], metavar="type=bind|tmpfs,...", help="add a mount")
-    run.add_argument("--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH")
-    _flag(run, "--read-only", False, "mount the root read-only (tmpfs at /tmp, /run, /var/tmp)")
+    run.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="type=bind|tmpfs,...",
+        help="add a bind or tmpfs mount (default: none)",
+    )
+    run.add_argument(
+        "--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH (default: none)"
+    )
+    _flag(run, "--read-only", False, "mount the root read-only, tmpfs at /tmp, /run, /var/tmp (default: false)")
     _flag(run, "--read-only-tmpfs", True, "with --read-only, tmpfs at /tmp, /run and /var/tmp (default: true)")
 
     for item in installed:

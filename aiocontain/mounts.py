@@ -12,15 +12,13 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiocontain import syscalls as sc
 from aiocontain.errors import AiocontainError
 
 if TYPE_CHECKING:
     import argparse
-
-    from aiocontain.spec import ContainerSpec
 
 BIND = "bind"
 TMPFS = "tmpfs"
@@ -229,7 +227,15 @@ def check_overlay() -> None:
         )
 
 
-def read_only_tmpfs(spec: ContainerSpec) -> list[Mount]:
+class _ReadOnlyRoot(Protocol):
+    """What read_only_tmpfs reads of a ContainerSpec (not imported: the spec imports this module)."""
+
+    read_only: bool
+    read_only_tmpfs: bool
+    mounts: Sequence[Mount]
+
+
+def read_only_tmpfs(spec: _ReadOnlyRoot) -> list[Mount]:
     """``--read-only``'s tmpfs at /tmp, /run and /var/tmp (podman's), where the spec mounts nothing itself."""
     if not (spec.read_only and spec.read_only_tmpfs):
         return []
