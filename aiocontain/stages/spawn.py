@@ -157,7 +157,9 @@ def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | b
 
 
 async def _stop_child(ctx: StageContext) -> None:
-    """Closing the control socket makes the child kill the container; kill the child if it lingers."""
+    """Closing the control socket makes the child kill the container and reap it before it exits: the one kill
+    that every path has (the kernel closes the socket when the runtime dies). Kill the child if it lingers;
+    PID 1's parent-death signal then ends the container."""
     process, control = ctx.process, ctx.control
     assert process is not None and control is not None
     with contextlib.suppress(OSError):
