@@ -395,6 +395,25 @@ def test_net_host_shares_the_hosts_interfaces(cli):
     assert sorted(result.stdout.split()) == sorted(os.listdir("/sys/class/net"))
 
 
+# /sys's mount options, and what a write into it meets: EROFS on a read-only mount (checked before any
+# permission), EACCES on a writable one (its files are the host root's).
+SYS_PROBE = "awk '$5 == \"/sys\" {print $6}' /proc/self/mountinfo; mkdir /sys/kernel/probe 2>&1; true"
+
+
+def test_net_host_keeps_sys_read_only(cli, podman):
+    # With the host's network namespace a new sysfs is not the user's to mount: the host's is bound instead,
+    # and must be made read-only all the same.
+    result = cli("--net", "host", "--", "/bin/sh", "-c", SYS_PROBE)
+    assert result.code == 0, result.stderr
+    options, error = result.stdout.splitlines()
+    assert options.split(",")[0] == "ro", options
+    assert "Read-only file system" in error, error
+    under_podman = podman("--network", "host", "/bin/sh", "-c", SYS_PROBE)
+    assert under_podman.code == 0, under_podman.stderr
+    assert under_podman.stdout.splitlines()[0].split(",")[0] == "ro", under_podman.stdout
+    assert "Read-only file system" in under_podman.stdout.splitlines()[1], under_podman.stdout
+
+
 def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
     before = leftovers()
     with started(cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")) as proc:
