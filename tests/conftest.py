@@ -234,8 +234,8 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
       its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
       (the fork server reaps its intermediates after their exit, as init does orphans: in its own time);
     - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
-    - mounts: this process's mount table (the host's): mounts are made only inside containers' own mount
-      namespaces, which go with their processes.
+    - mounts: the mount tables of this process and its fork server (the host's): mounts are made only in
+      the containers' own mount namespaces, which go with their processes.
     """
     from aiocontain import forkserver
 
@@ -267,7 +267,14 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
                     continue  # gone meanwhile
                 if ours:  # another user's containers are not ours to count
                     dirs.append(name)
-    mounts = Path("/proc/self/mountinfo").read_text()
+    # One mount table per mount namespace of the processes that stay (this one, its fork server): a
+    # container's mount must never reach them.
+    mounts: dict[str, str] = {}
+    for pid in (os.getpid(), server_pid or os.getpid()):
+        try:
+            mounts.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), Path(f"/proc/{pid}/mountinfo").read_text())
+        except OSError:
+            continue  # the fork server is gone: the processes list says so
     return {"processes": processes, "runtime_dirs": sorted(dirs), "mounts": mounts}
 
 
