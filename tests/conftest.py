@@ -234,8 +234,9 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
       its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
       (the fork server reaps its intermediates after their exit, as init does orphans: in its own time);
     - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
-    - mounts: the mount tables of this process and its fork server (the host's): mounts are made only in
-      the containers' own mount namespaces, which go with their processes.
+    - mounts: the user's own mounts (their root is the user's) in the mount namespaces of this process and
+      its fork server (the host's): mounts are made only in the containers' own mount namespaces, which go
+      with their processes.
     """
     from aiocontain import forkserver
 
@@ -267,15 +268,29 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
                     continue  # gone meanwhile
                 if ours:  # another user's containers are not ours to count
                     dirs.append(name)
-    # One mount table per mount namespace of the processes that stay (this one, its fork server): a
+    # The user's mounts in each mount namespace of the processes that stay (this one, its fork server): a
     # container's mount must never reach them.
-    mounts: dict[str, str] = {}
+    mounts: dict[str, list[str]] = {}
     for pid in (os.getpid(), server_pid or os.getpid()):
         try:
-            mounts.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), Path(f"/proc/{pid}/mountinfo").read_text())
+            mounts.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), _own_mounts(pid, uid))
         except OSError:
             continue  # the fork server is gone: the processes list says so
     return {"processes": processes, "runtime_dirs": sorted(dirs), "mounts": mounts}
+
+
+def _own_mounts(pid: int, uid: int) -> list[str]:
+    """The lines of process pid's mount table whose mounted root belongs to uid. Other users' mounts are not
+    the test's to count: on a shared machine they come and go (another user's tmpfs, root's)."""
+    own = []
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")  # mountinfo escapes space, tab, \\ in octal
+        try:
+            if os.lstat(f"/proc/{pid}/root{point}").st_uid == uid:
+                own.append(line)
+        except OSError:
+            continue  # unmounted meanwhile, or not ours to look into
+    return own
 
 
 def _podman_pause_pids() -> set[int]:
