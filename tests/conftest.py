@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -284,7 +285,7 @@ def _own_mounts(pid: int, uid: int) -> list[str]:
     the test's to count: on a shared machine they come and go (another user's tmpfs, root's)."""
     own = []
     for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")  # mountinfo escapes space, tab, \\ in octal
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])  # space, tab, \\: octal
         try:
             if os.lstat(f"/proc/{pid}/root{point}").st_uid == uid:
                 own.append(line)
