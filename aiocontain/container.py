@@ -271,6 +271,9 @@ class Container:
             return
         if self._ctx is not None:
             self._ctx.stopping = True
+            # Early, so that the command stops before its stages are undone. Not the guarantee: that is the
+            # intermediate's, which kills PID 1 and reaps it once its control socket closes (spawn._stop_child,
+            # or the kernel when this process dies); tests/test_embedding.py tests that path alone.
             self._ctx.kill()
         error: BaseException | None = None
         # Shielded: a cancelled caller still gets every stage undone, in reverse order.

@@ -150,7 +150,9 @@ def _write_plugin_files(ctx: StageContext, directory: Path) -> list[mounts.Mount
 
 
 async def _stop_child(ctx: StageContext) -> None:
-    """Closing the control socket makes the child kill the container; kill the child if it lingers."""
+    """Closing the control socket makes the child kill the container and reap it before it exits: the one kill
+    that every path has (the kernel closes the socket when the runtime dies). Kill the child if it lingers;
+    PID 1's parent-death signal then ends the container."""
     process, channel = ctx.process, ctx.child
     assert process is not None and channel is not None
     channel.shutdown()
