@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests are missing here shows a low kill rate, never a wrong one. No test_faults: its random moments make it
 # fail now and then on its own, which would count a mutant as killed.
 TESTS: dict[str, list[str]] = {
-    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal"],
+    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal", "plugins", "seccomp"],
     "spec.py": ["spec", "cli_parse", "bad_input", "embedding"],
     "stages/__init__.py": ["stages", "embedding", "plugins", "events"],
     "stages/cgroup.py": ["cgroup_hierarchy", "cgroup_limits", "embedding", "cli_run"],
     "stages/context.py": ["stages", "embedding", "plugins", "cli_run", "events"],
-    "stages/idmap.py": ["stages", "embedding", "cli_run", "init"],
+    "stages/idmap.py": ["stages", "embedding", "cli_run", "init", "events"],
     "stages/prepare.py": ["stages", "embedding", "plugins", "cli_run"],
     "stages/prestart.py": ["stages", "embedding", "plugins", "cli_run"],
     "stages/release.py": ["embedding", "plugins", "terminal", "cli_run", "bad_input", "helpers_killed", "runtimedir"],
@@ -57,7 +57,7 @@ TESTS: dict[str, list[str]] = {
     "child/init.py": ["cli_run", "init", "session", "terminal"],
     "child/intermediate.py": ["cli_run", "embedding", "bad_input", "helpers_killed", "forkserver", "init"],
     "child/netdev.py": ["cli_run", "embedding"],
-    "child/rootfs.py": ["child_rootfs", "cli_run", "hardening", "bad_input"],
+    "child/rootfs.py": ["child_rootfs", "hardening", "cli_run", "bad_input"],
     "child/zygote.py": ["forkserver", "helpers_killed", "cli_run", "concurrency"],
 }
 
