@@ -20,6 +20,7 @@ import hashlib
 import os
 import pwd
 import random
+import re
 import shlex
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResult
 
 ROOT = Path(__file__).resolve().parent.parent
+SURVIVED = TestOutcome.SURVIVED
 
 # Which tests (tests/test_NAME.py) can tell a change in each module, fastest first: `-x` stops at the first
 # failure, so a killed mutant rarely pays for the rest. Keep this up to date when tests move: a module whose
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12, help="which random sample")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--survivors", action="store_true", help="run the survivors again instead (after a fix)")
+    parser.add_argument("--rerun", metavar="TEXT", help="run again the mutants whose test output has TEXT")
     parser.add_argument("--whole", action="store_true", help="with the whole host suite, not the module's tests")
     args = parser.parse_args()
 
@@ -95,8 +98,8 @@ def main() -> None:
         if db.num_work_items == 0:
             init([args.package / module for module in TESTS], db, {})
             _skip_annotations(db, args.package)
-        if args.survivors:
-            chosen = _survivors(db, args.package, modules)
+        if args.survivors or args.rerun:
+            chosen = _again(db, args.package, modules, args.rerun)
         else:
             chosen = _sample(db, args.package, modules, args.per_module, args.seed)
         commands = {module: _command(args.pytest, module, args.whole) for module in modules if chosen[module]}
@@ -110,6 +113,8 @@ def main() -> None:
             result = mutate_and_test(item.mutations, commands[module], baselines[commands[module]])
             if result.output == "timeout":
                 _end_strays(uid)
+            elif result.test_outcome == TestOutcome.KILLED:
+                result = _confirmed(result, item, args.pytest, baselines[commands[module]])
             db.set_result(item.job_id, result)
             spec = item.mutations[0]
             print(
@@ -160,14 +165,34 @@ def _skip_annotations(db: WorkDB, package: Path) -> None:
     db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
-def _survivors(db: WorkDB, package: Path, modules: list[str]) -> dict[str, list[WorkItem]]:
-    """The mutants of these modules that survived: run again, their new results replace the old."""
+def _again(db: WorkDB, package: Path, modules: list[str], text: str | None) -> dict[str, list[WorkItem]]:
+    """The survivors of these modules (or the mutants whose output has `text`): their new results replace the old."""
     found: dict[str, list[WorkItem]] = {module: [] for module in modules}
     for item, result in db.completed_work_items:
         module = _relative(item, package)
-        if module in found and result.test_outcome == TestOutcome.SURVIVED:
+        if module not in found or result.worker_outcome != WorkerOutcome.NORMAL:
+            continue
+        if (text is not None and text in (result.output or "")) or (text is None and result.test_outcome == SURVIVED):
             found[module].append(item)
     return found
+
+
+def _confirmed(result: WorkResult, item: WorkItem, pytest: str, timeout: float) -> WorkResult:
+    """A kill stands when the first failing test fails again on its own: the machine is shared, and a test that
+    compares the host's mount table or the user's processes can fail for another user's doing."""
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+?)(?: - |$)", result.output or "", re.M)
+    if failed is None:
+        return result  # no test failed: collection or start-up did, which no other user causes
+    again = mutate_and_test(item.mutations, f"{pytest} -q {shlex.quote(failed[1])}", timeout)
+    if again.test_outcome == TestOutcome.KILLED:
+        return result
+    note = f"unconfirmed: {failed[1]} passed when run again alone\n"
+    return WorkResult(
+        output=note + (result.output or ""),
+        diff=result.diff,
+        test_outcome=SURVIVED,
+        worker_outcome=result.worker_outcome,
+    )
 
 
 def _sample(db: WorkDB, package: Path, modules: list[str], count: int, seed: int) -> dict[str, list[WorkItem]]:
