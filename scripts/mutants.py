@@ -6,10 +6,13 @@ containers import, fork server and child side included), never to the checkout, 
 original back after each run. Each module is tested by the test files in TESTS only, stopping at the first
 failure (`-x`): containers are slow, so running the whole suite per mutant would take days here.
 
-A mutant counts as killed when its tests fail (or hang past the timeout), survived when they pass. Mutants in
-annotations are never run: `from __future__ import annotations` leaves them unevaluated, so they are equivalent
-by construction. The results stay in a Cosmic Ray session database, so a later run (same sources) goes on
-where the last one stopped; each run prints the kill rate per module and writes the survivors' diffs.
+A mutant counts as killed when its tests fail (or hang past the timeout) and the first failing test fails
+again when run alone (the machine may be shared, and a leftovers check can fail for another user's doing),
+survived otherwise. Mutants in annotations are never run: `from __future__ import annotations` leaves them
+unevaluated, so they are equivalent by construction. The results stay in a Cosmic Ray session database, so
+a later run (same sources) goes on where the last one stopped; each run prints the kill rate per module and
+writes the survivors' diffs.
+--survivors runs the survivors again after a fix, --whole with every host test instead of the module's.
 """
 
 from __future__ import annotations
