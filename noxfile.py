@@ -20,6 +20,10 @@ tests/vm is skipped.
 beside the stage) and runs CPython's own regression tests for os, pty, signal, subprocess and socket in it under
 aiocontain and under rootless podman, comparing each test case's outcome. Elsewhere, tests/slow is skipped.
 
+`mutants` (root only, by hand, never in CI) is the mutation check, scripts/mutants.py: it stages as `tests` does
+and runs a sample of Cosmic Ray's mutants of the CLI, the spec, the stages and the child side against the
+staged copy, each with its module's tests; session arguments go to the script (--per-module N, --budget MIN).
+
 `bench` does the same with the benchmark harness (bench/), in a stage of its
 own, after installing the runtimes it compares against.
 """
@@ -56,12 +60,13 @@ PLUGINS = sorted(path.parent.name for path in (ROOT / "plugins").glob("*/pyproje
 PLUGIN_MODULES = [
     str(init.parent.relative_to(ROOT)) for init in sorted(ROOT.glob("plugins/*/aiocontain_*/__init__.py"))
 ]
-SOURCES = ["aiocontain", "bench", "tests", "plugins", "noxfile.py"]
+SOURCES = ["aiocontain", "bench", "tests", "plugins", "scripts", "noxfile.py"]
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3"]
 # Pinned so that a new release cannot turn main red overnight; bump them in a commit of their own.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 VIRTME_NG = "virtme-ng==1.42"
+COSMIC_RAY = "cosmic-ray==8.7.0"
 
 VM_TIMEOUT = int(os.environ.get("AIOCONTAIN_VM_TIMEOUT", "900"))  # boot, tests and power-off, in seconds
 VM_MEMORY = "1G"
@@ -87,8 +92,27 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
+    """mypy --strict on the code, then on every README example as a user sees them: installed, with py.typed."""
     session.install(MYPY, ".")
     session.run("mypy", "aiocontain", "bench", *PLUGIN_MODULES)
+    session.install("--no-deps", *(str(ROOT / "plugins" / name) for name in PLUGINS))
+    with tempfile.TemporaryDirectory() as where:
+        files = _write_readme_examples(Path(where))
+        session.chdir(where)  # away from the checkout: the imports are the installed packages
+        session.run("mypy", "--strict", *(file.name for file in files))
+        session.chdir(ROOT)
+
+
+def _write_readme_examples(where: Path) -> list[Path]:
+    """The ```python blocks of README.md and the plugins' READMEs, one file each (tests/test_readme.py runs them)."""
+    files = []
+    for readme in [ROOT / "README.md", *sorted(ROOT.glob("plugins/*/README.md"))]:
+        owner = "aiocontain" if readme.parent == ROOT else readme.parent.name
+        for index, code in enumerate(re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)):
+            path = where / f"readme_{owner}_{index}.py"
+            path.write_text(code)
+            files.append(path)
+    return files
 
 
 def _own_venv(session: nox.Session, name: str, deps: Sequence[str], plugins: bool = False) -> Path:
@@ -211,6 +235,20 @@ def _test_stage(session: nox.Session) -> Stage:
     # docs: tests check docs/events.md against the code
     copy = ["tests", "plugins", "docs", "pyproject.toml", "README.md"]
     return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False, plugins=True)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """The mutation check (scripts/mutants.py), on the staged package; run by hand, it takes up to an hour."""
+    if os.geteuid() != 0:
+        session.error("the mutation check mutates a staged copy and runs its tests as the test user: run it as root")
+    session.install(COSMIC_RAY)
+    stage = _test_stage(session)
+    [package] = stage.venv.glob("lib/python*/site-packages/aiocontain")
+    session.chdir(stage.work)  # the tests' paths are relative to it
+    script = ["python", str(ROOT / "scripts" / "mutants.py"), "--package", str(package), "--user", TEST_USER]
+    db = ROOT / ".mutants" / "session.sqlite"
+    session.run(*script, "--db", str(db), "--pytest", shlex.join(stage.pytest()), *session.posargs)
 
 
 @nox.session

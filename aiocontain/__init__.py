@@ -16,14 +16,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiocontainError",
+    "CgroupError",
     "CgroupsMode",
     "CommandNotExecutable",
     "CommandNotFound",
     "Container",
     "ContainerSpec",
     "ExitStatus",
+    "HostPrerequisiteError",
+    "NetworkError",
     "NetworkMode",
+    "PluginError",
     "ResourceUsage",
+    "SetupError",
     "run",
 ]
 
@@ -31,8 +36,13 @@ _LAZY = {
     "AiocontainError": "aiocontain.errors",
     "CommandNotExecutable": "aiocontain.errors",
     "CommandNotFound": "aiocontain.errors",
+    "SetupError": "aiocontain.errors",
+    "NetworkError": "aiocontain.errors",
+    "CgroupError": "aiocontain.errors",
+    "PluginError": "aiocontain.errors",
+    "HostPrerequisiteError": "aiocontain.errors",
     "Container": "aiocontain.container",
-    "ExitStatus": "aiocontain.container",
+    "ExitStatus": "aiocontain.status",
     "run": "aiocontain.container",
     "ContainerSpec": "aiocontain.spec",
     "NetworkMode": "aiocontain.spec",
@@ -44,9 +54,19 @@ if TYPE_CHECKING:
     from typing import Any
 
     from aiocontain.cgroups.leaf import ResourceUsage
-    from aiocontain.container import Container, ExitStatus, run
-    from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
+    from aiocontain.container import Container, run
+    from aiocontain.errors import (
+        AiocontainError,
+        CgroupError,
+        CommandNotExecutable,
+        CommandNotFound,
+        HostPrerequisiteError,
+        NetworkError,
+        PluginError,
+        SetupError,
+    )
     from aiocontain.spec import CgroupsMode, ContainerSpec, NetworkMode
+    from aiocontain.status import ExitStatus
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``aiocontain`` command: run, doctor, rootfs init.
+"""The ``aiocontain`` command: run, doctor, rootfs init and import.
 
 Errors of aiocontain itself are one line on stderr and exit 125; 126 and 127
 are a command that cannot be executed or is not found, as in podman. Heavy
@@ -27,63 +27,235 @@ if TYPE_CHECKING:
 EXIT_ERROR = 125
 
 
+_ROOTFS_DEFAULT = "{rootfs default}"  # filled in only when help is shown: finding it costs an import
+
+RUN_EPILOG = """\
+CMD is looked up in the container's PATH; put -- before it when it starts with -.
+
+exit codes (as podman's):
+  N       the command's own exit code
+  128+N   the command was killed by signal N (137, with one line, when the OOM killer did it)
+  125     an error of aiocontain itself: one line on stderr saying what and how to fix it
+  126     the command cannot be executed
+  127     the command does not exist in the container
+
+example:
+  aiocontain run --net none -m 64m -e GREETING=hi -- /bin/sh -c 'echo $GREETING from $(hostname)'
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's lines, and fills in the default rootfs where this copy of aiocontain finds it."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        if _ROOTFS_DEFAULT in text:
+            from aiocontain.rootfs import default_rootfs
+
+            text = text.replace(_ROOTFS_DEFAULT, str(default_rootfs()))
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    """One line and exit 125 on a usage error; never a guessed abbreviation (``--pid`` is not ``--pids-limit``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"aiocontain: {message} (see '{self.prog} --help')\n")
 
 
 def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
-    parser = _Parser(prog="aiocontain", description="Rootless Linux containers, as an async Python toolkit.")
+    parser = _Parser(
+        prog="aiocontain",
+        description="Rootless Linux containers, as an async Python toolkit.",
+        epilog="run's options, exit codes and an example: aiocontain run --help",
+    )
     from aiocontain import __version__
 
     parser.add_argument("--version", action="version", version=f"aiocontain {__version__}")
     commands = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
 
-    run = commands.add_parser("run", help="run a command in a new container")
-    run.add_argument("--rootfs", type=Path, help="root filesystem directory (default: rootfs_arm/)")
+    run = commands.add_parser(
+        "run",
+        help="run a command in a new container (its options: aiocontain run --help)",
+        description="Run CMD in a new rootless container and exit with its exit code.",
+        epilog=RUN_EPILOG,
+    )
+    run.add_argument(
+        "--rootfs",
+        type=Path,
+        metavar="DIR",
+        help=f"root filesystem (default: {_ROOTFS_DEFAULT}); DIR:O puts a throwaway overlay on it, as the default gets",
+    )
     run.add_argument("--name", help="container name (default: the short container id)")
     run.add_argument("--hostname", help="hostname inside (default: the container name)")
     run.add_argument(
-        "--net", "--network", dest="net", default="slirp4netns", choices=["slirp4netns", "pasta", "none", "host"]
+        "--net",
+        "--network",
+        dest="net",
+        default="slirp4netns",
+        choices=["slirp4netns", "pasta", "none", "host"],
+        help="slirp4netns: own namespace, user-mode TCP/IP (tap0 10.0.2.100/24); pasta: the same through passt's "
+        "pasta (podman 5's default); none: loopback only; host: the host's (default: slirp4netns)",
     )
-    run.add_argument("--mtu", type=int, help="MTU of tap0 (default: 65520)")
+    run.add_argument("--mtu", type=int, metavar="N", help="MTU of tap0; slirp4netns and pasta (default: 65520)")
     run.add_argument(
-        "--allow-host-loopback", action="store_true", help="let the gateway (10.0.2.2) reach the host's 127.0.0.1"
+        "--allow-host-loopback",
+        action="store_true",
+        help="let 10.0.2.2 reach the host's 127.0.0.1 (default: off)",
     )
-    _bool_option(run, None, "--ipv6", "IPv6 on tap0 too (default: on, as podman's slirp4netns)")
-    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
-    run.add_argument("-w", "--workdir", default="/", help="working directory inside (default: /)")
-    run.add_argument("--init", action="store_true", help="run a small init as PID 1 that reaps and forwards signals")
-    _bool_option(run, "-t", "--tty", "a terminal of the container's own (default: when stdin and stdout are terminals)")
-    _bool_option(run, "-i", "--interactive", "keep stdin attached (default: unless stdin is a terminal alone)")
-    run.add_argument("--init-path", type=Path, metavar="PATH", help="the static init for --init (default: catatonit)")
-    run.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability (or ALL)")
-    run.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
+    _bool_option(run, None, "--ipv6", "IPv6 on tap0 too; --ipv6=false turns it off (default: on, as podman's)")
     run.add_argument(
-        "--privileged", action="store_true", help="all capabilities, no seccomp filter, no masked paths (as podman)"
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable; -e K passes the host's value, nothing when it is unset (default: none)",
+    )
+    run.add_argument("-w", "--workdir", default="/", help="working directory inside, made if missing (default: /)")
+    run.add_argument(
+        "--init",
+        action="store_true",
+        help="run a small init (catatonit) as PID 1 that reaps and forwards signals (default: off)",
+    )
+    _bool_option(
+        run,
+        "-t",
+        "--tty",
+        "a terminal of the container's own; -t=false turns it off (default: when stdin and stdout are terminals)",
+    )
+    _bool_option(
+        run,
+        "-i",
+        "--interactive",
+        "keep stdin attached, else /dev/null; -i=false turns it off (default: on, unless stdin alone is a terminal)",
+    )
+    run.add_argument(
+        "--init-path", type=Path, metavar="PATH", help="the static init for --init (default: the host's catatonit)"
+    )
+    run.add_argument(
+        "--cap-add",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="add a capability, a comma-separated list, or ALL (default: podman's 11)",
+    )
+    run.add_argument(
+        "--cap-drop",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="drop a capability, a comma-separated list, or ALL (default: none dropped)",
+    )
+    run.add_argument(
+        "--privileged",
+        action="store_true",
+        help="all capabilities, no seccomp filter, no masked paths, as podman's; still rootless (default: off)",
     )
     run.add_argument(
         "--security-opt",
         action="append",
         default=[],
         metavar="OPT",
-        help="seccomp=FILE, seccomp=unconfined or no-new-privileges",
+        help="seccomp=FILE, seccomp=unconfined or no-new-privileges (default: podman's seccomp profile)",
     )
-    run.add_argument("-m", "--memory", help="memory limit (memory.max), e.g. 2m, 512k, 1g or bytes")
-    run.add_argument("--memory-swap", help="memory plus swap limit (memory.swap.max); -1 for unlimited swap")
-    run.add_argument("--pids-limit", type=int, help="most processes at once (pids.max); -1 for no limit")
-    run.add_argument("--cpus", type=float, help="CPUs the container may use (cpu.max), e.g. 0.5")
-    run.add_argument("--cgroups", default="enabled", choices=["enabled", "disabled"], help="own cgroup or none")
-    run.add_argument("--cgroup-parent", type=Path, help="cgroup2 directory you own to make the container's cgroup in")
-    run.add_argument("--network-timeout", type=float, default=10.0, help="seconds for tap0 to come up (default 10)")
-    run.add_argument("--stop-timeout", type=float, default=10.0, help="seconds from SIGTERM/SIGINT to SIGKILL")
-    run.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
-    run.add_argument("--log-format", default="console", choices=["console", "json"])
-    run.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--events", type=Path, metavar="FILE", help="write every event as a JSON line to FILE")
-    run.add_argument("--enable-plugin", action="append", default=[], metavar="NAME", help="use a plugin for this run")
-    run.add_argument("--disable-plugin", action="append", default=[], metavar="NAME", help="leave a plugin out")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    run.add_argument(
+        "-m", "--memory", metavar="SIZE", help="memory limit (memory.max), e.g. 2m, 512k, 1g or bytes (default: none)"
+    )
+    run.add_argument(
+        "--memory-swap",
+        metavar="SIZE",
+        help="memory plus swap (memory.swap.max); -1 for unlimited swap (default: twice --memory)",
+    )
+    run.add_argument(
+        "--pids-limit", type=int, metavar="N", help="most processes at once (pids.max); -1 for no limit (default: none)"
+    )
+    run.add_argument("--cpus", type=float, metavar="N", help="CPUs it may use (cpu.max), e.g. 0.5 (default: no limit)")
+    run.add_argument(
+        "--cgroups",
+        default="enabled",
+        choices=["enabled", "disabled"],
+        help="disabled: no cgroup of its own, and limits are refused (default: enabled)",
+    )
+    run.add_argument(
+        "--cgroup-parent",
+        type=Path,
+        metavar="DIR",
+        help="a cgroup2 directory you own to make the container's cgroup in (default: the subtree delegated to you)",
+    )
+    run.add_argument(
+        "--network-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds tap0 may take to come up before the run fails (default: 10)",
+    )
+    run.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="after a forwarded SIGINT, SIGTERM or SIGHUP, seconds until SIGKILL (default: 10)",
+    )
+    run.add_argument(
+        "--backend", default="asyncio", choices=["asyncio", "trio"], help="event loop to run on (default: asyncio)"
+    )
+    run.add_argument(
+        "--log-format", default="console", choices=["console", "json"], help="events on stderr as (default: console)"
+    )
+    run.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the least level of events shown on stderr (default: warning)",
+    )
+    run.add_argument(
+        "--events", type=Path, metavar="FILE", help="write every event as a JSON line to FILE (default: none)"
+    )
+    run.add_argument(
+        "--enable-plugin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use a plugin that is off by default, for this run (default: the plugins enabled by default)",
+    )
+    run.add_argument(
+        "--disable-plugin", action="append", default=[], metavar="NAME", help="leave a plugin out (default: none)"
+    )
+    from aiocontain import cli_users
+
+    cli_users.add_arguments(run)  # --user, --env-file, --ulimit, --dns, --add-host, --label, ...
+    run.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="CMD [ARGS...]",
+        help="the command to run in the container, and its arguments",
+    )
+    run.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:CTR[:OPTS]",
+        help="bind a host path; z, Z are ignored (default: none)",
+    )
+    run.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="type=bind|tmpfs,...",
+        help="add a bind or tmpfs mount (default: none)",
+    )
+    run.add_argument(
+        "--tmpfs", action="append", default=[], metavar="PATH[:OPTS]", help="mount a tmpfs at PATH (default: none)"
+    )
+    _flag(run, "--read-only", False, "mount the root read-only, tmpfs at /tmp, /run, /var/tmp (default: false)")
+    _flag(run, "--read-only-tmpfs", True, "with --read-only, tmpfs at /tmp, /run and /var/tmp (default: true)")
 
     for item in installed:
         if item.plugin is not None:
@@ -98,13 +270,19 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     commands.add_parser("plugins", help="list the installed plugins")
 
     doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
-    doctor.add_argument("--rootfs", type=Path, help="root filesystem to check (default: rootfs_arm/)")
+    doctor.add_argument(
+        "--rootfs", type=Path, metavar="DIR", help=f"root filesystem to check (default: {_ROOTFS_DEFAULT})"
+    )
 
     rootfs = commands.add_parser("rootfs", help="manage root filesystems")
     rootfs_commands = rootfs.add_subparsers(dest="rootfs_command", required=True, parser_class=_Parser)
     init = rootfs_commands.add_parser("init", help="build a minimal root filesystem from a static busybox")
-    init.add_argument("dir", nargs="?", type=Path, help="where (default: rootfs_arm/)")
+    init.add_argument("dir", nargs="?", type=Path, help=f"where (default: {_ROOTFS_DEFAULT})")
     init.add_argument("--busybox", type=Path, help="static busybox binary (default: the host's /bin/busybox)")
+    imp = rootfs_commands.add_parser("import", help="unpack an image (OCI layout or archive, docker-archive, tar)")
+    imp.add_argument("source", type=Path, help="OCI layout directory or archive, docker-archive, or a rootfs tar")
+    imp.add_argument("dir", type=Path, help="the new (or empty) directory to unpack it into")
+    imp.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the image to take (default: this host's)")
     return parser
 
 
@@ -117,6 +295,16 @@ def _bool_option(parser: argparse.ArgumentParser, short: str | None, long: str, 
     for value in ("true", "false"):
         names = [f"{name}={value}" for name in spellings]
         parser.add_argument(*names, dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) -> None:
+    """A boolean option spelled as podman's: --name, --name=true, --name=false."""
+    dest = name.lstrip("-").replace("-", "_")
+    parser.add_argument(name, dest=dest, action="store_const", const=True, default=default, help=text)
+    for value in ("true", "false"):
+        parser.add_argument(
+            f"{name}={value}", dest=dest, action="store_const", const=value == "true", help=argparse.SUPPRESS
+        )
 
 
 def entry() -> NoReturn:
@@ -165,6 +353,8 @@ def _main(argv: Sequence[str]) -> int:
             from aiocontain import doctor
 
             return doctor.main(args.rootfs)
+        if args.rootfs_command == "import":
+            return _import(args.source, args.dir, args.platform)
         from aiocontain import rootfs
 
         target = args.dir or rootfs.default_rootfs()
@@ -208,18 +398,28 @@ def _error_line(args: argparse.Namespace, line: str, message: str, fix: str | No
     print(f"aiocontain: {line}", file=sys.stderr)
 
 
+def _import(source: Path, dest: Path, platform: str | None) -> int:
+    from aiocontain.images import import_rootfs
+
+    imported = import_rootfs(source, dest, platform)
+    for line in imported.warnings:
+        print(f"aiocontain: warning: {line}", file=sys.stderr)
+    layers = f"{imported.layers} layer{'s' if imported.layers != 1 else ''}"
+    print(f"imported {imported.description} ({layers}) into {dest}", file=sys.stderr)
+    return 0
+
+
 def _release_stop_signals() -> None:
     """The command held SIGINT, SIGTERM and SIGHUP from its first instruction (aiocontain.command): a
     subcommand other than run has nothing to tear down, so they take their default action (end the process,
     quietly) from here on, a pending one at once."""
     import signal
 
-    from aiocontain.command import STOP_SIGNALS
-
-    if not STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # aiocontain.command.STOP_SIGNALS, without importing it
+    if not held & signal.pthread_sigmask(signal.SIG_BLOCK, ()):
         return  # not held: main() called from Python, whose signals are not ours
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def _list_plugins(installed: Sequence[Installed]) -> int:
@@ -243,6 +443,7 @@ def _list_plugins(installed: Sequence[Installed]) -> int:
 
 
 def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
+    from aiocontain import cli_users
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
@@ -260,16 +461,17 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
             value = os.environ[key]  # -e KEY passes the host's value on
         env[key] = value
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
+    from aiocontain import mounts
+
     spec = ContainerSpec(
         command=command,
-        rootfs=args.rootfs,
+        **mounts.spec_fields(args),
         name=args.name,
         hostname=args.hostname,
         network=args.net,
         **({"mtu": args.mtu} if args.mtu is not None else {}),
         allow_host_loopback=args.allow_host_loopback,
         ipv6=args.ipv6 is not False,
-        env=env,
         workdir=args.workdir,
         init=args.init,
         init_path=args.init_path,
@@ -286,6 +488,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cap_drop=args.cap_drop,
         privileged=args.privileged,
         **_security_options(args.security_opt),
+        **cli_users.spec_fields(args, env),
     )
     spec.validate()
 
@@ -306,9 +509,11 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     result: dict[str, Any] = {}
     # network.ready's facts cost pyroute2's import: decode them only where something shows or uses them
     shown = args.log_level in ("debug", "info") or events_file is not None
-    describe = shown or any(plugin.uses_network_facts for plugin in plugins)
+    describe_network = shown or any(plugin.uses_network_facts for plugin in plugins)
     try:
-        anyio.run(_run_container, spec, result, events_file, plugins, describe, interactive, backend=args.backend)
+        anyio.run(
+            _run_container, spec, result, events_file, plugins, describe_network, interactive, backend=args.backend
+        )
     finally:
         if events_file is not None and events_file is not sys.stdout:
             with contextlib.suppress(OSError):  # a reader that went away: what it missed is lost, nothing more
@@ -397,7 +602,7 @@ async def _write_events(stream: Any, file: TextIO) -> None:
 def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
     """The plugins of this run, configured; each one that cannot run is one warning line, and the run goes on."""
     from aiocontain import events
-    from aiocontain.errors import AiocontainError
+    from aiocontain.errors import AiocontainError, PluginError
     from aiocontain.plugins.loading import select
 
     chosen = select(list(installed), args.enable_plugin, args.disable_plugin)
@@ -417,9 +622,11 @@ def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[P
         try:
             plugin.configure(args)
         except AiocontainError as exc:
-            raise AiocontainError(f"plugin {plugin.display_name()}: {exc.message}", fix=exc.fix) from None
+            name = plugin.display_name()
+            raise PluginError(f"plugin {name}: {exc.message}", plugin=name, fix=exc.fix) from None
         except Exception as exc:  # noqa: BLE001 - a plugin's bug is named after the plugin, in one line
-            raise AiocontainError(f"plugin {plugin.display_name()}: {type(exc).__name__}: {exc}") from None
+            name = plugin.display_name()
+            raise PluginError(f"plugin {name}: {type(exc).__name__}: {exc}", plugin=name) from None
     return chosen
 
 
@@ -443,7 +650,7 @@ async def _run_container(
         try:
             await _supervise(container, spec, result, interactive)
         finally:
-            container.log.close()  # already closed after teardown; this covers a run cut short before set-up
+            container.close_events()  # already ended after teardown; this covers a run cut short before set-up
 
 
 async def _supervise(container: Any, spec: Any, result: dict[str, Any], interactive: bool = False) -> None:

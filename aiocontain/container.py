@@ -6,7 +6,6 @@ import signal
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -16,40 +15,25 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
 from aiocontain import events, fdlimit, names
-from aiocontain.cgroups import Placement, ResourceUsage
+from aiocontain.cgroups import Placement
 from aiocontain.errors import AiocontainError
+from aiocontain.events import Event
 from aiocontain.network import NetworkDriver, driver_for
 from aiocontain.plugins.api import ExitedContext, Plugin, StartedContext
 from aiocontain.plugins.hooks import run_hooks
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
-from aiocontain.stages import cgroup as cgroup_stage
-from aiocontain.stages import wait as wait_stage
+from aiocontain.status import ExitStatus
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
+    from aiocontain.users import ExecUser
+
+__all__ = ["Container", "ExitStatus", "State", "run"]  # ExitStatus lives in aiocontain.status
 
 TEARDOWN_TIMEOUT = 15.0
 
 State = Literal["created", "setting-up", "released", "running", "exited"]
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How the container's command ended. ``code`` follows the shell: 128+N when killed by signal N.
-
-    ``usage`` is read from the container's cgroup when it had one; ``oom_killed``
-    says the OOM killer ended it (SIGKILL, with an OOM kill in its cgroup).
-    """
-
-    code: int
-    signal: int | None = None
-    usage: ResourceUsage | None = None
-    oom_killed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.code == 0
 
 
 class Container:
@@ -77,7 +61,7 @@ class Container:
         self.describe_network = describe_network
         self.id = spec.id
         self.name = spec.effective_name
-        self.log = events.EventLog(spec.short_id, self.name)
+        self._log = events.EventLog(spec.short_id, self.name)
         self._ctx: StageContext | None = None
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
@@ -113,7 +97,20 @@ class Container:
                 async with container:
                     await container.wait()
         """
-        return self.log.stream()
+        return self._log.stream()
+
+    def history(self) -> list[Event]:
+        """Every event of this container so far, oldest first (``events()`` is the same as a stream)."""
+        return list(self._log.history)
+
+    def close_events(self) -> None:
+        """End every event stream now, for a container that will not be entered (they end by themselves after
+        teardown)."""
+        self._log.close()
+
+    def _plugin_event(self, plugin: str, kind: str, data: dict[str, Any]) -> None:
+        """``Plugin.emit``: a plugin's own event, on this container's stream."""
+        self._log.info(events.PLUGIN_EVENT, plugin=plugin, kind=kind, data=data)
 
     @property
     def cgroup(self) -> Path | None:
@@ -162,9 +159,10 @@ class Container:
         try:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
+            user = self._user(rootfs)
             name = names.claim(self.spec.name) if self.spec.name is not None else None  # last: nothing can fail after
         except BaseException:
-            self.log.close()  # nothing was started: event streams end here
+            self._log.close()  # nothing was started: event streams end here
             raise
         spec = self.spec
         fdlimit.raise_to_hard_limit()  # before the fork server starts: it and the containers inherit it
@@ -179,7 +177,7 @@ class Container:
             ctx = self._ctx = StageContext(
                 spec=spec,
                 rootfs=rootfs.resolve(),
-                log=self.log,
+                log=self._log,
                 tg=tg,
                 stack=stack,
                 driver=driver,
@@ -189,12 +187,23 @@ class Container:
                 plugins=self.plugins,
                 fork_server=self.fork_server,
                 seccomp=seccomp,
+                user=user,
             )
-            self.log.info(events.CREATED, command=list(spec.command), rootfs=str(rootfs), network=driver.name)
+            self._log.info(
+                events.CREATED,
+                command=list(spec.command),
+                rootfs=str(rootfs),
+                network=driver.name,
+                labels=dict(spec.labels),
+                annotations=dict(spec.annotations),
+            )
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
                     try:
-                        await events.timed_stage(self.log, stage, partial(body, ctx))
+                        await events.timed_stage(self._log, stage, partial(body, ctx))
+                    except AiocontainError as exc:
+                        exc.stage = exc.stage or stage  # callers may catch by kind and see where
+                        raise
                     except OSError as exc:
                         if not fdlimit.exhausted(exc):
                             raise
@@ -205,7 +214,7 @@ class Container:
                 raise AiocontainError("container set-up was stopped")
             if self.plugins:
                 assert ctx.init_pid is not None
-                await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self.log)
+                await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self._log)
         except BaseException as exc:
             await self._teardown(type(exc), exc, exc.__traceback__)
             raise
@@ -221,9 +230,13 @@ class Container:
         spec = self.spec
         rootfs = Path(spec.rootfs) if spec.rootfs is not None else rootfs_module.default_rootfs()
         rootfs_module.check_rootfs(rootfs, is_default=spec.rootfs is None)
+        if spec.rootfs_overlay:  # asked for: refused where the kernel cannot
+            from aiocontain.mounts import check_overlay
+
+            check_overlay()
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
         init_binary = init_binary_module.find(spec.init_path) if spec.init else None
-        driver = driver_for(spec, describe=self.describe_network)
+        driver = driver_for(spec, describe_network=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
         return rootfs, driver, placement, init_binary
@@ -233,6 +246,16 @@ class Container:
         from aiocontain.seccomp import filter_for
 
         return filter_for(self.spec)
+
+    def _user(self, rootfs: Path) -> ExecUser | None:
+        """--user resolved in the rootfs's passwd and group and checked against the id mapping, before anything
+        starts: a name that is not there or an id the container does not map is refused here."""
+        if self.spec.user is None and not self.spec.group_add:
+            return None
+        from aiocontain import users
+        from aiocontain.forkserver import userns
+
+        return users.resolve(self.spec.user, self.spec.group_add, rootfs, userns.planned())
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -248,6 +271,9 @@ class Container:
             return
         if self._ctx is not None:
             self._ctx.stopping = True
+            # Early, so that the command stops before its stages are undone. Not the guarantee: that is the
+            # intermediate's, which kills PID 1 and reaps it once its control socket closes (spawn._stop_child,
+            # or the kernel when this process dies); tests/test_embedding.py tests that path alone.
             self._ctx.kill()
         error: BaseException | None = None
         # Shielded: a cancelled caller still gets every stage undone, in reverse order.
@@ -261,26 +287,26 @@ class Container:
         tg.cancel_scope.cancel()
         await tg.__aexit__(None, None, None)
         if error is not None:
-            self.log.warning(events.TEARDOWN_FINISHED, error=repr(error))
-            self.log.close()
+            self._log.warning(events.TEARDOWN_FINISHED, error=repr(error))
+            self._log.close()
             if exc is None:
                 raise error
             return
-        self.log.info(events.TEARDOWN_FINISHED)
-        self.log.close()
+        self._log.info(events.TEARDOWN_FINISHED)
+        self._log.close()
 
     async def wait(self) -> ExitStatus:
         """Wait for the command to end and return its status. Raises if a helper (slirp4netns) failed."""
         ctx = self._require()
         if self._status is None:
-            code, signum = await wait_stage.run(ctx)
+            code, signum = await _command_status(ctx)
             usage = None
             if ctx.cgroup is not None:
                 usage = ctx.cgroup.usage()
-                cgroup_stage.report_oom(ctx, ctx.cgroup)  # a kill the watcher had no time to see
+                ctx.cgroup.report_oom(self._log, ctx.init_pid)  # a kill the watcher had no time to see
             oom_killed = code == 137 and usage is not None and usage.oom_kills > 0
             self._status = ExitStatus(code=code, signal=signum, usage=usage, oom_killed=oom_killed)
-            self.log.info(
+            self._log.info(
                 events.EXITED,
                 pid=ctx.init_pid,
                 exit_code=code,
@@ -290,7 +316,7 @@ class Container:
                 **(usage.fields() if usage is not None else {}),
             )
             if self.plugins:
-                await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self.log)
+                await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self._log)
         return self._status
 
     def send_signal(self, signum: int) -> bool:
@@ -301,14 +327,14 @@ class Container:
         """
         sent = self._require().kill(signum)
         if sent:
-            self.log.info(events.SIGNAL_FORWARDED, signal=signal.Signals(signum).name)
+            self._log.info(events.SIGNAL_FORWARDED, signal=signal.Signals(signum).name)
         return sent
 
     def kill(self) -> bool:
         """SIGKILL the container's PID 1, which ends every process in it."""
         sent = self._require().kill(signal.SIGKILL)
         if sent:
-            self.log.info(events.KILLED)
+            self._log.info(events.KILLED)
         return sent
 
     async def stop(self, timeout: float | None = None, signum: int = signal.SIGTERM) -> ExitStatus:
@@ -323,6 +349,42 @@ class Container:
         if self._ctx is None or (self._stack is None and self._status is None):
             raise RuntimeError("the container is not running: use 'async with Container(spec) as c'")
         return self._ctx
+
+
+async def _command_status(ctx: StageContext) -> tuple[int, int | None]:
+    """(code, signal) of the container's command, code 128+N when signal N killed it.
+
+    The intermediate reports PID 1's exit (Exited); when it was itself killed
+    before it could, its own exit status (from the fork server, which reaped it)
+    stands in. A helper's failure (slirp4netns exiting early) fails the wait instead.
+    """
+    assert ctx.child is not None and ctx.process is not None
+    exited = await ctx.child.wait_exited()
+    if ctx.failure is not None:
+        raise ctx.failure
+    if exited is not None and (exited.code is not None or exited.signal is not None):
+        signum = exited.signal
+        return (128 + signum if signum is not None else int(exited.code or 0)), signum
+    returncode = await ctx.process.wait()
+    if returncode is None:
+        raise AiocontainError(
+            "the container's monitor process ended and the fork server with it: the command's exit status is lost"
+        )
+    if returncode < 0:
+        # Killed before it could report: the command's status went with it, and PID 1 died with it.
+        raise AiocontainError(
+            f"the container's monitor process (pid {ctx.process.pid}) was killed by {_signal_name(-returncode)};"
+            " the container was killed with it and its command's exit status is lost",
+            fix="do not signal aiocontain's own processes; stop the container through aiocontain",
+        )
+    return returncode, None
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 async def run(spec: ContainerSpec) -> ExitStatus:

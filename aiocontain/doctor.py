@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import pwd
 import re
 import shutil
 import stat
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocontain import elf, init_binary, subids, syscalls
+from aiocontain import elf, hostuser, init_binary, subids, syscalls
 from aiocontain.cgroups import hierarchy
 from aiocontain.errors import AiocontainError
 from aiocontain.network import slirp_sandbox
@@ -42,13 +41,6 @@ class Check:
     detail: str
     fix: str | None
     required: bool = True  # False: a failure only narrows what containers can do
-
-
-def _user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _sysctl(path: str) -> str | None:
@@ -113,7 +105,7 @@ def check_id_map_tool(name: str) -> Check:
 
 def check_subids(name: str, path: Path) -> Check:
     """The current user needs a subordinate id range (by name or uid) to map more than one id."""
-    user = _user()
+    user = hostuser.name()
     fix = f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
     if not path.exists():
         return Check(name, False, f"{path} does not exist", fix)
@@ -175,6 +167,19 @@ def check_init() -> Check:
     return Check("init", True, f"{path} for --init", None, required=False)
 
 
+def check_overlay() -> Check:
+    """--rootfs DIR:O mounts overlayfs in the container's user namespace, which Linux allows from 5.11 on."""
+    from aiocontain.mounts import overlay_supported
+
+    release = os.uname().release
+    if overlay_supported(release):
+        return Check(
+            "overlay", True, f"Linux {release} mounts overlayfs in a user namespace (--rootfs DIR:O)", None, False
+        )
+    detail = f"Linux {release} cannot mount overlayfs in a user namespace (5.11+): --rootfs DIR:O is refused"
+    return Check("overlay", False, detail, "a kernel 5.11 or newer (Debian 12 has 6.1)", False)
+
+
 def check_tun() -> Check:
     """slirp4netns opens the tun device as the current user."""
     try:
@@ -209,7 +214,7 @@ def check_cgroup() -> Check:
     top = hierarchy.delegation_root(own, mount)
     where = f"cgroup v2 at {mount.point}"
     if top is None:
-        detail = f"{where}: own cgroup {own} is not delegated to {_user()}; limits unavailable"
+        detail = f"{where}: own cgroup {own} is not delegated to {hostuser.name()}; limits unavailable"
         return Check(name, False, detail, hierarchy.FIX_SCOPE, False)
     controllers = hierarchy.controllers_of(top)
     detail = f"{where}: delegated subtree {top}, controllers {' '.join(controllers) or '(none)'}"
@@ -276,6 +281,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         _safely("tun", check_tun),
         dataclasses.replace(_safely("pasta", check_pasta), required=False),
         _safely("init", check_init),
+        _safely("overlay", check_overlay),
         _safely("cgroup v2", check_cgroup),
         _safely("libseccomp", check_libseccomp),
         _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),

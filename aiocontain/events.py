@@ -57,7 +57,9 @@ class EventSpec:
 
 
 CATALOGUE: dict[str, EventSpec] = {
-    CREATED: EventSpec("info", ("command", "rootfs", "network"), "the container's set-up begins"),
+    CREATED: EventSpec(
+        "info", ("command", "rootfs", "network", "labels", "annotations"), "the container's set-up begins"
+    ),
     STAGE_STARTED: EventSpec("info", ("stage",), "a set-up stage begins"),
     STAGE_FINISHED: EventSpec("info", ("stage", "duration_ms"), "a set-up stage is done"),
     STAGE_SKIPPED: EventSpec("info", ("stage", "duration_ms"), "a stage had nothing to do (no network, no cgroup)"),

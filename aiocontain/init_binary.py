@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from aiocontain.elf import elf_interpreter
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, HostPrerequisiteError
 
 # podman's own place for it comes first, then PATH.
 _PODMAN_PATH = "/usr/libexec/podman/catatonit"
@@ -38,7 +38,7 @@ def find(init_path: Path | None = None) -> str:
     for candidate in (_PODMAN_PATH, shutil.which("catatonit")):
         if candidate and not _unusable(candidate):
             return candidate
-    raise AiocontainError("--init needs catatonit, a small static init, and it is not installed", fix=_FIX)
+    raise HostPrerequisiteError("--init needs catatonit, a small static init, and it is not installed", fix=_FIX)
 
 
 def _unusable(path: str) -> str | None:

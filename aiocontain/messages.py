@@ -1,8 +1,11 @@
-"""Typed messages between the runtime (parent), the fork server and the container's child process.
+"""Every message between the four processes: runtime, fork server, intermediate and PID 1.
 
-They travel as JSON over one AF_UNIX SOCK_SEQPACKET socket pair: one datagram a
-message, so no framing is needed, and file descriptors ride along as SCM_RIGHTS.
-Stdlib-only: the child imports this on the start-up hot path.
+Grouped below by the channel they travel on, in the order they come (the whole
+sequence, and who holds which end: docs/architecture.md). Each channel is an
+AF_UNIX SOCK_SEQPACKET socket pair carrying JSON, one datagram a message, so no
+framing is needed, and file descriptors ride along as SCM_RIGHTS; PID 1's
+release pipe carries single bytes (MAPPED, RELEASE). Stdlib-only: the child
+imports this on the start-up hot path.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_MESSAGE = 1 << 20
+
+
+# --- Failed.step: which step failed
+STEP_NAMESPACES = "namespaces"  # unshare: the fork server's user namespace, or a container's namespaces
+STEP_IDMAP = "idmap"  # the fork server writing a container's uid/gid maps
+STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itself
+STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
+STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)
+
+# --- PID 1's release pipe (runtime -> PID 1): one byte a step, no messages
+MAPPED = b"M"  # its id maps are written: become root and build the root filesystem
+RELEASE = b"R"  # the host side is ready (cgroup, network, hooks): harden and exec the command
+# End of file instead of either: the runtime went away, and PID 1 exits quietly.
 
 
 class _Message:
@@ -43,135 +59,8 @@ class _Message:
         return f"{type(self).__name__}({args})"
 
 
-class Config(_Message):
-    """Parent -> child, first: everything the child needs to build the container."""
-
-    kind = "config"
-    __slots__ = (
-        "argv",
-        "caps",
-        "env",
-        "etc_files",
-        "hostname",
-        "init",
-        "init_binary",
-        "masked_paths",
-        "mount_cgroup",
-        "mounts",
-        "no_new_privs",
-        "readonly_paths",
-        "rootfs",
-        "seccomp",
-        "tap",
-        "tty",
-        "unshare_net",
-        "want_netlink",
-        "workdir",
-    )
-
-    def __init__(
-        self,
-        rootfs: str,
-        argv: list[str],
-        env: dict[str, str],
-        workdir: str,
-        hostname: str,
-        unshare_net: bool,
-        want_netlink: bool,
-        etc_files: dict[str, str] | None = None,
-        init: bool = False,
-        mount_cgroup: bool = False,
-        mounts: list[list[str | bool]] | None = None,
-        tap: str | None = None,
-        caps: list[int] | None = None,
-        seccomp: str | None = None,
-        no_new_privs: bool = False,
-        masked_paths: list[str] | None = None,
-        readonly_paths: list[str] | None = None,
-        tty: bool = False,
-        init_binary: str | None = None,
-    ) -> None:
-        self.rootfs = rootfs
-        self.argv = argv
-        self.env = env
-        self.workdir = workdir
-        self.hostname = hostname
-        self.unshare_net = unshare_net
-        self.want_netlink = want_netlink
-        self.etc_files = etc_files or {}
-        self.init = init
-        self.mount_cgroup = mount_cgroup
-        self.mounts = mounts or []  # [source, target, readonly]: bind mounts the plugins asked for
-        self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
-        self.caps = caps  # capability numbers to keep in the bounding set; None keeps all (--privileged)
-        self.seccomp = seccomp  # the compiled seccomp filter (BPF, base64), installed just before exec; None: none
-        self.no_new_privs = no_new_privs
-        self.masked_paths = masked_paths or []  # hidden under /dev/null or an empty read-only tmpfs
-        self.readonly_paths = readonly_paths or []  # bind-remounted read-only
-        self.tty = tty  # open a pty in the container's devpts for the command, master sent up as Console
-        self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
-
-
-class Unshared(_Message):
-    """Child -> parent: the namespaces exist; the id maps may be written while the init is forked.
-    Also fork server -> runtime, first on the request socket: its own user namespace exists, map it."""
-
-    kind = "unshared"
-    __slots__ = ()
-
-
-class Ready(_Message):
-    """Child -> parent: namespaces exist, the init process is blocked. Carries, in this order, the write end
-    of the init's release pipe, the runtime's end of its report socket and, if asked for, the netlink socket."""
-
-    kind = "ready"
-    __slots__ = ("init_pid",)
-
-    def __init__(self, init_pid: int) -> None:
-        self.init_pid = init_pid
-
-
-class Release(_Message):
-    """Parent -> child, just before the runtime releases the init through its pipe: ``cgroup`` is the
-    container's leaf, which the child removes if the runtime dies."""
-
-    kind = "release"
-    __slots__ = ("cgroup",)
-
-    def __init__(self, cgroup: str | None = None) -> None:
-        self.cgroup = cgroup
-
-
-class Console(_Message):
-    """PID 1 -> runtime, on the report socket, before the release (``tty``): its pty's master rides along."""
-
-    kind = "console"
-    __slots__ = ()
-
-
-class Failed(_Message):
-    """Child -> parent: setting up ("namespaces", "setup", "workdir") or executing ("exec") the command failed (the init
-    reports it on its report socket, read by the runtime).
-    Also fork server -> runtime: its user namespace ("namespaces") or a container's maps ("idmap") failed."""
-
-    kind = "failed"
-    __slots__ = ("errno", "message", "step")
-
-    def __init__(self, step: str, message: str, errno: int = 0) -> None:
-        self.step = step
-        self.message = message
-        self.errno = errno
-
-
-class Exited(_Message):
-    """Child -> parent: the container's init process ended (code, or the signal that killed it)."""
-
-    kind = "exited"
-    __slots__ = ("code", "signal")
-
-    def __init__(self, code: int | None, signal: int | None) -> None:
-        self.code = code
-        self.signal = signal
+# --- The request socket: runtime <-> fork server (one for the fork server's life)
+# From the fork server, once, first: Unshared (or Failed). From the runtime: Fork, one a container.
 
 
 class Fork(_Message):
@@ -181,6 +70,10 @@ class Fork(_Message):
 
     kind = "fork"
     __slots__ = ()
+
+
+# --- A reply channel: runtime <-> fork server (one per intermediate, passed with its Fork)
+# Forked first; IdsMapped (or Failed) for each MapIds; Reaped last, then the fork server closes it.
 
 
 class Forked(_Message):
@@ -218,6 +111,164 @@ class Reaped(_Message):
         self.status = status
 
 
+# --- The control socket: runtime <-> intermediate
+# Config; then Unshared (or Failed), Ready; Release; Exited last. End of stream from the runtime: kill it all.
+
+
+class Config(_Message):
+    """Runtime -> intermediate, first: everything the child needs to build the container."""
+
+    kind = "config"
+    __slots__ = (
+        "argv",
+        "caps",
+        "env",
+        "etc_files",
+        "hostname",
+        "init",
+        "init_binary",
+        "masked_paths",
+        "mount_cgroup",
+        "mounts",
+        "no_new_privs",
+        "overlay",
+        "read_only",
+        "readonly_paths",
+        "rlimits",
+        "rootfs",
+        "seccomp",
+        "tap",
+        "tty",
+        "unshare_net",
+        "user",
+        "want_netlink",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        rootfs: str,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str,
+        hostname: str,
+        unshare_net: bool,
+        want_netlink: bool,
+        etc_files: dict[str, str] | None = None,
+        init: bool = False,
+        mount_cgroup: bool = False,
+        mounts: list[dict[str, Any]] | None = None,
+        tap: str | None = None,
+        caps: list[int] | None = None,
+        seccomp: str | None = None,
+        no_new_privs: bool = False,
+        masked_paths: list[str] | None = None,
+        readonly_paths: list[str] | None = None,
+        tty: bool = False,
+        init_binary: str | None = None,
+        user: list[int] | None = None,
+        rlimits: list[list[int]] | None = None,
+        read_only: bool = False,
+        overlay: str | None = None,
+    ) -> None:
+        self.rootfs = rootfs
+        self.argv = argv
+        self.env = env
+        self.workdir = workdir
+        self.hostname = hostname
+        self.unshare_net = unshare_net
+        self.want_netlink = want_netlink
+        self.etc_files = etc_files or {}
+        self.init = init
+        self.mount_cgroup = mount_cgroup
+        self.mounts = mounts or []  # -v, --mount, --tmpfs and the plugins': mounts.Mount.config() dicts
+        self.tap = tap  # a persistent tap device to create in the new network namespace (slirp4netns's)
+        self.caps = caps  # capability numbers to keep in the bounding set; None keeps all (--privileged)
+        self.seccomp = seccomp  # the compiled seccomp filter (BPF, base64), installed just before exec; None: none
+        self.no_new_privs = no_new_privs
+        self.masked_paths = masked_paths or []  # hidden under /dev/null or an empty read-only tmpfs
+        self.readonly_paths = readonly_paths or []  # bind-remounted read-only
+        self.tty = tty  # open a pty in the container's devpts for the command, master sent up as Console
+        self.init_binary = init_binary  # --init: the host's static init, bind-mounted read-only and run as PID 1
+        self.user = user  # --user: [uid, gid, *groups] the command runs as (child/ids.py); None: root, as set up
+        self.rlimits = rlimits or []  # --ulimit: [resource, soft, hard], set just before exec
+        self.read_only = read_only  # --read-only: the root is remounted read-only once every mount is in place
+        self.overlay = overlay  # --rootfs DIR:O: an empty directory to hold the overlay's upper layer (a tmpfs)
+
+
+class Unshared(_Message):
+    """The namespaces exist: write the id maps now. Fork server -> runtime on the request socket (its own user
+    namespace, mapped once from outside), and intermediate -> runtime on the control socket (the container's,
+    which the fork server maps while the intermediate goes on to fork PID 1)."""
+
+    kind = "unshared"
+    __slots__ = ()
+
+
+class Ready(_Message):
+    """Intermediate -> runtime: the namespaces exist, the init process is blocked. Carries, in this order, the write end
+    of the init's release pipe, the runtime's end of its report socket and, if asked for, the netlink socket."""
+
+    kind = "ready"
+    __slots__ = ("init_pid",)
+
+    def __init__(self, init_pid: int) -> None:
+        self.init_pid = init_pid
+
+
+class Release(_Message):
+    """Runtime -> intermediate, just before the runtime releases the init through its pipe: ``cgroup`` is the
+    container's leaf, which the child removes if the runtime dies."""
+
+    kind = "release"
+    __slots__ = ("cgroup",)
+
+    def __init__(self, cgroup: str | None = None) -> None:
+        self.cgroup = cgroup
+
+
+class Exited(_Message):
+    """Intermediate -> runtime, last: the container's init process ended (code, or the signal that killed it)."""
+
+    kind = "exited"
+    __slots__ = ("code", "signal")
+
+    def __init__(self, code: int | None, signal: int | None) -> None:
+        self.code = code
+        self.signal = signal
+
+
+# --- The report socket: PID 1 -> runtime
+# Console (with -t), or a Failed; end of stream once the command is executed (close-on-exec).
+
+
+class Console(_Message):
+    """PID 1 -> runtime, on the report socket, before the release (``tty``): its pty's master rides along."""
+
+    kind = "console"
+    __slots__ = ()
+
+
+# --- On more than one channel
+
+
+class Failed(_Message):
+    """A step failed; ``step`` says which (the STEP_* constants), ``errno`` the kernel's reason where it gave one.
+
+    On the request socket: the fork server's user namespace (STEP_NAMESPACES). On a reply channel: a container's
+    id maps (STEP_IDMAP). On the control socket: the intermediate's unshare (STEP_NAMESPACES). On the report
+    socket: PID 1 building the root or hardening itself (STEP_SETUP), entering the working directory
+    (STEP_WORKDIR), or executing the command (STEP_EXEC)."""
+
+    kind = "failed"
+    __slots__ = ("errno", "message", "step")
+
+    def __init__(self, step: str, message: str, errno: int = 0) -> None:
+        self.step = step
+        self.message = message
+        self.errno = errno
+
+
 Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
 _TYPES: dict[str, type[Any]] = {
     t.kind: t
@@ -237,6 +288,12 @@ def decode(data: bytes) -> Message:
     return message
 
 
+def close_fds(fds: list[int]) -> None:
+    """Close the fds that came with a message nobody will use (each end of the protocol has such messages)."""
+    for fd in fds:
+        os.close(fd)
+
+
 def send(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
     """Send one message, with fds as SCM_RIGHTS."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -252,8 +309,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if flags & socket.MSG_CTRUNC:
         # The kernel dropped fds it could not install (the receiver is out of them): the message is unusable.
-        for fd in fds:
-            os.close(fd)
+        close_fds(list(fds))
         raise OSError(errno.EMFILE, "file descriptors sent with a message were lost: too many open files")
     if not data:
         return None, list(fds)

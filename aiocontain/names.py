@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 
 from aiocontain.errors import AiocontainError
 
 # Not "aiocontain-...": the runtime-directory sweep (aiocontain.runtimedir) owns that prefix.
 DIRECTORY = "aiocontain.names"
+
+
+def _per_user() -> str:
+    return f"{DIRECTORY}-{os.getuid()}"
 
 
 class NameClaim:
@@ -40,12 +45,19 @@ class NameClaim:
 
 def claim(name: str, base: str | None = None) -> NameClaim:
     """Claim name for a container of this user, or refuse it in one line if a running container has it."""
-    directory = os.path.join(base or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), DIRECTORY)
-    if not os.path.isdir(directory):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
+    runtime = base or os.environ.get("XDG_RUNTIME_DIR")
+    # In the shared temporary directory, one of this user's own: names are per user, as their containers are.
+    directory = os.path.join(runtime, DIRECTORY) if runtime else os.path.join(tempfile.gettempdir(), _per_user())
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(directory)
+    if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
+        raise AiocontainError(
+            f"{directory} does not belong to this user, so container names cannot be kept there",
+            fix="remove it, or set XDG_RUNTIME_DIR to a directory of your own",
+        )
     path = os.path.join(directory, f"{name}.lock")
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from aiocontain.cgroups.limits import Limits
 from aiocontain.errors import AiocontainError
+from aiocontain.mounts import Mount
+from aiocontain.mounts import check as check_mounts
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_MTU = 65520
@@ -67,6 +69,19 @@ class ContainerSpec:
     a profile in the JSON format docker and podman use; ``no_new_privileges``
     sets no_new_privs; ``privileged`` keeps every capability and applies no
     seccomp filter and no masked paths, as ``podman run --privileged``.
+
+    ``user`` (``"USER[:GROUP]"``, names from the rootfs's /etc/passwd and group, or
+    numbers) and ``group_add`` set who the command runs as; ``ulimits`` are podman's
+    ``NAME=SOFT[:HARD]``; ``dns``, ``dns_search``, ``dns_options`` and ``add_hosts``
+    (``NAME:IP``) fill the container's resolv.conf and hosts; ``labels`` and
+    ``annotations`` are shown in the ``container.created`` event.
+
+    Files in and out: ``mounts`` are ``Mount`` values (``aiocontain.mounts``: a bind of a host path, or a
+    tmpfs), as ``-v``, ``--mount`` and ``--tmpfs``; ``read_only`` mounts the root read-only, with tmpfs at
+    /tmp, /run and /var/tmp unless ``read_only_tmpfs`` is False. ``rootfs_overlay`` (``--rootfs DIR:O``)
+    puts a throwaway overlay over the rootfs, so nothing the container writes reaches it on disk; unset,
+    the default rootfs (``rootfs=None``) gets one where the kernel can (Linux 5.11+), as each ``podman run``
+    of an image gets a layer of its own, and a rootfs named explicitly is used directly, as podman's --rootfs.
     """
 
     command: Sequence[str]
@@ -99,6 +114,21 @@ class ContainerSpec:
     privileged: bool = False
     seccomp: str | Path | None = None
     no_new_privileges: bool = False
+    # Users and environment (aiocontain.users, ulimits, etcfiles): podman's --user, --group-add, --ulimit, --dns,
+    # --dns-search, --dns-option, --add-host; labels and annotations are kept here and shown in container.created.
+    user: str | None = None
+    group_add: Sequence[str] = ()
+    ulimits: Sequence[str] = ()
+    dns: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+    dns_options: Sequence[str] = ()
+    add_hosts: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    mounts: Sequence[Mount] = ()
+    read_only: bool = False
+    read_only_tmpfs: bool = True
+    rootfs_overlay: bool | None = None  # None: for the default rootfs only (see ``overlay``)
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # what secrets.token_hex does, without its imports
 
     def validate(self) -> None:
@@ -141,7 +171,9 @@ class ContainerSpec:
             self.cgroups = CgroupsMode(self.cgroups)
         except ValueError:
             raise AiocontainError(f"invalid --cgroups {self.cgroups!r}", fix="use enabled or disabled") from None
+        check_mounts(self.mounts)
         _ = self.limits  # parses, refusing malformed sizes
+        self._validate_user_options()
         _ = self.capabilities  # refuses unknown capability names
         if self.tty_size is not None and not all(0 <= n <= 0xFFFF for n in self.tty_size):
             raise AiocontainError(f"invalid terminal size {self.tty_size!r}", fix="give (rows, cols) from 0 to 65535")
@@ -150,6 +182,19 @@ class ContainerSpec:
         if not self.network_timeout > 0:  # 0 would fail every networked run, then blame slirp4netns
             raise AiocontainError(
                 f"invalid network timeout {self.network_timeout!r}", fix="give a number of seconds > 0"
+            )
+
+    def _validate_user_options(self) -> None:
+        from aiocontain import etcfiles, ulimits
+
+        if self.user is not None and not self.user:
+            raise AiocontainError("invalid --user ''", fix="give USER[:GROUP], names or numbers")
+        ulimits.parse(self.ulimits)
+        etcfiles.check(self.dns, self.dns_search, self.dns_options, self.add_hosts)
+        if (self.dns or self.dns_search or self.dns_options) and self.network is NetworkMode.NONE:
+            raise AiocontainError(
+                "--dns, --dns-search and --dns-option have no network to use with --net none (podman refuses them too)",
+                fix="drop them, or use --net slirp4netns",
             )
 
     @property
@@ -163,6 +208,15 @@ class ContainerSpec:
         from aiocontain.security import capabilities
 
         return capabilities.kept(self.cap_add, self.cap_drop, self.privileged)
+
+    @property
+    def overlay(self) -> bool:
+        """Whether the rootfs gets a throwaway overlay: as asked, else for the default rootfs where possible."""
+        if self.rootfs_overlay is not None:
+            return self.rootfs_overlay
+        from aiocontain.mounts import overlay_supported
+
+        return self.rootfs is None and overlay_supported()
 
     @property
     def short_id(self) -> str:

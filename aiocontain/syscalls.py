@@ -1,7 +1,9 @@
 """The one place where aiocontain talks to the kernel beyond what ``os`` offers.
 
 Every namespace, mount and process-control call goes through this module, so the
-rest of the code reads as plain logic and tests can double this boundary. It is
+rest of the code reads as plain logic and tests can double this boundary. Device
+ioctls are not here: they are ``fcntl.ioctl`` calls beside the device they act on
+(``child/netdev.py``: the tap device and link flags; ``child/console.py``: the pty). It is
 stdlib-only (ctypes) because the child side imports it on the start-up hot path.
 """
 
@@ -28,7 +30,10 @@ MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
 MS_RELATIME = 0x200000
 MS_STRICTATIME = 0x1000000
 

@@ -4,6 +4,7 @@ Cases (``--cases``, comma-separated; groups or single names):
 
 - start: ``/bin/true`` without network: cli.none, embedded.none, bwrap.none, podman.none
 - net: with slirp4netns: cli.net, embedded.net, podman.net, shell.net
+- overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
   batch.shell (as many shell baselines at once: the floor for the concurrent batch)
 - throughput: throughput.default_mtu and throughput.mtu1500
@@ -30,6 +31,7 @@ from bench.runner import Case, run_interleaved
 GROUPS = {
     "start": ["cli.none", "embedded.none", "bwrap.none", "podman.none"],
     "net": ["cli.net", "embedded.net", "podman.net", "shell.net"],
+    "overlay": ["cli.overlay", "cli.none", "podman.overlay", "podman.none"],
     "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
@@ -47,6 +49,7 @@ TOOLS = {
     "bwrap.none": ("bwrap",),
     "podman.none": ("podman", "runc"),
     "podman.net": ("podman", "runc", "slirp4netns"),
+    "podman.overlay": ("podman", "runc"),
     "shell.net": ("unshare", "slirp4netns"),
     "batch.shell": ("unshare", "slirp4netns"),
     "cli.pasta": ("pasta",),
@@ -57,7 +60,7 @@ DEFAULT_JSON = Path(".bench/results.json")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--rootfs", type=Path, default=Path(__file__).resolve().parent.parent / "rootfs_arm")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"where the results go (default {DEFAULT_JSON})"
@@ -101,11 +104,11 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     if name in ("cli.pasta", "cli.net4"):
         return external.cli_network(rootfs, name, reps)
     if group == "cli":
-        return external.cli(rootfs, name == "cli.net", reps)
+        return external.cli(rootfs, name == "cli.net", reps, overlay=name == "cli.overlay")
     if group == "bwrap":
         return external.bwrap(rootfs, reps)
     if group == "podman":
-        return external.podman_run(rootfs, name == "podman.net", reps)
+        return external.podman_run(rootfs, name == "podman.net", reps, overlay=name == "podman.overlay")
     if name == "batch.shell":
         return external.shell_batch(rootfs, args.batch, args.batch_reps)
     if group == "shell":

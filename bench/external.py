@@ -78,13 +78,14 @@ def cli_network(rootfs: Path, name: str, repetitions: int) -> CommandCase:
     return CommandCase(name, [*argv, *TRUE], f"aiocontain run {' '.join(options)} /bin/true", repetitions)
 
 
-def cli(rootfs: Path, network: bool, repetitions: int) -> CommandCase:
-    """``aiocontain run``, a fresh interpreter each time; networking is the CLI's default (slirp4netns)."""
-    argv = [aiocontain_executable(), "run", "--rootfs", str(rootfs)]
+def cli(rootfs: Path, network: bool, repetitions: int, overlay: bool = False) -> CommandCase:
+    """``aiocontain run``, a fresh interpreter each time; networking is the CLI's default (slirp4netns).
+    overlay: ``--rootfs DIR:O``, the throwaway overlay, without network."""
+    argv = [aiocontain_executable(), "run", "--rootfs", f"{rootfs}:O" if overlay else str(rootfs)]
     if not network:
         argv += ["--net", "none"]
-    name = "cli.net" if network else "cli.none"
-    what = "with slirp4netns" if network else "--net none"
+    name = "cli.overlay" if overlay else "cli.net" if network else "cli.none"
+    what = "--rootfs DIR:O --net none" if overlay else "with slirp4netns" if network else "--net none"
     return CommandCase(name, [*argv, *TRUE], f"aiocontain run {what} /bin/true", repetitions)
 
 
@@ -96,8 +97,11 @@ def bwrap(rootfs: Path, repetitions: int) -> CommandCase:
     return CommandCase("bwrap.none", argv, "bwrap, same namespaces, /bin/true", repetitions)
 
 
-def podman_run(rootfs: Path, network: bool, repetitions: int) -> CommandCase:
+def podman_run(rootfs: Path, network: bool, repetitions: int, overlay: bool = False) -> CommandCase:
     mode = "slirp4netns" if network else "none"
+    if overlay:
+        argv = podman.run_argv(Path(f"{rootfs}:O"), mode, TRUE)
+        return CommandCase("podman.overlay", argv, "podman run --rootfs DIR:O --network none", repetitions)
     name = "podman.net" if network else "podman.none"
     return CommandCase(name, podman.run_argv(rootfs, mode, TRUE), f"podman run --network {mode}", repetitions)
 

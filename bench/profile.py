@@ -165,7 +165,9 @@ def _listing(pairs: Iterable[tuple[str, int]], most: int = 8) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--rootfs", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=50)
@@ -179,7 +181,7 @@ def main() -> None:
         )
     # The fork server as an embedding process starts it: python -I -S, the package's directory on sys.path.
     root = Path(aiocontain.__file__).resolve().parent.parent
-    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.zygote"
+    boot = f"import sys; sys.path.insert(0, {str(root)!r}); import aiocontain.child.forkserver"
     imports("fork server (python -I -S, once per process)", ["-I", "-S", "-c", boot])
     anyio.run(embedded, args.rootfs, args.runs, args.batch)
 

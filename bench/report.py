@@ -1,4 +1,4 @@
-"""The result: medians, the ratios the issue sets targets for, the table and the JSON.
+"""The result: medians, the ratios the project sets targets for, the table and the JSON.
 
 Absolute times on a shared machine are noise; two cases measured side by side
 in the same rounds share the noise, so their ratio is the result. A target is
@@ -50,7 +50,7 @@ class Ratio:
 
 
 def ratios(batch: int) -> list[Ratio]:
-    """The issue's five targets first, then ratios that explain them."""
+    """The five targets first, then ratios that explain them."""
     return [
         Ratio("embedded start-to-exit, no network / bubblewrap", "embedded.none", "bwrap.none", 2.0),
         Ratio("CLI start-to-exit with network / podman", "cli.net", "podman.net", 1.0),
@@ -58,6 +58,9 @@ def ratios(batch: int) -> list[Ratio]:
         Ratio(f"{batch} concurrent / one networked container", "batch.concurrent", "embedded.net", 5.0),
         Ratio("throughput, default MTU / MTU 1500", "throughput.default_mtu", "throughput.mtu1500", 4.0, True),
         Ratio("CLI, no network / podman", "cli.none", "podman.none"),
+        Ratio("CLI, --rootfs DIR:O / plain rootfs", "cli.overlay", "cli.none"),
+        Ratio("podman, --rootfs DIR:O / plain rootfs", "podman.overlay", "podman.none"),
+        Ratio("CLI, --rootfs DIR:O / podman's", "cli.overlay", "podman.overlay"),
         Ratio("CLI, no network / bubblewrap", "cli.none", "bwrap.none"),
         Ratio("embedded, no network / podman", "embedded.none", "podman.none"),
         Ratio("CLI with network / shell baseline", "cli.net", "shell.net"),

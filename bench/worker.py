@@ -118,7 +118,7 @@ async def serve(rootfs: Path, requests: int, responses: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.worker")
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", allow_abbrev=False)
     parser.add_argument("--rootfs", type=Path, required=True)
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--responses", type=int, required=True)

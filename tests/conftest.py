@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import select
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,6 +105,29 @@ def cli_argv(rootfs: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "aiocontain", "run", "--rootfs", str(rootfs), *args]
 
 
+@contextlib.contextmanager
+def started(argv: Sequence[str], marker: str = "ready", **options: Any) -> Iterator[subprocess.Popen[str]]:
+    """argv (text mode, stdout and stderr piped, stdin /dev/null unless given) once it has printed marker.
+
+    On the way out, on every path (a failed assertion too), it is killed if still running, reaped, and its
+    pipes are closed: a failing test must leave no process or fd to the tests that come after it.
+    """
+    options.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == marker, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # its fork server and the container follow it (parent-death signals, exit fds)
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 @pytest.fixture
 def loopback_server() -> Iterator[tuple[int, bytes]]:
     """A TCP server on the host's 127.0.0.1 that answers every connection with a token, then closes."""
@@ -131,32 +158,108 @@ def loopback_server() -> Iterator[tuple[int, bytes]]:
     os.close(stop_w)
 
 
-def leftovers() -> dict[str, object]:
-    """What a container could leave behind: our slirp4netns and pasta processes, runtime dirs, children, mounts."""
+# Processes of the test user that are not a test's to count: rootless podman's pause process, which outlives
+# `podman run` by design (it holds podman's user namespace). The podman fixture names its pid files here.
+_PODMAN_PAUSE_FILES: list[Path] = []
+
+
+def user_processes(keep: Iterable[int] = ()) -> set[int]:
+    """Every process of this user but those in keep."""
+    uid = os.getuid()
+    kept = set(keep)
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in kept:
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    found.add(int(name))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
+def settle(pids: Iterable[int], timeout: float = 5.0) -> set[int]:
+    """Those of pids still running after timeout; all are waited for at once through their pidfds, since a
+    process may be exiting right now (a helper killed by a parent-death signal, a reaper not yet run)."""
+    pidfds: dict[int, int] = {}
+    for pid in pids:
+        try:
+            pidfds[os.pidfd_open(pid)] = pid
+        except OSError:
+            continue  # gone already
+    try:
+        poller = select.poll()
+        for fd in pidfds:
+            poller.register(fd, select.POLLIN)
+        pending = set(pidfds)
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in poller.poll(left * 1000):  # readable: the process has exited
+                poller.unregister(fd)
+                pending.discard(fd)
+        return {pidfds[fd] for fd in pending}
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+def _describe(pid: int) -> tuple[int, str, int, str] | None:
+    """(pid, state, parent, command line) of a process; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    state, parent = stat.rsplit(")", 1)[1].split()[:2]
+    return pid, state, int(parent), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+
+
+def slirp4netns_pids() -> list[int]:
+    """The user's slirp4netns processes, as they are now."""
+    found = []
+    for pid in user_processes():
+        described = _describe(pid)
+        if described is not None and described[3].split(" ")[0].endswith("slirp4netns"):
+            found.append(pid)
+    return sorted(found)
+
+
+def leftovers(timeout: float = 5.0) -> dict[str, object]:
+    """What containers could leave behind, counted over everything the test user owns.
+
+    - processes: every process of the user but this test process and its session fork server (listed by pid
+      alone: it forks and sleeps) and podman's pause process. A process that is exiting is waited for through
+      its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
+      (the fork server reaps its intermediates after their exit, as init does orphans: in its own time);
+    - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
+    - mounts: the user's own mounts (their root is the user's) in the mount namespaces of this process and
+      its fork server (the host's): mounts are made only in the containers' own mount namespaces, which go
+      with their processes.
+    """
     from aiocontain import forkserver
 
     server = forkserver.current()
-    uid = os.getuid()
-    slirps = []
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    server_pid = server.pid if server is not None else None
+    keep = {os.getpid(), *_podman_pause_pids()}
+    if server_pid is not None:
+        keep.add(server_pid)
+    settle(user_processes(keep), timeout)
+    processes: list[tuple[int, str, str]] = []
+    for pid in sorted(user_processes(keep)):
+        described = _describe(pid)
+        if described is None:
             continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if int(fields.get("Uid", "-1").split()[0]) != uid:
-            continue
-        if cmdline and cmdline[0].endswith((b"slirp4netns", b"pasta", b"passt", b"passt.avx2", b"setpriv")):
-            slirps.append(int(entry.name))
-        if int(fields.get("PPid", "0")) == os.getpid():
-            # The session's fork server runs, sleeps and runs again as it forks: only its pid is stable.
-            state = "fork server" if server and int(entry.name) == server.pid else fields.get("State", "").strip()
-            children.append((int(entry.name), state, b" ".join(cmdline).decode()[:80]))
+        _, state, parent, cmdline = described
+        if state == "Z" and parent != os.getpid():
+            continue  # exited; its reaper (the fork server, init, a subreaper) takes it in its own time
+        processes.append((pid, state if state == "Z" else "alive", cmdline))
+    if server_pid is not None:
+        processes.append((server_pid, "fork server", ""))
     dirs: list[str] = []
+    uid = os.getuid()
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):
             for name in os.listdir(base):
@@ -166,9 +269,39 @@ def leftovers() -> dict[str, object]:
                     continue  # gone meanwhile
                 if ours:  # another user's containers are not ours to count
                     dirs.append(name)
-    # mounts happen only inside the container's mount namespace: the host's table must not change
-    mounts = Path("/proc/self/mountinfo").read_text()
-    return {"slirp4netns": slirps, "children": children, "runtime_dirs": sorted(dirs), "mounts": mounts}
+    # The user's mounts in each mount namespace of the processes that stay (this one, its fork server): a
+    # container's mount must never reach them.
+    mounts: dict[str, list[str]] = {}
+    for pid in (os.getpid(), server_pid or os.getpid()):
+        try:
+            mounts.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), _own_mounts(pid, uid))
+        except OSError:
+            continue  # the fork server is gone: the processes list says so
+    return {"processes": processes, "runtime_dirs": sorted(dirs), "mounts": mounts}
+
+
+def _own_mounts(pid: int, uid: int) -> list[str]:
+    """The lines of process pid's mount table whose mounted root belongs to uid. Other users' mounts are not
+    the test's to count: on a shared machine they come and go (another user's tmpfs, root's)."""
+    own = []
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])  # space, tab, \\: octal
+        try:
+            if os.lstat(f"/proc/{pid}/root{point}").st_uid == uid:
+                own.append(line)
+        except OSError:
+            continue  # unmounted meanwhile, or not ours to look into
+    return own
+
+
+def _podman_pause_pids() -> set[int]:
+    found = set()
+    for path in _PODMAN_PAUSE_FILES:
+        try:
+            found.add(int(path.read_text().strip()))
+        except (OSError, ValueError):
+            continue  # no pause process (yet)
+    return found
 
 
 def open_fds() -> dict[int, str]:
@@ -215,6 +348,7 @@ def podman(rootfs: Path):
     (base / "home").mkdir()
     (base / "run").mkdir(mode=0o700)
     env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
+    _PODMAN_PAUSE_FILES.append(base / "run" / "libpod" / "tmp" / "pause.pid")
 
     def run(
         *args: str,
@@ -252,6 +386,8 @@ def _split_podman_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 _PODMAN_VALUED = {"--network", "--net", "--cap-add", "--cap-drop", "--security-opt", "-e", "--env", "--name", "-w"}
+_PODMAN_VALUED |= {"--env-file"}
+_PODMAN_VALUED |= {"-v", "--volume", "--mount", "--tmpfs"}
 
 
 class Probes:

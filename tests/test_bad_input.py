@@ -113,17 +113,28 @@ def test_no_command(rootfs):
     assert_one_line_error(run("--rootfs", str(rootfs)), "no command given")
 
 
+# 64-bit machines to choose a foreign one from: (name as `uname -m` spells it, e_machine, big-endian)
+FOREIGN_CANDIDATES = [("aarch64", 183, False), ("s390x", 22, True), ("riscv64", 243, False), ("ppc64le", 21, False)]
+
+
 def test_foreign_architecture_is_named(tmp_path):
+    # A machine this host cannot run: not its own and served by no binfmt_misc handler (with one, e.g.
+    # qemu-user-static's, aiocontain rightly lets the binary through).
+    from aiocontain import elf
     from aiocontain.rootfs import init_rootfs
 
+    foreign = [(name, em, big) for name, em, big in FOREIGN_CANDIDATES if not elf.runs_on_host(name)]
+    if not foreign:
+        pytest.skip("every candidate machine runs here (natively or through a binfmt_misc handler)")
+    name, e_machine, big = foreign[0]
     root = tmp_path / "root"
     init_rootfs(root)
-    foreign = root / "bin" / "foreign"
-    # a 64-bit little-endian ELF header for EM_AARCH64 (183)
-    foreign.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HH", 2, 183) + b"\0" * 44)
-    foreign.chmod(0o755)
+    binary = root / "bin" / "foreign"
+    ident = b"\x7fELF" + bytes([2, 2 if big else 1, 1]) + bytes(9)  # ELFCLASS64, the byte order, EV_CURRENT
+    binary.write_bytes(ident + struct.pack(">HH" if big else "<HH", 2, e_machine) + bytes(44))  # ET_EXEC
+    binary.chmod(0o755)
     result = run("--rootfs", str(root), "--net", "none", "/bin/foreign")
-    assert_one_line_error(result, "aarch64", "x86_64" if os.uname().machine == "x86_64" else os.uname().machine)
+    assert_one_line_error(result, name, elf.host_machine())
 
 
 def test_slirp4netns_missing(rootfs, tmp_path):
@@ -144,6 +155,43 @@ def test_slirp4netns_failing_early_is_one_line_with_its_stderr(rootfs, tmp_path,
     errors = [event for event in result.events() if event["event"] == "aiocontain.error"]
     assert len(errors) == 1, result.stderr
     assert "slirp4netns exited early with status 3: fake failure" in str(errors[0]["message"])
+
+
+# A slirp4netns that gets ready only after DELAY seconds: it waits on its exit fd (the runtime going away ends
+# it at once), then becomes the real one with the same arguments.
+SLOW_SLIRP = """#!{python}
+import os, select, sys
+REAL, DELAY = {real!r}, {delay}
+if "--help" not in sys.argv and "--version" not in sys.argv:
+    exit_fd = int(next(arg for arg in sys.argv if arg.startswith("--exit-fd=")).split("=", 1)[1])
+    if select.select([exit_fd], [], [], DELAY)[0]:
+        sys.exit(0)
+os.execv(REAL, [REAL, *sys.argv[1:]])
+"""
+
+
+@pytest.mark.parametrize("level", ["warning", "info"])
+@pytest.mark.parametrize("timeout, ready", [("1", False), ("30", True)])
+def test_network_timeout_is_applied(rootfs, tmp_path, level, timeout, ready):
+    # warning: readiness by slirp4netns's ready fd; info: by rtnetlink events. tap0 comes up 4 s late: within
+    # --network-timeout 30 the run goes on (the control), within 1 it fails with the clear error. The default,
+    # 10 s, would let it through: so a timeout that is not applied fails the test, and nothing is timed.
+    import shutil
+
+    real = shutil.which("slirp4netns")
+    assert real is not None
+    fake = tmp_path / "slirp4netns"
+    fake.write_text(SLOW_SLIRP.format(python=sys.executable, real=real, delay=4))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    args = ("--rootfs", str(rootfs), "--log-level", level, "--network-timeout", timeout, "true")
+    result = run(*args, env=env)
+    if ready:
+        assert result.code == 0, result
+    else:
+        errors = [line for line in result.stderr.splitlines() if "aiocontain:" in line]
+        assert result.code == 125 and len(errors) == 1, result.stderr
+        assert errors[0] == "aiocontain: tap0 did not come up within 1s (fix: check slirp4netns (aiocontain doctor))"
 
 
 def test_user_namespaces_disabled(rootfs):

@@ -129,26 +129,26 @@ def test_cgroups_disabled(tree: Path) -> None:
 
 
 def test_cgroup_parent_inside_which_we_run(tree: Path, tmp_path: Path, monkeypatch) -> None:
-    # The seed's layout done right: the user owns parent/, and aiocontain runs in parent/session.
-    parent = group(tree / "seed")
+    # The README's manual set-up: the user owns parent/, and aiocontain runs in parent/session.
+    parent = group(tree / "manual")
     group(parent / "session", procs="77\n")
-    set_own_group(tmp_path, monkeypatch, "/seed/session")
+    set_own_group(tmp_path, monkeypatch, "/manual/session")
     placement = place(MEMORY, parent)
     assert placement is not None
     assert (placement.parent, placement.delegation_root, placement.evict) == (parent, parent, False)
 
 
 def test_cgroup_parent_we_run_in_directly_is_evicted_first(tree: Path, tmp_path: Path, monkeypatch) -> None:
-    parent = group(tree / "seed", procs="77\n")
-    set_own_group(tmp_path, monkeypatch, "/seed")
+    parent = group(tree / "manual", procs="77\n")
+    set_own_group(tmp_path, monkeypatch, "/manual")
     placement = place(MEMORY, parent)
     assert placement is not None and placement.evict
 
 
 def test_cgroup_parent_whose_common_ancestor_is_not_ours(tree: Path) -> None:
     # We run in user@1000.service/session.scope; parent is beside it under the root, which is not ours:
-    # the kernel would refuse the move, and the seed's "chown -R the whole mount" is what we must not ask for.
-    parent = group(tree / "seed")
+    # the kernel would refuse the move, and a "chown -R the whole mount" is what we must not ask for.
+    parent = group(tree / "manual")
     with pytest.raises(AiocontainError) as caught:
         place(MEMORY, parent)
     line = caught.value.line()

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from aiocontain import syscalls
-from aiocontain.child import rootfs
+from aiocontain.child import mounts
 from aiocontain.messages import Config
 
 
@@ -30,6 +30,19 @@ class RecordingSyscalls:
         self.calls.append(("pivot_root", new_root, put_old, os.getcwd()))
 
 
+def config_for(root, **fields) -> Config:
+    return Config(
+        rootfs=str(root),
+        argv=["true"],
+        env={},
+        workdir="/",
+        hostname="h",
+        unshare_net=True,
+        want_netlink=False,
+        **fields,
+    )
+
+
 @pytest.fixture
 def plan(tmp_path, monkeypatch):
     root = tmp_path / "root"
@@ -39,22 +52,13 @@ def plan(tmp_path, monkeypatch):
     for name in ("hosts", "hostname", "resolv.conf"):
         (runtime / name).write_text(name)
     fake = RecordingSyscalls()
-    monkeypatch.setattr(rootfs, "sc", fake)
+    monkeypatch.setattr(mounts, "sc", fake)
     chdirs: list[str] = []
-    monkeypatch.setattr(rootfs.os, "chdir", chdirs.append)
+    monkeypatch.setattr(mounts.os, "chdir", chdirs.append)
 
     def build() -> list[tuple[object, ...]]:
-        config = Config(
-            rootfs=str(root),
-            argv=["true"],
-            env={},
-            workdir="/",
-            hostname="h",
-            unshare_net=True,
-            want_netlink=False,
-            etc_files={name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")},
-        )
-        rootfs.build(config)
+        etc_files = {name: str(runtime / name) for name in ("hosts", "hostname", "resolv.conf")}
+        mounts.build(config_for(root, etc_files=etc_files))
         return fake.calls
 
     return root, build, chdirs
@@ -113,3 +117,30 @@ def test_a_symlinked_mount_point_is_refused(plan, tmp_path):
     (root / "proc").symlink_to(tmp_path)  # would mount the container's /proc over a host directory
     with pytest.raises(OSError, match="proc in the root filesystem is a symlink"):
         build()
+
+
+def test_overlay_read_only_and_mounts_plan(tmp_path, monkeypatch):
+    """--rootfs DIR:O puts the overlay on the root itself (lower: the rootfs, upper: a tmpfs on the holder
+    directory); --read-only remounts the root alone, last; -v targets resolve through symlinks inside the root."""
+    root = tmp_path / "ro,ot:x"
+    (root / "etc").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # absolute: starts again at the container's root
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    fake = RecordingSyscalls()
+    monkeypatch.setattr(mounts, "sc", fake)
+    monkeypatch.setattr(mounts.os, "chdir", lambda path: None)
+    volume = {"type": "bind", "source": "/src", "target": "/var/run/x", "flags": syscalls.MS_RDONLY}
+    volume |= {"data": None, "propagation": syscalls.MS_SHARED, "dir": True}
+    mounts.build(config_for(root, mounts=[volume], read_only=True, overlay=str(holder)))
+    calls, r, sc = fake.calls, str(root), syscalls
+    assert calls[1] == ("mount", "tmpfs", str(holder), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
+    lower = str(root).replace(",", "\\,").replace(":", "\\:")
+    data = f"lowerdir={lower},upperdir={holder}/upper,workdir={holder}/work,userxattr"
+    assert calls[2] == ("mount", "overlay", r, "overlay", 0, data)
+    assert (root / "run" / "x").is_dir() and not (root / "var" / "run" / "x").exists()
+    binds = mounts_at(calls, f"{r}/run/x")
+    assert [c[1] for c in binds] == ["/src", None, None]
+    assert binds[1][4] & sc.MS_REMOUNT | sc.MS_RDONLY and binds[2][4] == sc.MS_SHARED
+    assert calls[-3][:3] == ("mount", None, r) and calls[-3][4] & sc.MS_RDONLY  # the root, last

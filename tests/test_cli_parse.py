@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 from pathlib import Path
@@ -73,6 +74,67 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--mtu" in out and "--net" in out
+
+
+def _subparser(parser: argparse.ArgumentParser, *names: str) -> argparse.ArgumentParser:
+    for name in names:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = actions[0].choices[name]
+    return parser
+
+
+def test_run_help_gives_every_option_its_meaning_and_default() -> None:
+    run = _subparser(cli._parser(), "run")
+    shown = [a for a in run._actions if a.help != argparse.SUPPRESS and a.dest != "help"]
+    assert len(shown) > 25
+    for action in shown:
+        assert action.help, f"{action.option_strings or action.dest} has no help"
+        if action.option_strings:
+            assert "(default: " in action.help, f"{action.option_strings} does not say its default"
+    text = run.format_help()
+    assert "CMD [ARGS...]" in text and "the command to run in the container" in text
+    for code in ("125", "126", "127", "128+N"):
+        assert f"\n  {code} " in text
+    assert "example:\n  aiocontain run " in text
+    from aiocontain.rootfs import default_rootfs
+
+    assert f"(default:{default_rootfs()})" in "".join(text.split())  # where this installation looks (wrapped)
+
+
+def test_top_level_help_points_at_run_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    assert "aiocontain run --help" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["run", "--pid", "host", "true"], "--pid"),  # once read as --pids-limit
+        (["run", "--mem", "2m", "true"], "--mem"),
+        (["run", "--net=none", "--cpu", "1", "true"], "--cpu"),
+        (["run", "--stop", "3", "true"], "--stop"),
+        (["doctor", "--root", "/x"], "--root"),
+        (["rootfs", "init", "--busy", "/x"], "--busy"),
+    ],
+)
+def test_no_option_is_guessed_from_an_abbreviation(
+    capsys: pytest.CaptureFixture[str], argv: list[str], unknown: str
+) -> None:
+    assert_usage_error(capsys, argv, f"unrecognized arguments: {unknown}")
+
+
+def test_the_full_names_still_parse(fake_run: FakeRun) -> None:
+    assert cli.main(["run", "--pids-limit", "3", "--memory", "2m", "--cpus", "1", "--stop-timeout", "3", "true"]) == 0
+    assert fake_run.spec.limits.pids == 3 and fake_run.spec.stop_timeout == 3
+
+
+def test_every_parser_refuses_abbreviations() -> None:
+    parser = cli._parser()
+    parsers = [parser, *(_subparser(parser, name) for name in ("run", "plugins", "doctor", "rootfs"))]
+    parsers.append(_subparser(parser, "rootfs", "init"))
+    assert all(not p.allow_abbrev for p in parsers)
 
 
 # run: the spec handed to the container, with anyio.run intercepted

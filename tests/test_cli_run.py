@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_argv, leftovers
+from tests.conftest import cli_argv, leftovers, started
 
 pytestmark = pytest.mark.container
 
@@ -44,8 +44,28 @@ def test_default_hostname_is_the_name(cli):
 
 def test_exit_codes(cli):
     assert cli("--net", "none", "--", "/bin/sh", "-c", "exit 3").code == 3
-    killed = cli("--net", "none", "--", "/bin/sh", "-c", "sleep 30 & kill -9 $!; wait $!; exit $?")
-    assert killed.code == 137
+
+
+# PID 1 itself dies of a fault: the kernel forces SIGSEGV even on a namespace's init (a signal sent to it
+# would be dropped). No core file: the rootfs must stay clean.
+SEGFAULT_PROBE = r"""
+#include <sys/resource.h>
+int main(void) {
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+    *(volatile int *)0 = 1;
+    return 0;
+}
+"""
+
+
+def test_a_command_killed_by_a_signal_exits_128_plus_n(cli, probes):
+    # Not a shell's own `exit 139`: the container's PID 1 is killed, and aiocontain maps signal N to 128+N.
+    probe = probes.build("segfault", SEGFAULT_PROBE)
+    result = cli("--net", "none", *JSON_LOGS, "--", probe, rootfs_dir=probes.rootfs)
+    assert result.code == 128 + signal.SIGSEGV, result.stderr
+    (exited,) = [event for event in result.events() if event["event"] == "container.exited"]
+    assert (exited["exit_code"], exited["signal"]) == (139, signal.SIGSEGV)
 
 
 def test_command_not_found_is_127_in_one_line(cli):
@@ -80,6 +100,67 @@ def test_environment_and_workdir(cli):
         result.stdout.strip()
         == "hello world|/root|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin|/tmp/work"
     )
+
+
+def test_run_defaults_and_env_passthrough_in_a_real_container(rootfs):
+    # No option but -e: the rootfs from $AIOCONTAIN_ROOTFS, slirp4netns at MTU 65520, the short id as name and
+    # hostname, uid 0 in /, podman's environment; -e K passes the host's value, and nothing when it is unset.
+    env = {**os.environ, "AIOCONTAIN_ROOTFS": str(rootfs), "AIOCONTAIN_PASSED": "from the host"}
+    env.pop("AIOCONTAIN_UNSET", None)
+    script = "tr '\\0' '\\n' </proc/1/environ | sort; id -u; pwd; hostname; cat /sys/class/net/tap0/mtu"
+    argv = [sys.executable, "-m", "aiocontain", "run", "-e", "AIOCONTAIN_PASSED", "-e", "AIOCONTAIN_UNSET"]
+    proc = subprocess.run(
+        [*argv, "--", "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    *environ, uid, cwd, hostname, mtu = proc.stdout.splitlines()
+    assert len(hostname) == 12 and int(hostname, 16) >= 0  # the short id
+    assert environ == [
+        "AIOCONTAIN_PASSED=from the host",
+        "HOME=/root",
+        f"HOSTNAME={hostname}",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "TERM=xterm",
+        "container=aiocontain",
+    ]
+    assert (uid, cwd, mtu) == ("0", "/", "65520")
+
+
+@pytest.mark.parametrize(
+    "network, own_line",
+    [("slirp4netns", "10.0.2.100\tbox1"), ("none", "127.0.1.1\tbox1"), ("host", "127.0.1.1\tbox1")],
+)
+def test_etc_hosts_names_localhost_and_the_container(cli, network, own_line):
+    result = cli("--net", network, "--hostname", "box1", "--", "cat", "/etc/hosts")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        own_line,
+    ]
+
+
+def test_the_container_starts_with_the_hard_open_file_limit(rootfs):
+    # The CLI starts with a soft limit below its hard one; it raises its own to the hard limit before the fork
+    # server starts, so the container's processes start with the hard limit too, as under rootless podman.
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    assert hard > low, "the test needs a hard limit above 256"
+    argv = cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", "grep 'open files' /proc/self/limits")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, preexec_fn=lower)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[3:5] == [str(hard), str(hard)]
 
 
 def test_minimal_dev_tmp_and_readonly_sys(cli):
@@ -155,13 +236,9 @@ def test_host_loopback_only_when_allowed(cli, loopback_server):
 
 
 def _start(rootfs, *args):
-    return subprocess.Popen(
-        cli_argv(rootfs, "--net", "none", *args),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """`aiocontain run --net none ARGS` once its command printed ready; killed, reaped, its pipes closed on the
+    way out, whatever the test's outcome."""
+    return started(cli_argv(rootfs, "--net", "none", *args))
 
 
 def _started(proc, marker="ready"):
@@ -172,43 +249,28 @@ def _started(proc, marker="ready"):
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 42), (signal.SIGINT, 43), (signal.SIGHUP, 44)])
 def test_signals_are_forwarded(rootfs, signum, code, backend):
-    proc = _start(
-        rootfs,
-        "--backend",
-        backend,
-        "--",
-        "/bin/sh",
-        "-c",
-        "trap 'exit 42' TERM; trap 'exit 43' INT; trap 'exit 44' HUP; echo ready; sleep 60 & wait",
-    )
-    _started(proc)
-    proc.send_signal(signum)
-    assert proc.wait(timeout=20) == code
+    script = "trap 'exit 42' TERM; trap 'exit 43' INT; trap 'exit 44' HUP; echo ready; sleep 60 & wait"
+    with _start(rootfs, "--backend", backend, "--", "/bin/sh", "-c", script) as proc:
+        proc.send_signal(signum)
+        assert proc.wait(timeout=20) == code
 
 
 def test_ignored_sigterm_is_followed_by_kill_after_stop_timeout(rootfs):
     # A plain command as PID 1 has no handler: the kernel drops SIGTERM, so the grace period ends in SIGKILL.
-    proc = _start(
-        rootfs,
-        "--stop-timeout",
-        "1",
-        *JSON_LOGS,
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo ready; exec sleep 60",
-    )
-    _started(proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 137
-    assert '"container.killed"' in proc.stderr.read()
+    # The command says "late" 8 s on, within the default 10 s: only a stop timeout that is applied (0.5 s)
+    # kills it before that. Nothing is timed; the order of the two tells.
+    script = "echo ready; sleep 8; echo late"
+    with _start(rootfs, "--stop-timeout", "0.5", *JSON_LOGS, "--", "/bin/sh", "-c", script) as proc:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out) == (137, ""), err
+    assert '"container.killed"' in err
 
 
 def test_init_passes_signals_to_the_command(rootfs):
-    proc = _start(rootfs, "--init", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
-    _started(proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    with _start(rootfs, "--init", "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
 
 
 def test_init_is_pid1_and_reaps(cli):
@@ -284,9 +346,7 @@ int main(int argc, char **argv) {
 
 
 def test_invoking_uid_outside(rootfs):
-    proc = _start(rootfs, "--stop-timeout", "0", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
-    _started(proc)
-    try:
+    with _start(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
         (server,) = _children(proc.pid)  # the CLI's fork server, which forked the intermediate
         (intermediate,) = _children(server)
         (init,) = _children(intermediate)
@@ -294,9 +354,6 @@ def test_invoking_uid_outside(rootfs):
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         assert fields["Uid"].split() == [str(os.getuid())] * 4  # root inside is the invoking user outside
         assert fields["NSpid"].split() == [str(init), "1"]  # and PID 1 of its own namespace
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 def _children(pid: int) -> list[int]:
@@ -312,16 +369,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_a_second_user_exists_inside_when_the_user_has_subordinate_ids(cli):
+@pytest.mark.parametrize("mapping", ["subordinate", "single"])
+def test_a_second_user_exists_inside_only_with_subordinate_ids(cli, mapping):
+    # Without newuidmap on its PATH, the CLI maps the single id, whatever /etc/subuid says: both cases run here.
     from aiocontain import subids
 
-    result = cli(
-        "--net", "none", "--", "/bin/sh", "-c", "touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u:%g /tmp/f"
-    )
-    if subids.ranges(os.getuid(), Path("/etc/subuid")):
-        assert (result.code, result.stdout.strip()) == (0, "1000:1000")
+    if mapping == "subordinate" and not subids.ranges(os.getuid(), Path("/etc/subuid")):
+        pytest.skip("the test user has no subordinate ids (scripts/host-setup.sh gives it some)")
+    env = {**os.environ, "PATH": "/nonexistent"} if mapping == "single" else None
+    script = "touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u:%g /tmp/f"
+    result = cli("--net", "none", "--", "/bin/sh", "-c", script, env=env)
+    if mapping == "subordinate":
+        assert (result.code, result.stdout.strip()) == (0, "1000:1000"), result.stderr
     else:
-        assert result.code != 0  # the single mapping has no uid 1000
+        assert result.code != 0 and "Invalid argument" in result.stderr, result  # uid 1000 is not mapped
 
 
 def test_net_none_has_loopback_up_only(cli):
@@ -338,24 +399,36 @@ def test_net_host_shares_the_hosts_interfaces(cli):
     assert sorted(result.stdout.split()) == sorted(os.listdir("/sys/class/net"))
 
 
+# /sys's mount options, and what a write into it meets: EROFS on a read-only mount (checked before any
+# permission), EACCES on a writable one (its files are the host root's).
+SYS_PROBE = "awk '$5 == \"/sys\" {print $6}' /proc/self/mountinfo; mkdir /sys/kernel/probe 2>&1; true"
+
+
+def test_net_host_keeps_sys_read_only(cli, podman):
+    # With the host's network namespace a new sysfs is not the user's to mount: the host's is bound instead,
+    # and must be made read-only all the same.
+    result = cli("--net", "host", "--", "/bin/sh", "-c", SYS_PROBE)
+    assert result.code == 0, result.stderr
+    options, error = result.stdout.splitlines()
+    assert options.split(",")[0] == "ro", options
+    assert "Read-only file system" in error, error
+    under_podman = podman("--network", "host", "/bin/sh", "-c", SYS_PROBE)
+    assert under_podman.code == 0, under_podman.stderr
+    assert under_podman.stdout.splitlines()[0].split(",")[0] == "ro", under_podman.stdout
+    assert "Read-only file system" in under_podman.stdout.splitlines()[1], under_podman.stdout
+
+
 def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
     before = leftovers()
-    proc = subprocess.Popen(
-        cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    _started(proc)
-    children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)}
-    (slirp,) = [pid for pid, cmdline in children.items() if cmdline.split(b"\0")[0].endswith(b"slirp4netns")]
-    (server,) = [pid for pid in children if pid != slirp]  # the CLI's fork server, forked from it at start-up
-    (intermediate,) = _children(server)
-    (init,) = _children(intermediate)
-    pidfds = [os.pidfd_open(pid) for pid in (server, intermediate, init, slirp)]
-    proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
-    proc.wait()
+    with started(cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")) as proc:
+        children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)}
+        (slirp,) = [pid for pid, cmdline in children.items() if cmdline.split(b"\0")[0].endswith(b"slirp4netns")]
+        (server,) = [pid for pid in children if pid != slirp]  # the CLI's fork server, forked from it at start-up
+        (intermediate,) = _children(server)
+        (init,) = _children(intermediate)
+        pidfds = [os.pidfd_open(pid) for pid in (server, intermediate, init, slirp)]
+        proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
+        proc.wait()
     try:
         import select
 

@@ -63,8 +63,12 @@ import anyio
 import aiocontain.forkserver
 from aiocontain import Container, ContainerSpec, AiocontainError
 
-soft, hard, count, bursts = (int(arg) for arg in sys.argv[1:5])
+soft, hard, count, bursts, fill = (int(arg) for arg in sys.argv[1:5] + sys.argv[6:7])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+filler = [os.open("/dev/null", os.O_RDONLY) for _ in range(fill)]  # every fd the runtime opens comes after these
+first = os.dup(0)
+print("FIRST", first)
+os.close(first)
 
 async def one(results, everyone):
     spec = ContainerSpec(["/bin/sh", "-c", "read -r _"], rootfs=Path(sys.argv[5]), network_timeout=60, stdin=-1)
@@ -108,12 +112,23 @@ print("FDS", len(baseline), len(after), sorted(set(after.values()) - set(baselin
 """
 
 
-def _under_a_limit(rootfs, soft: int, hard: int, count: int, bursts: int = 1) -> list[str]:
-    argv = [sys.executable, "-c", _UNDER_A_LIMIT, str(soft), str(hard), str(count), str(bursts), str(rootfs)]
+def _under_a_limit(rootfs, soft: int, hard: int, count: int, bursts: int = 1, fill: int = 0) -> list[str]:
+    """The script's lines after FIRST (the lowest fd free once fill fds are taken); fill is pre-opened."""
+    args = [str(soft), str(hard), str(count), str(bursts), str(rootfs), str(fill)]
+    argv = [sys.executable, "-c", _UNDER_A_LIMIT, *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    return done.stdout.splitlines()
+    first, *lines = done.stdout.splitlines()
+    assert first.startswith("FIRST ") and int(first.split()[1]) >= fill
+    return lines
+
+
+def test_descriptors_past_1023_are_fine(rootfs):
+    # With 1100 fds taken first, every fd of the runtime's is past 1023, where select() cannot go: 20 networked
+    # containers at once, and each of their fds (pidfds, control sockets, pipes, netlink) is waited on there.
+    lines = _under_a_limit(rootfs, 4096, 4096, 20, fill=1100)
+    assert lines[:-1] == ["OK 20 4096"], lines
 
 
 def test_more_containers_than_the_soft_fd_limit_allows(rootfs):

@@ -26,6 +26,7 @@ EXPECTED = {
     "tun",
     "pasta",
     "init",
+    "overlay",
     "cgroup v2",
     "libseccomp",
     "rootfs",
@@ -51,7 +52,16 @@ def test_run_checks_covers_every_prerequisite(tmp_path: Path) -> None:
         assert check.detail.strip(), check
         if not check.ok:
             assert check.fix, check
-    optional = {"newuidmap", "newgidmap", "subuid", "subgid", "pasta", "init", "cgroup v2"}  # runs go on without
+    optional = {
+        "newuidmap",
+        "newgidmap",
+        "subuid",
+        "subgid",
+        "pasta",
+        "init",
+        "overlay",
+        "cgroup v2",
+    }  # containers run without them
     assert {c.name for c in checks if not c.required} == optional
 
 
@@ -195,11 +205,26 @@ def test_libseccomp_found_or_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_userns_check_reports_the_real_attempt() -> None:
     check = doctor.check_userns()
     assert check.name == "user namespaces" and check.required
-    assert check.detail.startswith("unshare(CLONE_NEWUSER)")
-    if check.ok:
-        assert "works" in check.detail
-    else:
-        assert check.fix is not None and "max_user_namespaces" in check.fix
+    if not check.ok:
+        pytest.skip(f"this host refuses unprivileged user namespaces: {check.detail}")
+    assert check.detail.startswith("unshare(CLONE_NEWUSER) works")
+
+
+def test_userns_check_reports_a_refusal_with_its_fix() -> None:
+    # user.max_user_namespaces is per user namespace: 0 in one of our own, and the check runs inside it.
+    import subprocess
+
+    code = "from aiocontain import doctor; c = doctor.check_userns(); print(c.ok); print(c.detail); print(c.fix)"
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    argv = ["unshare", "-Ur", "sh", "-c", script, "sh", sys.executable, "-c", code]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0 and "unshare" in proc.stderr:
+        pytest.skip(f"no user namespace of the test's own to refuse in: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    ok, detail, fix = proc.stdout.splitlines()
+    assert ok == "False"
+    assert detail.startswith("unshare(CLONE_NEWUSER) failed: ENOSPC"), detail
+    assert "user.max_user_namespaces=0" in detail and "max_user_namespaces" in fix
 
 
 def fake_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mountinfo: str, group: str) -> None:
@@ -309,3 +334,12 @@ def test_pasta_is_optional_and_a_missing_one_says_how_to_install_it(monkeypatch:
     monkeypatch.setenv("PATH", "/nonexistent")
     check = doctor.check_pasta()
     assert (check.ok, check.required, check.fix) == (False, False, "sudo apt-get install passt")
+
+
+def test_overlay_needs_linux_5_11(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = os.uname_result(("Linux", "h", "5.10.0-28-amd64", "#1", "x86_64"))
+    monkeypatch.setattr(doctor.os, "uname", lambda: fake)
+    check = doctor.check_overlay()
+    assert (check.ok, check.required) == (False, False) and "5.11" in check.detail and "--rootfs DIR:O" in check.detail
+    monkeypatch.setattr(doctor.os, "uname", lambda: os.uname_result(("Linux", "h", "6.1.0-18-amd64", "#1", "x")))
+    assert doctor.check_overlay().ok

@@ -14,7 +14,7 @@ import pytest
 import aiocontain
 from aiocontain import Container, ContainerSpec, NetworkMode, forkserver
 from aiocontain.errors import AiocontainError, CommandNotFound
-from tests.conftest import leftovers, open_fds
+from tests.conftest import leftovers, open_fds, slirp4netns_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.container]
 
@@ -47,23 +47,35 @@ async def test_output_and_network_info(rootfs):
     assert output.decode().split() == ["0", "embedded", "65520"]
 
 
-async def test_id_maps_seen_from_the_host_and_from_inside(rootfs):
-    """Host view: 0 is the user, 1..N the subordinate ids (as podman maps them). Inside: the container's own
-    user namespace, nested in the fork server's, maps the same ids one to one."""
+@pytest.mark.parametrize("mapping", ["subordinate", "single"])
+async def test_id_maps_seen_from_the_host_and_from_inside(rootfs, mapping, monkeypatch):
+    """Host view: 0 is the user, 1..N the subordinate ids (as podman maps them); without newuidmap (here: not
+    on PATH) the single mapping. Inside: the container's own user namespace, nested in the fork server's, maps
+    the same ids one to one. Each mapping on a fork server of its own, which maps its namespace at its start."""
     from aiocontain import subids
 
     uid_ranges = subids.ranges(os.getuid(), Path("/etc/subuid"))
     gid_ranges = subids.ranges(os.getuid(), Path("/etc/subgid"))
+    if mapping == "subordinate" and not (uid_ranges and gid_ranges):
+        pytest.skip("the test user has no subordinate ids (scripts/host-setup.sh gives it some)")
+    if mapping == "single":
+        monkeypatch.setenv("PATH", "/nonexistent")  # no newuidmap, no newgidmap
     script = "cat /proc/self/uid_map /proc/self/gid_map; read -r _"
     s = spec(rootfs, "/bin/sh", "-c", script, network=NetworkMode.NONE, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    async with Container(s) as container:
-        host = [Path(f"/proc/{container.pid}/{name}").read_text().split() for name in ("uid_map", "gid_map")]
-        own = Path(f"/proc/{os.getpid()}/ns/user").stat().st_ino
-        assert Path(f"/proc/{container.pid}/ns/user").stat().st_ino != own
-        await container.stdin.send(b"\n")
-        inside = [line.split() for line in b"".join([chunk async for chunk in container.stdout]).decode().splitlines()]
-        assert (await container.wait()).ok
-    if uid_ranges and gid_ranges:
+    server = forkserver.ForkServer.start()
+    try:
+        async with Container(s, fork_server=server) as container:
+            host = [Path(f"/proc/{container.pid}/{name}").read_text().split() for name in ("uid_map", "gid_map")]
+            own = Path(f"/proc/{os.getpid()}/ns/user").stat().st_ino
+            assert Path(f"/proc/{container.pid}/ns/user").stat().st_ino != own
+            await container.stdin.send(b"\n")
+            output = b"".join([chunk async for chunk in container.stdout]).decode()
+            inside = [line.split() for line in output.splitlines()]
+            assert (await container.wait()).ok
+    finally:
+        server.close()
+    assert server.mapping is not None and server.mapping.mode == mapping
+    if mapping == "subordinate":
         (ustart, ucount), (gstart, gcount) = uid_ranges[0], gid_ranges[0]
         assert host == [
             ["0", str(os.getuid()), "1", "1", str(ustart), str(ucount)],
@@ -144,9 +156,8 @@ async def test_slirp4netns_failure_is_reported_with_its_stderr(rootfs, tmp_path,
 async def test_slirp4netns_dying_mid_run_fails_the_run(rootfs):
     before = leftovers()
     async with Container(spec(rootfs, "sleep", "60")) as container:
-        slirps = [pid for pid in leftovers()["slirp4netns"] if pid not in before["slirp4netns"]]
-        assert len(slirps) == 1
-        os.kill(slirps[0], signal.SIGKILL)
+        (slirp,) = slirp4netns_pids()
+        os.kill(slirp, signal.SIGKILL)
         with pytest.raises(AiocontainError, match="slirp4netns was killed by SIGKILL"):
             await container.wait()
     assert leftovers() == before
@@ -194,16 +205,73 @@ async def test_cancellation_during_set_up_leaves_nothing(rootfs, delay, tmp_path
 async def test_state_follows_the_lifecycle(rootfs):
     container = Container(spec(rootfs, "true", network=NetworkMode.NONE))
     assert container.state == "created"
+    # The state at the very moment each event is emitted (wrapped here, synchronous): every state is seen.
+    seen: dict[str, str] = {}
+    emit = container.log.emit
+
+    def recording(level: str, event: str, fields: dict[str, object]) -> None:
+        seen.setdefault(event if event != "stage.started" else f"stage.started {fields['stage']}", container.state)
+        emit(level, event, fields)
+
+    container.log.emit = recording  # type: ignore[method-assign]
     async with container:
-        assert container.state in ("running", "exited")
+        assert container.state == "running"  # until the status is read, however soon `true` ends
         await container.wait()
         assert container.state == "exited"
+    assert seen["container.created"] == seen["stage.started spawn"] == seen["stage.started release"] == "setting-up"
+    assert seen["container.released"] == "released"  # released, the command being executed
+    assert seen["command.started"] == "running"
+    assert seen["container.exited"] == seen["teardown.finished"] == "exited"
     with anyio.move_on_after(30) as scope:
         async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as cancelled:
             assert cancelled.state == "running"
             scope.cancel()
             await cancelled.wait()
     assert cancelled.state == "exited"  # torn down without a wait: nothing of it runs any more
+
+
+async def test_the_monitor_process_is_what_kills_the_container_when_the_runtime_lets_go(rootfs, monkeypatch):
+    """Which kill guarantees that nothing of a container outlives it: its intermediate's (the monitor).
+
+    Teardown also SIGKILLs PID 1 through its pidfd first, so that the command stops before its stages are
+    undone; but only the intermediate's kill covers every path: it kills PID 1 and reaps it as soon as its
+    control socket reaches end of stream, which teardown's _stop_child causes and the kernel causes when the
+    runtime itself dies. Here every kill of the runtime's own is skipped: teardown still ends with PID 1
+    reaped, with no help (no SIGKILL of the intermediate after its grace period: child.killed).
+    """
+    import select
+
+    from aiocontain.stages.context import StageContext
+
+    monkeypatch.setattr(StageContext, "kill", lambda self, signum=signal.SIGKILL: False)
+    before = leftovers()
+    async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as container:
+        assert container.pid is not None
+        pidfd = os.pidfd_open(container.pid)
+    try:
+        assert select.select([pidfd], [], [], 0)[0] == [pidfd]  # gone when teardown returned: no waiting
+    finally:
+        os.close(pidfd)
+    assert "child.killed" not in [event.name async for event in container.events()]
+    assert leftovers() == before
+
+
+async def test_describe_network_false_names_only_the_interface(rootfs):
+    # In a fresh interpreter: the ready fd says when tap0 is configured, and pyroute2 is never imported.
+    code = (
+        "import sys, anyio, aiocontain\n"
+        "async def main():\n"
+        f"    spec = aiocontain.ContainerSpec(['/bin/sh', '-c', 'ip -4 addr show tap0'], rootfs={str(rootfs)!r})\n"
+        "    async with aiocontain.Container(spec, describe_network=False) as container:\n"
+        "        print(container.network, (await container.wait()).code, flush=True)\n"
+        "    print('pyroute2' in sys.modules)\n"
+        "anyio.run(main)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any("inet 10.0.2.100/24" in line for line in lines), lines  # the network itself is there
+    assert lines[-2:] == ["{'interface': 'tap0'} 0", "False"]
 
 
 def test_unconfigured_structlog_keeps_stdout_clean(rootfs):

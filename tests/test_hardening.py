@@ -129,6 +129,27 @@ def test_kernel_paths_are_masked_and_read_only(cli, podman):
         assert "Read-only file system" in result.stderr, (run, result)
 
 
+DEV_MOUNTS_PROBE = "grep -E ' /dev/(shm|pts) ' /proc/self/mounts"
+
+
+def dev_mount_flags(mounts: str) -> dict[str, list[str]]:
+    """Mount point -> which of nosuid, nodev, noexec its options have."""
+    found = {}
+    for line in mounts.splitlines():
+        _, point, _, options = line.split()[:4]
+        found[point] = sorted(set(options.split(",")) & {"nosuid", "nodev", "noexec"})
+    return found
+
+
+def test_dev_shm_and_pts_run_no_setuid_device_or_program(cli, podman):
+    """/dev/shm (writable by every user inside) is nosuid, nodev and noexec; /dev/pts nosuid and noexec:
+    as podman mounts them, so neither can bring in a setuid program, a device node or an executable."""
+    expected = {"/dev/shm": ["nodev", "noexec", "nosuid"], "/dev/pts": ["noexec", "nosuid"]}
+    for run, net in ((cli, "--net"), (podman, "--network")):
+        result = run(net, "none", "/bin/sh", "-c", DEV_MOUNTS_PROBE)
+        assert dev_mount_flags(result.stdout) == expected, (run, result)
+
+
 def test_privileged_sees_and_writes_them(cli):
     """The control: the same probe without masks (--privileged) sees the firmware and writes ip_forward."""
     result = cli("--net", "none", "--privileged", "/bin/sh", "-c", MASKED_PROBE)
@@ -267,8 +288,11 @@ def test_ping_without_cap_net_raw(cli, podman, probes):
     assert theirs.stdout == result.stdout
     # busybox 1.35's ping tries only a raw socket: it needs NET_RAW, added back here as with podman
     assert cli("--cap-add", "NET_RAW", "/bin/ping", "-c1", "10.0.2.2").code == 0
-    group_range = cli("--net", "none", "/bin/cat", "/proc/sys/net/ipv4/ping_group_range").stdout.split()
-    assert group_range[0] == "0" and int(group_range[1]) >= 0
+    files = "/proc/sys/net/ipv4/ping_group_range /proc/self/gid_map"
+    group_range, gid_map = cli("--net", "none", "/bin/sh", "-c", f"cat {files}").stdout.split("\n", 1)
+    # every mapped group may ping: 0 up to the last gid of the map (contiguous from 0: the user's, then subids)
+    counts = [int(count) for count in gid_map.split()[2::3]]
+    assert group_range.split() == ["0", str(sum(counts) - 1)], (group_range, gid_map)
     host_range = Path("/proc/sys/net/ipv4/ping_group_range").read_text().split()
     if int(host_range[0]) > int(host_range[1]):  # the host's own range is empty, as by default
         host = cli("--net", "host", probe, "127.0.0.1", rootfs_dir=probes.rootfs)

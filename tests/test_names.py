@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -68,3 +69,18 @@ async def test_an_embedded_duplicate_is_refused_before_anything_starts(rootfs):
     async with Container(ContainerSpec(["/bin/true"], rootfs=rootfs, name="twin", network="none")) as c:
         assert (await c.wait()).code == 0
     assert leftovers() == before
+
+
+def test_without_a_runtime_dir_each_user_has_names_of_its_own(tmp_path, monkeypatch):
+    # In a shared temporary directory another user's directory must never be used (nor block us).
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(names.tempfile, "gettempdir", lambda: str(tmp_path))
+    held = names.claim("web")
+    assert held.path == str(tmp_path / f"aiocontain.names-{os.getuid()}" / "web.lock")
+    held.release()
+
+
+def test_a_names_directory_that_is_not_ours_is_refused(tmp_path):
+    (tmp_path / names.DIRECTORY).symlink_to(tmp_path)  # not a directory of its own: e.g. planted by someone
+    with pytest.raises(AiocontainError, match="does not belong to this user"):
+        names.claim("web", base=str(tmp_path))

@@ -6,18 +6,28 @@ import os
 import select
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from aiocontain.network.pasta import Pasta
-from tests.conftest import cli_argv, leftovers
+from tests.conftest import cli_argv, leftovers, user_processes
 from tests.test_cli_run import _start, _started
 
 pytestmark = pytest.mark.container
 
 
-def _pastas() -> list[int]:
-    return leftovers()["slirp4netns"]  # type: ignore[return-value]  # every network helper of this user
+def _pastas() -> set[int]:
+    """The user's pasta processes (setpriv until it has executed pasta, passt.avx2 where pasta re-executes)."""
+    found = set()
+    for pid in user_processes():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue  # gone meanwhile
+        if command.endswith((b"pasta", b"passt", b"passt.avx2", b"setpriv")):
+            found.add(pid)
+    return found
 
 
 def _host_ipv4() -> set[str]:
@@ -152,10 +162,10 @@ def test_without_pasta_net_pasta_is_one_line_and_leaves_nothing(rootfs, tmp_path
 
 
 def test_a_killed_pasta_is_one_line_naming_the_signal(rootfs):
-    before = leftovers()
+    before, pastas = leftovers(), _pastas()
     proc = _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
     _started(proc)
-    (pasta,) = [pid for pid in _pastas() if pid not in before["slirp4netns"]]  # type: ignore[operator]
+    (pasta,) = _pastas() - pastas
     os.kill(pasta, signal.SIGKILL)
     assert proc.wait(timeout=30) == 125
     stderr = proc.stderr.read() if proc.stderr else ""
@@ -168,10 +178,10 @@ def test_a_killed_pasta_is_one_line_naming_the_signal(rootfs):
 
 def test_pasta_dies_with_a_sigkilled_runtime(rootfs):
     # pasta has no exit fd: its parent-death signal is what ends it when the runtime cannot.
-    before = leftovers()
+    pastas = _pastas()
     proc = _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
     _started(proc)
-    (pasta,) = [pid for pid in _pastas() if pid not in before["slirp4netns"]]  # type: ignore[operator]
+    (pasta,) = _pastas() - pastas
     pidfd = os.pidfd_open(pasta)
     try:
         proc.kill()

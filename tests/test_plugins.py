@@ -188,13 +188,13 @@ async def test_a_failing_exited_hook_is_reported_and_the_status_stands(rootfs):
     assert [(e.fields["plugin"], e.fields["hook"]) for e in failed] == [("bad-exit", "exited")]
 
 
-def make_plugin_distribution(site: Path, name: str, source: str, entry: str) -> None:
+def make_plugin_distribution(site: Path, name: str, source: str, entry: str, attr: str = "make") -> None:
     """An installed distribution as importlib.metadata sees one: a dist-info with entry_points.txt."""
     (site / f"{name}.py").write_text(textwrap.dedent(source))
     info = site / f"{name}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[aiocontain.plugins]\n{entry} = {name}:make\n")
+    (info / "entry_points.txt").write_text(f"[aiocontain.plugins]\n{entry} = {name}:{attr}\n")
 
 
 @pytest.fixture
@@ -337,3 +337,146 @@ def test_a_failing_hook_on_the_cli_is_one_line_naming_the_plugin_and_leaves_noth
     ]
     assert leftovers() == before
     assert run_cli(site, *cli_argv(rootfs, "--disable-plugin", "grumpy", "--", "true")).returncode == 0
+
+
+# A plugin that notes each of its hooks in the file named by $PLUGIN_LOG (the CLI's environment).
+LOGGING_PLUGIN = """
+import os
+from aiocontain.plugins import Plugin
+
+class Logging(Plugin):
+    order = {order}
+    enabled_by_default = {enabled}
+
+    def _log(self, hook):
+        with open(os.environ["PLUGIN_LOG"], "a") as log:
+            log.write(f"{{self.name}} {{hook}}\\n")
+
+    async def prepare(self, context):
+        self._log("prepare")
+        context.env["SEEN_BY"] = context.env.get("SEEN_BY", "") + self.name + ","
+
+    async def exited(self, context):
+        self._log("exited")
+
+make = Logging
+"""
+
+
+def logging_plugins(site: Path, plugins: dict[str, tuple[int, bool]]) -> None:
+    """One distribution per plugin: name -> (order, enabled_by_default)."""
+    site.mkdir(exist_ok=True)
+    for name, (order, enabled) in plugins.items():
+        make_plugin_distribution(site, name, LOGGING_PLUGIN.format(order=order, enabled=enabled), name)
+
+
+def run_logged(site: Path, rootfs: Path, log: Path, *args: str) -> tuple[str, list[str]]:
+    """The command's $SEEN_BY and the hooks' log of one CLI run with the plugins in site."""
+    env_args = ("--net", "none", *args, "--", "/bin/sh", "-c", "echo ${SEEN_BY:-none}")
+    env = {**os.environ, "PLUGIN_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    proc = subprocess.run(
+        cli_argv(rootfs, *env_args), capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    hooks = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return proc.stdout.strip(), hooks
+
+
+def test_installed_plugins_run_by_order_then_name_and_exited_hooks_in_reverse(tmp_path, rootfs):
+    # Names sort the other way round from orders, and two share an order: only (order, name) gives this.
+    site = tmp_path / "site"
+    logging_plugins(site, {"alpha": (300, True), "zulu": (5, True), "mike": (100, True), "bravo": (100, True)})
+    seen, hooks = run_logged(site, rootfs, tmp_path / "log")
+    assert seen == "zulu,bravo,mike,alpha,"
+    assert hooks == [
+        *(f"{name} prepare" for name in ("zulu", "bravo", "mike", "alpha")),
+        *(f"{name} exited" for name in ("alpha", "mike", "bravo", "zulu")),
+    ]
+
+
+def test_a_plugin_off_by_default_runs_only_when_enabled(tmp_path, rootfs):
+    site = tmp_path / "site"
+    logging_plugins(site, {"optin": (100, False), "always": (100, True)})
+    assert run_logged(site, rootfs, tmp_path / "log")[0] == "always,"
+    assert run_logged(site, rootfs, tmp_path / "log", "--enable-plugin", "optin")[0] == "always,optin,"
+    assert run_logged(site, rootfs, tmp_path / "log", "--enable-plugin", "optin", "--disable-plugin", "always")[0] == (
+        "optin,"
+    )
+
+
+def test_entry_points_may_name_an_instance_and_anything_else_is_skipped(tmp_path, rootfs):
+    site = tmp_path / "site"
+    site.mkdir()
+    instance = """
+        from aiocontain.plugins import Plugin
+
+        class Shared(Plugin):
+            async def prepare(self, context):
+                context.env["FROM"] = "instance"
+
+        shared = Shared()
+        """
+    make_plugin_distribution(site, "single", instance, "single", attr="shared")
+    make_plugin_distribution(site, "number", "answer = 42\n", "number", attr="answer")
+    make_plugin_distribution(site, "stranger", "class NotAPlugin:\n    pass\n", "stranger", attr="NotAPlugin")
+    listing = run_cli(site, sys.executable, "-m", "aiocontain", "plugins")
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert "enabled" in lines["single"]
+    for name in ("number", "stranger"):
+        assert "skipped" in lines[name] and "is not an aiocontain.plugins.Plugin" in lines[name], lines[name]
+    proc = run_cli(site, *cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", "echo $FROM"))
+    assert (proc.returncode, proc.stdout) == (0, "instance\n"), proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "plugin=number" in warnings[0] and "plugin=stranger" in warnings[1]
+
+
+def test_configure_raising_any_error_is_one_line_naming_the_plugin_and_nothing_starts(tmp_path, rootfs):
+    site = tmp_path / "site"
+    site.mkdir()
+    fussy = """
+        from aiocontain.plugins import Plugin
+
+        class Fussy(Plugin):
+            def configure(self, args):
+                raise ValueError("the moon is not in the right phase")
+
+        make = Fussy
+        """
+    make_plugin_distribution(site, "fussy", fussy, "fussy")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    before = leftovers()
+    env = {"XDG_RUNTIME_DIR": str(runtime), "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    proc = subprocess.run(
+        cli_argv(rootfs, "--net", "none", "true"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 125
+    assert proc.stderr.splitlines() == ["aiocontain: plugin fussy: ValueError: the moon is not in the right phase"]
+    assert list(runtime.iterdir()) == []  # nothing started: not even a runtime directory
+    assert leftovers() == before
+
+
+class Sleepy(Plugin):
+    """No hook_timeout of its own: the default applies."""
+
+    name = "sleepy"
+
+    async def prepare(self, context: PrepareContext) -> None:
+        await anyio.sleep_forever()
+
+
+@pytest.mark.anyio
+async def test_a_hook_has_ten_seconds_by_default(rootfs):
+    assert "hook_timeout" not in vars(Sleepy)
+    with pytest.raises(AiocontainError) as caught:
+        async with Container(spec(rootfs, "true"), [Sleepy()]):
+            pass
+    assert caught.value.message == "plugin sleepy: its prepare hook did not return within 10s"

@@ -52,6 +52,8 @@ def test_defaults_are_valid() -> None:
         {"network_timeout": 0.001},
         {"stop_timeout": 3600.5},
         {"command": ["sh", "-c", ""]},
+        {"tty_size": (0, 0)},  # the size a new pty has: both bounds are inclusive
+        {"tty_size": (0xFFFF, 0xFFFF)},
     ],
 )
 def test_valid_values_are_accepted(kwargs: dict[str, Any]) -> None:
@@ -134,6 +136,11 @@ def test_a_zero_network_timeout_is_refused() -> None:
 def test_negative_or_nan_timeout_is_refused(field: str, value: float) -> None:
     err = refused(**{field: value})
     assert field.replace("_", " ") in str(err)
+
+
+@pytest.mark.parametrize("size", [(-1, 80), (24, -1), (0x10000, 80), (24, 0x10000)])
+def test_terminal_size_out_of_range_is_refused(size: tuple[int, int]) -> None:
+    assert "terminal size" in str(refused(tty_size=size))
 
 
 @pytest.mark.parametrize("network", ["bridge", "", "SLIRP4NETNS", "pasta4"])

@@ -1,10 +1,12 @@
 """Find where this user may make cgroup v2 groups, before anything starts.
 
-Three places, as the issue and podman's users expect: an explicit
-``--cgroup-parent DIR`` (any directory of a cgroup2 mount the user owns, such
-as the seed's manual mount); else the subtree delegated to the user that
+In this order, as podman's users expect: an explicit ``--cgroup-parent DIR``
+(any directory of a cgroup2 mount the user owns, such as the subtree of the
+README's manual set-up); else the subtree delegated to the user that
 aiocontain's own process runs in (systemd's ``user@UID.service`` with
-``Delegate=yes``, or a ``systemd-run --user --scope -p Delegate=yes``).
+``Delegate=yes``, or a ``systemd-run --user --scope -p Delegate=yes``); else
+nowhere: the container runs without a cgroup of its own, and limits asked for
+are refused with the fix.
 cgroup v1 hierarchies are never touched: only cgroup2 mounts are considered.
 
 The kernel lets a process move another between two groups only with write
@@ -15,13 +17,13 @@ go inside the subtree aiocontain itself runs in, never beside it.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiocontain import hostuser
 from aiocontain.cgroups.limits import Limits
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import CgroupError
 
 # Module-level so tests can point discovery at a prepared tree.
 MOUNTINFO_PATH = Path("/proc/self/mountinfo")
@@ -146,12 +148,12 @@ def delegation_root(start: Path, mount: Mount) -> Path | None:
 def place(limits: Limits, cgroup_parent: Path | None = None, *, enabled: bool = True) -> Placement | None:
     """Where this container's leaf goes; None to run without one (nothing asked for and nothing delegated).
 
-    Raises AiocontainError, one line with the fix, when limits are asked for and cannot be had.
+    Raises CgroupError, one line with the fix, when limits are asked for and cannot be had.
     """
     required = limits.controllers()
     if not enabled:
         if limits:
-            raise AiocontainError(
+            raise CgroupError(
                 "resource limits need a cgroup, and --cgroups=disabled was given",
                 fix="drop --cgroups=disabled or the limit options",
             )
@@ -172,14 +174,14 @@ def place(limits: Limits, cgroup_parent: Path | None = None, *, enabled: bool = 
     mount = mount_of(own, found) if own is not None else None
     top = delegation_root(own, mount) if own is not None and mount is not None else None
     if own is None or top is None:
-        reason = f"aiocontain's cgroup {own or '(unknown)'} is not delegated to {_user()}"
+        reason = f"aiocontain's cgroup {own or '(unknown)'} is not delegated to {hostuser.name()}"
         return _unavailable(limits, reason, FIX_SCOPE)
     available = controllers_of(top)
     missing = [name for name in required if name not in available]
     if missing:
-        names = "/".join(missing)
-        raise AiocontainError(
-            f"the {names} controller{'s are' if len(missing) > 1 else ' is'} not delegated to {_user()} in {top}",
+        names, user = "/".join(missing), hostuser.name()
+        raise CgroupError(
+            f"the {names} controller{'s are' if len(missing) > 1 else ' is'} not delegated to {user} in {top}",
             fix=fix_delegate("cpu cpuset io memory pids"),
         )
     is_hierarchy_root = top == (mount.point if mount is not None else None) and mount is not None and mount.root == "/"
@@ -195,44 +197,45 @@ def place(limits: Limits, cgroup_parent: Path | None = None, *, enabled: bool = 
 def _explicit(parent: Path, found: list[Mount], required: tuple[str, ...]) -> Placement:
     option = f"--cgroup-parent {parent}"
     if not parent.is_absolute():
-        raise AiocontainError(f"{option}: not an absolute path", fix="give a directory of a cgroup2 mount")
+        raise CgroupError(f"{option}: not an absolute path", fix="give a directory of a cgroup2 mount")
     if not parent.is_dir():
-        raise AiocontainError(f"{option}: no such directory", fix="give a directory of a cgroup2 mount")
+        raise CgroupError(f"{option}: no such directory", fix="give a directory of a cgroup2 mount")
     mount = mount_of(parent, found)
     if mount is None:
-        raise AiocontainError(
+        raise CgroupError(
             f"{option}: not a cgroup v2 directory",
             fix="give a directory inside a cgroup2 mount (findmnt -t cgroup2 lists them)",
         )
     if not writable(parent):
-        raise AiocontainError(
-            f"{option}: not writable by {_user()}",
-            fix=f"delegate it: sudo chown {_user()} {parent} {parent}/cgroup.procs {parent}/cgroup.subtree_control "
+        user = hostuser.name()
+        raise CgroupError(
+            f"{option}: not writable by {user}",
+            fix=f"delegate it: sudo chown {user} {parent} {parent}/cgroup.procs {parent}/cgroup.subtree_control "
             f"{parent}/cgroup.threads",
         )
     own = own_directory(found)
     if own is None or mount_of(own, found) != mount:
-        raise AiocontainError(
+        raise CgroupError(
             f"{option}: aiocontain's own process is not in that cgroup2 hierarchy",
             fix=f"start aiocontain from a group inside {parent}",
         )
     common = Path(os.path.commonpath([own, parent]))
     if not os.access(common / "cgroup.procs", os.W_OK):
-        raise AiocontainError(
+        raise CgroupError(
             f"{option}: moving the container there needs write access to {common}/cgroup.procs, "
             f"the common ancestor with aiocontain's own group {own}",
             fix=f"start aiocontain from a group inside {parent}, e.g. as root once: mkdir {parent}/session && "
-            f"chown {_user()} {parent}/session/cgroup.procs, then echo $$ > {parent}/session/cgroup.procs",
+            f"chown {hostuser.name()} {parent}/session/cgroup.procs, then echo $$ > {parent}/session/cgroup.procs",
         )
     available = controllers_of(parent)
     missing = [name for name in required if name not in available]
     if missing:
         controllers = " ".join(f"+{name}" for name in missing)
-        raise AiocontainError(
+        raise CgroupError(
             f"{option}: the {'/'.join(missing)} controller is not available there",
             fix=f"enable it in the parent: echo '{controllers}' | sudo tee {parent.parent}/cgroup.subtree_control",
         )
-    # Our own process inside the parent itself (the seed's layout) is moved to a leaf of its own first.
+    # Our own process inside the parent itself (the README's manual set-up) is moved to a leaf of its own first.
     return Placement(parent, parent, _wanted(required, available), evict=has_processes(parent))
 
 
@@ -243,15 +246,8 @@ def _wanted(required: tuple[str, ...], available: list[str]) -> tuple[str, ...]:
 def _unavailable(limits: Limits, reason: str, fix: str) -> Placement | None:
     """No leaf: fine without limits (the container runs unlimited, as podman's rootless cgroup v1 does)."""
     if limits:
-        raise AiocontainError(f"cannot apply resource limits: {reason}", fix=fix)
+        raise CgroupError(f"cannot apply resource limits: {reason}", fix=fix)
     return None
-
-
-def _user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _unescape(field: str) -> str:

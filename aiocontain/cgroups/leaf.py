@@ -7,13 +7,17 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from aiocontain.cgroups.hierarchy import RUNTIME_LEAF, Placement
-from aiocontain.cgroups.limits import Limits
+from aiocontain.cgroups.limits import Limits, format_size
 from aiocontain.cgroups.watch import FileWatch
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import CgroupError
+
+if TYPE_CHECKING:
+    from aiocontain.events import EventLog
 
 EMPTY_TIMEOUT = 5.0
 
@@ -82,11 +86,11 @@ class Leaf:
                 try:
                     _write(target, value)
                 except FileNotFoundError:
-                    raise AiocontainError(
+                    raise CgroupError(
                         f"this kernel has no {filename} in {path}", fix="drop the option that sets it"
                     ) from None
                 except OSError as exc:
-                    raise AiocontainError(f"cannot set {filename} to {value}: {exc.strerror}") from None
+                    raise CgroupError(f"cannot set {filename} to {value}: {exc.strerror}") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 path.rmdir()
@@ -126,6 +130,20 @@ class Leaf:
         new, self.oom_reported = max(0, total - self.oom_reported), max(total, self.oom_reported)
         return new
 
+    def report_oom(self, log: EventLog, pid: int | None) -> None:
+        """Emit container.oom for the kills not reported yet (the watcher's, or ones read at exit)."""
+        from aiocontain import events
+
+        if self.new_oom_kills():
+            memory = self.limits.memory
+            log.warning(
+                events.OOM,
+                pid=pid,
+                oom_kills=self.oom_reported,
+                memory_limit=memory,
+                limit=format_size(memory) if memory is not None else None,
+            )
+
     def watch_memory_events(self) -> FileWatch:
         return FileWatch(self.path / "memory.events")
 
@@ -133,7 +151,12 @@ class Leaf:
         return self.read("cgroup.events").get("populated", 0) == 1
 
     async def remove(self) -> None:
-        """Kill whatever is left (cgroup.kill), wait until the group is empty, remove it."""
+        """Kill whatever is left (cgroup.kill), wait until the group is empty, remove it.
+
+        The one other place that removes a container's cgroup is the intermediate, when the runtime died
+        (``aiocontain.child.intermediate._remove_cgroup``): the same three steps, but stdlib-only, blocking
+        (poll's POLLPRI instead of inotify through the event loop) and relative to an fd of the host's root.
+        """
         with FileWatch(self.path / "cgroup.events") as watch, anyio.move_on_after(EMPTY_TIMEOUT):
             if self.populated():
                 with contextlib.suppress(OSError):
@@ -147,7 +170,7 @@ class Leaf:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
-            raise AiocontainError(f"cannot remove the container's cgroup {self.path}: it still has processes") from None
+            raise CgroupError(f"cannot remove the container's cgroup {self.path}: it still has processes") from None
 
 
 def _write(path: Path, value: str) -> None:

@@ -7,7 +7,7 @@ outside. With ``tty`` it opens the container's own terminal (child/console.py)
 and sends its master up on the report socket (Console) before the release.
 
 With ``--init`` it execs the host's static init instead (catatonit, bind-mounted
-read-only at ``rootfs.INIT_PATH``), like ``podman run --init``: that stays PID 1,
+read-only at ``mounts.INIT_PATH``), like ``podman run --init``: that stays PID 1,
 runs the command as PID 2, passes signals on to it and reaps every orphan, so that
 a command without signal handlers still stops on SIGTERM and zombies never pile up.
 """
@@ -23,7 +23,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, rootfs
+from aiocontain.child import console, harden, ids, mounts
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -37,46 +37,52 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         os.setsid()  # before anything else: no moment inside the caller's session
         # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
         syscalls.set_parent_death_signal(signal.SIGKILL)
-        # Two bytes on the release pipe: M once our id maps are written (build the root meanwhile, as runc's
-        # create does), R for the release itself (the host side is ready: exec).
-        if os.read(release_r, 1) != b"M":
+        # Two bytes on the release pipe: MAPPED once our id maps are written (build the root meanwhile, as
+        # runc's create does), RELEASE for the release itself (the host side is ready: exec).
+        if os.read(release_r, 1) != messages.MAPPED:
             os._exit(0)  # the runtime went away first
         _become_root()
         if config.unshare_net:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
-        rootfs.build(config)
+        mounts.build(config)
         env = dict(config.env)
         try:
             os.makedirs(config.workdir, exist_ok=True)
             os.chdir(config.workdir)
         except (FileExistsError, NotADirectoryError):
-            _report(report_w, Failed("workdir", f"{config.workdir} is not a directory", errno.ENOTDIR))
+            _report(report_w, Failed(messages.STEP_WORKDIR, f"{config.workdir} is not a directory", errno.ENOTDIR))
             os._exit(126)
         if config.tty:
-            _send_console(report_w)
-        if os.read(release_r, 1) != b"R":
+            _send_console(report_w, config.user[0] if config.user is not None else None)
+        if os.read(release_r, 1) != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
         # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         if config.mount_cgroup:
-            rootfs.mount_cgroup()
+            mounts.mount_cgroup()
         harden.apply(config)  # capabilities, no_new_privs, keyring: CAP_SYS_ADMIN stays effective for seccomp
+        ids.set_limits(config.rlimits)
+        filter_first = ids.filter_first(config.user, bool(config.seccomp), config.no_new_privs)
+        if config.user is not None and not filter_first:
+            ids.switch(config.user)
         if config.seccomp:
             # Last, at the one point before both exec paths, so it covers --init's PID 1 too. What runs from
             # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
             syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
+        if filter_first and config.user is not None:
+            ids.switch(config.user)
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
-        _report(report_w, Failed("setup", _describe(exc), getattr(exc, "errno", 0) or 0))
+        _report(report_w, Failed(messages.STEP_SETUP, _describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
     if config.init:
         _exec_init(config, env, report_w)
     _exec(config.argv, env, report_w)
 
 
-def _send_console(report_w: int) -> None:
+def _send_console(report_w: int, owner: int | None) -> None:
     """Open the container's terminal and hand its master to the runtime, which holds the only copy."""
-    master = console.open_console()
+    master = console.open_console(owner)
     report = socket.socket(fileno=report_w)
     try:
         messages.send(report, Console(), [master])
@@ -111,9 +117,9 @@ def _exec_init(config: Config, env: dict[str, str], report_w: int) -> NoReturn:
         _exec_failed(config.argv[0], exc, report_w)
     _reset_signals()
     try:
-        os.execve(rootfs.INIT_PATH, [rootfs.INIT_PATH, "--", *config.argv], env)
+        os.execve(mounts.INIT_PATH, [mounts.INIT_PATH, "--", *config.argv], env)
     except OSError as exc:
-        _report(report_w, Failed("setup", f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
+        _report(report_w, Failed(messages.STEP_SETUP, f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
         os._exit(125)
 
 
@@ -131,7 +137,7 @@ def _reset_signals() -> None:
 
 def _exec_failed(name: str, exc: OSError, report_w: int) -> NoReturn:
     code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-    _report(report_w, Failed("exec", f"{name}: {exc.strerror}", exc.errno or 0))
+    _report(report_w, Failed(messages.STEP_EXEC, f"{name}: {exc.strerror}", exc.errno or 0))
     os._exit(code)
 
 

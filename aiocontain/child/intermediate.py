@@ -56,9 +56,11 @@ def main(fd: int) -> NoReturn:
         config = None  # the runtime went away before we started
     if not isinstance(config, Config):
         os._exit(125)
+    step = messages.STEP_NAMESPACES
     try:
         syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if config.unshare_net else 0))
         _send_or_exit(sock, Unshared())  # the runtime writes our id maps while we go on
+        step = messages.STEP_SETUP  # the namespaces exist: what fails from here is their set-up
         socket.sethostname(config.hostname)
         if config.unshare_net:
             netdev.bring_up("lo")
@@ -66,7 +68,7 @@ def main(fd: int) -> NoReturn:
             netdev.create_persistent_tap(config.tap)
         netlink = netdev.open_netlink() if config.want_netlink else None
     except OSError as exc:
-        _send_or_exit(sock, Failed("namespaces", exc.strerror or str(exc), exc.errno or 0))
+        _send_or_exit(sock, Failed(step, exc.strerror or str(exc), exc.errno or 0))
         os._exit(125)
 
     _host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -159,7 +161,11 @@ def _kill_and_exit(pid: int, pidfd: int, cleanup: bool = False) -> NoReturn:
 
 
 def _remove_cgroup(parent: int, name: str) -> None:
-    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir."""
+    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir.
+
+    The runtime's own path (``aiocontain.cgroups.leaf.Leaf.remove``) does the same with inotify through its
+    event loop; this one runs only when the runtime is gone, stdlib-only, relative to the host's root fd.
+    """
     try:
         kill = os.open(name + "/cgroup.kill", os.O_WRONLY, dir_fd=parent)
         try:

@@ -1,4 +1,4 @@
-"""The runtime's side of the fork server (the zygote in ``aiocontain.child.zygote``).
+"""The runtime's side of the fork server, whose own code is ``aiocontain.child.forkserver``.
 
 Every container needs an intermediate process: the one that unshares the
 namespaces and forks the container's PID 1. Starting a Python interpreter for

@@ -20,7 +20,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from aiocontain import fdlimit, messages
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import Stdio
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped
 
@@ -83,8 +83,7 @@ class ForkedProcess:
                 message, fds = await _receive(channel)
                 if isinstance(message, Forked) and len(fds) == 1:
                     return cls(message.pid, fds[0], channel, stdio, released)
-                for fd in fds:
-                    os.close(fd)
+                messages.close_fds(fds)
         except BaseException:
             channel.close()
             stdio.close()
@@ -105,12 +104,13 @@ class ForkedProcess:
         """Wait for the answer to ``request_map``; raises AiocontainError if the kernel refused the maps."""
         async with self._lock:
             message, fds = await _receive(self._channel)
-        for fd in fds:
-            os.close(fd)
+        messages.close_fds(fds)
         if isinstance(message, Failed):
-            raise AiocontainError(f"cannot map the container's user namespace: {message.message}")
+            raise SetupError(f"cannot map the container's user namespace: {message.message}")
+        if message is None:
+            raise SetupError("the fork server exited while mapping the container's user namespace")
         if not isinstance(message, IdsMapped):
-            raise AiocontainError("the fork server exited while mapping the container's user namespace")
+            raise UnexpectedMessage("fork server", "IdsMapped", message)
 
     async def wait_exit(self) -> None:
         """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
@@ -127,8 +127,7 @@ class ForkedProcess:
             await self.wait_exit()
             while self.returncode is None and not self.status_lost:
                 message, fds = await _receive(self._channel)
-                for fd in fds:
-                    os.close(fd)
+                messages.close_fds(fds)
                 if isinstance(message, Reaped):
                     self.returncode = os.waitstatus_to_exitcode(message.status)
                 elif message is None:

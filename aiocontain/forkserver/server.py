@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 UNSHARE_TIMEOUT = 10.0  # for the server's first message: a fresh interpreter's start-up under load
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
-_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.zygote import main;main({fd})"
+_BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.forkserver import main;main({fd})"
 
 
 class ForkServer:
@@ -90,12 +90,12 @@ class ForkServer:
                 parent.detach()
                 os.closerange(3, fd)  # whatever the owner inherited is not ours to hold open
                 os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
-                from aiocontain.child import zygote
+                from aiocontain.child import forkserver
 
-                zygote.prepare(owner)
+                forkserver.prepare(owner)
                 requests = socket.socket(fileno=fd)
-                zygote.own_user_namespace(requests)
-                zygote.serve(requests)
+                forkserver.own_user_namespace(requests)
+                forkserver.serve(requests)
             finally:
                 os._exit(70)
         child.close()
@@ -159,10 +159,9 @@ class ForkServer:
         if not _readable(self._requests.fileno(), UNSHARE_TIMEOUT):
             raise AiocontainError("the fork server did not start", fix="aiocontain doctor")
         message, fds = messages.recv(self._requests)
-        for fd in fds:
-            os.close(fd)
+        messages.close_fds(fds)
         if isinstance(message, messages.Failed):
-            raise userns.namespace_error(message.message)
+            raise userns.namespace_error(message)
         if not isinstance(message, messages.Unshared):
             raise AiocontainError("the fork server exited at start-up", fix="aiocontain doctor")
         return userns.map_from_outside(self.pid)

@@ -5,7 +5,7 @@ user has subordinate ids, 0 maps to the user and 1..N to the subordinate range,
 so that a container can have more than one user; otherwise a single mapping,
 with setgroups denied (the kernel requires that before an unprivileged process
 writes gid_map). Each container's own user namespace is nested in this one and
-mapped by the fork server (``aiocontain.child.zygote``), with no helper.
+mapped by the fork server (``aiocontain.child.forkserver``), with no helper.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocontain import subids
-from aiocontain.errors import AiocontainError
+from aiocontain import messages, subids
+from aiocontain.errors import AiocontainError, HostPrerequisiteError, SetupError
 
 HELPER_TIMEOUT = 10.0
 
@@ -30,21 +30,38 @@ class IdMapping:
     uid_range: tuple[int, int] | None = None  # the subordinate (start, count) mapped to 1..count
     gid_range: tuple[int, int] | None = None
 
+    @property
+    def highest_uid(self) -> int:
+        """The highest uid mapped inside (0 alone without subordinate ids)."""
+        return self.uid_range[1] if self.uid_range is not None else 0
+
+    @property
+    def highest_gid(self) -> int:
+        return self.gid_range[1] if self.gid_range is not None else 0
+
+
+def planned() -> IdMapping:
+    """How map_from_outside will map the fork server's namespace, known before anything starts."""
+    uid = os.getuid()
+    uid_ranges = subids.ranges(uid, Path("/etc/subuid"))
+    gid_ranges = subids.ranges(uid, Path("/etc/subgid"))
+    if uid != 0 and uid_ranges and gid_ranges and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        return IdMapping("subordinate", uid_ranges[0], gid_ranges[0])
+    return IdMapping("single")
+
 
 def map_from_outside(pid: int) -> IdMapping:
     """Write the uid/gid maps of process pid's (new, empty) user namespace as the invoking user."""
     uid, gid = os.getuid(), os.getgid()
-    uid_ranges = subids.ranges(uid, Path("/etc/subuid"))
-    gid_ranges = subids.ranges(uid, Path("/etc/subgid"))
-    helpers = shutil.which("newuidmap"), shutil.which("newgidmap")
-    if uid != 0 and uid_ranges and gid_ranges and helpers[0] and helpers[1]:
+    plan = planned()
+    if plan.uid_range is not None and plan.gid_range is not None:
         _run_helpers(
             [
-                [helpers[0], str(pid), "0", str(uid), "1", "1", *map(str, uid_ranges[0])],
-                [helpers[1], str(pid), "0", str(gid), "1", "1", *map(str, gid_ranges[0])],
+                [str(shutil.which("newuidmap")), str(pid), "0", str(uid), "1", "1", *map(str, plan.uid_range)],
+                [str(shutil.which("newgidmap")), str(pid), "0", str(gid), "1", "1", *map(str, plan.gid_range)],
             ]
         )
-        return IdMapping("subordinate", uid_ranges[0], gid_ranges[0])
+        return plan
     proc = Path(f"/proc/{pid}")
     (proc / "setgroups").write_text("deny")
     (proc / "uid_map").write_text(f"0 {uid} 1\n")
@@ -52,15 +69,16 @@ def map_from_outside(pid: int) -> IdMapping:
     return IdMapping("single")
 
 
-def namespace_error(message: str) -> AiocontainError:
-    """The one line for a failed unshare of the namespaces (by the fork server or a container's child)."""
-    if "unshare" in message:
-        return AiocontainError(
-            f"cannot create the container's namespaces: {message}",
+def namespace_error(failure: messages.Failed) -> AiocontainError:
+    """The one line for a Failed from the fork server or a container's intermediate before Ready: a refused
+    unshare (STEP_NAMESPACES) is this host's user namespaces; anything else, the container's set-up."""
+    if failure.step == messages.STEP_NAMESPACES:
+        return HostPrerequisiteError(
+            f"cannot create the container's namespaces: {failure.message}",
             fix="enable unprivileged user namespaces: sudo sysctl -w kernel.unprivileged_userns_clone=1 "
             "user.max_user_namespaces=28633 (and kernel.apparmor_restrict_unprivileged_userns=0 where it exists)",
         )
-    return AiocontainError(f"container set-up failed: {message}")
+    return SetupError(f"container set-up failed: {failure.message}")
 
 
 def _run_helpers(commands: list[list[str]]) -> None:
@@ -81,7 +99,7 @@ def _run_helpers(commands: list[list[str]]) -> None:
             continue
         if helper.returncode != 0 and failure is None:
             detail = stderr.decode(errors="replace").strip().splitlines()
-            failure = AiocontainError(
+            failure = HostPrerequisiteError(
                 f"{tool} failed: {detail[-1] if detail else f'exit status {helper.returncode}'}",
                 fix="check the user's ranges in /etc/subuid and /etc/subgid (aiocontain doctor)",
             )

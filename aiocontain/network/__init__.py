@@ -1,43 +1,30 @@
-"""Network drivers: one small interface, one module each (as rootlesskit does).
+"""Network drivers: one narrow interface, one module each (as rootlesskit's are).
 
-A driver says whether the container gets its own network namespace, what its
-/etc/resolv.conf and /etc/hosts say, starts its host-side helper against the
-child (``start``) and decides when the network is ready (``wait_ready``).
+A driver says whether the container gets a network namespace of its own, what
+its /etc/resolv.conf and /etc/hosts say, and whether it needs the netlink socket
+the intermediate can open in the new namespace. ``start`` is given what it may
+use (``NetworkHost``: the process whose namespaces to join, the runtime
+directory, a task group for its supervisor, a failure callback and the event
+log) and returns a cleanup, or None when there is nothing to start;
+``wait_ready`` returns a typed ``NetworkInfo`` once the network is ready. A
+driver that offers an API to the plugins (slirp4netns's socket) has it as
+``api``. Drivers know nothing of the stages: the network and tap stages call them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+
+from aiocontain.network.driver import Api, Cleanup, NetworkDriver, NetworkHost, NetworkInfo
 
 if TYPE_CHECKING:
     from aiocontain.spec import ContainerSpec
-    from aiocontain.stages.context import StageContext
+
+__all__ = ["Api", "Cleanup", "NetworkDriver", "NetworkHost", "NetworkInfo", "driver_for"]
 
 
-class NetworkDriver(Protocol):
-    name: str
-    unshare_netns: bool
-    wants_netlink: bool
-    tap: str | None  # a persistent tap device the child creates in the new namespace, for the host side
-
-    def check(self) -> None:
-        """Refuse to start, with a one-line fix, when the host lacks what the driver needs."""
-
-    def resolv_conf(self) -> str: ...
-
-    def hosts_line(self, hostname: str) -> str: ...
-
-    async def start(self, ctx: StageContext) -> bool:
-        """Start the host side; False when there is nothing to start."""
-        ...
-
-    async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
-        """Return facts about the ready network (address, gateway, mtu), or None if nothing to wait for."""
-        ...
-
-
-def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
-    """The spec's driver. describe=False: learn readiness without decoding what the kernel reports
+def driver_for(spec: ContainerSpec, describe_network: bool = True) -> NetworkDriver:
+    """The spec's driver. describe_network=False: learn readiness without decoding what the kernel reports
     (slirp4netns's ready fd), so that pyroute2 is never imported; the facts are then only the interface."""
     from aiocontain.spec import NetworkMode
 
@@ -48,7 +35,7 @@ def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
             mtu=spec.mtu,
             allow_host_loopback=spec.allow_host_loopback,
             timeout=spec.network_timeout,
-            describe=describe,
+            describe_network=describe_network,
             ipv6=spec.ipv6,
         )
     if spec.network is NetworkMode.PASTA:
@@ -58,7 +45,7 @@ def driver_for(spec: ContainerSpec, describe: bool = True) -> NetworkDriver:
             mtu=spec.mtu,
             allow_host_loopback=spec.allow_host_loopback,
             timeout=spec.network_timeout,
-            describe=describe,
+            describe_network=describe_network,
             ipv6=spec.ipv6,
         )
     if spec.network is NetworkMode.HOST:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
 
-from aiocontain.stages.context import StageContext
+from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 
 
 class NoNetwork:
     name = "none"
     unshare_netns = True
+    describe_network = False
     wants_netlink = False
     tap: str | None = None
+    api: Api | None = None
 
     def check(self) -> None:
         pass
@@ -22,8 +24,8 @@ class NoNetwork:
     def hosts_line(self, hostname: str) -> str:
         return f"127.0.1.1\t{hostname}\n"
 
-    async def start(self, ctx: StageContext) -> bool:
-        return False
+    async def start(self, host: NetworkHost) -> Cleanup | None:
+        return None
 
-    async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
+    async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo | None:
         return None

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any
+import socket
 
 import anyio
 
 from aiocontain import events, processes
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, HostPrerequisiteError, NetworkError
+from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 from aiocontain.network.slirp4netns import TAP, exit_error, watch
 from aiocontain.spec import DEFAULT_MTU
-from aiocontain.stages.context import StageContext
 
 _TUN = "/dev/net/tun"
 _LOOPBACK_RESOLVERS = ("127.", "::1")
@@ -46,37 +46,40 @@ class Pasta:
     name = "pasta"
     unshare_netns = True
     tap: str | None = TAP  # created persistent by the child: pasta's TUNSETIFF attaches to it
+    api: Api | None = None  # ports are published from its start instead (publish)
 
     def __init__(
-        self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True, ipv6: bool = True
+        self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe_network: bool = True, ipv6: bool = True
     ) -> None:
         self.mtu = mtu
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
         self.ipv6 = ipv6
-        self.wants_netlink = describe
+        self.describe_network = describe_network
+        self.wants_netlink = describe_network  # its pid file is written once IPv6 is configured too
         self.binary: str | None = None
         self.setpriv: str | None = None
         self.ports: list[str] = []  # -t/-u options, from publish()
         self._ready_fd = -1
         self._supervised = anyio.Event()
+        self._error: AiocontainError | None = None  # why it exited early, once it has
 
     def check(self) -> None:
         if self.mtu > _MAX_MTU:
             raise AiocontainError(f"invalid MTU {self.mtu} for pasta", fix=f"use a value from 68 to {_MAX_MTU}")
         self.binary = shutil.which("pasta")
         if self.binary is None:
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 "pasta is not installed", fix="sudo apt-get install passt, or run with --net slirp4netns"
             )
         self.setpriv = shutil.which("setpriv")  # util-linux, essential on Debian
         if self.setpriv is None:
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 "setpriv is not installed, so pasta could outlive a killed runtime",
                 fix="sudo apt-get install util-linux",
             )
         if not os.access(_TUN, os.R_OK | os.W_OK):
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 f"{_TUN} is not usable by this user, so pasta cannot attach to tap0",
                 fix=f"sudo chmod 0666 {_TUN}, or run with --net none",
             )
@@ -119,36 +122,41 @@ class Pasta:
             argv.append("--ipv4-only")
         return [*argv, str(pid)]
 
-    async def start(self, ctx: StageContext) -> bool:
-        assert ctx.process is not None and ctx.runtime_dir is not None
-        pid_file = str(ctx.runtime_dir.path / "pasta.pid")
+    async def start(self, host: NetworkHost) -> Cleanup:
+        pid_file = str(host.runtime_dir / "pasta.pid")
         os.mkfifo(pid_file, 0o600)
         # Open before pasta does: its open for writing then does not block, and its write makes ours readable.
         self._ready_fd = os.open(pid_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        ctx.stack.callback(os.close, self._ready_fd)
-        process = processes.Helper.spawn(self.argv(ctx.process.pid, pid_file))
+        try:
+            process = processes.Helper.spawn(self.argv(host.pid, pid_file))
+        except BaseException:
+            os.close(self._ready_fd)
+            raise
         stderr = bytearray()
         supervised = self._supervised
+        stopping = False
 
         async def stop() -> None:
-            ctx.stopping = True
-            process.kill()  # no state to save: its flows go with the container
-            await supervised.wait()
-            await process.aclose()
+            nonlocal stopping
+            stopping = True
+            try:
+                process.kill()  # no state to save: its flows go with the container
+                await supervised.wait()
+                await process.aclose()
+            finally:
+                os.close(self._ready_fd)
 
         async def supervise() -> None:
             try:
                 await watch(process, stderr)
             finally:
                 supervised.set()
-            if not ctx.stopping:
-                error = exit_error(process.returncode, stderr, "pasta")
-                ctx.log.info(events.HELPER_FAILED, helper="pasta", error=error.message)
-                ctx.fail(error)
+            if not stopping:
+                self._error = exit_error(process.returncode, stderr, "pasta")
+                host.failed(self._error)
 
-        ctx.stack.push_async_callback(stop)
-        ctx.tg.start_soon(supervise)
-        ctx.log.debug(
+        host.tg.start_soon(supervise)
+        host.log.debug(
             events.PASTA_STARTED,
             pid=process.pid,
             mtu=self.mtu,
@@ -156,27 +164,27 @@ class Pasta:
             ipv6=self.ipv6,
             ports=" ".join(self.ports),
         )
-        return True
+        return stop
 
-    async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
-        if self.wants_netlink:
+    async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
+        if self.describe_network:
             from aiocontain.netlink import wait_configured  # pyroute2, before the deadline starts
         try:
             with anyio.fail_after(self.timeout):
                 await anyio.wait_readable(self._ready_fd)
                 if not os.read(self._ready_fd, 64):
                     await self._supervised.wait()  # it exited: its supervisor fails the run with its stderr
-                    raise ctx.failure or AiocontainError("pasta exited before tap0 was ready")
-                if not self.wants_netlink:
-                    return {"interface": TAP}
-                assert ctx.netlink is not None
+                    raise self._error or NetworkError("pasta exited before tap0 was ready")
+                if not self.describe_network:
+                    return NetworkInfo(TAP)
+                assert netlink is not None
                 # pasta configured everything before it wrote its PID: these events are queued already.
-                state = await wait_configured(ctx.netlink, TAP)
+                state = await wait_configured(netlink, TAP)
         except TimeoutError:
-            raise AiocontainError(
+            raise NetworkError(
                 f"{TAP} did not come up within {self.timeout:g}s", fix="check pasta (aiocontain doctor)"
             ) from None
-        return state.as_dict()
+        return NetworkInfo(**state.as_dict())
 
 
 def _loopback_resolver(line: str) -> bool:

@@ -1,6 +1,7 @@
 """``--net slirp4netns``: user-mode networking, no root and no bridges.
 
-slirp4netns joins the child's user and network namespaces, creates tap0 and
+slirp4netns joins the child's user and network namespaces, attaches to tap0,
+which the child created persistent there (``aiocontain.child.netdev``), and
 (``--configure``) gives it 10.0.2.100/24 with 10.0.2.2 as gateway and 10.0.2.3
 as DNS. It gets an exit fd, so it ends when the runtime closes the other end,
 and it is supervised: an early exit fails the run with its own stderr. Its API
@@ -10,7 +11,7 @@ command starts (``api``).
 Readiness comes from the kernel either way, never by polling: rtnetlink events
 on the socket the child opened in the container's namespace, decoded with
 pyroute2 (which also gives the address, gateway and MTU), or, when nobody wants
-those facts (``describe=False``: the CLI unless it logs info), slirp4netns's own
+those facts (``describe_network=False``: the CLI unless it logs info), slirp4netns's own
 ``--ready-fd``, written once tap0 is configured, which spares importing pyroute2.
 
 It runs in its own sandbox where its build has one, as podman runs it
@@ -23,14 +24,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from typing import Any
 
 import anyio
 
 from aiocontain import events, processes, rtnl
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, HostPrerequisiteError, NetworkError
 from aiocontain.network import slirp_sandbox
-from aiocontain.stages.context import StageContext
+from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
 
 TAP = "tap0"
 ADDRESS = "10.0.2.100"
@@ -45,28 +47,29 @@ class Slirp4netns:
     tap: str | None = TAP  # created persistent by the child: see aiocontain.child.netdev.create_persistent_tap
 
     def __init__(
-        self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe: bool = True, ipv6: bool = True
+        self, *, mtu: int, allow_host_loopback: bool, timeout: float, describe_network: bool = True, ipv6: bool = True
     ) -> None:
         self.mtu = mtu
         self.allow_host_loopback = allow_host_loopback
         self.timeout = timeout
         self.ipv6 = ipv6
-        self.describe = describe
-        self.wants_netlink = describe or ipv6  # the ready fd says nothing of IPv6, which comes later by RA
+        self.describe_network = describe_network
+        self.wants_netlink = describe_network or ipv6  # the ready fd says nothing of IPv6, which comes later by RA
         self.binary: str | None = None
         self.sandbox: tuple[str, ...] = ()
         self.api_socket: str | None = None
         self._ready_fd = -1  # our end of --ready-fd
         self._supervised = anyio.Event()
+        self._error: AiocontainError | None = None  # why it exited early, once it has
 
     def check(self) -> None:
         self.binary = shutil.which("slirp4netns")
         if self.binary is None:
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 "slirp4netns is not installed", fix="sudo apt-get install slirp4netns, or run with --net none"
             )
         if not os.access(_TUN, os.R_OK | os.W_OK):
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 f"{_TUN} is not usable by this user, so slirp4netns cannot create tap0",
                 fix=f"sudo chmod 0666 {_TUN}, or run with --net none",
             )
@@ -78,17 +81,17 @@ class Slirp4netns:
     def hosts_line(self, hostname: str) -> str:
         return f"{ADDRESS}\t{hostname}\n"
 
-    async def start(self, ctx: StageContext) -> bool:
-        assert ctx.process is not None and self.binary is not None and ctx.runtime_dir is not None
-        self.api_socket = str(ctx.runtime_dir.path / "slirp4netns.sock")
+    async def start(self, host: NetworkHost) -> Cleanup:
+        assert self.binary is not None
+        self.api_socket = str(host.runtime_dir / "slirp4netns.sock")
         # Always a ready fd: slirp4netns writes it only once its API socket listens, after tap0 is up. Until
         # then the runtime directory that holds the socket must stay, and the release removes that directory.
         self._ready_fd, ready_w = os.pipe()
-        ctx.stack.callback(os.close, self._ready_fd)
         try:
             exit_r, exit_w = os.pipe()
         except BaseException:
             os.close(ready_w)  # out of fds: nothing of this start may stay open
+            os.close(self._ready_fd)
             raise
         exit_fd, ready_fd = processes.FIRST_PASSED_FD, processes.FIRST_PASSED_FD + 1  # as the helper sees them
         argv = [
@@ -104,48 +107,56 @@ class Slirp4netns:
         if self.ipv6:
             argv.append("--enable-ipv6")  # fd00::/64 by router advertisement, default route via fe80::2
         argv += self.sandbox
-        argv += [str(ctx.process.pid), TAP]
+        argv += [str(host.pid), TAP]
         try:
             process = processes.Helper.spawn(argv, [exit_r, ready_w])
         except BaseException:
             os.close(exit_w)
+            os.close(self._ready_fd)
             raise
         finally:
             os.close(exit_r)
             os.close(ready_w)
         stderr = bytearray()
         supervised = self._supervised
+        stopping = False
 
         async def stop() -> None:
-            ctx.stopping = True
-            os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
-            with anyio.move_on_after(5):
-                await supervised.wait()  # its stderr reached end of file and it has been reaped
-            if not supervised.is_set():
-                process.kill()
-                process.stderr.close_fd()  # stop reading: a lingering child of its own may hold stderr open
-                await supervised.wait()  # the supervisor reaps it, killed
-            await process.aclose()
+            nonlocal stopping
+            stopping = True
+            try:
+                os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
+                with anyio.move_on_after(5):
+                    await supervised.wait()  # its stderr reached end of file and it has been reaped
+                if not supervised.is_set():
+                    process.kill()
+                    process.stderr.close_fd()  # stop reading: a lingering child of its own may hold stderr open
+                    await supervised.wait()  # the supervisor reaps it, killed
+                await process.aclose()
+            finally:
+                os.close(self._ready_fd)
 
         async def supervise() -> None:
             try:
                 await watch(process, stderr)
             finally:
                 supervised.set()
-            if not ctx.stopping:
-                error = exit_error(process.returncode, stderr)
-                # The run fails with this error, printed once: the event is its record, not a second line.
-                ctx.log.info(events.HELPER_FAILED, helper="slirp4netns", error=error.message)
-                ctx.fail(error)
+            if not stopping:
+                self._error = exit_error(process.returncode, stderr)
+                host.failed(self._error)
 
-        ctx.stack.push_async_callback(stop)
-        ctx.tg.start_soon(supervise)
-        ctx.log.debug(
+        host.tg.start_soon(supervise)
+        host.log.debug(
             events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback, ipv6=self.ipv6
         )
-        return True
+        return stop
 
-    async def api(self, request: dict[str, Any]) -> dict[str, Any]:
+    @property
+    def api(self) -> Api:
+        """slirp4netns's API socket, for the plugins' prestart hooks (port forwards)."""
+        return self._request
+
+    async def _request(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request to slirp4netns's API (one JSON object a connection), e.g. add_hostfwd.
 
         The socket lives in the runtime directory, which goes once the command
@@ -165,42 +176,42 @@ class Slirp4netns:
         answer: dict[str, Any] = json.loads(reply)
         if "error" in answer:
             detail = answer["error"].get("desc", answer["error"]) if isinstance(answer["error"], dict) else answer
-            raise AiocontainError(f"slirp4netns refused {request.get('execute')}: {detail}")
+            raise NetworkError(f"slirp4netns refused {request.get('execute')}: {detail}")
         return answer
 
-    async def wait_ready(self, ctx: StageContext) -> dict[str, Any] | None:
-        if self.describe:
+    async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
+        if self.describe_network:
             # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
             from aiocontain.netlink import wait_configured
         try:
             with anyio.fail_after(self.timeout):
-                if not self.describe:
-                    facts = await self._wait_ready_fd(ctx)
+                if not self.describe_network:
+                    await self._wait_ready_fd()
                     if self.ipv6:  # its address and route come after the ready fd, from slirp4netns's RA
-                        assert ctx.netlink is not None
-                        await rtnl.wait_ipv6(ctx.netlink, rtnl.Ipv6State(TAP))
-                    return facts
-                assert ctx.netlink is not None
-                state = await wait_configured(ctx.netlink, TAP, ipv6=self.ipv6)
-                await self._wait_ready_fd(ctx)  # and its API socket listens
+                        assert netlink is not None
+                        await rtnl.wait_ipv6(netlink, rtnl.Ipv6State(TAP))
+                    return NetworkInfo(TAP)
+                assert netlink is not None
+                state = await wait_configured(netlink, TAP, ipv6=self.ipv6)
+                await self._wait_ready_fd()  # and its API socket listens
         except TimeoutError:
             what = "with its IPv6 address and route " if self.ipv6 else ""
-            raise AiocontainError(
+            raise NetworkError(
                 f"{TAP} did not come up {what}within {self.timeout:g}s",
                 fix="check slirp4netns (aiocontain doctor)" + (", or run with --ipv6=false" if self.ipv6 else ""),
             ) from None
-        return state.as_dict()
+        return NetworkInfo(**state.as_dict())
 
-    async def _wait_ready_fd(self, ctx: StageContext) -> dict[str, Any]:
+    async def _wait_ready_fd(self) -> None:
         await anyio.wait_readable(self._ready_fd)
         if os.read(self._ready_fd, 1):
-            return {"interface": TAP}
+            return
         # End of file: slirp4netns exited first. Its supervisor fails the run with its stderr.
         await self._supervised.wait()
-        raise ctx.failure or AiocontainError("slirp4netns exited before tap0 was ready")
+        raise self._error or NetworkError("slirp4netns exited before tap0 was ready")
 
 
-def exit_error(code: int | None, stderr: bytearray, helper: str = "slirp4netns") -> AiocontainError:
+def exit_error(code: int | None, stderr: bytearray, helper: str = "slirp4netns") -> NetworkError:
     """Why the helper ended: a signal (its last words are then only progress, not a cause), or its stderr."""
     if code is not None and code < 0:
         import signal
@@ -209,13 +220,13 @@ def exit_error(code: int | None, stderr: bytearray, helper: str = "slirp4netns")
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return AiocontainError(
+        return NetworkError(
             f"{helper} was killed by {name}, so the container lost its network and was stopped",
             fix="something outside killed it (an OOM kill, a kill of the user's processes); run the container again",
         )
     lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip() and not _noise(line)]
     detail = lines[-1] if lines else "no message"
-    return AiocontainError(f"{helper} exited early with status {code}: {detail}")
+    return NetworkError(f"{helper} exited early with status {code}: {detail}")
 
 
 def _noise(line: str) -> bool:

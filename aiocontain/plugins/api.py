@@ -31,14 +31,49 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
+
+from aiocontain.mounts import Mount
 
 if TYPE_CHECKING:
-    from aiocontain.container import Container, ExitStatus
+    from collections.abc import Awaitable, Callable
+
+    from aiocontain.events import Event, EventStream
+    from aiocontain.spec import ContainerSpec
+    from aiocontain.status import ExitStatus
 
 API_VERSION = 1
 SUPPORTED_API_VERSIONS = frozenset({1})
 HOOKS = ("prepare", "prestart", "started", "exited")
+
+
+class ContainerHandle(Protocol):
+    """What a plugin's hooks see of a container: ``aiocontain.Container`` is one (see its documentation)."""
+
+    id: str
+    name: str
+    spec: ContainerSpec
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def cgroup(self) -> Path | None: ...
+
+    @property
+    def network(self) -> dict[str, Any]: ...
+
+    def events(self) -> EventStream: ...
+
+    def history(self) -> list[Event]:
+        """Every event of the container so far, oldest first."""
+        ...
+
+    def send_signal(self, signum: int) -> bool: ...
+
+    def kill(self) -> bool: ...
+
+    def _plugin_event(self, plugin: str, kind: str, data: dict[str, Any]) -> None: ...
 
 
 class Veto(Exception):
@@ -46,9 +81,10 @@ class Veto(Exception):
 
 
 @dataclass
-class BindMount:
-    source: str
-    target: str
+class BindMount(Mount):
+    """A host file or directory bound into the container: read-only unless asked (``ContainerSpec.mounts``
+    takes the same type, and ``Mount`` for tmpfs)."""
+
     readonly: bool = True
 
 
@@ -56,7 +92,7 @@ class BindMount:
 class PrepareContext:
     """What a ``prepare`` hook may change before anything starts."""
 
-    container: Container
+    container: ContainerHandle
     env: dict[str, str] = field(default_factory=dict)  # set on top of the spec's environment
     mounts: list[BindMount] = field(default_factory=list)
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # target -> (content, mode)
@@ -88,11 +124,11 @@ class PrepareContext:
 class PrestartContext:
     """The container exists (namespaces, cgroup, network); its command has not started."""
 
-    container: Container
+    container: ContainerHandle
     pid: int  # the container's PID 1, on the host
     network: dict[str, Any]
     cgroup: Path | None
-    _api: Any = None  # the network driver's API call, where it has one (slirp4netns)
+    _api: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None  # the network driver's, if any
 
     async def slirp4netns_api(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request to slirp4netns's API socket, e.g. {"execute": "add_hostfwd", "arguments": {...}}."""
@@ -107,13 +143,13 @@ class PrestartContext:
 
 @dataclass
 class StartedContext:
-    container: Container
+    container: ContainerHandle
     pid: int
 
 
 @dataclass
 class ExitedContext:
-    container: Container
+    container: ContainerHandle
     status: ExitStatus
 
 
@@ -148,11 +184,9 @@ class Plugin:
     async def exited(self, context: ExitedContext) -> None:
         """The command ended."""
 
-    def emit(self, container: Container, kind: str, **data: Any) -> None:
+    def emit(self, container: ContainerHandle, kind: str, **data: Any) -> None:
         """Emit this plugin's own event on the container's stream: ``plugin.event`` with plugin, kind and data."""
-        from aiocontain import events
-
-        container.log.info(events.PLUGIN_EVENT, plugin=self.display_name(), kind=kind, data=data)
+        container._plugin_event(self.display_name(), kind, data)
 
     def overrides(self, hook: str) -> bool:
         """Whether this plugin has its own ``hook`` (the base class's do nothing and are not called)."""

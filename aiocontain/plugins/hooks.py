@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from aiocontain import events
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import AiocontainError, PluginError
 from aiocontain.events import EventLog
 from aiocontain.plugins.api import Plugin, Veto
 
@@ -49,16 +49,19 @@ async def run_hooks(plugins: Sequence[Plugin], hook: str, context: Any, log: Eve
     return called
 
 
-def _describe(name: str, hook: str, timeout: float, exc: Exception) -> AiocontainError:
+def _describe(name: str, hook: str, timeout: float, exc: Exception) -> PluginError:
     if isinstance(exc, Veto):
-        return AiocontainError(f"plugin {name} stopped the run: {exc}")
+        return PluginError(f"plugin {name} stopped the run: {exc}", plugin=name)
     if isinstance(exc, TimeoutError):
-        return AiocontainError(
+        return PluginError(
             f"plugin {name}: its {hook} hook did not return within {timeout:g}s",
+            plugin=name,
             fix=f"--disable-plugin {name}",
         )
     if isinstance(exc, AiocontainError):  # the plugin's own error for the user, with its own fix: as from configure
-        return AiocontainError(f"plugin {name}: {exc.message}", fix=exc.fix)
-    return AiocontainError(
-        f"plugin {name} failed in its {hook} hook: {type(exc).__name__}: {exc}", fix=f"--disable-plugin {name}"
+        return PluginError(f"plugin {name}: {exc.message}", plugin=name, fix=exc.fix)
+    return PluginError(
+        f"plugin {name} failed in its {hook} hook: {type(exc).__name__}: {exc}",
+        plugin=name,
+        fix=f"--disable-plugin {name}",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from aiocontain.errors import AiocontainError
+from aiocontain.errors import HostPrerequisiteError
 
 SONAME = "libseccomp.so.2"
 
@@ -57,7 +57,7 @@ def _load() -> ctypes.CDLL:
         try:
             lib = ctypes.CDLL(SONAME, use_errno=True)  # by soname: ctypes.util.find_library runs ldconfig
         except OSError:
-            raise AiocontainError(
+            raise HostPrerequisiteError(
                 f"cannot load {SONAME} to compile the seccomp profile",
                 fix="install libseccomp (Debian: apt-get install libseccomp2), or run with --security-opt "
                 "seccomp=unconfined",

@@ -6,6 +6,9 @@ Where the leaf goes was decided before anything started
 without limits asked for, the stage is skipped. While the container runs, an
 inotify watch on memory.events reports each OOM kill as it happens; teardown
 kills what is left (cgroup.kill) and removes the leaf.
+
+Reads ``placement``, ``init_pid`` (and ``init``, for PID 1's report should it be
+gone); sets ``cgroup``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from aiocontain import events
-from aiocontain.cgroups import Leaf, format_size
-from aiocontain.errors import AiocontainError
-from aiocontain.stages import release
+from aiocontain.cgroups import Leaf
+from aiocontain.errors import CgroupError
 from aiocontain.stages.context import StageContext
 
 
@@ -29,15 +31,16 @@ async def run(ctx: StageContext) -> bool:
     try:
         leaf = Leaf.create(placement, ctx.spec.short_id, limits)
     except OSError as exc:
-        raise AiocontainError(f"cannot create the container's cgroup in {placement.parent}: {exc.strerror}") from None
+        raise CgroupError(f"cannot create the container's cgroup in {placement.parent}: {exc.strerror}") from None
     ctx.cgroup = leaf
     ctx.stack.push_async_callback(leaf.remove)
     try:
         leaf.add(ctx.init_pid)
     except ProcessLookupError:
-        raise await release.init_failure(ctx) from None  # it died building its root: say why
+        assert ctx.init is not None
+        raise await ctx.init.exit_reason() from None  # it died building its root: say why
     except OSError as exc:
-        raise AiocontainError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
+        raise CgroupError(f"cannot move the container into its cgroup {leaf.path}: {exc.strerror}") from None
     controllers = list(placement.controllers)
     ctx.log.debug(events.CGROUP_CREATED, path=str(leaf.path), controllers=controllers, **limits.describe())
     if "memory" in placement.controllers:
@@ -52,18 +55,4 @@ async def _watch_oom(ctx: StageContext, leaf: Leaf, scope: anyio.CancelScope, *,
         task_status.started()
         while True:
             await watch.changed()
-            report_oom(ctx, leaf)
-
-
-def report_oom(ctx: StageContext, leaf: Leaf) -> None:
-    """Emit container.oom for kills not reported yet (the watcher's, or ones read at exit)."""
-    new = leaf.new_oom_kills()
-    if new:
-        memory = leaf.limits.memory
-        ctx.log.warning(
-            events.OOM,
-            pid=ctx.init_pid,
-            oom_kills=leaf.oom_reported,
-            memory_limit=memory,
-            limit=format_size(memory) if memory is not None else None,
-        )
+            leaf.report_oom(ctx.log, ctx.init_pid)

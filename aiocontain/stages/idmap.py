@@ -3,42 +3,27 @@
 The container's user namespace is nested in the fork server's, which was mapped
 once, as podman maps its pause process's (``aiocontain.forkserver.userns``): 0
 to the user and 1..N to the subordinate ids where the user has them, otherwise
-the user alone. This stage has the fork server, root of that parent namespace,
-write the container's maps: the same ids, with no setuid helper per container.
+the user alone. The fork server, root of that parent namespace, writes the
+container's maps: the same ids, with no setuid helper per container.
 
-The request goes to the fork server during spawn (``begin``), as soon as the
-child says its namespaces exist, so the maps are written while the child forks
-the init; this stage reads the answer (it waits on the fork server's channel,
-with no task of its own) and raises its error. Once the maps are written it tells
-PID 1 (``M`` on its release pipe), which then builds the container's root while
-the other stages run; the release stage sends the second byte.
+The spawn stage asked for them as soon as the intermediate said its namespaces
+exist, so they are written while it forks PID 1; this stage waits for the fork
+server's answer (raising its error) and then tells PID 1 (``mapped``), which
+builds the container's root while the other stages run.
+
+Reads ``process`` and ``init``; sets nothing.
 """
 
 from __future__ import annotations
-
-import os
 
 from aiocontain import events
 from aiocontain.stages.context import StageContext
 
 
-def begin(ctx: StageContext) -> None:
-    """Ask the fork server to write the child's id maps; the answer waits on its channel."""
-    assert ctx.process is not None
-    ctx.process.request_map()
-    ctx.idmap_requested = True
-
-
 async def run(ctx: StageContext) -> None:
-    assert ctx.process is not None
-    if not ctx.idmap_requested:
-        begin(ctx)
+    assert ctx.process is not None and ctx.init is not None
     await ctx.process.ids_mapped()
-    assert ctx.release_w is not None
-    try:
-        os.write(ctx.release_w, b"M")  # PID 1 may build its root now, while the host side is set up
-    except BrokenPipeError:
-        pass  # PID 1 is gone: the release reads why
+    ctx.init.mapped()
     mapping = ctx.process.mapping
     if mapping is not None:
         ctx.log.debug(events.IDMAP_MAPPED, mode=mapping.mode, uid_range=mapping.uid_range, gid_range=mapping.gid_range)

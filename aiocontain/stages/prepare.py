@@ -2,6 +2,8 @@
 
 They may set environment variables, add bind mounts and files, or veto the run;
 what they ask for is kept on the context for the spawn stage to pass on.
+
+Reads ``plugins`` and ``container``; sets ``extra_env``, ``mounts``, ``files``.
 """
 
 from __future__ import annotations

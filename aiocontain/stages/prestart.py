@@ -2,6 +2,8 @@
 
 Namespaces, cgroup and network are ready, so a hook can add port forwards
 through slirp4netns's API or veto the run; teardown undoes everything either way.
+
+Reads ``plugins``, ``container``, ``init_pid``, ``network``, ``cgroup``, ``driver``; sets nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,6 @@ async def run(ctx: StageContext) -> bool:
         pid=ctx.init_pid,
         network=dict(ctx.network),
         cgroup=ctx.cgroup.path if ctx.cgroup is not None else None,
-        _api=getattr(ctx.driver, "api", None),
+        _api=ctx.driver.api,
     )
     return await run_hooks(ctx.plugins, "prestart", context, ctx.log)

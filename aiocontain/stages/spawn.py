@@ -2,15 +2,18 @@
 
 The child (the intermediate) is forked by this process's fork server
 (``aiocontain.forkserver``), which has the child modules imported already: only
-the first container pays for starting an interpreter. It unshares the
-namespaces, forks PID 1 and answers Ready with the init's release pipe, its
-report socket and the netlink socket it opened inside the new network namespace.
+the first container pays for starting an interpreter. It reads the Config,
+unshares the namespaces (the fork server is asked for their id maps at once,
+``request_map``, and the idmap stage reads the answer), forks PID 1 and answers
+Ready with the init's release pipe, its report socket and the netlink socket it
+opened inside the new network namespace.
+
+Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
+``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import socket
 import tempfile
@@ -18,13 +21,12 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import events, forkserver, messages
+from aiocontain import etcfiles, events, forkserver, mounts, ulimits, users
+from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
-from aiocontain.forkserver import userns
-from aiocontain.messages import Config, Failed, Ready, Unshared
+from aiocontain.messages import Config
 from aiocontain.runtimedir import RuntimeDir
 from aiocontain.security import paths
-from aiocontain.stages import idmap
 from aiocontain.stages.context import StageContext
 
 READY_TIMEOUT = 10.0
@@ -33,82 +35,60 @@ READY_TIMEOUT = 10.0
 async def run(ctx: StageContext) -> None:
     ctx.runtime_dir = _make_runtime_dir(ctx)
     etc_files = _etc_files(ctx, ctx.runtime_dir.path)
-    mounts: list[list[str | bool]] = [[m.source, m.target, m.readonly] for m in ctx.mounts]
-    mounts += _write_plugin_files(ctx, ctx.runtime_dir.path)
+    spec = ctx.spec
+    wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
+    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ctx.control = parent
     ctx.stack.callback(parent.close)
-    spec = ctx.spec
+    channel = ctx.child = ChildChannel(parent, ctx.spec.command[0], ctx.fail)
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
-        env={**spec.environment(None), **ctx.extra_env},  # TERM=xterm, as podman: not the caller's terminal
+        env=_environment(ctx),
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
-        want_netlink=ctx.driver.wants_netlink,
+        want_netlink=ctx.driver.wants_netlink,  # the facts, or IPv6's readiness, come from it
         tap=ctx.driver.tap,
         etc_files={name: path for name, (path, _) in etc_files.items()},
         init=spec.init,
         tty=spec.tty,
         init_binary=ctx.init_binary,
         mount_cgroup=ctx.placement is not None,
-        mounts=mounts,
+        mounts=mounts.ordered(wanted),
+        read_only=spec.read_only,
+        overlay=overlay,
         caps=spec.capabilities,
         no_new_privs=spec.no_new_privileges,
         masked_paths=[] if spec.privileged else list(paths.MASKED),
         readonly_paths=[] if spec.privileged else list(paths.READONLY),
         seccomp=ctx.seccomp,
+        user=None if ctx.user is None else [ctx.user.uid, ctx.user.gid, *ctx.user.groups],
+        rlimits=[list(limit) for limit in ulimits.parse(spec.ulimits)],
     )
     try:
-        messages.send(parent, config)  # waits in the socket buffer until the child reads it
-    except OSError as exc:
-        child.close()
-        if exc.errno != errno.EMSGSIZE:
-            raise
-        size = len(messages.encode(config))
-        raise AiocontainError(
-            f"the command, environment and options are too large ({size} bytes)",
-            fix="pass large data through a file in the rootfs instead of -e or arguments",
-        ) from None
-    try:
+        channel.send_config(config)
         server = ctx.fork_server or forkserver.default()
         ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
     finally:
         child.close()
     _write(etc_files)  # while the child unshares: the init reads them only once released
-    ctx.stack.callback(ctx.drain)  # runs after _stop_child, once the reader has seen end of stream
+    ctx.stack.callback(channel.drain)  # runs after _stop_child, once the reader has seen end of stream
     ctx.stack.push_async_callback(_stop_child, ctx)
-    parent.setblocking(False)
-    ctx.tg.start_soon(ctx.read_control)
+    ctx.tg.start_soon(channel.read)
 
     with anyio.fail_after(READY_TIMEOUT):
-        message, fds = await ctx.receive()
-        if isinstance(message, Unshared):
-            idmap.begin(ctx)  # the user namespace exists: map it while the child forks the init
-            message, fds = await ctx.receive()
-    if isinstance(message, Failed):
-        raise namespace_error(message)
-    if not isinstance(message, Ready):
-        raise AiocontainError("the container process exited during set-up")
-    if len(fds) < 2:
-        for fd in fds:
-            os.close(fd)
-        raise AiocontainError("the container process answered Ready without PID 1's pipes")
-    ctx.init_pid = message.init_pid
-    ctx.release_w, ctx.report_r = fds[0], fds[1]
-    ctx.stack.callback(ctx.close_init_pipes)
-    if len(fds) > 2:
-        ctx.netlink = socket.socket(fileno=fds[2])
-        ctx.stack.callback(ctx.netlink.close)
+        await channel.wait_unshared()
+        ctx.process.request_map()  # the idmap stage reads the answer: the maps are written while PID 1 is forked
+        ready = await channel.wait_ready()
+    ctx.init_pid, ctx.init, ctx.netlink = ready
+    ctx.stack.callback(ready.init.close)
+    if ready.netlink is not None:
+        ctx.stack.callback(ready.netlink.close)
     # The init is blocked on its release pipe, so this pid is certainly still ours.
-    ctx.pidfd = os.pidfd_open(message.init_pid)
+    ctx.pidfd = os.pidfd_open(ready.init_pid)
     ctx.stack.callback(_close_pidfd, ctx)
-
-
-def namespace_error(failure: Failed) -> AiocontainError:
-    return userns.namespace_error(failure.message)
 
 
 def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
@@ -124,14 +104,27 @@ def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
     return directory
 
 
+def _environment(ctx: StageContext) -> dict[str, str]:
+    """podman's defaults (TERM=xterm: not the caller's terminal), the plugins' and the user's; HOME from --user's
+    passwd entry unless given."""
+    env = {**ctx.spec.environment(None), **ctx.extra_env}
+    if ctx.user is not None and "HOME" not in ctx.spec.env and "HOME" not in ctx.extra_env:
+        env["HOME"] = ctx.user.home
+    return env
+
+
 def _etc_files(ctx: StageContext, directory: Path) -> dict[str, tuple[str, str]]:
-    """The container's /etc/hostname, hosts and resolv.conf: name -> (host path, content)."""
-    hostname = ctx.spec.effective_hostname
+    """The container's /etc/hostname, hosts and resolv.conf (and passwd or group with --user's added entry):
+    name -> (host path, content)."""
+    spec = ctx.spec
+    hostname = spec.effective_hostname
+    host_loopback = spec.allow_host_loopback and ctx.driver.name == "slirp4netns"
     files = {
         "hostname": hostname + "\n",
-        "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ctx.driver.hosts_line(hostname)}",
-        "resolv.conf": ctx.driver.resolv_conf(),
+        "hosts": etcfiles.hosts(ctx.driver.hosts_line(hostname), spec.add_hosts, host_loopback),
+        "resolv.conf": etcfiles.resolv_conf(ctx.driver.resolv_conf(), spec.dns, spec.dns_search, spec.dns_options),
     }
+    files.update(users.etc_copies(ctx.user, ctx.rootfs) if ctx.user is not None else {})
     return {name: (str(directory / name), content) for name, content in files.items()}
 
 
@@ -145,23 +138,24 @@ def _write(files: dict[str, tuple[str, str]]) -> None:
             os.close(fd)
 
 
-def _write_plugin_files(ctx: StageContext, directory: Path) -> list[list[str | bool]]:
+def _write_plugin_files(ctx: StageContext, directory: Path) -> list[mounts.Mount]:
     """Files the prepare hooks asked for: written here, bind-mounted writable at their place in the container."""
-    mounts: list[list[str | bool]] = []
+    files: list[mounts.Mount] = []
     for index, (target, (content, mode)) in enumerate(ctx.files.items()):
         path = directory / f"file-{index}"
         path.write_bytes(content)
         path.chmod(mode)
-        mounts.append([str(path), target, False])
-    return mounts
+        files.append(mounts.Mount(str(path), target))
+    return files
 
 
 async def _stop_child(ctx: StageContext) -> None:
-    """Closing the control socket makes the child kill the container; kill the child if it lingers."""
-    process, control = ctx.process, ctx.control
-    assert process is not None and control is not None
-    with contextlib.suppress(OSError):
-        control.shutdown(socket.SHUT_RDWR)
+    """Closing the control socket makes the child kill the container and reap it before it exits: the one kill
+    that every path has (the kernel closes the socket when the runtime dies). Kill the child if it lingers;
+    PID 1's parent-death signal then ends the container."""
+    process, channel = ctx.process, ctx.child
+    assert process is not None and channel is not None
+    channel.shutdown()
     with anyio.move_on_after(5):
         await process.wait_exit()
     if not process.exited:

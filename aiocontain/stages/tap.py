@@ -1,4 +1,7 @@
-"""Stage 5, tap: wait until the container's interface is configured, by netlink events (and slirp4netns's ready fd)."""
+"""Stage 5, tap: wait until the container's network is ready, by netlink events (and slirp4netns's ready fd).
+
+Reads ``driver`` and ``netlink``; sets ``network``, the facts of network.ready.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> bool:
-    info = await ctx.driver.wait_ready(ctx)
+    info = await ctx.driver.wait_ready(ctx.netlink)
     if info is None:
         return False
-    ctx.network = info
-    ctx.log.info(events.NETWORK_READY, **info)
+    ctx.network = info.as_dict()
+    ctx.log.info(events.NETWORK_READY, **ctx.network)
     return True

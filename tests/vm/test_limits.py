@@ -222,7 +222,7 @@ def test_cgroup_parent_inside_the_delegated_subtree(rootfs, containers_dir, scra
 
 
 def test_runtime_inside_the_cgroup_parent_moves_itself_to_a_leaf_first(rootfs, containers_dir, scratch):
-    # The seed's layout: aiocontain runs in the very group it is told to use, which holds processes and so
+    # The README's manual set-up: aiocontain runs in the very group it is told to use, which holds processes and so
     # cannot enable controllers. It moves itself into a leaf of its own first, as crun does.
     argv = cli_argv(rootfs, "--net", "none", "--cgroup-parent", str(scratch), "-m", "4m", "--", "cat", "/proc/1/cgroup")
     script = f"echo $$ > {scratch / 'cgroup.procs'} && exec " + " ".join(argv)
@@ -261,5 +261,5 @@ def test_a_root_that_cannot_be_built_is_one_line_with_a_cgroup_too(tmp_path, con
     root = rootfs_with_symlinked_tmp(tmp_path)
     result = run(root, "--memory", "8m", "true")
     assert result.code == 125, result
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
-    assert len(errors) == 1 and "tmp in the root filesystem is a symlink" in errors[0], result.stderr
+    errors = [event for event in result.events() if event["event"] == "aiocontain.error"]  # --log-format json
+    assert len(errors) == 1 and "tmp in the root filesystem is a symlink" in str(errors[0]["message"]), result.stderr

@@ -24,13 +24,9 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiocontain.errors import AiocontainError
-from aiocontain.plugins import Plugin, PrepareContext, PrestartContext
-
-if TYPE_CHECKING:
-    from aiocontain.container import Container
+from aiocontain.plugins import ContainerHandle, Plugin, PrepareContext, PrestartContext
 
 __all__ = ["DEFAULT_HOST_ADDR", "FORMAT", "Mapping", "PortForward"]
 
@@ -216,7 +212,7 @@ class PortForward(Plugin):
         self._picked = {m for m, asked in zip(resolved, self.mappings, strict=True) if not asked.host_port}
         return resolved
 
-    def _forwarded(self, container: Container, mapping: Mapping, forward_id: object) -> None:
+    def _forwarded(self, container: ContainerHandle, mapping: Mapping, forward_id: object) -> None:
         self.published.append(mapping)
         if self.announce and mapping in self._picked:  # the only way a CLI user learns it (podman: `podman port`)
             where = f"{mapping.host_addr}:{mapping.host_port} -> {mapping.container_port}/{mapping.proto}"

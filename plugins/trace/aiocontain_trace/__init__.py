@@ -25,8 +25,8 @@ from aiocontain.errors import AiocontainError
 from aiocontain.plugins import ExitedContext, Plugin, PrepareContext
 
 if TYPE_CHECKING:
-    from aiocontain.container import Container
     from aiocontain.events import Event
+    from aiocontain.plugins import ContainerHandle
 
 __all__ = ["StageTrace"]
 
@@ -82,14 +82,14 @@ class StageTrace(Plugin):
         if self.table_stream is not None:
             print(self.table(), file=self.table_stream, flush=True)
 
-    def add(self, container: Container) -> None:
+    def add(self, container: ContainerHandle) -> None:
         """Add a container's events so far (a row of its own) to the trace; written at its next exit."""
         tid = self._rows.setdefault(container.id, len(self._rows) + 1)
-        short_id = container.log.container_id
+        short_id = container.spec.short_id
         label = container.name if container.name == short_id else f"{container.name} ({short_id})"
         self._events.append(_metadata("thread_name", self._pid, tid, {"name": label}))
         self._events.append(_metadata("thread_sort_index", self._pid, tid, {"sort_index": tid}))
-        history = list(container.log.history)
+        history = container.history()
         span = [event.time for event in history if event.name in ("container.created", "container.exited")]
         if len(span) == 2:
             command = {"command": " ".join(container.spec.command)}

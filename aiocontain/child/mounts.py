@@ -31,7 +31,10 @@ _DEV_LINKS = {
 def build(config: Config) -> None:
     root = os.path.realpath(config.rootfs)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we do here propagates to the host
-    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
+    if config.overlay:
+        _mount_overlay(root, config.overlay)  # also makes the root a mount point
+    else:
+        sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     _mount_sys(_target_dir(root, "sys"))
     _mask(root, config.masked_paths)
@@ -42,17 +45,80 @@ def build(config: Config) -> None:
         _mount_init(root + INIT_PATH, config.init_binary)
     sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
     for name, source in config.etc_files.items():
-        sc.mount(source, _target_file(root, "etc/" + name), None, sc.MS_BIND)
-    for host_path, target, readonly in config.mounts:
-        relative = str(target).strip("/")
-        path = _target_dir(root, relative) if os.path.isdir(str(host_path)) else _target_file(root, relative)
-        sc.mount(str(host_path), path, None, sc.MS_BIND | sc.MS_REC)
-        if readonly:
-            _remount_readonly(path)
+        sc.mount(source, _etc_target(root, name), None, sc.MS_BIND)
+    for spec in config.mounts:
+        _mount_one(root, spec)
+    if config.read_only:
+        with contextlib.suppress(OSError):  # as podman, -w is made first; a failure is init's to report
+            os.makedirs(_resolve(root, config.workdir), 0o755, exist_ok=True)
+        _remount_readonly(root)  # the root mount alone: what is mounted on it keeps its own mode
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+
+
+def _mount_overlay(root: str, holder: str) -> None:
+    """--rootfs DIR:O: a throwaway overlay on root, its lower layer the rootfs on disk. The upper layer is a
+    tmpfs mounted at holder (a directory of the runtime's) in this mount namespace only: pivot_root's detach
+    hides it, the overlay keeps it, and it goes with the namespace however the runtime ends."""
+    sc.mount("tmpfs", holder, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
+    upper, work = os.path.join(holder, "upper"), os.path.join(holder, "work")
+    os.mkdir(upper)
+    os.mkdir(work)
+    top = os.stat(root)  # the merged root takes the upper directory's owner and mode: the rootfs's own
+    os.chown(upper, top.st_uid, top.st_gid)
+    os.chmod(upper, stat.S_IMODE(top.st_mode))
+    lower = root.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+    sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
+
+
+def _mount_one(root: str, spec: dict[str, object]) -> None:
+    """One of -v, --mount, --tmpfs or a plugin's, at its target resolved inside the root (symlinks stay in it)."""
+    path = _resolve(root, str(spec["target"]))
+    if spec["dir"]:
+        if not os.path.isdir(path):
+            os.makedirs(path, 0o755, exist_ok=True)
+    elif not os.path.lexists(path):
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+    flags = int(spec["flags"])  # type: ignore[call-overload]
+    if spec["type"] == "tmpfs":
+        sc.mount("tmpfs", path, "tmpfs", flags & ~sc.MS_RDONLY, spec["data"])  # type: ignore[arg-type]
+    else:
+        sc.mount(str(spec["source"]), path, None, sc.MS_BIND | sc.MS_REC)
+    if flags:
+        _remount(path, flags)
+    if spec["propagation"]:
+        sc.mount(None, path, None, int(spec["propagation"]))  # type: ignore[call-overload]
+
+
+def _resolve(root: str, target: str) -> str:
+    """target's host path under root, following symlinks as the container will see them: an absolute link
+    starts again at root, and '..' never climbs above it (as securejoin does for runc)."""
+    parts = [p for p in target.split("/") if p]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        path = os.path.join(root, *resolved, part)
+        if os.path.islink(path):
+            links += 1
+            if links > 40:
+                raise OSError(0, f"{target} in the root filesystem: too many levels of symbolic links")
+            link = os.readlink(path)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def mount_cgroup() -> None:
@@ -85,12 +151,17 @@ _KEPT_FLAGS = (
 
 
 def _remount_readonly(path: str) -> None:
-    flags = os.statvfs(path).f_flag
+    _remount(path, sc.MS_RDONLY)
+
+
+def _remount(path: str, flags: int) -> None:
+    """Bind-remount path with flags added to the ones the kernel locked on it (it refuses to drop those)."""
+    found = os.statvfs(path).f_flag
     kept = 0
     for st_flag, ms_flag in _KEPT_FLAGS:
-        if flags & st_flag:
+        if found & st_flag:
             kept |= ms_flag
-    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | kept)
+    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | flags | kept)
 
 
 def _mask(root: str, paths: list[str]) -> None:
@@ -164,6 +235,16 @@ def _target_dir(root: str, relative: str) -> str:
     if not os.path.isdir(path):
         os.makedirs(path, 0o755, exist_ok=True)
     return path
+
+
+def _etc_target(root: str, name: str) -> str:
+    """Where /etc/NAME is bound: a symlink that stays inside the root and ends at a file is bound through (as
+    the container will open it), so the rootfs on disk keeps it; else the file itself (created if missing)."""
+    if os.path.islink(os.path.join(root, "etc", name)) and not os.path.islink(os.path.join(root, "etc")):
+        resolved = _resolve(root, "/etc/" + name)
+        if os.path.isfile(resolved):
+            return resolved
+    return _target_file(root, "etc/" + name)
 
 
 def _target_file(root: str, relative: str) -> str:

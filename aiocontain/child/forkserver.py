@@ -1,4 +1,6 @@
-"""The fork server (zygote): forks a container's intermediate process on request.
+"""The fork server process (a zygote): forks a container's intermediate process on request.
+
+The runtime's handle on it, which starts it and sends it requests, is ``aiocontain.forkserver``.
 
 Starting a Python interpreter and importing the child modules costs a container
 tens of milliseconds and most of its CPU. This process pays that once: it has
@@ -65,7 +67,7 @@ def own_user_namespace(requests: socket.socket) -> None:
         syscalls.unshare(syscalls.CLONE_NEWUSER)
         message: messages.Message = Unshared()
     except OSError as exc:
-        message = Failed("namespaces", exc.strerror or str(exc), exc.errno or 0)
+        message = Failed(messages.STEP_NAMESPACES, exc.strerror or str(exc), exc.errno or 0)
     try:
         messages.send(requests, message)
     except OSError:
@@ -143,11 +145,11 @@ def _request(
             return True  # this request's fds are lost (the owner sees its channel close); later ones may fit
         message, fds = None, []
     if message is None:
-        _close_all(fds)
+        messages.close_fds(fds)
         poller.unregister(requests)
         return False
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
-        _close_all(fds)
+        messages.close_fds(fds)
         return True
     forked = _fork(requests, children, fds)
     if forked is not None:
@@ -166,7 +168,7 @@ def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, soc
         message, fds = messages.recv(channel)
     except OSError:
         message, fds = None, []
-    _close_all(fds)
+    messages.close_fds(fds)
     if message is None:
         del channels[channel.fileno()]
         poller.unregister(channel)
@@ -175,7 +177,7 @@ def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, soc
             maps.write(pid)
             _reply(channel, IdsMapped())
         except OSError as exc:
-            _reply(channel, Failed("idmap", exc.strerror or str(exc), exc.errno or 0))
+            _reply(channel, Failed(messages.STEP_IDMAP, exc.strerror or str(exc), exc.errno or 0))
 
 
 class _NestedMaps:
@@ -216,7 +218,7 @@ def _fork(
     try:
         pid = os.fork()
     except OSError:
-        _close_all(fds)
+        messages.close_fds(fds)
         return None
     if pid == 0:
         # Python objects of ours hold fds that are about to be closed: detach them, so that
@@ -254,8 +256,3 @@ def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | N
         messages.send(channel, message, fds)
     except OSError:
         pass  # the runtime went away; the intermediate notices through its own control socket
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)

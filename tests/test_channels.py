@@ -1,0 +1,208 @@
+"""The runtime's protocol wrappers (aiocontain.channels) against a peer that breaks the protocol.
+
+In-process, over real socket pairs and pipes: each step takes only what the
+protocol allows there, names what it expected and what came otherwise, and
+closes the fds that rode along with a message it refuses.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from aiocontain import messages
+from aiocontain.channels import ChildChannel, InitChannel, UnexpectedMessage
+from aiocontain.errors import (
+    AiocontainError,
+    CommandNotExecutable,
+    CommandNotFound,
+    HostPrerequisiteError,
+    SetupError,
+)
+from aiocontain.messages import STEP_EXEC, STEP_NAMESPACES, STEP_SETUP, Console, Exited, Failed, Ready, Unshared
+from tests.conftest import open_fds
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        yield ours, theirs
+
+
+async def child_steps(ours: socket.socket, lost: list[AiocontainError] | None = None) -> ChildChannel:
+    return ChildChannel(ours, "/bin/true", (lost if lost is not None else []).append)
+
+
+async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    release_r, release_w = os.pipe()
+    report_ours, report_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        messages.send(theirs, Unshared())
+        await channel.wait_unshared()
+        messages.send(theirs, Ready(init_pid=42), [release_w, report_ours.fileno()])
+        os.close(release_w)  # as the intermediate does: the runtime holds the only write end now
+        report_ours.close()
+        ready = await channel.wait_ready()
+        assert ready.init_pid == 42 and ready.netlink is None
+        channel.release("/sys/fs/cgroup/leaf")
+        assert messages.recv(theirs)[0] == messages.Release(cgroup="/sys/fs/cgroup/leaf")
+        messages.send(theirs, Exited(code=3, signal=None))
+        theirs.shutdown(socket.SHUT_WR)
+        assert await channel.wait_exited() == Exited(code=3, signal=None)
+    ready.init.mapped()
+    ready.init.release()
+    assert os.read(release_r, 2) == messages.MAPPED + messages.RELEASE
+    assert os.read(release_r, 1) == b""  # the release closes the pipe: PID 1 sees end of file after it
+    report_theirs.close()
+    assert await ready.init.read_report() is None  # end of stream: the command was executed
+    ready.init.close()
+    os.close(release_r)
+
+
+@pytest.mark.parametrize(
+    ("step", "wrong", "expected"),
+    [("wait_unshared", Ready(init_pid=1), "Unshared"), ("wait_ready", Exited(code=0, signal=None), "Ready")],
+)
+async def test_an_unexpected_message_names_what_came_and_what_was_expected(
+    pair: tuple[socket.socket, socket.socket], step: str, wrong: messages.Message, expected: str
+) -> None:
+    ours, theirs = pair
+    stray_r, stray_w = os.pipe()
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        before = open_fds()
+        messages.send(theirs, wrong, [stray_w])
+        with pytest.raises(UnexpectedMessage) as info:
+            await getattr(channel, step)()
+        assert open_fds() == before  # the fd that came with it was closed, not leaked
+        tg.cancel_scope.cancel()
+    assert info.value.line() == (
+        f"the container process sent {type(wrong).__name__} where {expected} was expected (this is a bug)"
+    )
+    assert isinstance(info.value, SetupError) and info.value.expected == expected and info.value.got == wrong
+    os.close(stray_r)
+    os.close(stray_w)
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "line"),
+    [
+        (
+            Failed(STEP_NAMESPACES, "unshare: Operation not permitted", 1),
+            HostPrerequisiteError,
+            "cannot create the container's namespaces: unshare: Operation not permitted",
+        ),
+        (Failed(STEP_SETUP, "tap0: No such device", 19), SetupError, "container set-up failed: tap0: No such device"),
+    ],
+)
+async def test_a_failed_intermediate_is_the_error_of_its_step(
+    pair: tuple[socket.socket, socket.socket], failure: Failed, kind: type[AiocontainError], line: str
+) -> None:
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        messages.send(theirs, failure)
+        with pytest.raises(kind) as info:
+            await channel.wait_unshared()
+        tg.cancel_scope.cancel()
+    assert info.value.message == line
+
+
+async def test_an_intermediate_gone_before_ready_is_one_line(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        messages.send(theirs, Unshared())
+        theirs.shutdown(socket.SHUT_WR)
+        await channel.wait_unshared()
+        with pytest.raises(SetupError, match=r"^the container process exited during set-up$"):
+            await channel.wait_ready()
+
+
+@pytest.fixture
+def init_channel() -> Iterator[tuple[InitChannel, int, socket.socket]]:
+    release_r, release_w = os.pipe()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = InitChannel(release_w, ours.detach(), "frob")
+    try:
+        yield channel, release_r, theirs
+    finally:
+        channel.close()
+        os.close(release_r)
+        theirs.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind", "line", "code"),
+    [
+        (
+            Failed(STEP_EXEC, "frob: No such file or directory", errno.ENOENT),
+            CommandNotFound,
+            "frob: command not found in the container",
+            127,
+        ),
+        (
+            Failed(STEP_EXEC, "frob: Permission denied", errno.EACCES),
+            CommandNotExecutable,
+            "cannot execute frob: Permission denied",
+            126,
+        ),
+        (
+            Failed(STEP_SETUP, "mount proc: Permission denied", errno.EACCES),
+            SetupError,
+            "container set-up failed: mount proc: Permission denied",
+            125,
+        ),
+    ],
+)
+async def test_pid1s_report_is_the_error_with_podmans_exit_code(
+    init_channel: tuple[InitChannel, int, socket.socket],
+    failure: Failed,
+    kind: type[AiocontainError],
+    line: str,
+    code: int,
+) -> None:
+    channel, _release_r, theirs = init_channel
+    messages.send(theirs, failure)
+    theirs.shutdown(socket.SHUT_WR)
+    report = await channel.read_report()
+    assert report == failure
+    error = channel.error(report)
+    assert type(error) is kind and error.message == line and error.exit_code == code
+
+
+async def test_pid1s_report_refuses_what_it_never_sends(init_channel: tuple[InitChannel, int, socket.socket]) -> None:
+    channel, _release_r, theirs = init_channel
+    messages.send(theirs, Ready(init_pid=1))
+    with pytest.raises(UnexpectedMessage, match="sent Ready where Failed or the end of its report was expected"):
+        await channel.read_report()
+
+
+async def test_the_console_comes_before_the_release(init_channel: tuple[InitChannel, int, socket.socket]) -> None:
+    channel, _release_r, theirs = init_channel
+    master, slave = os.openpty()
+    messages.send(theirs, Console(), [master])
+    os.close(master)
+    console = await channel.take_console()
+    console.resize(30, 100)
+    os.write(slave, b"hi")
+    assert await console.receive() == b"hi"
+    console.close_fd()
+    os.close(slave)
+    messages.send(theirs, Failed(STEP_SETUP, "no pty", 0))
+    with pytest.raises(SetupError, match="container set-up failed: no pty"):
+        await channel.take_console()  # a second one: PID 1 says why it has none

@@ -1,0 +1,78 @@
+"""Errors by kind: each failure is an AiocontainError subclass a caller can catch, with its fields, and the
+same one line as before (the CLI's output does not depend on the kind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.errors import (
+    AiocontainError,
+    CgroupError,
+    CommandNotFound,
+    HostPrerequisiteError,
+    NetworkError,
+    PluginError,
+    SetupError,
+)
+from aiocontain.forkserver.userns import namespace_error
+from aiocontain.messages import STEP_NAMESPACES, STEP_SETUP, Failed
+from aiocontain.plugins import Plugin, PrestartContext
+
+
+def test_every_kind_is_an_aiocontain_error_with_exit_code_125() -> None:
+    for kind in (SetupError, NetworkError, CgroupError, HostPrerequisiteError):
+        error = kind("what went wrong", fix="how to fix it")
+        assert isinstance(error, AiocontainError) and error.exit_code == 125
+        assert error.line() == "what went wrong (fix: how to fix it)" and error.stage is None
+    plugin = PluginError("plugin p: no", plugin="p")
+    assert (plugin.plugin, plugin.line(), plugin.exit_code) == ("p", "plugin p: no", 125)
+
+
+def test_a_refused_unshare_is_the_hosts_and_a_later_failure_the_containers() -> None:
+    """By the Failed's step, not by the words of its message."""
+    refused = namespace_error(Failed(STEP_NAMESPACES, "unshare: Operation not permitted", 1))
+    assert isinstance(refused, HostPrerequisiteError)
+    assert refused.message == "cannot create the container's namespaces: unshare: Operation not permitted"
+    assert refused.fix is not None and "user.max_user_namespaces" in refused.fix
+    later = namespace_error(Failed(STEP_SETUP, "Operation not permitted: unshare mentioned", 1))
+    assert type(later) is SetupError
+    assert later.line() == "container set-up failed: Operation not permitted: unshare mentioned"
+
+
+class Refuses(Plugin):
+    name = "refuses"
+
+    async def prestart(self, context: PrestartContext) -> None:
+        context.veto("not today")
+
+
+@pytest.mark.container
+@pytest.mark.anyio
+async def test_a_plugin_error_names_the_plugin_and_the_stage(rootfs: Path) -> None:
+    spec = ContainerSpec(["true"], rootfs=rootfs, network=NetworkMode.NONE)
+    with pytest.raises(PluginError) as info:
+        async with Container(spec, plugins=[Refuses()]):
+            pass
+    assert (info.value.plugin, info.value.stage) == ("refuses", "prestart")
+    assert info.value.line() == "plugin refuses stopped the run: not today"
+
+
+@pytest.mark.container
+@pytest.mark.anyio
+async def test_a_missing_command_is_found_missing_in_the_release_stage(rootfs: Path) -> None:
+    spec = ContainerSpec(["/no/such/command"], rootfs=rootfs, network=NetworkMode.NONE)
+    with pytest.raises(CommandNotFound) as info:
+        async with Container(spec):
+            pass
+    assert info.value.stage == "release" and info.value.exit_code == 127
+
+
+@pytest.mark.anyio
+async def test_limits_without_a_cgroup_are_a_cgroup_error(rootfs: Path) -> None:
+    spec = ContainerSpec(["true"], rootfs=rootfs, memory="2m", cgroups="disabled")  # type: ignore[arg-type]
+    with pytest.raises(CgroupError, match="resource limits need a cgroup"):
+        async with Container(spec):
+            pass  # refused before anything starts
