@@ -191,7 +191,10 @@ def test_network_timeout_is_applied(rootfs, tmp_path, level, timeout, ready):
     else:
         errors = [line for line in result.stderr.splitlines() if "aiocontain:" in line]
         assert result.code == 125 and len(errors) == 1, result.stderr
-        assert errors[0] == "aiocontain: tap0 did not come up within 1s (fix: check slirp4netns (aiocontain doctor))"
+        assert errors[0] == (
+            "aiocontain: tap0 did not come up with its IPv6 address and route within 1s"
+            " (fix: check slirp4netns (aiocontain doctor), or run with --ipv6=false)"  # IPv6 is on by default
+        )
 
 
 def test_user_namespaces_disabled(rootfs):
