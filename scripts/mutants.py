@@ -56,14 +56,14 @@ TESTS: dict[str, list[str]] = {
     "stages/release.py": ["embedding", "plugins", "terminal", "cli_run", "bad_input", "helpers_killed", "runtimedir"],
     "stages/spawn.py": ["embedding", "plugins", "cli_run", "bad_input", "helpers_killed", "forkserver", "events"],
     "stages/tap.py": ["stages", "cli_run", "embedding"],
-    "stages/wait.py": ["embedding", "cli_run", "helpers_killed", "events"],
     "child/console.py": ["terminal"],
     "child/harden.py": ["hardening", "seccomp", "init"],
     "child/init.py": ["cli_run", "init", "session", "terminal"],
     "child/intermediate.py": ["cli_run", "embedding", "bad_input", "helpers_killed", "forkserver", "init"],
     "child/netdev.py": ["cli_run", "embedding"],
-    "child/rootfs.py": ["child_rootfs", "hardening", "cli_run", "bad_input"],
-    "child/zygote.py": ["forkserver", "helpers_killed", "cli_run", "concurrency"],
+    "child/mounts.py": ["child_rootfs", "hardening", "volumes", "cli_run", "bad_input"],
+    "child/forkserver.py": ["forkserver", "helpers_killed", "cli_run", "concurrency"],
+    "channels.py": ["channels", "embedding", "cli_run", "bad_input", "helpers_killed", "terminal"],
 }
 
 

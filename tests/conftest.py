@@ -295,12 +295,20 @@ def _own_mounts(pid: int, uid: int) -> list[str]:
 
 
 def _podman_pause_pids() -> set[int]:
+    """The user's podman pause processes: the podman fixture's (by its pid file) and any other's, such as a
+    test's own podman state (podman 4 runs `catatonit -P` as its pause process), which live on by design."""
     found = set()
     for path in _PODMAN_PAUSE_FILES:
         try:
             found.add(int(path.read_text().strip()))
         except (OSError, ValueError):
             continue  # no pause process (yet)
+    for pid in user_processes():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == b"catatonit\0-P\0":
+                found.add(pid)
+        except OSError:
+            continue
     return found
 
 

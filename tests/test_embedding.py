@@ -207,13 +207,13 @@ async def test_state_follows_the_lifecycle(rootfs):
     assert container.state == "created"
     # The state at the very moment each event is emitted (wrapped here, synchronous): every state is seen.
     seen: dict[str, str] = {}
-    emit = container.log.emit
+    emit = container._log.emit  # the private log: what every event goes through
 
     def recording(level: str, event: str, fields: dict[str, object]) -> None:
         seen.setdefault(event if event != "stage.started" else f"stage.started {fields['stage']}", container.state)
         emit(level, event, fields)
 
-    container.log.emit = recording  # type: ignore[method-assign]
+    container._log.emit = recording  # type: ignore[method-assign]
     async with container:
         assert container.state == "running"  # until the status is read, however soon `true` ends
         await container.wait()
