@@ -12,7 +12,7 @@ import pytest
 
 from aiocontain.network.pasta import Pasta
 from tests.conftest import cli_argv, leftovers, user_processes
-from tests.test_cli_run import _start, _started
+from tests.test_cli_run import _start
 
 pytestmark = pytest.mark.container
 
@@ -163,12 +163,11 @@ def test_without_pasta_net_pasta_is_one_line_and_leaves_nothing(rootfs, tmp_path
 
 def test_a_killed_pasta_is_one_line_naming_the_signal(rootfs):
     before, pastas = leftovers(), _pastas()
-    proc = _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
-    _started(proc)
-    (pasta,) = _pastas() - pastas
-    os.kill(pasta, signal.SIGKILL)
-    assert proc.wait(timeout=30) == 125
-    stderr = proc.stderr.read() if proc.stderr else ""
+    with _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
+        (pasta,) = _pastas() - pastas
+        os.kill(pasta, signal.SIGKILL)
+        assert proc.wait(timeout=30) == 125
+        stderr = proc.stderr.read() if proc.stderr else ""
     assert stderr.strip().splitlines() == [
         "aiocontain: pasta was killed by SIGKILL, so the container lost its network and was stopped (fix: something"
         " outside killed it (an OOM kill, a kill of the user's processes); run the container again)"
@@ -179,17 +178,16 @@ def test_a_killed_pasta_is_one_line_naming_the_signal(rootfs):
 def test_pasta_dies_with_a_sigkilled_runtime(rootfs):
     # pasta has no exit fd: its parent-death signal is what ends it when the runtime cannot.
     pastas = _pastas()
-    proc = _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
-    _started(proc)
-    (pasta,) = _pastas() - pastas
-    pidfd = os.pidfd_open(pasta)
-    try:
-        proc.kill()
-        proc.wait(timeout=30)
-        ready, _, _ = select.select([pidfd], [], [], 30)  # the kernel says when it exits
-        assert ready, "pasta outlived the runtime"
-    finally:
-        os.close(pidfd)
+    with _start(rootfs, "--net", "pasta", "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
+        (pasta,) = _pastas() - pastas
+        pidfd = os.pidfd_open(pasta)
+        try:
+            proc.kill()
+            proc.wait(timeout=30)
+            ready, _, _ = select.select([pidfd], [], [], 30)  # the kernel says when it exits
+            assert ready, "pasta outlived the runtime"
+        finally:
+            os.close(pidfd)
 
 
 def test_an_mtu_pasta_cannot_take_is_one_line(cli):
