@@ -77,6 +77,7 @@ _libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 def _check(result: int, what: str) -> None:
@@ -92,6 +93,12 @@ def _b(value: str | None) -> bytes | None:
 def unshare(flags: int) -> None:
     """Move the calling process into new namespaces (unshare(2))."""
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace that fd (an /proc/PID/ns/* file or a pidfd) names; Python 3.11 has no
+    ``os.setns``. A PID namespace takes effect for children forked afterwards, not for the caller."""
+    _check(_libc.setns(fd, nstype), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
