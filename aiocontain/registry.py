@@ -226,17 +226,13 @@ def register(
     log: str | None = None,
 ) -> Registration:
     """Record a container whose set-up is done, run by this process."""
-    start = proc.start_time(pid)
-    monitor_start = proc.start_time(os.getpid())
-    if start is None or monitor_start is None:
-        raise AiocontainError(f"the container's PID 1 ({pid}) is gone before it could be recorded")
     record = Record(
         id=container_id,
         name=name,
         pid=pid,
-        start_time=start,
+        start_time=proc.start_time(pid) or 0,  # 0: gone already (it failed to set up), never running
         monitor_pid=os.getpid(),
-        monitor_start_time=monitor_start,
+        monitor_start_time=proc.start_time(os.getpid()) or 0,
         created=now(),
         detached=detached,
         log_path=log,
