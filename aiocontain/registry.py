@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import stat
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -209,7 +208,7 @@ class Registration:
             return  # removed by `rm -f` while it was being stopped
         record.exit_code = exit_code
         record.finished = now()
-        _write(self._path, record)
+        _write(self._path, record, replace=True)
 
 
 def register(
@@ -280,18 +279,33 @@ def _read(path: str) -> Record | None:
         return None  # removed meanwhile, or not a record of this version: not ours to show
 
 
-def _write(path: str, record: Record) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path))
+def _write(path: str, record: Record, replace: bool = False) -> None:
+    """Make the file whole or not at all: written unnamed (O_TMPFILE), then linked in, so that a monitor killed
+    half-way leaves nothing. A replacement goes through a temporary name (renamed over the record)."""
+    data = json.dumps(record.to_json(), default=str).encode()
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f, default=str)
-        os.rename(temporary, path)
-    except BaseException:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=directory)
         try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # With a dir_fd, os.link is linkat(AT_SYMLINK_FOLLOW): it links the file, not the /proc link.
+            name = os.path.basename(path)
+            if not replace:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
+                return
+            temporary = f".{name}.tmp"
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=directory)
+            os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(directory)
 
 
 _boot: list[str] = []
