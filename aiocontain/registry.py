@@ -18,11 +18,14 @@ Stdlib-only and import-light: the light subcommands (ps, kill, logs) use it with
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import os
 import signal
 import stat
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -253,6 +256,21 @@ def remove(record: Record) -> None:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def plain(value: Any, skip: Sequence[str] = ()) -> Any:
+    """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def now() -> str:
