@@ -138,6 +138,12 @@ def test_run_d_then_ps_logs_inspect_stop_rm(cli, fifo, cleanup):
     assert details["Config"]["command"] == ["/bin/sh", "-c", command]  # type: ignore[index]
     assert details["Config"]["network"] == "none"  # type: ignore[index]
     assert "Cgroup" in details and "NetworkSettings" in details
+    # The monitor: a session of its own (no terminal's hangup reaches it), stdin /dev/null, output to the log.
+    monitor = monitor_pid("lifecycle")
+    session = int(Path(f"/proc/{monitor}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    assert session == monitor != os.getsid(0)
+    fds = [os.readlink(f"/proc/{monitor}/fd/{fd}") for fd in (0, 1, 2)]
+    assert fds == ["/dev/null", details["LogPath"], details["LogPath"]]
 
     # logs -f follows what the container writes, until it exits.
     fifo.release()
