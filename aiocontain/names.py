@@ -25,7 +25,22 @@ def private_directory(name: str, base: str | None = None) -> str:
     """Where this user keeps name: in the runtime directory (base, else $XDG_RUNTIME_DIR), else a directory of
     the user's own in the shared temporary directory (per user, as their containers are)."""
     runtime = base or os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(runtime, name) if runtime else os.path.join(tempfile.gettempdir(), f"{name}-{os.getuid()}")
+    return os.path.join(runtime, name) if runtime else os.path.join(tempfile.gettempdir(), f"{name}-{_outer_uid()}")
+
+
+def _outer_uid() -> int:
+    """The uid this process has one user namespace up (itself outside one): under ``unshare -r`` every user is
+    uid 0, so a shared directory keyed by ``getuid()`` would be one for all of them."""
+    uid = os.getuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(field) for field in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    return uid
 
 
 class NameClaim:

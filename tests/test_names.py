@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,3 +85,23 @@ def test_a_names_directory_that_is_not_ours_is_refused(tmp_path):
     (tmp_path / names.DIRECTORY).symlink_to(tmp_path)  # not a directory of its own: e.g. planted by someone
     with pytest.raises(AiocontainError, match="does not belong to this user"):
         names.claim("web", base=str(tmp_path))
+
+
+def test_the_shared_directory_is_keyed_by_the_outer_uid():
+    """Under `unshare -r` every user is uid 0: the directory in the shared /tmp must still be this user's own,
+    not one that another user's `unshare -r` made first."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    env = {key: value for key, value in os.environ.items() if key != "XDG_RUNTIME_DIR"}
+    code = "from aiocontain import names; print(names.private_directory('aiocontain.names'))"
+    inside = subprocess.run(
+        [unshare, "--user", "--map-root-user", sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    outside = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert inside == outside.stdout.strip()
+    assert inside.endswith(f"-{os.getuid()}") and os.getuid() != 0
