@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -335,14 +336,20 @@ def main(argv: Sequence[str] | None = None, *, fork_server: bool = False) -> int
 
 
 def _main(argv: Sequence[str]) -> int:
-    from aiocontain.plugins.loading import discover
+    from aiocontain import entrypoints
 
-    installed = discover()
+    installed: list[Installed] = []
+    entries = entrypoints.entry_points()  # cached: without a plugin installed the plugins are never imported
+    if entries:
+        from aiocontain.plugins.loading import discover
+
+        installed = discover(entries)
     args = _parser(installed).parse_args(argv)
     from aiocontain.errors import AiocontainError
 
     if args.subcommand != "run":
         _release_stop_signals()
+        _collect_again()
 
     try:
         if args.subcommand == "run":
@@ -422,12 +429,19 @@ def _release_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
+def _collect_again() -> None:
+    """Collection back on, frozen past what start-up made, where the command turned it off (aiocontain.command)."""
+    if "aiocontain.command" in sys.modules and not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def _list_plugins(installed: Sequence[Installed]) -> int:
     """`aiocontain plugins`: what is installed, whether each runs by default, and why one cannot run."""
-    from aiocontain.plugins.loading import ENTRY_POINT_GROUP
-
     if not installed:
-        print(f"no plugins installed (entry-point group {ENTRY_POINT_GROUP})")
+        from aiocontain.entrypoints import PLUGINS
+
+        print(f"no plugins installed (entry-point group {PLUGINS})")
         return 0
     rows = [("NAME", "PACKAGE", "API", "DEFAULT", "DESCRIPTION")]
     for item in installed:
@@ -601,6 +615,8 @@ async def _write_events(stream: Any, file: TextIO) -> None:
 
 def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
     """The plugins of this run, configured; each one that cannot run is one warning line, and the run goes on."""
+    if not installed and not args.enable_plugin and not args.disable_plugin:
+        return []  # nothing to choose from or to refuse: the plugins' modules stay unimported
     from aiocontain import events
     from aiocontain.errors import AiocontainError, PluginError
     from aiocontain.plugins.loading import select
@@ -691,6 +707,7 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any], interact
             tg.start_soon(relay)
             try:
                 async with container:
+                    _collect_again()  # the command runs: what set-up made stays for good
                     for signum in pending:
                         forward(signum, tg)
                     with contextlib.ExitStack() as raw:
