@@ -18,7 +18,7 @@ import contextlib
 import gc
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -308,14 +308,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) 
         )
 
 
-def entry() -> NoReturn:
-    """The ``aiocontain`` command: ``main`` with a fork server forked early, then out without finalization."""
+def entry(after: Callable[[], None] | None = None) -> NoReturn:
+    """The ``aiocontain`` command: ``main`` with a fork server forked early, then out without finalization;
+    after: called once the output is flushed (the command starts a run server there)."""
     code = main(fork_server=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed pipe or stream: nothing more can reach it anyway
+    if after is not None:
+        after()
     os._exit(code)
 
 

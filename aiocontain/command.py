@@ -17,6 +17,10 @@ thousand objects that all live on (modules, classes, functions), and collecting
 while importing them only walks them again and again (~3% of the start). The
 CLI takes collection back, frozen past those objects, once the container's
 command runs (``aiocontain.cli``); the fork server once it serves.
+
+``run`` goes to the user's run server where there is one that can stand in for
+this process (``aiocontain.runserver``): then this process only sends it the
+run, forwards the stop signals and exits with the run's code.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ if TYPE_CHECKING:
 
 
 def main() -> NoReturn:
+    import os
+    import sys
+
+    if sys.argv[1:2] == ["run"]:
+        from aiocontain.runserver import client
+
+        code = client.run(sys.argv)  # served by the run server: the imports below are its, not this process's
+        if code is not None:
+            os._exit(code)
+        from aiocontain.cli import entry
+
+        entry(after=client.start)
     from aiocontain.cli import entry
 
     entry()

@@ -23,6 +23,12 @@ from typing import Any
 
 import pytest
 
+# The run server (aiocontain.runserver) outlives the run that starts it, and leftovers() counts every process of
+# the user: the suite's runs are the command's own, unless AIOCONTAIN_TEST_RUN_SERVER=1 sends them through one
+# (leftovers() then leaves the server out). tests/test_runserver.py starts servers of its own.
+if os.environ.get("AIOCONTAIN_TEST_RUN_SERVER") != "1":
+    os.environ["AIOCONTAIN_RUN_SERVER"] = "0"
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
@@ -227,6 +233,31 @@ def slirp4netns_pids() -> list[int]:
     return sorted(found)
 
 
+def run_server_pids(directory: str | None = None) -> list[int]:
+    """The user's running run servers (aiocontain.runserver): the pids in the lock files still locked."""
+    import fcntl
+
+    from aiocontain import runserver
+
+    where = directory or runserver.directory()
+    found = []
+    for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
+        if not name.endswith(".lock"):
+            continue
+        try:
+            fd = os.open(os.path.join(where, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(ValueError):
+                found.append(int(os.read(fd, 32)))
+        finally:
+            os.close(fd)
+    return found
+
+
 def leftovers(timeout: float = 5.0) -> dict[str, object]:
     """What containers could leave behind, counted over everything the test user owns.
 
@@ -243,7 +274,7 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
 
     server = forkserver.current()
     server_pid = server.pid if server is not None else None
-    keep = {os.getpid(), *_podman_pause_pids()}
+    keep = {os.getpid(), *_podman_pause_pids(), *run_server_pids()}
     if server_pid is not None:
         keep.add(server_pid)
     settle(user_processes(keep), timeout)
