@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_server_pids, settle, started, user_processes
 
 from aiocontain import syscalls
+from tests.conftest import run_server_pids, settle, started, user_processes
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -36,6 +36,8 @@ def run(argv: list[str]) -> int | None:
     except OSError:
         return None
     socket_path, _lock = runserver.paths()
+    if not _private(runserver.directory()):
+        return None  # not a directory of ours alone: whatever listens there is not asked to run anything
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
@@ -43,9 +45,23 @@ def run(argv: list[str]) -> int | None:
         except OSError:
             _absent = True
             return None
+        server_uid = int.from_bytes(connection.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[4:8], "little")
+        if server_uid != os.getuid():
+            return None
         return _served(connection, argv)
     finally:
         connection.close()
+
+
+def _private(directory: str) -> bool:
+    """Ours and closed to everyone else; absent counts too (start makes it so)."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077 and (info.st_mode & 0o170000) == 0o040000
 
 
 def _served(connection: _socket.socket, argv: list[str]) -> int | None:
@@ -62,16 +78,22 @@ def _served(connection: _socket.socket, argv: list[str]) -> int | None:
     fds = array.array("i", [0, 1, 2])
     try:
         connection.sendmsg([runserver.encode(fields)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
-        answer = _receive(connection)
+        answer, ancillary, _flags, _ = connection.recvmsg(5, _socket.CMSG_SPACE(fds.itemsize))
     except OSError:
         return None
-    if answer[:1] != STARTED or len(answer) != 5:
+    received = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+    if answer[:1] != STARTED or len(answer) != 5 or len(received) != 1:
+        for fd in received:
+            os.close(fd)
         return None  # declined (or a server going away): nothing was started
-    child = int.from_bytes(answer[1:], "little")
+    pidfd = received[0]  # the run's process, by a pidfd: a signal never reaches a process that reused its pid
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            os.kill(child, signum)  # its own handlers do what the command's would: stop the container, or set-up
+            _signal.pidfd_send_signal(pidfd, signum)  # its handlers do what the command's would: stop the container
         except OSError:
             pass  # gone: its exit code is on the way
 
@@ -83,6 +105,7 @@ def _served(connection: _socket.socket, argv: list[str]) -> int | None:
     except OSError:
         answer = b""
     _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+    os.close(pidfd)
     if answer[:1] == EXITED and len(answer) == 5:
         return int.from_bytes(answer[1:], "little")
     print("aiocontain: the run server's process for this run ended without an exit code", file=sys.stderr)
@@ -90,7 +113,7 @@ def _served(connection: _socket.socket, argv: list[str]) -> int | None:
 
 
 def _receive(connection: _socket.socket) -> bytes:
-    """One answer: a kind byte and four bytes (a pid or an exit code); b"" at end of stream."""
+    """One answer: a kind byte and four bytes (the exit code); b"" at end of stream."""
     data = b""
     while len(data) < 5:
         chunk = connection.recv(5 - len(data))
@@ -107,8 +130,7 @@ def start() -> None:
     socket_path, lock = runserver.paths()
     try:
         os.makedirs(runserver.directory(), mode=0o700, exist_ok=True)
-        info = os.lstat(runserver.directory())
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        if not _private(runserver.directory()):
             return  # not a private directory of ours: no socket of ours goes there
         path = [os.path.abspath(entry or ".") for entry in sys.path]  # "" is this directory, not the server's
         boot = _BOOT.format(path=path, socket=socket_path, lock=lock)

@@ -41,6 +41,7 @@ _MAX_REQUEST = 16 << 20  # argv and environment together: far above what execve 
 def main(socket_path: str, lock_path: str) -> NoReturn:
     """Serve until idle or stale; exits at once when another server already serves this environment."""
     os.chdir("/")  # never keep a directory of the client's busy
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # what the command that started it held open is not ours to keep
     lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,7 +106,11 @@ def _child(connection: socket.socket, key: str) -> NoReturn:
         if argv is None:
             _send(connection, DECLINED)
             os._exit(0)
-        _send(connection, STARTED, os.getpid())
+        pidfd = os.pidfd_open(os.getpid())
+        try:
+            connection.sendmsg([STARTED + os.getpid().to_bytes(4, "little")], [_rights(pidfd)])
+        finally:
+            os.close(pidfd)
         code = _run(connection, argv)
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -180,6 +185,10 @@ def _watch(connection: socket.socket) -> None:
     except OSError:
         pass
     os.kill(os.getpid(), _signal.SIGKILL)
+
+
+def _rights(fd: int) -> tuple[int, int, bytes]:
+    return socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes()
 
 
 def _send(connection: socket.socket, kind: bytes, number: int = 0) -> None:
