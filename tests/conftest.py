@@ -258,6 +258,23 @@ def run_server_pids(directory: str | None = None) -> list[int]:
     return found
 
 
+def _run_servers() -> list[int]:
+    """Every run server of the user, wherever its runtime directory (a test may set one of its own)."""
+    found = []
+    for pid in user_processes():
+        described = _describe(pid)
+        if described is not None and "aiocontain.runserver.server import main" in _cmdline(pid):
+            found.append(pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def leftovers(timeout: float = 5.0) -> dict[str, object]:
     """What containers could leave behind, counted over everything the test user owns.
 
@@ -274,7 +291,7 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
 
     server = forkserver.current()
     server_pid = server.pid if server is not None else None
-    keep = {os.getpid(), *_podman_pause_pids(), *run_server_pids()}
+    keep = {os.getpid(), *_podman_pause_pids(), *_run_servers()}
     if server_pid is not None:
         keep.add(server_pid)
     settle(user_processes(keep), timeout)

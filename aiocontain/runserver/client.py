@@ -134,13 +134,17 @@ def start() -> None:
             return  # not a private directory of ours: no socket of ours goes there
         path = [os.path.abspath(entry or ".") for entry in sys.path]  # "" is this directory, not the server's
         boot = _BOOT.format(path=path, socket=socket_path, lock=lock)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            actions = [(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)]
-            os.posix_spawn(
-                sys.executable, [sys.executable, "-c", boot], dict(os.environ), file_actions=actions, setsid=True
-            )
-        finally:
-            os.close(null)
+        import subprocess
+
+        # Not posix_spawn: glibc's leaves signals 32 and 33 ignored in the new program, and so in every container
+        # the server's runs would start (a disposition Python can neither read nor reset). This is the only
+        # process left that was never waited for: the command exits right after, and it is init's to reap.
+        subprocess.Popen(
+            [sys.executable, "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except OSError:
         pass  # no server: every run is the command's own, as without one
