@@ -49,16 +49,15 @@ def served() -> Iterator[dict[str, str]]:
         shutil.rmtree(run)
 
 
-def _start(env: dict[str, str], rootfs: Path) -> None:
+def _start(env: dict[str, str], rootfs: Path, argv: list[str] | None = None) -> None:
     """One run (the command's own: no server yet), then wait until the server it starts has bound its socket."""
     directory = Path(env["XDG_RUNTIME_DIR"]) / "aiocontain.run"
     directory.mkdir(mode=0o700, exist_ok=True)
     watch = syscalls.inotify_init1()
     try:
         syscalls.inotify_add_watch(watch, str(directory), IN_MOVED_TO)
-        proc = subprocess.run(
-            cli_argv(rootfs, "--net", "none", "true"), env=env, capture_output=True, text=True, timeout=60
-        )
+        argv = argv or cli_argv(rootfs, "--net", "none", "true")
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         readable, _, _ = select.select([watch], [], [], 30)
         assert readable, "no run server bound its socket"
@@ -147,3 +146,32 @@ def test_doctor_shows_the_server(served, rootfs):
     listed = subprocess.run(doctor, env=served, capture_output=True, text=True, timeout=60).stdout
     [line] = [line for line in listed.splitlines() if "run server" in line]
     assert f"running (pid {run_server_pids(str(Path(served['XDG_RUNTIME_DIR']) / 'aiocontain.run'))[0]})" in line
+
+
+CLIENT = """
+import sys
+before = set(sys.modules)
+import aiocontain.command  # what the console script imports: its module holds the stop signals
+from aiocontain.runserver import client
+code = client.run(sys.argv)
+if code is None:
+    client.start()  # after the command's own run, as the command does
+print(code, *sorted(set(sys.modules) - before))
+"""
+
+
+def test_a_served_run_imports_next_to_nothing(served, rootfs, tmp_path):
+    where = tmp_path / "client"
+    where.mkdir()
+    (where / "client.py").write_text(CLIENT)
+    argv = [sys.executable, str(where / "client.py"), "run", "--rootfs", str(rootfs), "--net", "none", "true"]
+    _start(served, rootfs, argv)
+    proc = subprocess.run(argv, env=served, capture_output=True, text=True, timeout=60)
+    code, *imported = proc.stdout.split()
+    assert code == "0", proc.stderr  # served: the run's code
+    assert {"aiocontain.runserver.client", "_socket"} <= set(imported)  # the listing is real
+    heavy = {"asyncio", "anyio", "argparse", "dataclasses", "inspect", "ast", "typing", "enum", "signal", "socket"}
+    assert heavy & set(imported) == set()
+    assert not any(
+        name.startswith(("aiocontain.cli", "aiocontain.container", "aiocontain.stages")) for name in imported
+    )
