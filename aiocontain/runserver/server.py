@@ -80,20 +80,76 @@ def main(socket_path: str, lock_path: str) -> NoReturn:
     os._exit(0)
 
 
-def _preload() -> None:
-    """What a run imports, so that no child imports it again."""
-    import anyio._backends._asyncio  # noqa: F401
+# What a run imports (a quiet run's sys.modules, with and without network), and what its fork server imports:
+# imported here once, no child imports them again. One missing here only costs its import in each run.
+PRELOAD = (
+    "cgroups",
+    "cgroups.hierarchy",
+    "cgroups.leaf",
+    "cgroups.limits",
+    "cgroups.watch",
+    "channels",
+    "child.forkserver",
+    "cli",
+    "cli_users",
+    "container",
+    "elf",
+    "entrypoints",
+    "envfile",
+    "errors",
+    "etcfiles",
+    "events",
+    "fdlimit",
+    "forkserver",
+    "forkserver.process",
+    "forkserver.server",
+    "forkserver.stdio",
+    "forkserver.userns",
+    "hostuser",
+    "messages",
+    "mounts",
+    "names",
+    "network",
+    "network.driver",
+    "network.none",
+    "network.slirp4netns",
+    "network.slirp_sandbox",
+    "processes",
+    "rootfs",
+    "rtnl",
+    "runtimedir",
+    "seccomp",
+    "seccomp.cache",
+    "security",
+    "security.capabilities",
+    "security.paths",
+    "spec",
+    "stages",
+    "stages.cgroup",
+    "stages.context",
+    "stages.idmap",
+    "stages.network",
+    "stages.prepare",
+    "stages.prestart",
+    "stages.release",
+    "stages.spawn",
+    "stages.tap",
+    "status",
+    "subids",
+    "syscalls",
+    "ulimits",
+    "users",
+)
 
-    import aiocontain.cli
-    import aiocontain.container
-    import aiocontain.forkserver.process
-    import aiocontain.forkserver.stdio
-    import aiocontain.network.none
-    import aiocontain.network.slirp4netns
-    import aiocontain.runtimedir
-    import aiocontain.seccomp
-    import aiocontain.seccomp.cache
-    import aiocontain.stages  # noqa: F401
+
+def _preload() -> None:
+    import importlib
+
+    import anyio._backends._asyncio
+    import anyio.to_thread  # noqa: F401
+
+    for name in PRELOAD:
+        importlib.import_module(f"aiocontain.{name}")
 
 
 def _child(connection: socket.socket, key: str) -> NoReturn:
