@@ -69,6 +69,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"aiocontain: {message} (see '{self.prog} --help')\n")
 
 
+_PREBUILT: list[argparse.ArgumentParser] = []  # the parser without plugins, built ahead by the run server
+
+
+def prebuild() -> None:
+    """Build the parser without plugins now: the run server does, once, before it forks its runs."""
+    _PREBUILT[:] = [_parser()]
+
+
 def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aiocontain",
@@ -347,7 +355,7 @@ def _main(argv: Sequence[str]) -> int:
         from aiocontain.plugins.loading import discover
 
         installed = discover(entries)
-    args = _parser(installed).parse_args(argv)
+    args = (_PREBUILT[0] if _PREBUILT and not installed else _parser(installed)).parse_args(argv)
     from aiocontain.errors import AiocontainError
 
     if args.subcommand != "run":

@@ -148,8 +148,11 @@ def _preload() -> None:
     import anyio._backends._asyncio
     import anyio.to_thread  # noqa: F401
 
+    import aiocontain.cli
+
     for name in PRELOAD:
         importlib.import_module(f"aiocontain.{name}")
+    aiocontain.cli.prebuild()  # a run without plugins parses with it (with plugins, each run builds its own)
 
 
 def _child(connection: socket.socket, key: str) -> NoReturn:
