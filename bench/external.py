@@ -111,22 +111,9 @@ class RunServers:
 
     @staticmethod
     def _pids() -> list[int]:
-        import fcntl
-
         from aiocontain import runserver
 
-        where = runserver.directory()
-        found = []
-        for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
-            if name.endswith(".lock"):
-                fd = os.open(os.path.join(where, name), os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    found.append(int(os.read(fd, 32) or b"0"))
-                finally:
-                    os.close(fd)
-        return found
+        return list(runserver.running().values())
 
     def stop(self) -> None:
         for pid in set(self._pids()) - self.before:

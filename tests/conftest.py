@@ -234,28 +234,10 @@ def slirp4netns_pids() -> list[int]:
 
 
 def run_server_pids(directory: str | None = None) -> list[int]:
-    """The user's running run servers (aiocontain.runserver): the pids in the lock files still locked."""
-    import fcntl
-
+    """The run servers (aiocontain.runserver) alive in a runtime directory's aiocontain.run (default: the user's)."""
     from aiocontain import runserver
 
-    where = directory or runserver.directory()
-    found = []
-    for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
-        if not name.endswith(".lock"):
-            continue
-        try:
-            fd = os.open(os.path.join(where, name), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with contextlib.suppress(ValueError):
-                found.append(int(os.read(fd, 32)))
-        finally:
-            os.close(fd)
-    return found
+    return sorted(runserver.running(directory).values())
 
 
 def _run_servers() -> list[int]:

@@ -136,23 +136,38 @@ def decode(data: bytes) -> list[str]:
     return data.decode("utf-8", "surrogateescape").split("\0")
 
 
+def running(where: str | None = None) -> dict[str, int]:
+    """The servers alive in a directory (default: this user's), lock file -> pid: those whose lock is held."""
+    import fcntl
+
+    where = where or directory()
+    try:
+        names = sorted(name for name in os.listdir(where) if name.endswith(".lock"))
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        path = os.path.join(where, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).strip()
+            found[path] = int(pid) if pid.isdigit() else 0  # 0: its pid not written yet
+        finally:
+            os.close(fd)
+    return found
+
+
 def status() -> str:
     """One line for ``aiocontain doctor``: whether runs of this environment are served, and by which process."""
     if not enabled():
         return f"off ({ENABLE}=0): every run imports the CLI in its own process"
-    import fcntl
-
     socket_path, lock = paths()
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+    pid = running().get(lock)
+    if pid is None:
         return "not running: the next `aiocontain run` starts one, for the runs after it"
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip()
-            return f"running (pid {pid}), socket {socket_path}; it exits after {IDLE:g} s without a run"
-        return "not running: the next `aiocontain run` starts one, for the runs after it"
-    finally:
-        os.close(fd)
+    return f"running (pid {pid}), socket {socket_path}; it exits after {IDLE:g} s without a run"
