@@ -191,8 +191,13 @@ def _take_over(connection: socket.socket, key: str) -> list[str] | None:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    while 0 < len(data) < 4:  # a stream: the length itself may come in pieces
+        more = connection.recv(4 - len(data))
+        if not more:
+            return None
+        data += more
     size = int.from_bytes(data[:4], "little")
-    if len(fds) != 3 or size > _MAX_REQUEST:
+    if len(fds) != 3 or len(data) < 4 or size > _MAX_REQUEST:
         return None
     while len(data) < 4 + size:
         more = connection.recv(4 + size - len(data))
