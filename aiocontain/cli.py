@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -66,6 +67,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_ERROR, f"aiocontain: {message} (see '{self.prog} --help')\n")
+
+
+_PREBUILT: list[argparse.ArgumentParser] = []  # the parser without plugins, built ahead by the run server
+
+
+def prebuild() -> None:
+    """Build the parser without plugins now: the run server does, once, before it forks its runs."""
+    _PREBUILT[:] = [_parser()]
 
 
 def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
@@ -311,14 +320,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, default: bool, text: str) 
         )
 
 
-def entry() -> NoReturn:
-    """The ``aiocontain`` command: ``main`` with a fork server forked early, then out without finalization."""
+def entry(after: Callable[[], None] | None = None) -> NoReturn:
+    """The ``aiocontain`` command: ``main`` with a fork server forked early, then out without finalization;
+    after: called once the output is flushed (the command starts a run server there)."""
     code = main(fork_server=True)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed pipe or stream: nothing more can reach it anyway
+    if after is not None:
+        after()
     os._exit(code)
 
 
@@ -344,15 +356,21 @@ def main(argv: Sequence[str] | None = None, *, fork_server: bool = False) -> int
 
 
 def _main(argv: Sequence[str]) -> int:
-    from aiocontain.plugins.loading import discover
+    from aiocontain import entrypoints
 
-    installed = discover()
-    args = _parser(installed).parse_args(argv)
+    installed: list[Installed] = []
+    entries = entrypoints.entry_points()  # cached: without a plugin installed the plugins are never imported
+    if entries:
+        from aiocontain.plugins.loading import discover
+
+        installed = discover(entries)
+    args = (_PREBUILT[0] if _PREBUILT and not installed else _parser(installed)).parse_args(argv)
     args.argv = list(argv)  # run -d executes the same arguments again as the detached monitor
     from aiocontain.errors import AiocontainError
 
     if args.subcommand != "run":
         _release_stop_signals()
+        _collect_again()
 
     try:
         if args.subcommand == "run":
@@ -432,12 +450,19 @@ def _release_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
+def _collect_again() -> None:
+    """Collection back on, frozen past what start-up made, where the command turned it off (aiocontain.command)."""
+    if "aiocontain.command" in sys.modules and not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def _list_plugins(installed: Sequence[Installed]) -> int:
     """`aiocontain plugins`: what is installed, whether each runs by default, and why one cannot run."""
-    from aiocontain.plugins.loading import ENTRY_POINT_GROUP
-
     if not installed:
-        print(f"no plugins installed (entry-point group {ENTRY_POINT_GROUP})")
+        from aiocontain.entrypoints import PLUGINS
+
+        print(f"no plugins installed (entry-point group {PLUGINS})")
         return 0
     rows = [("NAME", "PACKAGE", "API", "DEFAULT", "DESCRIPTION")]
     for item in installed:
@@ -636,6 +661,8 @@ async def _write_events(stream: Any, file: TextIO) -> None:
 
 def _plugins(args: argparse.Namespace, installed: Sequence[Installed]) -> list[Plugin]:
     """The plugins of this run, configured; each one that cannot run is one warning line, and the run goes on."""
+    if not installed and not args.enable_plugin and not args.disable_plugin:
+        return []  # nothing to choose from or to refuse: the plugins' modules stay unimported
     from aiocontain import events
     from aiocontain.errors import AiocontainError, PluginError
     from aiocontain.plugins.loading import select
@@ -734,6 +761,7 @@ async def _supervise(
             tg.start_soon(relay)
             try:
                 async with container:
+                    _collect_again()  # the command runs: what set-up made stays for good
                     if monitor is not None:
                         monitor.ready()  # run -d prints the id and exits; this process stays as the monitor
                     for signum in pending:

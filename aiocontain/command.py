@@ -11,14 +11,26 @@ so embedding aiocontain never touches the caller's signals.
 What comes before the first instruction is the interpreter's: a SIGINT during
 its own start-up (its site module, the script wrapper's ``import re``: some
 15 ms) ends Python by its own KeyboardInterrupt handling, exit 1.
+
+It also turns the cyclic garbage collector off: start-up makes some hundred
+thousand objects that all live on (modules, classes, functions), and collecting
+while importing them only walks them again and again (~3% of the start). The
+CLI takes collection back, frozen past those objects, once the container's
+command runs (``aiocontain.cli``); the fork server once it serves.
+
+``run`` goes to the user's run server where there is one that can stand in for
+this process (``aiocontain.runserver``): then this process only sends it the
+run, forwards the stop signals and exits with the run's code.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # not signal, which imports enum: a window of ~5 ms
+import gc
 
 STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
 _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+gc.disable()
 
 TYPE_CHECKING = False  # typing costs the command's cold start
 if TYPE_CHECKING:
@@ -26,6 +38,18 @@ if TYPE_CHECKING:
 
 
 def main() -> NoReturn:
+    import os
+    import sys
+
+    if sys.argv[1:2] == ["run"]:
+        from aiocontain.runserver import client
+
+        code = client.run(sys.argv)  # served by the run server: the imports below are its, not this process's
+        if code is not None:
+            os._exit(code)
+        from aiocontain.cli import entry
+
+        entry(after=client.start)
     from aiocontain.cli import entry
 
     entry()

@@ -19,14 +19,13 @@ from aiocontain.cgroups import Placement
 from aiocontain.errors import AiocontainError
 from aiocontain.events import Event
 from aiocontain.network import NetworkDriver, driver_for
-from aiocontain.plugins.api import ExitedContext, Plugin, StartedContext
-from aiocontain.plugins.hooks import run_hooks
 from aiocontain.spec import CgroupsMode, ContainerSpec
 from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.status import ExitStatus
 
 if TYPE_CHECKING:
     from aiocontain.forkserver import ForkServer
+    from aiocontain.plugins.api import Plugin
     from aiocontain.users import ExecUser
 
 __all__ = ["Container", "ExitStatus", "State", "run"]  # ExitStatus lives in aiocontain.status
@@ -224,6 +223,9 @@ class Container:
                 raise AiocontainError("container set-up was stopped")
             if self.plugins:
                 assert ctx.init_pid is not None
+                from aiocontain.plugins.api import StartedContext
+                from aiocontain.plugins.hooks import run_hooks
+
                 await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self._log)
             self._set_up = True
         except BaseException as exc:
@@ -258,7 +260,6 @@ class Container:
 
     def _check(self) -> tuple[Path, NetworkDriver, Placement | None, str | None]:
         """Everything that can be refused before anything starts: rootfs, architecture, init, network, cgroup."""
-        from aiocontain import init_binary as init_binary_module
         from aiocontain import rootfs as rootfs_module
         from aiocontain.cgroups import place
         from aiocontain.elf import check_arch
@@ -271,7 +272,11 @@ class Container:
 
             check_overlay()
         check_arch(rootfs, spec.command[0], spec.environment(None)["PATH"], workdir=spec.workdir)
-        init_binary = init_binary_module.find(spec.init_path) if spec.init else None
+        init_binary = None
+        if spec.init:
+            from aiocontain import init_binary as init_binary_module
+
+            init_binary = init_binary_module.find(spec.init_path)
         driver = driver_for(spec, describe_network=self.describe_network)
         driver.check()
         placement = place(spec.limits, spec.cgroup_parent, enabled=spec.cgroups is CgroupsMode.ENABLED)
@@ -352,6 +357,9 @@ class Container:
                 **(usage.fields() if usage is not None else {}),
             )
             if self.plugins:
+                from aiocontain.plugins.api import ExitedContext
+                from aiocontain.plugins.hooks import run_hooks
+
                 await run_hooks(self.plugins, "exited", ExitedContext(self, self._status), self._log)
         return self._status
 

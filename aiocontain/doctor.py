@@ -263,6 +263,13 @@ def _safely(name: str, check: Callable[[], Check]) -> Check:
         return Check(name, False, f"could not check: {err}", "report this as an aiocontain bug")
 
 
+def check_run_server() -> Check:
+    """Informational: whether `aiocontain run` is served by a warm process (aiocontain.runserver)."""
+    from aiocontain import runserver
+
+    return Check("run server", True, runserver.status(), None, required=False)
+
+
 def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
     """Run every host check, in the order a user should fix them."""
     if is_default is None:
@@ -285,6 +292,7 @@ def run_checks(rootfs: Path, *, is_default: bool | None = None) -> list[Check]:
         _safely("cgroup v2", check_cgroup),
         _safely("libseccomp", check_libseccomp),
         _safely("rootfs", lambda: check_rootfs_arch(rootfs, is_default=is_default)),
+        _safely("run server", check_run_server),
     ]
 
 

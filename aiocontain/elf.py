@@ -9,8 +9,6 @@ Stdlib-only and import-light: the CLI imports it lazily.
 from __future__ import annotations
 
 import os
-import platform
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -146,7 +144,7 @@ def normalise_machine(name: str) -> str:
 
 def host_machine() -> str:
     """The machine this host runs, normalised like elf_machine."""
-    return normalise_machine(platform.machine())
+    return normalise_machine(os.uname().machine)  # what platform.machine() says, without its import (~1 ms)
 
 
 def _elf_headers(machine: str) -> list[bytes]:
@@ -199,6 +197,8 @@ def binfmt_support(machine: str, *, binfmt_dir: Path = BINFMT_DIR) -> tuple[str 
         status = (binfmt_dir / "status").read_text().strip()
         entries = sorted(os.listdir(binfmt_dir))
     except OSError:
+        import shutil
+
         if shutil.which(f"qemu-{machine}-static") is None:
             return None, install
         return None, f"binfmt_misc is not mounted: sudo mount -t binfmt_misc binfmt_misc {binfmt_dir}"

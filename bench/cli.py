@@ -2,8 +2,9 @@
 
 Cases (``--cases``, comma-separated; groups or single names):
 
-- start: ``/bin/true`` without network: cli.none, embedded.none, bwrap.none, podman.none
-- net: with slirp4netns: cli.net, embedded.net, podman.net, shell.net
+- start: ``/bin/true`` without network: cli.none (served by the run server, which the warm-up round starts),
+  cli.none_own (no run server: the command imports everything itself), embedded.none, bwrap.none, podman.none
+- net: with slirp4netns: cli.net, cli.net_own, embedded.net, podman.net, shell.net
 - overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
   batch.shell (as many shell baselines at once: the floor for the concurrent batch)
@@ -12,6 +13,8 @@ Cases (``--cases``, comma-separated; groups or single names):
   without IPv6), throughput.pasta beside throughput.default_mtu (container -> host loopback), and
   published.pasta beside published.slirp4netns (host -> container through -p)
 - memory: what each running container costs the runtime
+- isolation: what the isolation costs at start-up, each beside cli.none (seccomp filter from the cache):
+  cli.unconfined (no filter), cli.privileged, cli.seccomp_cold (the cache empty: compiled each run), cli.tty (-t)
 
 A case whose tool is not installed is skipped and the report says so (as root,
 ``nox -s bench`` installs them).
@@ -29,12 +32,13 @@ from bench import embedded, external, podman, report, throughput
 from bench.runner import Case, run_interleaved
 
 GROUPS = {
-    "start": ["cli.none", "embedded.none", "bwrap.none", "podman.none"],
-    "net": ["cli.net", "embedded.net", "podman.net", "shell.net"],
+    "start": ["cli.none", "cli.none_own", "embedded.none", "bwrap.none", "podman.none"],
+    "net": ["cli.net", "cli.net_own", "embedded.net", "podman.net", "shell.net"],
     "overlay": ["cli.overlay", "cli.none", "podman.overlay", "podman.none"],
     "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
+    "isolation": ["cli.none", "cli.unconfined", "cli.privileged", "cli.seccomp_cold", "cli.tty"],
     "pasta": [
         "cli.net",
         "cli.net4",
@@ -91,7 +95,9 @@ def selected(spec: str) -> list[str]:
             wanted = [item]
         else:
             raise SystemExit(f"bench: unknown case {item!r}: use all, {', '.join(GROUPS)} or a case name")
-        names += [name for name in wanted if name not in names]
+        for name in wanted:  # a case in several groups (cli.none, cli.net) runs once a round
+            if name not in names:
+                names.append(name)
     return names
 
 
@@ -103,8 +109,11 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
     if name in ("cli.pasta", "cli.net4"):
         return external.cli_network(rootfs, name, reps)
+    if name in external.ISOLATION:
+        return external.cli_isolation(rootfs, name, reps)
     if group == "cli":
-        return external.cli(rootfs, name == "cli.net", reps, overlay=name == "cli.overlay")
+        network, own = name in ("cli.net", "cli.net_own"), name.endswith("_own")
+        return external.cli(rootfs, network, reps, overlay=name == "cli.overlay", own=own)
     if group == "bwrap":
         return external.bwrap(rootfs, reps)
     if group == "podman":
@@ -148,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = report.machine()
     extra: dict[str, Any] = {"skipped": skipped}
     pause = podman.PauseProcess()
+    run_servers = external.RunServers()
     if any(name.startswith("podman.") for name in names):
         try:
             extra["podman"] = podman.probe(args.rootfs)
@@ -162,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if worker is not None:
             worker.close()
         pause.stop()
+        run_servers.stop()
     checks = report.ratios(args.batch)
     print(report.table(results, checks, skipped))
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}

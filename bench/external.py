@@ -8,9 +8,12 @@ user of the command waits for, so that is what is measured.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +26,15 @@ TRUE = ["/bin/true"]
 SHELL_BASELINE = Path(__file__).with_name("slirp_baseline.sh")
 
 
-def timed(argv: list[str], copies: int = 1, timeout: float = 120) -> float:
+def timed(argv: list[str], copies: int = 1, timeout: float = 120, env: Mapping[str, str] | None = None) -> float:
     """Seconds from starting copies of argv at once until all have exited; raises when one fails, with the
-    tail of its stderr."""
+    tail of its stderr. env: variables set for it, on top of this process's."""
+    environment = {**os.environ, **env} if env else None
     started = time.perf_counter()
     running = [
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment
+        )
         for _ in range(copies)
     ]
     try:
@@ -55,13 +61,14 @@ class CommandCase:
     description: str
     repetitions: int
     copies: int = 1
+    env: dict[str, str] | None = None
     metrics: tuple[Metric, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = (Metric(self.name, "ms", self.description),)
 
     def run(self) -> Mapping[str, float]:
-        return {self.name: timed(self.argv, self.copies) * 1000}
+        return {self.name: timed(self.argv, self.copies, env=self.env) * 1000}
 
 
 def aiocontain_executable() -> str:
@@ -78,15 +85,70 @@ def cli_network(rootfs: Path, name: str, repetitions: int) -> CommandCase:
     return CommandCase(name, [*argv, *TRUE], f"aiocontain run {' '.join(options)} /bin/true", repetitions)
 
 
-def cli(rootfs: Path, network: bool, repetitions: int, overlay: bool = False) -> CommandCase:
+def cli(rootfs: Path, network: bool, repetitions: int, overlay: bool = False, own: bool = False) -> CommandCase:
     """``aiocontain run``, a fresh interpreter each time; networking is the CLI's default (slirp4netns).
-    overlay: ``--rootfs DIR:O``, the throwaway overlay, without network."""
+    overlay: ``--rootfs DIR:O``, the throwaway overlay, without network. By default the run server serves the
+    runs (the warm-up round starts it); own: every run in the command's own process (cli.none_own, cli.net_own)."""
     argv = [aiocontain_executable(), "run", "--rootfs", f"{rootfs}:O" if overlay else str(rootfs)]
     if not network:
         argv += ["--net", "none"]
     name = "cli.overlay" if overlay else "cli.net" if network else "cli.none"
     what = "--rootfs DIR:O --net none" if overlay else "with slirp4netns" if network else "--net none"
+    if own:
+        return CommandCase(
+            f"{name}_own", [*argv, *TRUE], f"aiocontain run {what} /bin/true, no run server", repetitions,
+            env={"AIOCONTAIN_RUN_SERVER": "0"},
+        )  # fmt: skip
     return CommandCase(name, [*argv, *TRUE], f"aiocontain run {what} /bin/true", repetitions)
+
+
+class RunServers:
+    """The run servers (aiocontain.runserver) that the CLI cases start: stopped at the end, as podman's pause
+    process is, when this benchmark started them."""
+
+    def __init__(self) -> None:
+        self.before = set(self._pids())
+
+    @staticmethod
+    def _pids() -> list[int]:
+        from aiocontain import runserver
+
+        return list(runserver.running().values())
+
+    def stop(self) -> None:
+        for pid in set(self._pids()) - self.before:
+            if pid > 0:
+                os.kill(pid, signal.SIGTERM)
+
+
+ISOLATION = {
+    "cli.unconfined": (["--security-opt", "seccomp=unconfined"], "--net none, no seccomp filter"),
+    "cli.privileged": (["--privileged"], "--net none --privileged (every capability, no filter, no masked paths)"),
+    "cli.seccomp_cold": ([], "--net none, the seccomp cache empty: libseccomp loaded, the profile compiled"),
+    "cli.tty": (["-t", "-i=false"], "--net none -t: a terminal of its own, relayed"),
+}
+
+
+@dataclass
+class ColdCacheCase(CommandCase):
+    """A command run with an empty XDG_CACHE_HOME each time: what a first run (or a new profile) costs."""
+
+    def run(self) -> Mapping[str, float]:
+        with tempfile.TemporaryDirectory(prefix="aiocontain-bench-cache-") as cache:
+            os.environ["XDG_CACHE_HOME"] = cache
+            try:
+                return super().run()
+            finally:
+                del os.environ["XDG_CACHE_HOME"]
+
+
+def cli_isolation(rootfs: Path, name: str, repetitions: int) -> CommandCase:
+    """``aiocontain run --net none`` with one isolation feature off or changed (``ISOLATION``): beside cli.none,
+    what the seccomp filter (compiled, or from the cache), the capability set and a terminal cost at start-up."""
+    options, what = ISOLATION[name]
+    argv = [aiocontain_executable(), "run", "--rootfs", str(rootfs), "--net", "none", *options, *TRUE]
+    kind = ColdCacheCase if name == "cli.seccomp_cold" else CommandCase
+    return kind(name, argv, f"aiocontain run {what} /bin/true", repetitions)
 
 
 def bwrap(rootfs: Path, repetitions: int) -> CommandCase:

@@ -23,6 +23,12 @@ from typing import Any
 
 import pytest
 
+# The run server (aiocontain.runserver) outlives the run that starts it, and leftovers() counts every process of
+# the user: the suite's runs are the command's own, unless AIOCONTAIN_TEST_RUN_SERVER=1 sends them through one
+# (leftovers() then leaves the server out). tests/test_runserver.py starts servers of its own.
+if os.environ.get("AIOCONTAIN_TEST_RUN_SERVER") != "1":
+    os.environ["AIOCONTAIN_RUN_SERVER"] = "0"
+
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
@@ -227,6 +233,30 @@ def slirp4netns_pids() -> list[int]:
     return sorted(found)
 
 
+def run_server_pids(directory: str | None = None) -> list[int]:
+    """The run servers (aiocontain.runserver) alive in a runtime directory's aiocontain.run (default: the user's)."""
+    from aiocontain import runserver
+
+    return sorted(runserver.running(directory).values())
+
+
+def _run_servers() -> list[int]:
+    """Every run server of the user, wherever its runtime directory (a test may set one of its own)."""
+    found = []
+    for pid in user_processes():
+        described = _describe(pid)
+        if described is not None and "aiocontain.runserver.server import main" in _cmdline(pid):
+            found.append(pid)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def leftovers(timeout: float = 5.0) -> dict[str, object]:
     """What containers could leave behind, counted over everything the test user owns.
 
@@ -245,7 +275,7 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
 
     server = forkserver.current()
     server_pid = server.pid if server is not None else None
-    keep = {os.getpid(), *_podman_pause_pids()}
+    keep = {os.getpid(), *_podman_pause_pids(), *_run_servers()}
     if server_pid is not None:
         keep.add(server_pid)
     settle(user_processes(keep), timeout)

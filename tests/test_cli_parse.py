@@ -234,6 +234,7 @@ def test_network_facts_are_decoded_only_when_logged(fake_run: FakeRun, level: st
 def test_network_facts_are_decoded_for_a_plugin_that_may_use_them(
     fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from aiocontain import entrypoints
     from aiocontain.plugins import Installed, Plugin, loading
 
     class Quiet(Plugin):
@@ -245,7 +246,9 @@ def test_network_facts_are_decoded_for_a_plugin_that_may_use_them(
     for plugins, describe in (([Quiet()], False), ([Quiet(), Curious()], True)):
         fake_run.calls.clear()
         installed = [Installed(type(plugin).__name__.lower(), "test 1.0", plugin) for plugin in plugins]
-        monkeypatch.setattr(loading, "discover", lambda installed=installed: installed)
+        entries = [(name, "unused:make", "test 1.0") for name in ("quiet", "curious")]
+        monkeypatch.setattr(entrypoints, "entry_points", lambda group=entrypoints.PLUGINS, found=entries: found)
+        monkeypatch.setattr(loading, "discover", lambda entries=None, installed=installed: installed)
         assert cli.main(["run", "true"]) == 0
         assert fake_run.calls[0]["args"][2] is describe
 

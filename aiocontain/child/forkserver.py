@@ -104,8 +104,10 @@ def prepare(owner: int) -> None:
 def serve(requests: socket.socket) -> NoReturn:
     """Fork on request and reap, until end of stream and no child left."""
     # Everything imported so far is shared with every child: frozen, no collection in a child walks
-    # (and so copies) those pages.
+    # (and so copies) those pages. The CLI's command held collection off for its start-up (aiocontain.command):
+    # this process and its children live as long as their containers, so they collect again.
     gc.freeze()
+    gc.enable()
     poller = select.poll()
     poller.register(requests, select.POLLIN)
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)

@@ -8,15 +8,14 @@ each run says so in one warning line and goes on without it.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from aiocontain import entrypoints
 from aiocontain.errors import AiocontainError
 from aiocontain.plugins.api import SUPPORTED_API_VERSIONS, Plugin
 
-ENTRY_POINT_GROUP = "aiocontain.plugins"
+ENTRY_POINT_GROUP = entrypoints.PLUGINS
 
 
 @dataclass
@@ -34,10 +33,11 @@ class Installed:
         return self.plugin is not None and self.plugin.enabled_by_default
 
 
-def discover() -> list[Installed]:
-    """Every installed plugin, in the order they run (``order``, then name)."""
+def discover(entries: Sequence[entrypoints.Entry] | None = None) -> list[Installed]:
+    """Every installed plugin, in the order they run (``order``, then name); entries: the group's entry points,
+    when the caller has them already (``aiocontain.entrypoints``, cached between runs)."""
     found: list[Installed] = []
-    for name, value, dist in entry_points(ENTRY_POINT_GROUP):
+    for name, value, dist in entrypoints.entry_points(ENTRY_POINT_GROUP) if entries is None else entries:
         try:
             plugin = _instantiate(_load(value))
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break aiocontain
@@ -55,49 +55,6 @@ def discover() -> list[Installed]:
                 setattr(plugin, "name", name)  # noqa: B010 - an instance's own name, not the ClassVar
             found.append(Installed(plugin.name, dist, plugin))
     return sorted(found, key=lambda item: (item.plugin.order if item.plugin else 0, item.name))
-
-
-def entry_points(group: str) -> Iterator[tuple[str, str, str]]:
-    """(name, "module:attr", "distribution version") of each entry point in group, first on sys.path winning.
-
-    Reads the installed distributions' entry_points.txt directly: importlib.metadata
-    costs ~55 ms of imports on every CLI start, for a few small text files.
-    """
-    seen: set[str] = set()
-    for directory in sys.path:
-        try:
-            names = sorted(os.listdir(directory or "."))
-        except OSError:
-            continue
-        for info in names:
-            if not info.endswith((".dist-info", ".egg-info")):
-                continue
-            dist, _, version = info.rsplit(".", 1)[0].partition("-")
-            key = dist.lower().replace("-", "_")
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                with open(os.path.join(directory or ".", info, "entry_points.txt"), encoding="utf-8") as file:
-                    text = file.read()
-            except OSError:
-                continue
-            for name, value in _section(text, group):
-                yield name, value, f"{dist} {version}".strip()
-
-
-def _section(text: str, group: str) -> Iterator[tuple[str, str]]:
-    """The ``name = value`` lines of one [group] of an entry_points.txt (an INI file)."""
-    current = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = line[1:-1].strip()
-        elif current == group and "=" in line:
-            name, _, value = line.partition("=")
-            yield name.strip(), value.strip()
 
 
 def _load(value: str) -> object:

@@ -9,14 +9,15 @@ Reads ``plugins`` and ``container``; sets ``extra_env``, ``mounts``, ``files``.
 from __future__ import annotations
 
 from aiocontain.errors import AiocontainError
-from aiocontain.plugins.api import PrepareContext
-from aiocontain.plugins.hooks import run_hooks
 from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> bool:
     if not ctx.plugins:
-        return False
+        return False  # before the plugins' modules are imported: a run without plugins never needs them
+    from aiocontain.plugins.api import PrepareContext
+    from aiocontain.plugins.hooks import run_hooks
+
     assert ctx.container is not None
     context = PrepareContext(ctx.container)
     called = await run_hooks(ctx.plugins, "prepare", context, ctx.log)

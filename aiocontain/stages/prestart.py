@@ -8,14 +8,15 @@ Reads ``plugins``, ``container``, ``init_pid``, ``network``, ``cgroup``, ``drive
 
 from __future__ import annotations
 
-from aiocontain.plugins.api import PrestartContext
-from aiocontain.plugins.hooks import run_hooks
 from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> bool:
     if not ctx.plugins:
-        return False
+        return False  # before the plugins' modules are imported: a run without plugins never needs them
+    from aiocontain.plugins.api import PrestartContext
+    from aiocontain.plugins.hooks import run_hooks
+
     assert ctx.container is not None and ctx.init_pid is not None
     context = PrestartContext(
         container=ctx.container,

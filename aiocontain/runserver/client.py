@@ -1,0 +1,150 @@
+"""The command's side of the run server: send the run, forward the stop signals, exit with its code.
+
+``run`` returns None when the run is not served (no server, a terminal, the
+server's answer that it cannot stand in for this process): the command then runs
+it itself, and ``start`` (after that run) starts a server for the next one.
+Nothing here imports more than a few builtin modules: it is the whole of a served
+run's own start-up.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # not signal: its enum import costs more than the rest of this
+import _socket
+import os
+import sys
+
+from aiocontain import runserver
+
+STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+STARTED, EXITED, DECLINED = b"P", b"X", b"F"
+_BOOT = "import sys;sys.path[:]={path!r};from aiocontain.runserver.server import main;main({socket!r},{lock!r})"
+
+_absent = False  # set by run: no server answered, so start one once this run is over
+
+
+def run(argv: list[str]) -> int | None:
+    """The exit code of argv (``aiocontain run ...``) served by the run server, or None: run it yourself."""
+    global _absent
+    if not runserver.enabled():
+        return None
+    try:
+        if any(os.isatty(fd) for fd in (0, 1, 2)):
+            return None
+        for fd in (0, 1, 2):
+            os.fstat(fd)  # a closed one cannot be handed over
+    except OSError:
+        return None
+    socket_path, _lock = runserver.paths()
+    if not _private(runserver.directory()):
+        return None  # not a directory of ours alone: whatever listens there is not asked to run anything
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        try:
+            connection.connect(socket_path)
+        except OSError:
+            _absent = True
+            return None
+        server_uid = int.from_bytes(connection.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[4:8], "little")
+        if server_uid != os.getuid():
+            return None
+        return _served(connection, argv)
+    finally:
+        connection.close()
+
+
+def _private(directory: str) -> bool:
+    """Ours and closed to everyone else; absent counts too (start makes it so)."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077 and (info.st_mode & 0o170000) == 0o040000
+
+
+def _served(connection: _socket.socket, argv: list[str]) -> int | None:
+    import array
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return None  # a removed working directory: the command's own run says so
+    fields = [runserver.FORMAT, runserver.key(), runserver.attributes(), cwd, str(umask), str(len(argv)), *argv]
+    fields += [f"{name}={value}" for name, value in os.environ.items()]
+    fds = array.array("i", [0, 1, 2])
+    try:
+        connection.sendmsg([runserver.encode(fields)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
+        answer, ancillary, _flags, _ = connection.recvmsg(5, _socket.CMSG_SPACE(fds.itemsize))
+    except OSError:
+        return None
+    received = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+    if answer[:1] != STARTED or len(answer) != 5 or len(received) != 1:
+        for fd in received:
+            os.close(fd)
+        return None  # declined (or a server going away): nothing was started
+    pidfd = received[0]  # the run's process, by a pidfd: a signal never reaches a process that reused its pid
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            _signal.pidfd_send_signal(pidfd, signum)  # its handlers do what the command's would: stop the container
+        except OSError:
+            pass  # gone: its exit code is on the way
+
+    for signum in STOP_SIGNALS:
+        _signal.signal(signum, forward)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOP_SIGNALS)  # held since the command's start: delivered now
+    try:
+        answer = _receive(connection)
+    except OSError:
+        answer = b""
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+    os.close(pidfd)
+    if answer[:1] == EXITED and len(answer) == 5:
+        return int.from_bytes(answer[1:], "little")
+    print("aiocontain: the run server's process for this run ended without an exit code", file=sys.stderr)
+    return 125
+
+
+def _receive(connection: _socket.socket) -> bytes:
+    """One answer: a kind byte and four bytes (the exit code); b"" at end of stream."""
+    data = b""
+    while len(data) < 5:
+        chunk = connection.recv(5 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def start() -> None:
+    """Start a server for this environment in the background, if the last ``run`` found none; never waits."""
+    if not _absent:
+        return
+    socket_path, lock = runserver.paths()
+    try:
+        os.makedirs(runserver.directory(), mode=0o700, exist_ok=True)
+        if not _private(runserver.directory()):
+            return  # not a private directory of ours: no socket of ours goes there
+        path = [os.path.abspath(entry or ".") for entry in sys.path]  # "" is this directory, not the server's
+        boot = _BOOT.format(path=path, socket=socket_path, lock=lock)
+        import subprocess
+
+        # Not posix_spawn: glibc's leaves signals 32 and 33 ignored in the new program, and so in every container
+        # the server's runs would start (a disposition Python can neither read nor reset). This is the only
+        # process left that was never waited for: the command exits right after, and it is init's to reap.
+        subprocess.Popen(
+            [sys.executable, "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        pass  # no server: every run is the command's own, as without one

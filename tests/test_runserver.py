@@ -1,0 +1,177 @@
+"""The run server: a served run looks like the command's own from outside, dies with its client, and steps
+aside where it cannot stand in for it or its code changed.
+
+Each test has a runtime directory, and so a server, of its own (stopped at its end); the rest of the suite runs
+without one (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aiocontain import syscalls
+from tests.conftest import run_server_pids, settle, started, user_processes
+
+pytestmark = pytest.mark.timeout(120)
+
+IN_MOVED_TO = 0x80
+COMMAND = str(Path(sys.executable).parent / "aiocontain")  # the console script, as users run it
+
+
+def cli_argv(rootfs: Path | str, *args: str) -> list[str]:
+    return [COMMAND, "run", "--rootfs", str(rootfs), *args]
+
+
+@pytest.fixture
+def served() -> Iterator[dict[str, str]]:
+    """The environment of a command whose runs go to a run server in a runtime directory of the test's own (short:
+    slirp4netns's API socket goes in there too); the server ends with the test."""
+    run = Path(tempfile.mkdtemp(prefix="aic-rs-"))
+    env = {**os.environ, "AIOCONTAIN_RUN_SERVER": "1", "XDG_RUNTIME_DIR": str(run)}
+    env["AIOCONTAIN_RUN_SERVER_IDLE"] = "60"
+    try:
+        yield env
+    finally:
+        servers = run_server_pids(str(run / "aiocontain.run"))
+        for pid in servers:
+            os.kill(pid, signal.SIGTERM)
+        assert settle(servers, 10) == set()
+        shutil.rmtree(run)
+
+
+def _start(env: dict[str, str], rootfs: Path, argv: list[str] | None = None) -> None:
+    """One run (the command's own: no server yet), then wait until the server it starts has bound its socket."""
+    directory = Path(env["XDG_RUNTIME_DIR"]) / "aiocontain.run"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    watch = syscalls.inotify_init1()
+    try:
+        syscalls.inotify_add_watch(watch, str(directory), IN_MOVED_TO)
+        argv = argv or cli_argv(rootfs, "--net", "none", "true")
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        readable, _, _ = select.select([watch], [], [], 30)
+        assert readable, "no run server bound its socket"
+    finally:
+        os.close(watch)
+    assert run_server_pids(str(directory))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_served_run_is_the_commands_own_from_outside(served, rootfs, tmp_path):
+    _start(served, rootfs)
+    stdin = tmp_path / "input"
+    stdin.write_text("typed\n")
+    argv = cli_argv(rootfs.name, "--net", "none", "-e", "GREETING", "--", "/bin/sh", "-c", "echo $GREETING; cat; ")
+    argv[-1] += "grep SigIgn /proc/self/status; echo to-stderr >&2; exit 7"
+    with stdin.open() as typed:
+        proc = subprocess.run(
+            argv,
+            env={**served, "GREETING": "hi"},
+            cwd=rootfs.parent,  # --rootfs is relative to the command's working directory
+            stdin=typed,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    # Nothing ignored either (the server is not started by posix_spawn, which leaves signals 32 and 33 ignored).
+    assert (proc.returncode, proc.stderr) == (7, "to-stderr\n")
+    assert proc.stdout.split() == ["hi", "typed", "SigIgn:", "0000000000000000"]
+
+    # Served: the command forks no fork server of its own; and a SIGTERM to it reaches the container.
+    sleeper = cli_argv(rootfs, "--net", "none", "--init", "--", "/bin/sh", "-c", "echo ready; exec sleep 60")
+    with started(sleeper, env=served) as proc:
+        assert _children(proc.pid) == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    # Control: the command's own run has its fork server as a child.
+    with started(sleeper, env={**served, "AIOCONTAIN_RUN_SERVER": "0"}) as proc:
+        assert _children(proc.pid) != []
+
+
+def test_the_run_dies_with_its_client(served, rootfs):
+    _start(served, rootfs)
+    before = user_processes()
+    argv = cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")  # with slirp4netns, a helper too
+    with started(argv, env=served) as proc:
+        run = user_processes() - before - {proc.pid}
+        assert len(run) >= 4  # the run's process, its fork server, the intermediate, PID 1, slirp4netns
+        proc.kill()
+        proc.wait()
+    assert settle(run, 10) == set()  # every one of them ended, as with the command's own run
+
+
+def test_a_run_the_server_cannot_stand_in_for_is_the_commands_own(served, rootfs):
+    import resource
+
+    _start(served, rootfs)
+    argv = cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", "echo ready; ulimit -c; exec sleep 60")
+
+    def lower_core_limit() -> None:  # a limit the container inherits, which the server's process has not
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    with started(argv, env=served, preexec_fn=lower_core_limit) as proc:
+        assert _children(proc.pid) != []  # its own fork server: not served
+        proc.kill()
+
+
+def test_a_changed_installation_retires_the_server(served, rootfs, tmp_path):
+    extra = tmp_path / "extra"  # a sys.path directory: installing or removing a package there changes its time
+    extra.mkdir()
+    env = {**served, "PYTHONPATH": str(extra)}
+    _start(env, rootfs)
+    [server] = run_server_pids(str(Path(served["XDG_RUNTIME_DIR"]) / "aiocontain.run"))
+    (extra / "new_package.py").write_text("")
+    proc = subprocess.run(cli_argv(rootfs, "--net", "none", "true"), env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert settle([server], 10) == set()  # declined the run (the command ran it) and exited
+
+
+def test_doctor_shows_the_server(served, rootfs):
+    doctor = [COMMAND, "doctor"]
+    assert "not running" in subprocess.run(doctor, env=served, capture_output=True, text=True, timeout=60).stdout
+    _start(served, rootfs)
+    listed = subprocess.run(doctor, env=served, capture_output=True, text=True, timeout=60).stdout
+    [line] = [line for line in listed.splitlines() if "run server" in line]
+    assert f"running (pid {run_server_pids(str(Path(served['XDG_RUNTIME_DIR']) / 'aiocontain.run'))[0]})" in line
+
+
+CLIENT = """
+import sys
+before = set(sys.modules)
+import aiocontain.command  # what the console script imports: its module holds the stop signals
+from aiocontain.runserver import client
+code = client.run(sys.argv)
+if code is None:
+    client.start()  # after the command's own run, as the command does
+print(code, *sorted(set(sys.modules) - before))
+"""
+
+
+def test_a_served_run_imports_next_to_nothing(served, rootfs, tmp_path):
+    where = tmp_path / "client"
+    where.mkdir()
+    (where / "client.py").write_text(CLIENT)
+    argv = [sys.executable, str(where / "client.py"), "run", "--rootfs", str(rootfs), "--net", "none", "true"]
+    _start(served, rootfs, argv)
+    proc = subprocess.run(argv, env=served, capture_output=True, text=True, timeout=60)
+    code, *imported = proc.stdout.split()
+    assert code == "0", proc.stderr  # served: the run's code
+    assert {"aiocontain.runserver.client", "_socket"} <= set(imported)  # the listing is real
+    heavy = {"asyncio", "anyio", "argparse", "dataclasses", "inspect", "ast", "typing", "enum", "signal", "socket"}
+    assert heavy & set(imported) == set()
+    assert not any(
+        name.startswith(("aiocontain.cli", "aiocontain.container", "aiocontain.stages")) for name in imported
+    )
