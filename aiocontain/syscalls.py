@@ -40,6 +40,7 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -122,6 +123,12 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def set_dumpable(dumpable: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a process that is not dumpable cannot be ptraced, nor its /proc/PID/fd, exe or
+    mem opened, by anyone without CAP_SYS_PTRACE over the user namespace it was executed in. execve resets it."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
 
 
 def capability_in_bounding_set(cap: int) -> bool | None:
