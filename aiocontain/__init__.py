@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiocontainError",
+    "AttachedContainer",
     "CgroupError",
     "CgroupsMode",
     "CommandNotExecutable",
@@ -29,6 +30,7 @@ __all__ = [
     "PluginError",
     "ResourceUsage",
     "SetupError",
+    "attach",
     "run",
 ]
 
@@ -48,11 +50,14 @@ _LAZY = {
     "NetworkMode": "aiocontain.spec",
     "CgroupsMode": "aiocontain.spec",
     "ResourceUsage": "aiocontain.cgroups.leaf",
+    "attach": "aiocontain.attach",
+    "AttachedContainer": "aiocontain.attach",
 }
 
 if TYPE_CHECKING:
     from typing import Any
 
+    from aiocontain.attach import AttachedContainer, attach
     from aiocontain.cgroups.leaf import ResourceUsage
     from aiocontain.container import Container, run
     from aiocontain.errors import (

@@ -230,6 +230,9 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
     from aiocontain import cli_users
 
     cli_users.add_arguments(run)  # --user, --env-file, --ulimit, --dns, --add-host, --label, ...
+    from aiocontain import cli_containers
+
+    cli_containers.add_run_arguments(run)  # -d, --rm
     run.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -267,6 +270,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
             # (dest, how the user spells it, its default): given while the plugin does not run, it is refused
             item.options = [(a.dest, (a.option_strings or [a.dest])[0], a.default) for a in run._actions[known:]]
 
+    cli_containers.add_parsers(commands)  # ps, stop, kill, rm, logs, inspect
     commands.add_parser("plugins", help="list the installed plugins")
 
     doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
@@ -321,6 +325,11 @@ def entry() -> NoReturn:
 def main(argv: Sequence[str] | None = None, *, fork_server: bool = False) -> int:
     """Run the command line; fork_server: for ``run``, fork the fork server first (only a fresh process may)."""
     args_list = sys.argv[1:] if argv is None else list(argv)
+    from aiocontain import cli_containers
+
+    if args_list[:1] and args_list[0] in cli_containers.COMMANDS:
+        _release_stop_signals()  # nothing to tear down: a signal ends these at once
+        return cli_containers.main(args_list, _Parser)  # light: stdlib only, no plugins, no fork server
     if not (fork_server and args_list[:1] == ["run"]):
         return _main(args_list)
     from aiocontain import fdlimit, forkserver
@@ -339,6 +348,7 @@ def _main(argv: Sequence[str]) -> int:
 
     installed = discover()
     args = _parser(installed).parse_args(argv)
+    args.argv = list(argv)  # run -d executes the same arguments again as the detached monitor
     from aiocontain.errors import AiocontainError
 
     if args.subcommand != "run":
@@ -447,6 +457,16 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     from aiocontain.errors import AiocontainError
     from aiocontain.spec import ContainerSpec
 
+    monitor = None
+    if args.detach:
+        from aiocontain import detached
+
+        if args.tty:
+            raise AiocontainError("-t gives a terminal to relay, and run -d relays nothing", fix="drop -t with -d")
+        monitor = detached.Monitor.from_environment()
+        if monitor is None:
+            return detached.start(args.argv)  # this process waits for set-up; the monitor runs the container
+        args.tty, args.interactive = False, False
     if args.mtu is not None and args.net not in ("slirp4netns", "pasta"):
         raise AiocontainError(f"--mtu sets tap0's MTU, which --net {args.net} has none of", fix="drop --mtu")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -489,6 +509,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         privileged=args.privileged,
         **_security_options(args.security_opt),
         **cli_users.spec_fields(args, env),
+        **_monitor_fields(monitor),
     )
     spec.validate()
 
@@ -512,7 +533,16 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     describe_network = shown or any(plugin.uses_network_facts for plugin in plugins)
     try:
         anyio.run(
-            _run_container, spec, result, events_file, plugins, describe_network, interactive, backend=args.backend
+            _run_container,
+            spec,
+            result,
+            events_file,
+            plugins,
+            describe_network,
+            interactive,
+            monitor,
+            args.rm,
+            backend=args.backend,
         )
     finally:
         if events_file is not None and events_file is not sys.stdout:
@@ -526,6 +556,11 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         limit = f" of {format_size(spec.limits.memory)}" if spec.limits.memory else ""
         print(f"aiocontain: the container was killed by the OOM killer at its memory limit{limit}", file=sys.stderr)
     return int(result["code"])
+
+
+def _monitor_fields(monitor: Any) -> dict[str, Any]:
+    """run -d's monitor runs the container whose id run -d chose (and named its log after)."""
+    return {"id": monitor.container_id} if monitor is not None else {}
 
 
 def _security_options(options: Sequence[str]) -> dict[str, Any]:
@@ -637,23 +672,31 @@ async def _run_container(
     plugins: Sequence[Plugin] = (),
     describe_network: bool = True,
     interactive: bool = False,
+    monitor: Any = None,
+    auto_remove: bool = False,
 ) -> None:
     import anyio
 
     from aiocontain.container import Container
 
     container = Container(spec, plugins, describe_network=describe_network)
+    if monitor is not None:  # run -d: the record stays after the exit (unless --rm), naming the log
+        from aiocontain import registry
+
+        container.log_path, container.auto_remove = registry.log_path(spec.id), auto_remove
     # Outside the signal-handling group: its cancellation must not cut the file short.
     async with anyio.create_task_group() as outer:
         if events_file is not None:
             outer.start_soon(_write_events, container.events(), events_file)
         try:
-            await _supervise(container, spec, result, interactive)
+            await _supervise(container, spec, result, interactive, monitor)
         finally:
             container.close_events()  # already ended after teardown; this covers a run cut short before set-up
 
 
-async def _supervise(container: Any, spec: Any, result: dict[str, Any], interactive: bool = False) -> None:
+async def _supervise(
+    container: Any, spec: Any, result: dict[str, Any], interactive: bool = False, monitor: Any = None
+) -> None:
     import contextlib
     import signal
 
@@ -691,6 +734,8 @@ async def _supervise(container: Any, spec: Any, result: dict[str, Any], interact
             tg.start_soon(relay)
             try:
                 async with container:
+                    if monitor is not None:
+                        monitor.ready()  # run -d prints the id and exits; this process stays as the monitor
                     for signum in pending:
                         forward(signum, tg)
                     with contextlib.ExitStack() as raw:

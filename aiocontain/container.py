@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
-from aiocontain import events, fdlimit, names
+from aiocontain import events, fdlimit, registry
 from aiocontain.cgroups import Placement
 from aiocontain.errors import AiocontainError
 from aiocontain.events import Event
@@ -68,6 +68,12 @@ class Container:
         self._tg: TaskGroup | None = None
         self._status: ExitStatus | None = None
         self._started_at = 0.0
+        self._registration: registry.Registration | None = None
+        self._set_up = False  # set-up done: from then on its record may stay after the exit
+        # Set by `aiocontain run -d`'s monitor: the container writes to log_path, and its record stays after
+        # its exit, with the exit code, until `aiocontain rm` (unless auto_remove, --rm).
+        self.log_path: str | None = None
+        self.auto_remove = False
 
     @property
     def pid(self) -> int | None:
@@ -161,7 +167,8 @@ class Container:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
             user = self._user(rootfs)
-            name = names.claim(self.spec.name) if self.spec.name is not None else None  # last: nothing can fail after
+            # Last: nothing can fail after it.
+            name = registry.claim_name(self.spec.name) if self.spec.name is not None else None
         except BaseException:
             self._log.close()  # nothing was started: event streams end here
             raise
@@ -174,6 +181,7 @@ class Container:
         await stack.__aenter__()
         if name is not None:
             stack.callback(name.release)  # the last to go: the name is the container's until it is all gone
+        stack.callback(self._unregister)  # once everything else is undone: `aiocontain stop` waits for this
         try:
             ctx = self._ctx = StageContext(
                 spec=spec,
@@ -200,6 +208,8 @@ class Container:
             )
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
+                    if stage == "release":
+                        self._register(ctx)  # before the command runs: it never runs unrecorded
                     try:
                         await events.timed_stage(self._log, stage, partial(body, ctx))
                     except AiocontainError as exc:
@@ -216,10 +226,36 @@ class Container:
             if self.plugins:
                 assert ctx.init_pid is not None
                 await run_hooks(self.plugins, "started", StartedContext(self, ctx.init_pid), self._log)
+            self._set_up = True
         except BaseException as exc:
             await self._teardown(type(exc), exc, exc.__traceback__)
             raise
         return self
+
+    def _register(self, ctx: StageContext) -> None:
+        """Record the container for `aiocontain ps` and ``aiocontain.attach`` (aiocontain.registry)."""
+        assert ctx.init_pid is not None
+        self._registration = registry.register(
+            self.id,
+            self.name,
+            ctx.init_pid,
+            spec=_plain(self.spec, skip=("stdin", "stdout", "stderr")),
+            network=_plain(dict(ctx.network)),
+            cgroup=str(self.cgroup) if self.cgroup is not None else None,
+            stop_timeout=self.spec.stop_timeout,
+            detached=self.log_path is not None,
+            auto_remove=self.auto_remove,
+            log=self.log_path,
+        )
+
+    def _unregister(self) -> None:
+        registration, self._registration = self._registration, None
+        if registration is None:
+            return
+        if not self._set_up:
+            registry.remove(registration.record)  # a failed set-up: nothing of it stays, its record neither
+            return
+        registration.finish(self._status.code if self._status is not None else None)
 
     def _check(self) -> tuple[Path, NetworkDriver, Placement | None, str | None]:
         """Everything that can be refused before anything starts: rootfs, architecture, init, network, cgroup."""
@@ -422,6 +458,24 @@ async def _command_status(ctx: StageContext) -> tuple[int, int | None]:
             fix="do not signal aiocontain's own processes; stop the container through aiocontain",
         )
     return returncode, None
+
+
+def _plain(value: Any, skip: Sequence[str] = ()) -> Any:
+    """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _signal_name(signum: int) -> str:

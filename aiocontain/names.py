@@ -21,8 +21,11 @@ from aiocontain.errors import AiocontainError
 DIRECTORY = "aiocontain.names"
 
 
-def _per_user() -> str:
-    return f"{DIRECTORY}-{os.getuid()}"
+def private_directory(name: str, base: str | None = None) -> str:
+    """Where this user keeps name: in the runtime directory (base, else $XDG_RUNTIME_DIR), else a directory of
+    the user's own in the shared temporary directory (per user, as their containers are)."""
+    runtime = base or os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(runtime, name) if runtime else os.path.join(tempfile.gettempdir(), f"{name}-{os.getuid()}")
 
 
 class NameClaim:
@@ -45,9 +48,7 @@ class NameClaim:
 
 def claim(name: str, base: str | None = None) -> NameClaim:
     """Claim name for a container of this user, or refuse it in one line if a running container has it."""
-    runtime = base or os.environ.get("XDG_RUNTIME_DIR")
-    # In the shared temporary directory, one of this user's own: names are per user, as their containers are.
-    directory = os.path.join(runtime, DIRECTORY) if runtime else os.path.join(tempfile.gettempdir(), _per_user())
+    directory = private_directory(DIRECTORY, base)
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:

@@ -408,7 +408,7 @@ def test_tty_and_interactive_spellings_and_defaults(
     spec = fake_run.spec
     assert list(spec.command) == ["sh", "-t"]  # options after the command are the command's
     assert spec.tty is tty
-    assert fake_run.calls[0]["args"][-1] is interactive
+    assert fake_run.calls[0]["args"][3] is interactive
     if tty:  # the command's stdio is its own terminal; the CLI relays it
         assert (spec.stdin, spec.stdout, spec.stderr) == (subprocess.DEVNULL,) * 3
     else:
