@@ -213,6 +213,12 @@ class ExecProcess:
             return False
         return True
 
+    def resize(self, rows: int, cols: int) -> None:
+        """Set its terminal's window size (the command gets SIGWINCH)."""
+        if self.tty is None:
+            raise RuntimeError("the command has no terminal: exec it with tty=True")
+        self.tty.resize(rows, cols)
+
     def kill(self) -> bool:
         return self.send_signal(signal.SIGKILL)
 

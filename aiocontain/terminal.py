@@ -28,6 +28,7 @@ import anyio.lowlevel
 from anyio.abc import ByteStream
 
 from aiocontain.container import Container
+from aiocontain.execprocess import ExecProcess
 
 DRAIN_TIMEOUT = 2.0  # once the command has exited: how long its last output may take to come through
 _CHUNK = 65536
@@ -60,9 +61,10 @@ def raw_mode(fd: int) -> Iterator[None]:
 
 
 class Relay:
-    """Copies between the caller's stdio and the container's terminal while the command runs."""
+    """Copies between the caller's stdio and the container's terminal while the command runs (the container's
+    own, or an exec'd command's)."""
 
-    def __init__(self, container: Container, interactive: bool) -> None:
+    def __init__(self, container: Container | ExecProcess, interactive: bool) -> None:
         console = container.tty
         assert console is not None, "the container has no terminal"
         self._container = container
