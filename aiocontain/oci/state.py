@@ -51,6 +51,7 @@ class ContainerState:
         creating: bool = True,
         creator: int = 0,
         creator_start_time: int = 0,
+        cgroup: str = "",
     ) -> None:
         self.root = root
         self.id = id
@@ -65,6 +66,7 @@ class ContainerState:
         self.creating = creating
         self.creator = creator
         self.creator_start_time = creator_start_time
+        self.cgroup = cgroup  # the cgroup v2 directory create made, "" for none
 
     @property
     def directory(self) -> str:
@@ -126,6 +128,7 @@ class ContainerState:
             "creating": self.creating,
             "creator": self.creator,
             "creator_start_time": self.creator_start_time,
+            "cgroup": self.cgroup,
         }
         path = os.path.join(self.directory, STATE_FILE)
         temporary = path + ".new"
@@ -174,6 +177,7 @@ def load(root: str, container_id: str) -> ContainerState:
             creating=bool(record.get("creating", False)),
             creator=int(record.get("creator", 0)),
             creator_start_time=int(record.get("creator_start_time", 0)),
+            cgroup=str(record.get("cgroup", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise OciError(f'container "{container_id}": its state {path} is damaged: {exc!r}') from None
