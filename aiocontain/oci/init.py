@@ -136,9 +136,9 @@ def container(launch: Launch) -> NoReturn:
         state = receive(sync)[3:]  # create ran prestart and createRuntime; b"go " + the hook state
         hooks.run(plan.hooks, "createContainer", state)
         rootfs.pivot(plan, launch.no_pivot)
-        rootfs.finish(plan)
-        for key, value in plan.sysctl.items():
+        for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
             _write("/proc/sys/" + key.replace(".", "/"), value)
+        rootfs.finish(plan)
         if plan.process.terminal:
             _send_console(launch)
         for fd in range(3, 3 + launch.preserve_fds):
