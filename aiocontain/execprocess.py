@@ -30,7 +30,7 @@ import anyio
 
 from aiocontain import fdlimit, messages, proc, ulimits, users
 from aiocontain.channels import failure_error
-from aiocontain.errors import AiocontainError, SetupError, UnexpectedMessage
+from aiocontain.errors import AiocontainError, CommandNotExecutable, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import PtyStream, Stdio
 from aiocontain.messages import Console, Exec, Exited, Failed, Forked
 from aiocontain.spec import ContainerSpec
@@ -156,6 +156,10 @@ class ExecProcess:
             if isinstance(message, Failed):
                 if message.errno == errno.ESRCH:  # the container's PID 1 is gone: join.gone() says so
                     raise AiocontainError(message.message)
+                if message.step == messages.STEP_WORKDIR:  # podman exec's 126 too; exec makes no directory
+                    raise CommandNotExecutable(
+                        f"the working directory {message.message}", fix="give a directory the container has"
+                    )
                 raise failure_error(command, message)
             if message is None or isinstance(message, Exited):
                 raise SetupError("the exec helper exited before the command ran")

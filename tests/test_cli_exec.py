@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Result, leftovers
-from tests.test_exec import CAPS, FDS_PROBE, KILL_ZERO, PID_PROBE, SESSION_PROBE
+from tests.test_exec import CAPS, FDS_PROBE, KILL_ZERO, PID_PROBE, SESSION_PROBE, podman_running
 from tests.test_session import LINE_LENGTH, TIOCSTI_PROBE, _run_then_read_a_line
 
 pytestmark = pytest.mark.container
@@ -131,3 +131,13 @@ def test_tiocsti_never_reaches_the_callers_terminal(cli, probes, tty):
     # With -t, pushed into the command's own terminal, where it stays; without, the caller's is no controlling
     # terminal of the command's (EPERM).
     assert (f"tiocsti pushed={LINE_LENGTH} errno=0" if tty else "tiocsti pushed=0 errno=1") in output, output
+
+
+@pytest.mark.parametrize("tty", [["-t"], []], ids=["tty", "no-tty"])
+def test_tiocsti_under_podman_exec(podman, probes, tty):
+    probe = probes.build("tiocsti", TIOCSTI_PROBE)
+    with podman_running(probes.rootfs) as exec_argv:
+        output = _run_then_read_a_line(exec_argv(["-i", *tty], probe)).decode(errors="replace")
+    assert "cli-exited=0" in output and "next-line=[SENTINEL]" in output, output
+    # Without -t podman's stdin is conmon's pipe, no terminal at all (ENOTTY): nothing pushed either way.
+    assert (f"tiocsti pushed={LINE_LENGTH} errno=0" if tty else "tiocsti pushed=0 errno=25") in output, output

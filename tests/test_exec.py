@@ -8,13 +8,14 @@ under ``podman exec`` where podman is installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -178,32 +179,41 @@ async def test_container_end_kills_its_execs(rootfs):
 # --- the same probes under podman exec
 
 
-@pytest.fixture(scope="module")
-def podman_exec(podman, rootfs) -> Iterator:
-    """exec a command in a running rootless podman container (runc): (exit code, stdout)."""
+@contextlib.contextmanager
+def podman_running(rootfs: Path) -> Iterator[Callable[..., list[str]]]:
+    """A running rootless podman container (runc) that sleeps; yields argv(exec's options, *command): the argv
+    of ``podman exec`` into it. Removed, with podman's state, on the way out."""
     base = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
     (base / "home").mkdir()
     (base / "run").mkdir(mode=0o700)
-    env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
+    env = {"HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
+    podman = ["env", *(f"{key}={value}" for key, value in env.items()), "podman", *PODMAN_FLAGS]
     name = "exec-" + uuid.uuid4().hex[:8]
-    podman_argv = ["podman", *PODMAN_FLAGS]
-    started = subprocess.run(
-        [*podman_argv, "run", "-d", "--network", "none", "--name", name, "--rootfs", str(rootfs), *SLEEPER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert started.returncode == 0, started.stderr
+    try:
+        started = subprocess.run(
+            [*podman, "run", "-d", "--network", "none", "--name", name, "--rootfs", str(rootfs), *SLEEPER],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stderr
+        yield lambda options, *command: [*podman, "exec", *options, name, *command]
+    finally:
+        subprocess.run([*podman, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+        subprocess.run([*podman, "system", "reset", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
 
-    def run(*argv: str) -> tuple[int, str]:
-        done = subprocess.run([*podman_argv, "exec", name, *argv], capture_output=True, text=True, timeout=60, env=env)
-        return done.returncode, done.stdout
 
-    yield run
-    subprocess.run([*podman_argv, "rm", "-f", "-t", "0", name], capture_output=True, timeout=120, env=env)
-    subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True, timeout=120)
-    shutil.rmtree(base, ignore_errors=True)
+@pytest.fixture(scope="module")
+def podman_exec(podman, rootfs) -> Iterator[Callable[..., tuple[int, str]]]:
+    """exec a command in a running rootless podman container: (exit code, stdout)."""
+    with podman_running(rootfs) as exec_argv:
+
+        def run(*argv: str) -> tuple[int, str]:
+            done = subprocess.run(exec_argv([], *argv), capture_output=True, text=True, timeout=60)
+            return done.returncode, done.stdout
+
+        yield run
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -219,3 +229,33 @@ def test_the_same_probes_under_podman_exec(podman_exec, anyio_backend):
     assert (code, fds.split()) == (0, ["0", "1", "2"])
     code, mine = podman_exec("/bin/sh", "-c", CAPS)
     assert mine == podman_exec("/bin/sh", "-c", CAPS.replace("self", "1"))[1] and "Seccomp:\t2" in mine
+
+
+# --- the cgroup to join, as the host's mount table shows it
+
+
+HYBRID = [
+    "35 29 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755",
+    "41 35 0:38 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw",
+    "42 35 0:39 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,memory",
+]
+PURE = ["30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw"]
+# Inside a cgroup namespace (an OCI engine's): the mount shows the subtree below the namespace's root.
+NAMESPACED = ["50 40 0:26 /user.slice/engine /sys/fs/cgroup rw - cgroup2 cgroup2 rw"]
+
+
+@pytest.mark.parametrize(
+    "group, mountinfo, expected",
+    [
+        ("/user.slice/box", HYBRID, "/sys/fs/cgroup/unified/user.slice/box/cgroup.procs"),
+        ("/user.slice/box", PURE, "/sys/fs/cgroup/user.slice/box/cgroup.procs"),
+        ("/user.slice/engine/box", NAMESPACED, "/sys/fs/cgroup/box/cgroup.procs"),
+        ("/elsewhere/box", NAMESPACED, None),  # not below the mount's root: not reachable from here
+        ("/user.slice/engine2", NAMESPACED, None),  # a sibling whose name starts alike is not below it
+    ],
+)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+def test_cgroup_procs_path(group, mountinfo, expected, anyio_backend):
+    from aiocontain.child.join import procs_path
+
+    assert procs_path(group, mountinfo) == expected

@@ -36,7 +36,7 @@ from aiocontain.messages import Console, Exec, Exited, Failed, Forked
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import NoReturn
 
 # In the order they are joined.
@@ -104,13 +104,19 @@ def cgroup_procs(pid: int) -> str | None:
     if theirs is None or theirs == _unified_group("/proc/self/cgroup"):
         return None
     with open("/proc/self/mountinfo") as lines:
-        for line in lines:
-            fields = line.split()
-            if fields[fields.index("-") + 1] != "cgroup2":
-                continue
-            root, point = fields[3].rstrip("/"), fields[4]
-            if theirs == root or theirs.startswith(root + "/"):
-                return point.rstrip("/") + theirs[len(root) :] + "/cgroup.procs"
+        return procs_path(theirs, lines)
+
+
+def procs_path(group: str, mountinfo: Iterable[str]) -> str | None:
+    """Where group's cgroup.procs is, on the first cgroup2 mount (mountinfo's lines) that shows it: its mount
+    point plus the group's path below the mount's root (a cgroup namespace's mount shows only its subtree)."""
+    for line in mountinfo:
+        fields = line.split()
+        if fields[fields.index("-") + 1] != "cgroup2":
+            continue
+        root, point = fields[3].rstrip("/"), fields[4].rstrip("/")
+        if group == root or group.startswith(root + "/"):
+            return point + group[len(root) :] + "/cgroup.procs"
     return None
 
 
