@@ -470,7 +470,9 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     if args.mtu is not None and args.net not in ("slirp4netns", "pasta"):
         raise AiocontainError(f"--mtu sets tap0's MTU, which --net {args.net} has none of", fix="drop --mtu")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    env = env_options(args.env)
+    from aiocontain.envfile import from_options
+
+    env = from_options(args.env)
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
     from aiocontain import mounts
 
@@ -547,23 +549,6 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         limit = f" of {format_size(spec.limits.memory)}" if spec.limits.memory else ""
         print(f"aiocontain: the container was killed by the OOM killer at its memory limit{limit}", file=sys.stderr)
     return int(result["code"])
-
-
-def env_options(items: Sequence[str]) -> dict[str, str]:
-    """-e KEY=VALUE values (run and exec); -e KEY passes the host's value, nothing when it is unset."""
-    from aiocontain.errors import AiocontainError
-
-    env = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
-        if not sep:
-            if key not in os.environ:
-                continue  # podman and docker: -e KEY of an unset variable sets nothing
-            value = os.environ[key]  # -e KEY passes the host's value on
-        env[key] = value
-    return env
 
 
 def _monitor_fields(monitor: Any) -> dict[str, Any]:

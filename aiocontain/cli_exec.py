@@ -51,7 +51,7 @@ def add_parser(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from aiocontain.cli import env_options
+    from aiocontain.envfile import from_options
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -61,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     record = registry.lookup(args.name)
     if record.state() != "running":
         raise AiocontainError(f"container {args.name} is not running", fix="aiocontain ps -a shows its state")
-    message = _request(record, command, env_options(args.env), args)
+    message = _request(record, command, from_options(args.env), args)
     import anyio
 
     result: dict[str, Any] = {}

@@ -135,11 +135,14 @@ class ExecProcess:
         control.setblocking(False)
         process = cls(pid, helper_pidfd, control, stdio)
         try:
-            with anyio.fail_after(START_TIMEOUT):
+            with anyio.move_on_after(START_TIMEOUT) as timeout:
                 await process._started(message.argv[0])
         except BaseException:
             await process.aclose()
             raise
+        if timeout.cancelled_caught:
+            await process.aclose()
+            raise SetupError(f"the exec helper did not start the command within {START_TIMEOUT:g} s")
         return process
 
     async def _started(self, command: str) -> None:
@@ -179,33 +182,36 @@ class ExecProcess:
 
     async def wait(self) -> int:
         """Wait for the command's exit and return its code; cancelled, kill it and reap it first."""
-        if self.returncode is not None:
-            return self.returncode
-        try:
-            await anyio.wait_readable(self._helper_pidfd)
-        except BaseException:
-            await self.aclose()
-            raise
-        self._reap_helper()
-        code = None
-        while code is None:  # the helper's last words: Exited with the command's status
-            message, fds = messages.recv(self._control) if self._control.fileno() >= 0 else (None, [])
+        if self.returncode is None and self._helper_pidfd >= 0:
+            try:
+                await anyio.wait_readable(self._helper_pidfd)  # the helper exits right after the command
+            except BaseException:
+                await self.aclose()
+                raise
+            self._collect()
+        if self.returncode is None:
+            raise AiocontainError(
+                f"the exec helper (pid {self._helper}) was killed: the command was killed with it and its exit "
+                "status is lost"
+            )
+        return self.returncode
+
+    def _collect(self) -> None:
+        """Once the helper has exited: reap it, and take the command's status from its Exited (else its own)."""
+        if self._helper_status is None:
+            _, self._helper_status = os.waitpid(self._helper, 0)
+        while self.returncode is None and self._control.fileno() >= 0:
+            try:
+                message, fds = messages.recv(self._control)
+            except OSError:
+                break
             messages.close_fds(fds)
             if message is None:
                 break
             if isinstance(message, Exited):
-                code = 128 + message.signal if message.signal is not None else int(message.code or 0)
-        if code is None:
-            status = self._helper_status
-            assert status is not None
-            if os.WIFSIGNALED(status):
-                raise AiocontainError(
-                    f"the exec helper (pid {self._helper}) was killed by signal {os.WTERMSIG(status)}: "
-                    "the command was killed with it and its exit status is lost"
-                )
-            code = os.waitstatus_to_exitcode(status)
-        self.returncode = code
-        return code
+                self.returncode = 128 + message.signal if message.signal is not None else int(message.code or 0)
+        if self.returncode is None and not os.WIFSIGNALED(self._helper_status):
+            self.returncode = os.waitstatus_to_exitcode(self._helper_status)  # it exits with the command's code
 
     def send_signal(self, signum: int) -> bool:
         """Send signum to the command, through its pidfd; False once it has exited."""
@@ -226,10 +232,6 @@ class ExecProcess:
     def kill(self) -> bool:
         return self.send_signal(signal.SIGKILL)
 
-    def _reap_helper(self) -> None:
-        if self._helper_status is None:
-            _, self._helper_status = os.waitpid(self._helper, 0)
-
     async def aclose(self) -> None:
         """Kill the command if it still runs (closing the control socket makes the helper do it too), reap the
         helper, close every fd. Shielded: it runs on every path."""
@@ -242,9 +244,9 @@ class ExecProcess:
                     signal.pidfd_send_signal(self._helper_pidfd, signal.SIGKILL)
             self.kill()
             with contextlib.suppress(OSError):
-                self._control.shutdown(socket.SHUT_RDWR)
+                self._control.shutdown(socket.SHUT_WR)  # the helper kills the command too, should it still run
             await anyio.wait_readable(self._helper_pidfd)
-            self._reap_helper()
+            self._collect()
             for stream in (self.stdin, self.stdout, self.stderr, self.tty):
                 if stream is not None:
                     await stream.aclose()

@@ -29,10 +29,15 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import NoReturn, Protocol
 
-    from aiocontain.oci.command import Options
     from aiocontain.oci.process import Prepared
+
+    class Options(Protocol):
+        """What exec uses of aiocontain.oci.command.Options (not imported: command imports this module)."""
+
+        def state_root(self) -> str: ...
+
 
 _VALUED = {"process", "pid-file", "console-socket", "cwd", "env", "user", "additional-gids", "cap"}
 _VALUED |= {"preserve-fds", "process-label", "apparmor", "cgroup"}
