@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -166,26 +167,32 @@ def _ago(seconds: float) -> str:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    def stop(name: str, record: registry.Record) -> None:
-        timeout = record.stop_timeout if args.time is None else args.time
-        stop_record(record, timeout)
+    found: list[tuple[str, registry.Record]] = []
+    code = _each(args.names, lambda name, record: found.append((name, record)))
+    stop_records([record for _, record in found], args.time)  # all at once, as podman: one grace period
+    for name, _ in found:
         print(name)
+    return code
 
-    return _each(args.names, stop)
 
-
-def stop_record(record: registry.Record, timeout: float) -> None:
-    """SIGTERM, SIGKILL after timeout seconds, then wait until its monitor has torn everything down."""
-    pidfd = record.pidfd()
-    if pidfd is not None:
-        try:
-            _signal(pidfd, signal.SIGTERM)
-            if not _exited(pidfd, timeout):
-                _signal(pidfd, signal.SIGKILL)  # PID 1 ignores a signal it has no handler for: podman's way too
-                _exited(pidfd, TEARDOWN_WAIT)
-        finally:
-            os.close(pidfd)
-    _wait_monitor(record)
+def stop_records(records: Sequence[registry.Record], timeout: float | None) -> None:
+    """SIGTERM, SIGKILL after timeout seconds (None: each one's --stop-timeout), then wait until their monitors
+    have torn everything down."""
+    pidfds = {fd: record for record in records if (fd := record.pidfd()) is not None}
+    try:
+        for fd in pidfds:
+            _signal(fd, signal.SIGTERM)
+        started = time.monotonic()
+        for fd, record in pidfds.items():
+            grace = record.stop_timeout if timeout is None else timeout
+            if not _exited(fd, grace - (time.monotonic() - started)):
+                _signal(fd, signal.SIGKILL)  # PID 1 ignores a signal it has no handler for: podman's way too
+                _exited(fd, TEARDOWN_WAIT)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    for record in records:
+        _wait_monitor(record)
 
 
 def _kill(args: argparse.Namespace) -> int:
@@ -221,7 +228,7 @@ def _rm(args: argparse.Namespace) -> int:
                     f"container {name} is running: it cannot be removed",
                     fix=f"stop it first (aiocontain stop {name}), or use rm -f",
                 )
-            stop_record(record, 0)
+            stop_records([record], 0)
         else:
             _wait_monitor(record)  # still tearing down: it would write the record again
         registry.remove(record)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -239,8 +239,8 @@ class Container:
             self.id,
             self.name,
             ctx.init_pid,
-            spec=_plain(self.spec, skip=("stdin", "stdout", "stderr")),
-            network=_plain(dict(ctx.network)),
+            spec=registry.plain(self.spec, skip=("stdin", "stdout", "stderr")),
+            network=registry.plain(dict(ctx.network)),
             cgroup=str(self.cgroup) if self.cgroup is not None else None,
             stop_timeout=self.spec.stop_timeout,
             detached=self.log_path is not None,
@@ -458,24 +458,6 @@ async def _command_status(ctx: StageContext) -> tuple[int, int | None]:
             fix="do not signal aiocontain's own processes; stop the container through aiocontain",
         )
     return returncode, None
-
-
-def _plain(value: Any, skip: Sequence[str] = ()) -> Any:
-    """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
-    import dataclasses
-    import enum
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(item) for item in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 def _signal_name(signum: int) -> str:

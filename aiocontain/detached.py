@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -115,8 +116,11 @@ def start(argv: Sequence[str]) -> int:
     finally:
         os.close(write_fd)
         os.close(log_fd)
+    held = _forward_stop_signals(monitor.pid)
     with open(read_fd, "rb") as report:
         said = report.read()  # to end of file: READY last, or the monitor ended
+    if held:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)  # the container runs: a late Ctrl-C must not stop it
     ready = said.endswith(READY)
     if ready:
         said = said[: -len(READY)]
@@ -129,6 +133,26 @@ def start(argv: Sequence[str]) -> int:
     code = monitor.wait()
     _unlink(log)  # nothing ran: nothing of it stays
     return code if code > 0 else 125
+
+
+def _forward_stop_signals(monitor: int) -> set[signal.Signals]:
+    """Ctrl-C (SIGINT, SIGTERM, SIGHUP) while run -d waits goes to the monitor, which stops the set-up as a
+    foreground run does (exit 128+N, nothing left); run -d then exits with its code. Only where the command
+    holds those signals (aiocontain.command): a Python caller's own handlers are not ours to replace."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if not held <= signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return set()
+
+    def forward(signum: int, _: object) -> None:
+        try:
+            os.kill(monitor, signum)
+        except ProcessLookupError:
+            pass  # it has ended: its report's end of file follows
+
+    for signum in held:
+        signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+    return held
 
 
 def _unlink(path: str) -> None:

@@ -18,12 +18,14 @@ Stdlib-only and import-light: the light subcommands (ps, kill, logs) use it with
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import os
 import signal
 import stat
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -209,7 +211,7 @@ class Registration:
             return  # removed by `rm -f` while it was being stopped
         record.exit_code = exit_code
         record.finished = now()
-        _write(self._path, record)
+        _write(self._path, record, replace=True)
 
 
 def register(
@@ -256,6 +258,21 @@ def remove(record: Record) -> None:
                 pass
 
 
+def plain(value: Any, skip: Sequence[str] = ()) -> Any:
+    """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
 def now() -> str:
     """The time as RFC 3339 in UTC, with microseconds."""
     stamp = time.time()
@@ -280,18 +297,33 @@ def _read(path: str) -> Record | None:
         return None  # removed meanwhile, or not a record of this version: not ours to show
 
 
-def _write(path: str, record: Record) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path))
+def _write(path: str, record: Record, replace: bool = False) -> None:
+    """Make the file whole or not at all: written unnamed (O_TMPFILE), then linked in, so that a monitor killed
+    half-way leaves nothing. A replacement goes through a temporary name (renamed over the record)."""
+    data = json.dumps(record.to_json(), default=str).encode()
+    directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record.to_json(), f, default=str)
-        os.rename(temporary, path)
-    except BaseException:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=directory)
         try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # With a dir_fd, os.link is linkat(AT_SYMLINK_FOLLOW): it links the file, not the /proc link.
+            name = os.path.basename(path)
+            if not replace:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory)
+                return
+            temporary = f".{name}.tmp"
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            os.link(f"/proc/self/fd/{fd}", temporary, dst_dir_fd=directory)
+            os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(directory)
 
 
 _boot: list[str] = []

@@ -235,6 +235,8 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
       its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
       (the fork server reaps its intermediates after their exit, as init does orphans: in its own time);
     - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
+    - records: the files of the user's container records (aiocontain.registry: records and detached logs),
+      once those of dead foreground runs are removed as any listing removes them;
     - mounts: the user's own mounts (their root is the user's) in the mount namespaces of this process and
       its fork server (the host's): mounts are made only in the containers' own mount namespaces, which go
       with their processes.
@@ -277,7 +279,14 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
             mounts.setdefault(os.readlink(f"/proc/{pid}/ns/mnt"), _own_mounts(pid, uid))
         except OSError:
             continue  # the fork server is gone: the processes list says so
-    return {"processes": processes, "runtime_dirs": sorted(dirs), "mounts": mounts}
+    from aiocontain import names, registry
+
+    registry.records()  # removes the records that no monitor will: a killed foreground run's
+    try:
+        records = sorted(os.listdir(names.private_directory(registry.DIRECTORY)))
+    except FileNotFoundError:
+        records = []
+    return {"processes": processes, "runtime_dirs": sorted(dirs), "records": records, "mounts": mounts}
 
 
 def _own_mounts(pid: int, uid: int) -> list[str]:

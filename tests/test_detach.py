@@ -99,6 +99,15 @@ def ps(*options: str) -> list[dict[str, object]]:
     return list(json.loads(result.stdout))
 
 
+def without_records(counted: dict[str, object], kept: str | None = None) -> dict[str, object]:
+    """leftovers() but its records, which are checked to be exactly the kept container's record and log (an
+    exited detached container's stay until rm, as podman's)."""
+    rest = dict(counted)
+    records = rest.pop("records")
+    assert records == ([f"{kept}.json", f"{kept}.log"] if kept else []), records
+    return rest
+
+
 def names_in(rows: list[dict[str, object]]) -> list[str]:
     return [row["Names"][0] for row in rows]  # type: ignore[index]
 
@@ -129,6 +138,12 @@ def test_run_d_then_ps_logs_inspect_stop_rm(cli, fifo, cleanup):
     assert details["Config"]["command"] == ["/bin/sh", "-c", command]  # type: ignore[index]
     assert details["Config"]["network"] == "none"  # type: ignore[index]
     assert "Cgroup" in details and "NetworkSettings" in details
+    # The monitor: a session of its own (no terminal's hangup reaches it), stdin /dev/null, output to the log.
+    monitor = monitor_pid("lifecycle")
+    session = int(Path(f"/proc/{monitor}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    assert session == monitor != os.getsid(0)
+    fds = [os.readlink(f"/proc/{monitor}/fd/{fd}") for fd in (0, 1, 2)]
+    assert fds == ["/dev/null", details["LogPath"], details["LogPath"]]
 
     # logs -f follows what the container writes, until it exits.
     fifo.release()
@@ -188,27 +203,31 @@ def test_detached_exit_cleans_up_everything_with_no_cli_alive(cli, fifo, cleanup
     assert leftovers() != before  # the control: while it runs, its processes are counted
     fifo.release()
     wait_gone(monitor)
-    assert leftovers() == before
+    assert without_records(leftovers(), result.stdout.strip()) == without_records(before)
     (row,) = ps("-a")
     assert (row["State"], row["ExitCode"]) == ("exited", 4)
     assert ctl("rm", "selfexit").code == 0
+    assert leftovers() == before
 
 
 def test_sigkill_of_the_monitor_leaves_nothing(cli, fifo, cleanup):
     before = leftovers()
     cleanup.append("orphan")
-    result = cli("-d", "--name", "orphan", *fifo.volume, "/bin/sh", "-c", HOLD + "exit 0")
+    # slirp4netns and a published port too: all of it is the monitor's
+    result = cli("-d", "--name", "orphan", "-p", "127.0.0.1::80", *fifo.volume, "/bin/sh", "-c", HOLD + "exit 0")
     assert result.code == 0, result.stderr
+    assert result.stderr.startswith("aiocontain: published 127.0.0.1:")  # said during set-up: relayed by run -d
     details = inspect("orphan")
     pid = details["State"]["Pid"]  # type: ignore[index]
     os.kill(monitor_pid("orphan"), signal.SIGKILL)
     assert ps() == []  # at once: a container whose monitor is gone is not running, whatever is left of it
     wait_gone(pid)  # the intermediate kills PID 1 once its control socket ends
-    assert leftovers() == before
+    assert without_records(leftovers(), result.stdout.strip()) == without_records(before)
     (row,) = ps("-a")
     assert (row["State"], row["ExitCode"], row["Status"]) == ("exited", None, "Exited (unknown)")
     assert ctl("rm", "orphan").code == 0
     assert ps("-a") == []
+    assert leftovers() == before
     control = cli("--name", "orphan", "--net", "none", "/bin/true")  # the name was let go with the monitor
     assert control.code == 0, control.stderr
 
@@ -367,3 +386,45 @@ async def test_attach_to_a_foreground_run_of_another_process(rootfs):
             assert await handle.wait() is None  # its status is that process's: `aiocontain run` exits with it
         assert proc.wait(timeout=30) == 0
     assert ps("-a") == []  # its run removed the record on the way out
+
+
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_ctrl_c_while_run_d_waits_stops_the_set_up(rootfs, tmp_path, interrupted, cleanup):
+    """SIGINT to `run -d` during set-up reaches the monitor, which stops it as a foreground run does: 130, and
+    nothing left. The monitor reads --env-file, a FIFO here, so the test knows set-up is under way; the control
+    (no signal) shows the same run otherwise starts."""
+    before = leftovers()
+    cleanup.append("interrupted")
+    env_file = tmp_path / "env"
+    os.mkfifo(env_file)
+    argv = cli_argv(rootfs, "-d", "--name", "interrupted", "--net", "none", "--env-file", str(env_file), "/bin/true")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        with open(env_file, "w") as f:  # opens once the monitor reads it: run -d waits for its report
+            if interrupted:
+                proc.send_signal(signal.SIGINT)
+            f.write("A=1\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    if not interrupted:
+        assert (proc.returncode, len(out.strip())) == (0, 64), err
+        assert ctl("rm", "-f", "interrupted").code == 0
+    else:
+        assert (proc.returncode, out) == (130, ""), err
+    assert ps("-a") == []
+    assert leftovers() == before
+
+
+def test_stop_stops_several_at_once(cli, cleanup):
+    cleanup.extend(["first", "second"])
+    for name, code in (("first", 7), ("second", 8)):
+        command = f"trap 'exit {code}' TERM; sleep 600 & wait"
+        assert cli("-d", "--name", name, "--net", "none", "/bin/sh", "-c", command).code == 0
+    stopped = ctl("stop", "first", "no-such", "second")
+    assert stopped.code == 125  # the unknown name; the others are stopped all the same
+    assert stopped.stdout == "first\nsecond\n"
+    assert stopped.stderr == "aiocontain: no such container: no-such (fix: aiocontain ps -a lists them)\n"
+    assert {row["Names"][0]: row["ExitCode"] for row in ps("-a")} == {"first": 7, "second": 8}  # type: ignore[index]

@@ -73,6 +73,8 @@ def test_readme_example_runs(readme_env: dict[str, str], tmp_path: Path, readme:
             number, first, _, last, count, unit = line.split()
             assert (number, first, last, unit) == (str(i), "container.created", "teardown.finished", "events")
             assert int(count) >= 15  # created, every stage's start and end, released, started, exited, teardown
+    elif "aiocontain.attach(" in code:
+        assert lines[0].startswith("attached to sleeper ") and lines[1:] == ["exit code 137"]
     elif "PortForward(" in code:
         assert lines == ["hi"]  # the page came through the forwarded port
     elif "ResourceReport(" in code:
