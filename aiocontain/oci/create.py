@@ -23,7 +23,7 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from aiocontain.oci.command import Options
+    from aiocontain.oci.options import Options
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -109,15 +109,15 @@ class Creation:
             self._follow(ours)
 
     def _follow(self, sync: socket.socket) -> None:
-        if init.receive(sync) != b"ns":
-            raise OciError("the container's set-up broke its protocol")
+        if (reply := init.receive(sync)) != b"ns":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         if self.plan.new_namespaces & init.FLAG_BY_TYPE["user"]:
             _write_maps(self.first, self.plan)
         cgroup.enter(self.state.cgroup, self.first)
         sync.send(b"go")
         reply = init.receive(sync)
         if not reply.startswith(b"pid "):
-            raise OciError("the container's set-up broke its protocol")
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         pid = int(reply[4:])
         self.pidfd = os.pidfd_open(pid)
         os.waitpid(self.first, 0)
@@ -125,14 +125,15 @@ class Creation:
         self.state.pid = pid
         self.state.start_time = proc.start_time(pid) or 0
         self.state.save()
-        if init.receive(sync) != b"hooks":
-            raise OciError("the container's set-up broke its protocol")
+        sync.send(b"go")  # only now may the container's process speak: its messages come after the pid
+        if (reply := init.receive(sync)) != b"hooks":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         hook_state = self.state.hook_state("creating")
         hooks.run(self.plan.hooks, "prestart", hook_state)
         hooks.run(self.plan.hooks, "createRuntime", hook_state)
         sync.send(b"go " + hook_state)
-        if init.receive(sync) != b"ready":
-            raise OciError("the container's set-up broke its protocol")
+        if (reply := init.receive(sync)) != b"ready":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
 
     def finish(self, pid_file: str | None) -> None:
         """Record the container as created and write --pid-file (atomically, as runc)."""

@@ -11,9 +11,10 @@ createContainer, pivots, opens the terminal and sends its master over --console-
 then blocks on the exec fifo until ``start`` writes its byte (docs/oci.md, the lifecycle). Only then it applies
 the process object (oci/process.py) and execs, keeping its pid.
 
-Messages are datagrams on a SOCK_SEQPACKET pair: ``ns``, ``pid N``, ``hooks``, ``ready`` up; ``go`` down (with
-the hook state for the container's own hooks); ``error TEXT`` up for anything that failed. End of file on it
-means the process died: create never waits for a message that cannot come.
+Messages are datagrams on a SOCK_SEQPACKET pair: ``ns``, ``pid N``, ``hooks``, ``ready`` up; ``go`` down (after
+the maps; after the pid, so that the two processes never speak at once; with the hook state after the
+hooks); ``error TEXT`` up for anything that failed. End of file on it means the process died: create never
+waits for a message that cannot come.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def container(launch: Launch) -> NoReturn:
     plan, sync = launch.plan, launch.sync
     try:
         os.setsid()  # a session of its own: no signal to the caller's process group reaches it, nor its tty
+        receive(sync)  # create has our pid (namespaces sent it): from here on the socket is ours alone
         fifo = os.open(launch.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if plan.hostname:
             socket.sethostname(plan.hostname)
@@ -139,6 +141,10 @@ def container(launch: Launch) -> NoReturn:
         for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
             _write("/proc/sys/" + key.replace(".", "/"), value)
         rootfs.finish(plan)
+        try:
+            os.makedirs(plan.process.cwd, 0o755, exist_ok=True)  # as runc: a missing working directory is made
+        except OSError:
+            pass  # chdir says why, in process.apply
         if plan.process.terminal:
             _send_console(launch)
         for fd in range(3, 3 + launch.preserve_fds):
@@ -153,7 +159,7 @@ def container(launch: Launch) -> NoReturn:
     _wait_for_start(fifo)
     try:
         hooks.run(plan.hooks, "startContainer", state.replace(b'"status": "creating"', b'"status": "created"'))
-        process.apply(plan.process, close_from=3 + launch.preserve_fds)
+        process.apply(plan.process, close_from=3 + launch.preserve_fds, keep=fifo)
         process.execute(plan.process)
     except OciError as exc:
         _die(exc.message, 1)
@@ -174,8 +180,7 @@ def _wait_for_start(fifo: int) -> None:
         except InterruptedError:
             continue
         if data:
-            os.close(fifo)
-            return
+            return  # the fifo stays open until the exec closes it: start waits for that
         _die("start closed the exec fifo without starting the container", 1)
 
 
