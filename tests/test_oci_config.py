@@ -145,6 +145,28 @@ def test_a_user_namespace_with_mappings(engine: Engine, rootfs: Path, tmp_path: 
     assert lines == [["0", "0", "1"], ["1", "1000", "2000"], ["0", "0", "1"], ["1", "1000", "2000"], ["0"], ["0"]]
 
 
+def test_a_user_namespace_that_does_not_map_the_engine(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The container's root is not the owner of the state directory (0700): the exec fifo, opened by create
+    before the namespace exists, still reaches it."""
+    namespaces = [*CONFIG["linux"]["namespaces"], {"type": "user"}]
+    maps = [{"containerID": 0, "hostID": 1000, "size": 2000}]
+    linux = {"namespaces": namespaces, "uidMappings": maps, "gidMappings": maps}
+    status, output = _run(engine, tmp_path, rootfs, "cat /proc/self/uid_map; id -u", linux=linux)
+    assert status == 0 and [line.split() for line in output.splitlines()] == [["0", "1000", "2000"], ["0"]]
+    assert oct(engine.root.stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("propagation", ["rshared", "rprivate", "runbindable"])
+def test_rootfs_propagation(engine: Engine, rootfs: Path, tmp_path: Path, propagation: str) -> None:
+    """linux.rootfsPropagation on the new root, applied after pivot_root (which refuses a shared root)."""
+    script = "awk '$5 == \"/\" {print $7}' /proc/self/mountinfo"
+    status, output = _run(engine, tmp_path, rootfs, script, linux={"rootfsPropagation": propagation})
+    tag = output.strip()
+    # (rslave cannot be told from rprivate here: the engine's mount namespace has nothing to be a slave of)
+    expected = {"rshared": "shared:", "rprivate": "-", "runbindable": "unbindable"}
+    assert status == 0 and tag.startswith(expected[propagation]), output
+
+
 def test_joining_a_network_namespace_by_path(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """podman hands the runtime a network namespace it made: the container joins it, not a new one."""
     os.mkfifo(tmp_path / "holder")

@@ -94,7 +94,11 @@ class Creation:
         plan = self.plan
         self.state.cgroup = cgroup.prepare(plan.cgroups_path, plan.resources, self.state.id)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        launch = init.Launch(plan, theirs, self.state.exec_fifo, self.console)
+        # Opened here, before any user namespace of the container's exists: inside one it would no longer own
+        # the state directory. Without a writer yet, so not blocking; ours is closed once forked, leaving the
+        # container's process the only reader (start's ENXIO when it is gone).
+        fifo = os.open(self.state.exec_fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        launch = init.Launch(plan, theirs, fifo, self.console)
         launch.preserve_fds = preserve_fds
         launch.no_pivot = no_pivot
         pid = os.fork()
@@ -103,6 +107,7 @@ class Creation:
             init.run(launch)
         self.first = pid
         theirs.close()
+        os.close(fifo)
         if self.console is not None:
             self.console.close()
         with ours:

@@ -55,10 +55,10 @@ MESSAGE_SIZE = 65536
 class Launch:
     """What the forked processes get besides the plan: the fds and create's options."""
 
-    def __init__(self, plan: Plan, sync: socket.socket, fifo_path: str, console: socket.socket | None) -> None:
+    def __init__(self, plan: Plan, sync: socket.socket, fifo: int, console: socket.socket | None) -> None:
         self.plan = plan
         self.sync = sync
-        self.fifo_path = fifo_path
+        self.fifo = fifo  # the exec fifo's reading end, opened by create
         self.console = console
         self.preserve_fds = 0
         self.no_pivot = False
@@ -128,7 +128,7 @@ def container(launch: Launch) -> NoReturn:
     try:
         os.setsid()  # a session of its own: no signal to the caller's process group reaches it, nor its tty
         receive(sync)  # create has our pid (namespaces sent it): from here on the socket is ours alone
-        fifo = os.open(launch.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fifo = launch.fifo
         if plan.hostname:
             socket.sethostname(plan.hostname)
         if plan.domainname:
