@@ -217,3 +217,16 @@ def test_devices_and_tmpcopyup(engine: Engine, rootfs: Path, tmp_path: Path) -> 
     assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"} <= set(lines)
     if devices:
         assert "fuse" in lines
+
+
+def test_a_session_keyring_of_its_own(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The inherited session keyring is the engine's, whose keys the container would possess: each container
+    joins one of its own, named after it, unless --no-new-keyring."""
+    script = "grep -c '_ses.kr' /proc/keys"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], linux={"maskedPaths": []})
+    for flags, expected in (((), "1"), (("--no-new-keyring",), "0")):
+        assert engine.create("kr", bundle, *flags, "--pid-file", str(tmp_path / "pid")).code == 0
+        assert engine.oci("start", "kr").code == 0
+        engine.wait(int((tmp_path / "pid").read_text()))
+        assert (bundle / "output").read_text().strip() == expected, flags
+        assert engine.oci("delete", "kr").code == 0

@@ -89,7 +89,7 @@ class Creation:
         except OSError as exc:
             raise OciError(f"cannot connect to the console socket {path}: {exc.strerror}") from None
 
-    def build(self, preserve_fds: int, no_pivot: bool) -> None:
+    def build(self, preserve_fds: int, no_pivot: bool, new_keyring: bool) -> None:
         """Fork and follow the container's set-up to ``ready``."""
         plan = self.plan
         self.state.cgroup = cgroup.prepare(plan.cgroups_path, plan.resources, self.state.id)
@@ -101,6 +101,8 @@ class Creation:
         launch = init.Launch(plan, theirs, fifo, self.console)
         launch.preserve_fds = preserve_fds
         launch.no_pivot = no_pivot
+        launch.container_id = self.state.id
+        launch.new_keyring = new_keyring
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -241,7 +243,7 @@ def create(options: Options, flags: dict[str, str | bool], operands: list[str], 
         creation.claim()
         if console_socket:
             creation.connect_console(str(console_socket))
-        creation.build(preserve_fds, bool(flags.get("no-pivot")))
+        creation.build(preserve_fds, bool(flags.get("no-pivot")), not flags.get("no-new-keyring"))
         creation.finish(str(flags["pid-file"]) if flags.get("pid-file") else None)
     except BaseException as exc:
         creation.undo()

@@ -28,7 +28,7 @@ import struct
 import subprocess  # imported before pivot_root: startContainer hooks run after it
 
 from aiocontain import syscalls as sc
-from aiocontain.child import console
+from aiocontain.child import console, harden
 from aiocontain.oci import hooks, process, rootfs
 from aiocontain.oci.errors import OciError
 
@@ -62,6 +62,8 @@ class Launch:
         self.console = console
         self.preserve_fds = 0
         self.no_pivot = False
+        self.container_id = ""
+        self.new_keyring = True  # without --no-new-keyring: a session keyring of the container's own
 
 
 def receive(sync: socket.socket) -> bytes:
@@ -133,6 +135,8 @@ def container(launch: Launch) -> NoReturn:
             socket.sethostname(plan.hostname)
         if plan.domainname:
             sc.set_domain_name(plan.domainname)
+        if launch.new_keyring:
+            harden.join_session_keyring(launch.container_id)
         rootfs.mount_all(plan)
         sync.send(b"hooks")
         state = receive(sync)[3:]  # create ran prestart and createRuntime; b"go " + the hook state
