@@ -60,7 +60,7 @@ def lock_down(config: Config | Exec) -> None:
 
 def apply(config: Config | Exec) -> None:
     """Everything that must hold for the command, except seccomp, which the caller installs right after."""
-    _join_session_keyring(config.hostname)
+    join_session_keyring(config.hostname)
     if config.caps is not None:
         keep = set(config.caps)
         cap = 0
@@ -74,9 +74,9 @@ def apply(config: Config | Exec) -> None:
         syscalls.set_no_new_privs()
 
 
-def _join_session_keyring(name: str) -> None:
-    """A session keyring of the container's own: the inherited one is the host session's, whose keys the
-    container would possess and so could read. runc does the same."""
+def join_session_keyring(name: str) -> None:
+    """A session keyring of the container's own (named _ses.NAME): the inherited one is the host session's,
+    whose keys the container would possess and so could read. runc does the same; aiocontain-oci uses it too."""
     try:
         syscalls.join_session_keyring("_ses." + name)
     except OSError as exc:

@@ -15,6 +15,7 @@ import os
 import sys
 
 from aiocontain.oci.errors import OciError
+from aiocontain.oci.options import Options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,27 +60,6 @@ _ALIASES = {
     "list": {"f": "format", "q": "quiet"},
 }
 _BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
-
-
-class Options:
-    """The global options every subcommand sees (and ``aiocontain.oci.exec.main`` gets)."""
-
-    def __init__(self) -> None:
-        self.root: str | None = None
-        self.log: str | None = None
-        self.log_format = "text"
-        self.debug = False
-        self.systemd_cgroup = False
-        self.rootless: str | None = None
-        self.version = False
-
-    def state_root(self) -> str:
-        """--root, else ``state.default_root()``."""
-        if self.root:
-            return self.root
-        from aiocontain.oci.state import default_root
-
-        return default_root()
 
 
 def parse_flags(

@@ -29,15 +29,10 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn, Protocol
+    from typing import NoReturn
 
+    from aiocontain.oci.options import Options
     from aiocontain.oci.process import Prepared
-
-    class Options(Protocol):
-        """What exec uses of aiocontain.oci.command.Options (not imported: command imports this module)."""
-
-        def state_root(self) -> str: ...
-
 
 _VALUED = {"process", "pid-file", "console-socket", "cwd", "env", "user", "additional-gids", "cap"}
 _VALUED |= {"preserve-fds", "process-label", "apparmor", "cgroup"}
@@ -100,7 +95,7 @@ def main(options: Options, args: list[str]) -> int:
         raise OciError("--tty needs --console-socket to hand the terminal's master to")
     console = _connect(str(flags["console-socket"])) if prepared.terminal else None
     try:
-        return _run(found.pid, found.start_time, prepared, flags, console)
+        return _run(found.pid, found.start_time, prepared, flags, console, container_id)
     finally:
         if console is not None:
             console.close()
@@ -182,7 +177,14 @@ def _connect(path: str) -> socket.socket:
     return console
 
 
-def _run(pid: int, start_time: int, prepared: Prepared, flags: dict[str, object], console: socket.socket | None) -> int:
+def _run(
+    pid: int,
+    start_time: int,
+    prepared: Prepared,
+    flags: dict[str, object],
+    console: socket.socket | None,
+    container_id: str,
+) -> int:
     """Fork the joiner, read the report and its word; the exit code (0 once running with --detach)."""
     detach = bool(flags.get("detach"))
     channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -191,7 +193,7 @@ def _run(pid: int, start_time: int, prepared: Prepared, flags: dict[str, object]
     if joiner == 0:
         channel.detach()
         report_r.detach()
-        _joiner(pid, start_time, prepared, theirs, report_w.detach(), detach)
+        _joiner(pid, start_time, prepared, theirs, report_w.detach(), detach, container_id)
     theirs.close()
     report_w.close()
     try:
@@ -246,7 +248,13 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def _joiner(
-    pid: int, start_time: int, prepared: Prepared, channel: socket.socket, report_w: int, detach: bool
+    pid: int,
+    start_time: int,
+    prepared: Prepared,
+    channel: socket.socket,
+    report_w: int,
+    detach: bool,
+    container_id: str,
 ) -> NoReturn:
     """The forked joiner: join, fork the process, say its pid; follow it unless detached."""
     from aiocontain.child import init, join
@@ -274,7 +282,16 @@ def _joiner(
             user=[prepared.uid, prepared.gid, *prepared.groups],
             tty=prepared.terminal,
         )
-        join.become(request, report_w, die_with_parent=not detach, parent=me, lock_down=lambda: process.apply(prepared))
+
+        def lock_down() -> None:
+            from aiocontain.child import harden
+
+            # The container's session keyring, as runc's exec joins it (create made it, or --no-new-keyring
+            # left the engine's, which a keyring named after the container does not reach either).
+            harden.join_session_keyring(container_id)
+            process.apply(prepared)
+
+        join.become(request, report_w, die_with_parent=not detach, parent=me, lock_down=lock_down)
     os.close(report_w)
     pidfd = os.pidfd_open(child)
     _say(channel, Forked(child))
