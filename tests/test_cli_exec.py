@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Result, leftovers
-from tests.test_exec import CAPS, FDS_PROBE, KILL_ZERO, PID_PROBE, SESSION_PROBE, podman_running
+from tests.test_exec import CAPS, FDS_PROBE, KILL_ZERO, PID_PROBE, SESSION_PROBE, SLEEPER, podman_running
+from tests.test_hardening import DENIED, KEY_PROBE, NOT_FOUND, run_with_key
 from tests.test_session import LINE_LENGTH, TIOCSTI_PROBE, _run_then_read_a_line
 
 pytestmark = pytest.mark.container
@@ -141,3 +142,24 @@ def test_tiocsti_under_podman_exec(podman, probes, tty):
     assert "cli-exited=0" in output and "next-line=[SENTINEL]" in output, output
     # Without -t podman's stdin is conmon's pipe, no terminal at all (ENOTTY): nothing pushed either way.
     assert (f"tiocsti pushed={LINE_LENGTH} errno=0" if tty else "tiocsti pushed=0 errno=25") in output, output
+
+
+def test_host_session_key_is_unreadable(cli, probes):
+    """The exec'd command joins the container's session keyring, never keeps the caller's: a key of the
+    caller's session is out of reach even in a --privileged container (no seccomp filter). The control: the
+    same probe on the host, in that session, reads it."""
+    probe = probes.build("keyread", KEY_PROBE)
+    secret = "s3cret-" + os.urandom(4).hex()
+    host = run_with_key([str(probes.rootfs) + probe, "KEY", "aiocontain-probe"], secret)
+    assert host.stdout.splitlines()[0] == f"read {secret}", host
+    name = "exec-" + uuid.uuid4().hex[:8]
+    started = cli("-d", "--name", name, "--net", "none", "--privileged", *SLEEPER, rootfs_dir=probes.rootfs)
+    assert started.code == 0, started.stderr
+    try:
+        inside = run_with_key(
+            [sys.executable, "-m", "aiocontain", "exec", name, probe, "KEY", "aiocontain-probe"], secret
+        )
+    finally:
+        aiocontain("rm", "-f", name)
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.splitlines() == [DENIED, NOT_FOUND], inside
