@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import Result, leftovers
 from tests.test_exec import CAPS, FDS_PROBE, KILL_ZERO, PID_PROBE, SESSION_PROBE, SLEEPER, podman_running
 from tests.test_hardening import DENIED, KEY_PROBE, NOT_FOUND, run_with_key
+from tests.test_session import KILL_ZERO as CALLER_WITH_SENTINEL
 from tests.test_session import LINE_LENGTH, TIOCSTI_PROBE, _run_then_read_a_line
 
 pytestmark = pytest.mark.container
@@ -102,12 +103,9 @@ def test_pid_namespace_fds_caps_and_session(box):
 
 def test_kill_zero_inside_reaches_nothing_of_the_callers(box):
     # As tests/test_session.py: a host sleep in the caller's process group stands for the caller's shell.
-    script = (
-        'sleep 300 & sentinel=$!; "$@"; echo cli-exited=$?; kill -0 $sentinel && echo sentinel-alive; kill $sentinel'
-    )
     argv = [sys.executable, "-m", "aiocontain", "exec", box, "/bin/sh", "-c", KILL_ZERO]
     proc = subprocess.run(
-        ["/bin/sh", "-c", script, "sh", *argv],
+        ["/bin/sh", "-c", CALLER_WITH_SENTINEL, "sh", *argv],
         capture_output=True,
         text=True,
         timeout=60,

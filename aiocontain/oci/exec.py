@@ -86,7 +86,7 @@ def main(options: Options, args: list[str]) -> int:
     status = found.status()
     if status not in ("created", "running"):
         raise OciError(f"cannot exec in a {status} container")
-    config = _config(found.config_path)
+    config = _json_object(found.config_path, "the container's config")
     process_object = _process_object(flags, config, command)
     linux = config.get("linux")
     seccomp = linux.get("seccomp") if isinstance(linux, dict) else None
@@ -101,29 +101,23 @@ def main(options: Options, args: list[str]) -> int:
             console.close()
 
 
-def _config(path: str) -> dict[str, object]:
+def _json_object(path: str, what: str) -> dict[str, object]:
+    """The JSON object in path; OciError naming what it is (the container's config, the process file)."""
     try:
         with open(path, "rb") as f:
-            config = json.loads(f.read())
+            loaded = json.loads(f.read())
     except (OSError, ValueError) as exc:
-        raise OciError(f"cannot read the container's config {path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise OciError(f"the container's config {path} is not an object")
-    return config
+        raise OciError(f"cannot read {what} {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise OciError(f"{what} {path} is not an object")
+    return loaded
 
 
 def _process_object(flags: dict[str, object], config: dict[str, object], command: list[str]) -> dict[str, object]:
     """--process's file as it is (runc takes no other flag then), else the container's process with command
     as args and --tty, --cwd, -e, --user, --additional-gids, --cap, --no-new-privs on top."""
     if flags.get("process"):
-        try:
-            with open(str(flags["process"]), "rb") as f:
-                loaded = json.loads(f.read())
-        except (OSError, ValueError) as exc:
-            raise OciError(f"cannot read the process file {flags['process']}: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise OciError(f"the process file {flags['process']} is not an object")
-        return loaded
+        return _json_object(str(flags["process"]), "the process file")
     if not command:
         raise OciError("exec needs a command, or --process FILE")
     base = config.get("process")
@@ -218,22 +212,23 @@ def _run(
 def _read_report(report: socket.socket, prepared: Prepared, console: socket.socket | None) -> str | None:
     """The process's report to its end (its exec): the pty's master goes to the console socket as runc sends
     it (one message: the pty's name, the fd); a failure's text is returned."""
-    failure = None
-    with report:
-        while True:
-            message, fds = messages.recv(report)
-            if message is None:
-                return failure
-            if isinstance(message, messages.Console) and len(fds) == 1 and console is not None:
-                master = fds[0]
-                if prepared.console_size:
-                    rows, columns = prepared.console_size
-                    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-                number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
-                socket.send_fds(console, [f"/dev/pts/{number}".encode()], [master])
-            elif isinstance(message, messages.Failed):
-                failure = failure or message.message
-            messages.close_fds(fds)
+    from aiocontain.child import join
+
+    failures: list[str] = []
+
+    def forward(message: messages.Message, fds: list[int]) -> None:
+        if isinstance(message, messages.Console) and len(fds) == 1 and console is not None:
+            master = fds[0]
+            if prepared.console_size:
+                rows, columns = prepared.console_size
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+            number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
+            socket.send_fds(console, [f"/dev/pts/{number}".encode()], [master])
+        elif isinstance(message, messages.Failed):
+            failures.append(message.message)
+
+    join.relay(report, forward)
+    return failures[0] if failures else None
 
 
 def _write_pid_file(path: str, pid: int) -> None:
