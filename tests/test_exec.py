@@ -109,6 +109,11 @@ async def test_capabilities_and_seccomp_are_pid_1s(rootfs, options):
         _, pid1 = await run_in(container, ["/bin/sh", "-c", CAPS.replace("self", "1")])
         assert mine == pid1 and "Seccomp:\t2" in mine
         assert "CapBnd:\t000001ffffffffff" not in mine  # what joining the user namespace alone would give
+        # Another user than root: nothing effective or permitted (podman's rule), the same bounding set.
+        _, nobody = await run_in(container, ["/bin/sh", "-c", CAPS], user="nobody")
+        bounding = [line for line in pid1.splitlines() if line.startswith("CapBnd")]
+        assert "CapPrm:\t0000000000000000" in nobody and "CapEff:\t0000000000000000" in nobody
+        assert [line for line in nobody.splitlines() if line.startswith("CapBnd")] == bounding
 
 
 async def test_own_session_kill_zero_reaches_nothing_of_the_callers(rootfs):
