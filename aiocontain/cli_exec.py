@@ -14,29 +14,10 @@ import argparse
 import os
 import signal
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from aiocontain import registry
 from aiocontain.errors import AiocontainError
-
-# What of a recorded spec an exec needs: the rest (mounts, network, limits) is the running container's already.
-_SPEC_FIELDS = (
-    "command",
-    "id",
-    "name",
-    "hostname",
-    "env",
-    "workdir",
-    "cap_add",
-    "cap_drop",
-    "privileged",
-    "seccomp",
-    "no_new_privileges",
-    "user",
-    "group_add",
-    "ulimits",
-)
 
 
 def add_parser(commands: Any) -> None:
@@ -61,7 +42,12 @@ def main(args: argparse.Namespace) -> int:
     record = registry.lookup(args.name)
     if record.state() != "running":
         raise AiocontainError(f"container {args.name} is not running", fix="aiocontain ps -a shows its state")
-    message = _request(record, command, from_options(args.env), args)
+    from aiocontain.execprocess import for_record
+
+    env = from_options(args.env)
+    if args.tty:
+        env.setdefault("TERM", "xterm")
+    message = for_record(record, command, env=env, cwd=args.workdir, user=args.user, tty=args.tty)
     import anyio
 
     result: dict[str, Any] = {}
@@ -69,38 +55,6 @@ def main(args: argparse.Namespace) -> int:
     if "error" in result:
         raise result["error"]
     return int(result["code"])
-
-
-def _request(record: registry.Record, command: list[str], env: dict[str, str], args: argparse.Namespace) -> Any:
-    from aiocontain import execprocess, users
-    from aiocontain.forkserver import userns
-    from aiocontain.seccomp import filter_for
-    from aiocontain.spec import ContainerSpec
-
-    spec = ContainerSpec(**{key: record.spec[key] for key in _SPEC_FIELDS if key in record.spec})
-    container_user = None
-    if spec.user is not None or spec.group_add:
-        container_user = users.resolve(spec.user, spec.group_add, Path(f"/proc/{record.pid}/root"), userns.planned())
-    base_env = spec.environment(None)
-    if container_user is not None and "HOME" not in spec.env:
-        base_env["HOME"] = container_user.home
-    if args.tty:
-        env.setdefault("TERM", "xterm")
-    message = execprocess.request(
-        spec,
-        record.pid,
-        command,
-        base_env=base_env,
-        seccomp=filter_for(spec),
-        env=env,
-        cwd=args.workdir,
-        user=args.user,
-        container_user=container_user,
-        tty=args.tty,
-    )
-    if message.start_time != record.start_time:
-        raise AiocontainError(f"container {args.name} is not running", fix="aiocontain ps -a shows its state")
-    return message
 
 
 async def _run(message: Any, interactive: bool, result: dict[str, Any]) -> None:

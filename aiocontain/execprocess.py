@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from aiocontain import fdlimit, messages, proc, ulimits, users
+from aiocontain import fdlimit, messages, proc, registry, ulimits, users
 from aiocontain.channels import failure_error
 from aiocontain.errors import AiocontainError, CommandNotExecutable, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import PtyStream, Stdio
@@ -86,6 +86,63 @@ def request(
         user=None if exec_user is None else [exec_user.uid, exec_user.gid, *exec_user.groups],
         tty=tty,
     )
+
+
+# What of a recorded spec an exec needs: the rest (mounts, network, limits) is the running container's already.
+_SPEC_FIELDS = (
+    "command",
+    "id",
+    "name",
+    "hostname",
+    "env",
+    "workdir",
+    "cap_add",
+    "cap_drop",
+    "privileged",
+    "seccomp",
+    "no_new_privileges",
+    "user",
+    "group_add",
+    "ulimits",
+)
+
+
+def for_record(
+    record: registry.Record,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    user: str | None = None,
+    tty: bool = False,
+) -> Exec:
+    """``request`` for a container another process runs, found in the registry (``aiocontain exec``): its spec
+    as recorded, its user resolved in its own /etc/passwd, its seccomp filter compiled again (cached)."""
+    from aiocontain.forkserver import userns
+    from aiocontain.seccomp import filter_for
+
+    spec = ContainerSpec(**{key: record.spec[key] for key in _SPEC_FIELDS if key in record.spec})
+    container_user = None
+    if spec.user is not None or spec.group_add:
+        container_user = users.resolve(spec.user, spec.group_add, Path(f"/proc/{record.pid}/root"), userns.planned())
+    base_env = spec.environment(None)
+    if container_user is not None and "HOME" not in spec.env:
+        base_env["HOME"] = container_user.home
+    message = request(
+        spec,
+        record.pid,
+        argv,
+        base_env=base_env,
+        seccomp=filter_for(spec),
+        env=env,
+        cwd=cwd,
+        user=user,
+        container_user=container_user,
+        tty=tty,
+    )
+    if message.start_time != record.start_time:
+        raise AiocontainError(f"container {record.name} is not running", fix="aiocontain ps -a shows its state")
+    return message
 
 
 class ExecProcess:
