@@ -72,6 +72,12 @@ async def test_exit_code_env_cwd_and_user(rootfs):
         assert (code, text.split()) == (0, ["/etc", "65534", "65534", "/nonexistent"])
         code, text = await run_in(container, ["/bin/sh", "-c", "kill -9 $$"])
         assert code == 128 + signal.SIGKILL
+        async with await container.exec(["tr", "a-z", "A-Z"], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as tr:
+            assert tr.stdin is not None and tr.stdout is not None
+            await tr.stdin.send(b"piped in\n")
+            await tr.stdin.aclose()
+            assert b"".join([chunk async for chunk in tr.stdout]) == b"PIPED IN\n"
+            assert await tr.wait() == 0
     assert leftovers() == before
 
 
