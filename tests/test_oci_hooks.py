@@ -27,9 +27,12 @@ def test_every_hook_kind_at_its_moment(engine: Engine, rootfs: Path, tmp_path: P
         kind: [_hook(kind, host_log)]
         for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
     }
-    hooks["startContainer"] = [_hook("startContainer", "/logs/hooks.log")]  # resolved in the container
-    mounts = [*CONFIG["mounts"], {"destination": "/logs", "type": "bind", "source": str(logs), "options": ["rbind"]}]
-    args = ["/bin/sh", "-c", "echo process >> /logs/hooks.log"]
+    hooks["startContainer"] = [_hook("startContainer", "/tmp/logs/hooks.log")]  # resolved in the container
+    mounts = [
+        *CONFIG["mounts"],
+        {"destination": "/tmp/logs", "type": "bind", "source": str(logs), "options": ["rbind"]},
+    ]
+    args = ["/bin/sh", "-c", "echo process >> /tmp/logs/hooks.log"]
     bundle = make_bundle(tmp_path / "b", rootfs, args, hooks=hooks, mounts=mounts)
     assert engine.create("h", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
     pid = int((tmp_path / "pid").read_text())
