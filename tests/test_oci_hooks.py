@@ -96,3 +96,28 @@ def test_a_hook_that_hangs_is_stopped_by_its_timeout(engine: Engine, rootfs: Pat
     result = engine.create("t", bundle)
     assert result.code == 1 and "createRuntime hook /bin/sleep did not finish in 1 s" in result.stderr
     assert engine.children() == [] and list(engine.root.iterdir()) == []
+
+
+def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """Every poststart and poststop hook runs even after one fails (a warning), from what config.json said
+    at create: rewriting it afterwards changes nothing."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def mark(name: str) -> dict[str, object]:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"touch {marks}/{name}"]}
+
+    hooks = {
+        "poststart": [{"path": "/bin/false"}, mark("poststart")],
+        "poststop": [{"path": "/bin/false"}, mark("poststop")],
+    }
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    assert engine.create("w", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "hooks": {}}))  # no effect on the container
+    started = engine.oci("start", "w")
+    assert started.code == 0 and "warning: poststart hook /bin/false failed" in started.stderr
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 0
+    deleted = engine.oci("delete", "w")
+    assert deleted.code == 0 and "warning: poststop hook /bin/false failed" in deleted.stderr
+    assert sorted(path.name for path in marks.iterdir()) == ["poststart", "poststop"]
