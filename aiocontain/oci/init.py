@@ -25,7 +25,6 @@ import os
 import select
 import socket
 import struct
-import subprocess  # imported before pivot_root: startContainer hooks run after it
 
 from aiocontain import syscalls as sc
 from aiocontain.child import console, harden
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from aiocontain.oci.config import Plan
-
-assert subprocess  # for the import's side effect above
 
 FLAG_BY_TYPE = {
     "user": sc.CLONE_NEWUSER,
@@ -141,6 +138,10 @@ def container(launch: Launch) -> NoReturn:
         sync.send(b"hooks")
         state = receive(sync)[3:]  # create ran prestart and createRuntime; b"go " + the hook state
         hooks.run(plan.hooks, "createContainer", state)
+        if plan.hooks.get("startContainer"):
+            import subprocess  # now, while the host's standard library is reachable: the hook runs after pivot
+
+            assert subprocess
         rootfs.pivot(plan, launch.no_pivot)
         for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
             _write("/proc/sys/" + key.replace(".", "/"), value)
