@@ -29,6 +29,7 @@ import struct
 from aiocontain import syscalls as sc
 from aiocontain.child import console, harden
 from aiocontain.oci import hooks, process, rootfs
+from aiocontain.oci.config import NAMESPACE_FLAGS
 from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
@@ -37,15 +38,6 @@ if TYPE_CHECKING:
 
     from aiocontain.oci.config import Plan
 
-FLAG_BY_TYPE = {
-    "user": sc.CLONE_NEWUSER,
-    "mount": sc.CLONE_NEWNS,
-    "pid": sc.CLONE_NEWPID,
-    "network": sc.CLONE_NEWNET,
-    "ipc": sc.CLONE_NEWIPC,
-    "uts": sc.CLONE_NEWUTS,
-    "cgroup": sc.CLONE_NEWCGROUP,
-}
 MESSAGE_SIZE = 65536
 
 
@@ -97,7 +89,7 @@ def namespaces(launch: Launch) -> NoReturn:
         for kind, path in plan.join:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                sc.setns(fd, FLAG_BY_TYPE[kind])
+                sc.setns(fd, NAMESPACE_FLAGS[kind])
             except OSError as exc:
                 raise OciError(f"cannot join the {kind} namespace {path}: {os.strerror(exc.errno or 0)}") from None
             finally:
@@ -144,7 +136,7 @@ def container(launch: Launch) -> NoReturn:
             assert subprocess
         rootfs.pivot(plan, launch.no_pivot)
         for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
-            _write("/proc/sys/" + key.replace(".", "/"), value)
+            write_file("/proc/sys/" + key.replace(".", "/"), value)
         rootfs.finish(plan)
         try:
             os.makedirs(plan.process.cwd, 0o755, exist_ok=True)  # as runc: a missing working directory is made
@@ -198,7 +190,8 @@ def _die(message: str, code: int) -> NoReturn:
     os._exit(code)
 
 
-def _write(path: str, value: str) -> None:
+def write_file(path: str, value: str) -> None:
+    """Write a /proc file in one write(2), as the kernel wants for sysctls and id maps."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
