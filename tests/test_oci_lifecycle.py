@@ -210,3 +210,21 @@ def test_features_and_version(engine: Engine) -> None:
     assert "user" in features["linux"]["namespaces"] and "SCMP_ACT_ERRNO" in features["linux"]["seccomp"]["actions"]
     assert "CAP_SYS_ADMIN" in features["linux"]["capabilities"] and "poststop" in features["hooks"]
     assert engine.oci("--version").stdout.startswith("aiocontain-oci version ")
+
+
+def test_run_in_the_foreground_and_detached(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """runc's run: in the foreground it waits for the process as its subreaper, deletes the container and
+    exits with its status; --detach leaves it running for the engine."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", "echo ran; exit 5"])
+    argv = [engine_runtime(), "--root", str(engine.root), "run", "--bundle", str(bundle), "fg"]
+    reply = engine.request({"argv": argv, "output": str(tmp_path / "out"), "timeout": 30})
+    assert reply["code"] == 5 and (tmp_path / "out").read_text() == "ran\n"
+    assert os.listdir(engine.root) == []  # deleted
+    sleeper = make_bundle(tmp_path / "s", rootfs, ["/bin/sleep", "100"])
+    argv = [engine_runtime(), "--root", str(engine.root), "run", "-d", "--bundle", str(sleeper), "--pid-file"]
+    reply = engine.request(
+        {"argv": [*argv, str(tmp_path / "pid"), "bg"], "output": str(tmp_path / "out"), "timeout": 30}
+    )
+    assert reply["code"] == 0 and engine.state("bg")["status"] == "running"
+    assert engine.oci("delete", "--force", "bg").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
