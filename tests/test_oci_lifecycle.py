@@ -228,3 +228,32 @@ def test_run_in_the_foreground_and_detached(engine: Engine, rootfs: Path, tmp_pa
     assert reply["code"] == 0 and engine.state("bg")["status"] == "running"
     assert engine.oci("delete", "--force", "bg").code == 0
     assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
+
+
+def test_creating_while_create_runs(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """While create waits in a createRuntime hook, state says creating (create's own process is alive);
+    once the hook returns, created."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo in-hook > {tmp_path}/in; cat {gate}"]}]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    os.mkfifo(tmp_path / "in")
+    command = (
+        f"{engine_runtime()} --root {engine.root} create --bundle {bundle} --pid-file {tmp_path}/pid slow "
+        f">{tmp_path}/out 2>&1 &"
+    )
+    engine.run("/bin/sh", "-c", command)
+    assert (tmp_path / "in").read_text() == "in-hook\n"  # blocks until the hook runs
+    assert engine.state("slow")["status"] == "creating"
+    start = engine.oci("start", "slow")
+    assert start.code == 1 and "creating" in start.stderr
+    creator = _creator(engine)  # create itself, reparented to the engine when its shell exited
+    gate.write_text("go\n")  # the hook reads it and returns: create goes on
+    assert engine.wait(creator) == 0
+    assert engine.state("slow")["status"] == "created"
+    assert engine.oci("delete", "--force", "slow").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
+
+
+def _creator(engine: Engine) -> int:
+    return int(json.loads((engine.root / "slow" / "state.json").read_text())["creator"])
