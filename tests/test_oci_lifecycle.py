@@ -257,3 +257,20 @@ def test_creating_while_create_runs(engine: Engine, rootfs: Path, tmp_path: Path
 
 def _creator(engine: Engine) -> int:
     return int(json.loads((engine.root / "slow" / "state.json").read_text())["creator"])
+
+
+def test_kill_all_reaches_every_process_of_the_container(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """PID 1 without a handler ignores SIGTERM sent to it alone (control); --all also reaches its children,
+    whose end lets PID 1's wait return."""
+    script = "sleep 100 & sleep 100 & echo up >/tmp/sync/fifo; wait; echo children gone"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], mounts=with_sync(tmp_path / "sync"))
+    assert engine.create("all", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    assert engine.oci("start", "all").code == 0
+    assert (tmp_path / "sync" / "fifo").read_text() == "up\n"
+    assert engine.oci("kill", "all", "TERM").code == 0
+    assert engine.exited(pid, timeout=1) is False  # control: PID 1 alone ignores it
+    assert engine.oci("kill", "--all", "all", "TERM").code == 0
+    assert engine.wait(pid) == 0
+    assert (bundle / "output").read_text() == "children gone\n"
+    assert engine.oci("delete", "all").code == 0
