@@ -144,11 +144,13 @@ def container(launch: Launch) -> NoReturn:
             pass  # chdir says why, in process.apply
         if plan.process.terminal:
             _send_console(launch)
+        ours = {fifo, sync.fileno()}  # ours even where they landed among the numbers to preserve
         for fd in range(3, 3 + launch.preserve_fds):
-            try:
-                os.set_inheritable(fd, True)
-            except OSError:
-                pass  # not open: nothing to keep
+            if fd not in ours:
+                try:
+                    os.set_inheritable(fd, True)
+                except OSError:
+                    pass  # not open: nothing to keep
         sync.send(b"ready")
     except BaseException as exc:  # noqa: BLE001
         _fail(sync, exc)
