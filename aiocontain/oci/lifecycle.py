@@ -74,9 +74,10 @@ def start(options: Options, flags: dict[str, str | bool], operands: list[str]) -
         finally:
             os.close(fifo)
         os.unlink(container.exec_fifo)  # from now on the container is running
-    from aiocontain.oci import hooks
+    if container.hooks.get("poststart"):  # hooks imports subprocess: only when there is one to run
+        from aiocontain.oci import hooks
 
-    hooks.run_from_config(container, "poststart", "running", fatal=False)
+        hooks.run_recorded(container, "poststart", "running")
     return 0
 
 
@@ -127,7 +128,9 @@ def kill(options: Options, flags: dict[str, str | bool], operands: list[str]) ->
 
 
 def _signal(container: oci_state.ContainerState, number: int, all_processes: bool) -> None:
-    """Signal through a pidfd checked against the recorded start time, so a reused pid is never hit."""
+    """Signal through a pidfd checked against the recorded start time, so a reused pid is never hit. With
+    --all, every process of the container's own pid namespace too (runc walks the cgroup; a rootless
+    container may have none, but has its pid namespace)."""
     try:
         pidfd = os.pidfd_open(container.pid)
     except ProcessLookupError:
@@ -135,15 +138,37 @@ def _signal(container: oci_state.ContainerState, number: int, all_processes: boo
     try:
         if container.status() not in ("created", "running"):
             return  # the pid was reused between the load and the pidfd: the pidfd names the wrong process
+        members = _namespace_members(container.pid) if all_processes else []
         signal.pidfd_send_signal(pidfd, number)
     except ProcessLookupError:
-        pass
+        return
     finally:
         os.close(pidfd)
-    if all_processes:
-        # Its pid namespace dies with its PID 1 (runc's --all without a cgroup to walk); the process's own
-        # namespace peers are killed by the kernel when PID 1 goes.
-        return
+    for pid in members:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+
+def _namespace_members(pid: int) -> list[int]:
+    """The other processes of pid's pid namespace, when it is not ours (else none: we could not tell the
+    container's from the rest)."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        if namespace == os.readlink("/proc/self/ns/pid"):
+            return []
+    except OSError:
+        return []
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != pid:
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == namespace:
+                    members.append(int(name))
+            except OSError:
+                continue  # gone, or not ours to look at
+    return members
 
 
 def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
@@ -160,9 +185,10 @@ def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) 
 
         cgroup.remove(container)
         _remove_directory(container.directory)
-    from aiocontain.oci import hooks
+    if container.hooks.get("poststop"):
+        from aiocontain.oci import hooks
 
-    hooks.run_from_config(container, "poststop", "stopped", fatal=False)
+        hooks.run_recorded(container, "poststop", "stopped")
     return 0
 
 
