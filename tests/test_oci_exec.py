@@ -103,6 +103,8 @@ def test_errors_are_one_line_exit_1(engine: Engine, running: str) -> None:
         ([running, "no-such-command"], "exec failed"),
         (["--tty", running, "true"], "--console-socket"),
         (["--user", "x", running, "true"], "UID[:GID]"),
+        (["--preserve-fds", "2", running, "true"], "--preserve-fds is not supported"),
+        (["--bogus", running, "true"], "flag provided but not defined: --bogus"),
     ]:
         result = engine.oci("exec", *args)
         assert result.code == 1 and text in result.stderr, (args, result.stderr)

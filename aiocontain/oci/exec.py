@@ -79,6 +79,9 @@ def main(options: Options, args: list[str]) -> int:
     from aiocontain.oci import process, state
 
     flags, operands = parse(args)
+    for name in ("preserve-fds", "process-label", "apparmor", "cgroup"):
+        if flags.get(name) not in (None, "", "0"):  # taken as runc spells them, refused rather than ignored
+            raise OciError(f"exec --{name} is not supported")
     if not operands:
         raise OciError('"exec" requires a minimum of 1 argument (the container id)')
     container_id, command = operands[0], operands[1:]
