@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Result, leftovers
+from tests.conftest import Result, leftovers, started
 from tests.test_exec import (
     CAPS,
     FDS_PROBE,
@@ -169,3 +169,15 @@ def test_host_session_key_is_unreadable(cli, probes):
         aiocontain("rm", "-f", name)
     assert inside.returncode == 0, inside.stderr
     assert inside.stdout.splitlines() == [DENIED, NOT_FOUND], inside
+
+
+def test_a_killed_exec_takes_its_command_along(box):
+    """SIGKILL of `aiocontain exec` (nothing of it can clean up): its helper sees its control socket end and
+    kills the command; the container runs on, and nothing of the exec is left."""
+    before = leftovers()
+    argv = [sys.executable, "-m", "aiocontain", "exec", box, "/bin/sh", "-c", "echo ready; exec sleep 999"]
+    with started(argv) as proc:
+        assert "sleep 999" in aiocontain("exec", box, "ps").stdout
+        proc.kill()
+    assert leftovers() == before  # the helper and the exec'd sleep are gone (waited for through pidfds)
+    assert "sleep 999" not in aiocontain("exec", box, "ps").stdout
