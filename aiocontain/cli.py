@@ -731,15 +731,12 @@ async def _supervise(
                         monitor.ready()  # run -d prints the id and exits; this process stays as the monitor
                     for signum in pending:
                         forward(signum, tg)
-                    with contextlib.ExitStack() as raw:
+                    with contextlib.ExitStack() as stack:
                         attached = None
                         if spec.tty:
                             from aiocontain import terminal
 
-                            if interactive and os.isatty(0):
-                                raw.enter_context(terminal.raw_mode(0))  # restored on every way out of this block
-                            attached = terminal.Relay(container, interactive)
-                            tg.start_soon(attached.run)
+                            attached = stack.enter_context(terminal.relayed(container, interactive, tg))
                         status = await container.wait()
                         if attached is not None:
                             await attached.finish()

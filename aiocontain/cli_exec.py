@@ -11,7 +11,6 @@ terminal is relayed to a terminal of the command's own in the container, as ``ru
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 from typing import Any
@@ -79,13 +78,8 @@ async def _run(message: Any, interactive: bool, result: dict[str, Any]) -> None:
                     process.send_signal(signum)
 
             tg.start_soon(relay_signals)
-            with contextlib.ExitStack() as raw:
-                attached = None
-                if message.tty:
-                    if interactive and os.isatty(0):
-                        raw.enter_context(terminal.raw_mode(0))  # restored on every way out of this block
-                    attached = terminal.Relay(process, interactive)
-                    tg.start_soon(attached.run)
+            with contextlib.ExitStack() as stack:
+                attached = stack.enter_context(terminal.relayed(process, interactive, tg)) if message.tty else None
                 result["code"] = await process.wait()
                 if attached is not None:
                     await attached.finish()

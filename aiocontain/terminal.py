@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskGroup
 
 from aiocontain.container import Container
 from aiocontain.execprocess import ExecProcess
@@ -58,6 +58,19 @@ def raw_mode(fd: int) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError, termios.error):  # hung up meanwhile: nothing left to restore
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def relayed(target: Container | ExecProcess, interactive: bool, tg: TaskGroup) -> Iterator[Relay]:
+    """The caller's stdio relayed to target's terminal (``run -t``, ``exec -t``), its terminal in raw mode
+    meanwhile when stdin is kept and is one: the Relay runs in tg until cancelled; ``finish`` it once the
+    command has exited."""
+    with contextlib.ExitStack() as raw:
+        if interactive and os.isatty(0):
+            raw.enter_context(raw_mode(0))  # restored on every way out of this block
+        relay = Relay(target, interactive)
+        tg.start_soon(relay.run)
+        yield relay
 
 
 class Relay:
