@@ -23,6 +23,7 @@ __all__ = [
     "CommandNotFound",
     "Container",
     "ContainerSpec",
+    "ExecProcess",
     "ExitStatus",
     "HostPrerequisiteError",
     "NetworkError",
@@ -45,6 +46,7 @@ _LAZY = {
     "HostPrerequisiteError": "aiocontain.errors",
     "Container": "aiocontain.container",
     "ExitStatus": "aiocontain.status",
+    "ExecProcess": "aiocontain.execprocess",
     "run": "aiocontain.container",
     "ContainerSpec": "aiocontain.spec",
     "NetworkMode": "aiocontain.spec",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
         PluginError,
         SetupError,
     )
+    from aiocontain.execprocess import ExecProcess
     from aiocontain.spec import CgroupsMode, ContainerSpec, NetworkMode
     from aiocontain.status import ExitStatus
 

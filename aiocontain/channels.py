@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from aiocontain.forkserver.stdio import PtyStream
 
-__all__ = ["ChildChannel", "InitChannel", "ReadyFds", "UnexpectedMessage"]
+__all__ = ["ChildChannel", "InitChannel", "ReadyFds", "UnexpectedMessage", "failure_error"]
 
 EXITED_DURING_SETUP = "the container process exited during set-up"
 
@@ -235,20 +235,8 @@ class InitChannel:
         return self.error(failure) if failure else SetupError("the container's init exited during set-up")
 
     def error(self, failure: Failed) -> AiocontainError:
-        """The one line for PID 1's Failed, with podman's exit codes for the command: 127 not found, 126 not
-        executable."""
-        if failure.step == messages.STEP_EXEC:
-            if failure.errno in (errno.ENOENT, errno.ENOTDIR):
-                return CommandNotFound(
-                    f"{self._command}: command not found in the container",
-                    fix="check the command and the rootfs's PATH",
-                )
-            return CommandNotExecutable(f"cannot execute {failure.message}")
-        if failure.step == messages.STEP_WORKDIR:  # podman's 126 too: the command cannot be started there
-            return CommandNotExecutable(
-                f"the working directory {failure.message}", fix="give -w a directory, or a path that does not exist yet"
-            )
-        return SetupError(f"container set-up failed: {failure.message}")
+        """The one line for PID 1's Failed (``failure_error``)."""
+        return failure_error(self._command, failure)
 
     def close(self) -> None:
         """Teardown: close what is left of both (each once: the number may be reused)."""
@@ -290,3 +278,19 @@ class InitChannel:
             except RuntimeError:
                 pass  # no event loop in this thread: nobody can be waiting
             os.close(fd)
+
+
+def failure_error(command: str, failure: Failed) -> AiocontainError:
+    """The one line for a Failed from the process that was to execute command (PID 1, or an exec'd process), with
+    podman's exit codes for the command: 127 not found, 126 not executable."""
+    if failure.step == messages.STEP_EXEC:
+        if failure.errno in (errno.ENOENT, errno.ENOTDIR):
+            return CommandNotFound(
+                f"{command}: command not found in the container", fix="check the command and the rootfs's PATH"
+            )
+        return CommandNotExecutable(f"cannot execute {failure.message}")
+    if failure.step == messages.STEP_WORKDIR:  # podman's 126 too: the command cannot be started there
+        return CommandNotExecutable(
+            f"the working directory {failure.message}", fix="give -w a directory, or a path that does not exist yet"
+        )
+    return SetupError(f"container set-up failed: {failure.message}")

@@ -279,7 +279,7 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
             # (dest, how the user spells it, its default): given while the plugin does not run, it is refused
             item.options = [(a.dest, (a.option_strings or [a.dest])[0], a.default) for a in run._actions[known:]]
 
-    cli_containers.add_parsers(commands)  # ps, stop, kill, rm, logs, inspect
+    cli_containers.add_parsers(commands)  # ps, stop, kill, rm, logs, inspect, exec
     commands.add_parser("plugins", help="list the installed plugins")
 
     doctor = commands.add_parser("doctor", help="check this host's prerequisites and print fixes")
@@ -495,16 +495,9 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
     if args.mtu is not None and args.net not in ("slirp4netns", "pasta"):
         raise AiocontainError(f"--mtu sets tap0's MTU, which --net {args.net} has none of", fix="drop --mtu")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
-        if not sep:
-            if key not in os.environ:
-                continue  # podman and docker: -e KEY of an unset variable sets nothing
-            value = os.environ[key]  # -e KEY passes the host's value on
-        env[key] = value
+    from aiocontain.envfile import from_options
+
+    env = from_options(args.env)
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
     from aiocontain import mounts
 
@@ -766,15 +759,12 @@ async def _supervise(
                         monitor.ready()  # run -d prints the id and exits; this process stays as the monitor
                     for signum in pending:
                         forward(signum, tg)
-                    with contextlib.ExitStack() as raw:
+                    with contextlib.ExitStack() as stack:
                         attached = None
                         if spec.tty:
                             from aiocontain import terminal
 
-                            if interactive and os.isatty(0):
-                                raw.enter_context(terminal.raw_mode(0))  # restored on every way out of this block
-                            attached = terminal.Relay(container, interactive)
-                            tg.start_soon(attached.run)
+                            attached = stack.enter_context(terminal.relayed(container, interactive, tg))
                         status = await container.wait()
                         if attached is not None:
                             await attached.finish()

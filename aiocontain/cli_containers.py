@@ -21,7 +21,7 @@ from typing import Any
 from aiocontain import registry
 from aiocontain.errors import AiocontainError
 
-COMMANDS = frozenset({"ps", "stop", "kill", "rm", "logs", "inspect"})
+COMMANDS = frozenset({"ps", "stop", "kill", "rm", "logs", "inspect", "exec"})
 TEARDOWN_WAIT = 20.0  # a monitor's teardown (Container.TEARDOWN_TIMEOUT) and its exit
 
 
@@ -65,6 +65,9 @@ def add_parsers(commands: Any) -> None:
     logs.add_argument("name", metavar="NAME")
     inspect = commands.add_parser("inspect", help="containers' spec, state, pid, exit code, network, cgroup (JSON)")
     inspect.add_argument("names", nargs="+", metavar="NAME")
+    from aiocontain import cli_exec
+
+    cli_exec.add_parser(commands)
 
 
 def main(argv: Sequence[str], parser_class: type[argparse.ArgumentParser]) -> int:
@@ -73,7 +76,7 @@ def main(argv: Sequence[str], parser_class: type[argparse.ArgumentParser]) -> in
     parser = parser_class(prog="aiocontain")
     add_parsers(parser.add_subparsers(dest="subcommand", required=True, parser_class=parser_class))
     args = parser.parse_args(argv)
-    command = {"ps": _ps, "stop": _stop, "kill": _kill, "rm": _rm, "logs": _logs, "inspect": _inspect}
+    command = {"ps": _ps, "stop": _stop, "kill": _kill, "rm": _rm, "logs": _logs, "inspect": _inspect, "exec": _exec}
     try:
         return command[args.subcommand](args)
     except AiocontainError as exc:
@@ -93,6 +96,12 @@ def _each(names: Iterable[str], act: Callable[[str, registry.Record], None]) -> 
             print(f"aiocontain: {exc.line()}", file=sys.stderr)
             code = exc.exit_code
     return code
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from aiocontain import cli_exec  # anyio and the exec machinery: only for exec
+
+    return cli_exec.main(args)
 
 
 def _ps(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -24,6 +24,7 @@ from aiocontain.stages import PIPELINE, StageContext
 from aiocontain.status import ExitStatus
 
 if TYPE_CHECKING:
+    from aiocontain.execprocess import ExecProcess
     from aiocontain.forkserver import ForkServer
     from aiocontain.plugins.api import Plugin
     from aiocontain.users import ExecUser
@@ -388,6 +389,49 @@ class Container:
             return await self.wait()
         self.kill()
         return await self.wait()
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> ExecProcess:
+        """Run argv in this running container (``podman exec``) and return once it runs; ``await p.wait()`` gives
+        its exit code. It gets the container's namespaces, cgroup, capabilities, seccomp filter and environment
+        (env on top), the working directory (cwd) and user (``user``, resolved in the container's /etc/passwd) of
+        the container unless given, and a session of its own; stdio as for ``run``, or with ``tty`` a terminal of
+        its own in the container (``p.tty``). It belongs to the container: killed and reaped when the container
+        is torn down, or when a ``wait`` on it is cancelled. CommandNotFound (127), CommandNotExecutable (126)
+        or AiocontainError when it cannot run."""
+        from aiocontain.execprocess import ExecProcess, request
+        from aiocontain.stages.spawn import environment
+
+        ctx = self._require()
+        if ctx.init_pid is None or not ctx.started:
+            raise RuntimeError("the container is not running yet")
+        if self._status is not None:
+            raise AiocontainError("the container is not running: its command has exited")
+        message = request(
+            self.spec,
+            ctx.init_pid,
+            argv,
+            base_env=environment(ctx),
+            seccomp=ctx.seccomp,
+            env=env,
+            cwd=cwd,
+            user=user,
+            container_user=ctx.user,
+            tty=tty,
+        )
+        process = await ExecProcess.start(message, stdin, stdout, stderr)
+        ctx.stack.push_async_callback(process.aclose)
+        return process
 
     def _require(self) -> StageContext:
         if self._ctx is None or (self._stack is None and self._status is None):

@@ -1,4 +1,4 @@
-"""``--env-file FILE``: environment variables from a file, in podman's format.
+"""``--env-file FILE``: environment variables from a file, in podman's format; and ``-e`` values.
 
 One ``KEY=VALUE`` a line, taken literally (no quotes removed, no ``$`` expanded,
 spaces kept); lines whose first non-blank character is ``#`` and blank lines are
@@ -11,10 +11,27 @@ earlier one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiocontain.errors import AiocontainError
+
+
+def from_options(items: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """-e KEY=VALUE values (run and exec); -e KEY passes the host's value (environ, else os.environ as it is
+    now), nothing when it is unset."""
+    environ = os.environ if environ is None else environ
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise AiocontainError(f"invalid --env {item!r}", fix="use -e KEY=VALUE")
+        if not sep:
+            if key not in environ:
+                continue  # podman and docker: -e KEY of an unset variable sets nothing
+            value = environ[key]  # -e KEY passes the host's value on
+        env[key] = value
+    return env
 
 
 def read(path: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:

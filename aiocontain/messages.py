@@ -238,6 +238,60 @@ class Exited(_Message):
         self.signal = signal
 
 
+# --- An exec helper's control socket: runtime <-> exec helper (child/join.py), one an exec'd process
+# Exec from the runtime; then Console (with tty), Failed, or Forked (the command runs, with its pidfd); Exited last.
+
+
+class Exec(_Message):
+    """Runtime -> exec helper: run argv in the running container whose PID 1 is ``pid`` (host pid, started at
+    ``start_time``), hardened as PID 1 was: the capability, seccomp, no_new_privs, rlimits and user fields
+    mean what Config's do."""
+
+    kind = "exec"
+    __slots__ = (
+        "argv",
+        "caps",
+        "env",
+        "hostname",
+        "no_new_privs",
+        "pid",
+        "rlimits",
+        "seccomp",
+        "start_time",
+        "tty",
+        "user",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        pid: int,
+        start_time: int | None,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str,
+        hostname: str,
+        caps: list[int] | None = None,
+        seccomp: str | None = None,
+        no_new_privs: bool = False,
+        rlimits: list[list[int]] | None = None,
+        user: list[int] | None = None,
+        tty: bool = False,
+    ) -> None:
+        self.pid = pid
+        self.start_time = start_time  # aiocontain.proc.start_time of pid when recorded: a reused pid is refused
+        self.argv = argv
+        self.env = env
+        self.workdir = workdir
+        self.hostname = hostname  # names the container's session keyring, which the process joins
+        self.caps = caps
+        self.seccomp = seccomp
+        self.no_new_privs = no_new_privs
+        self.rlimits = rlimits or []
+        self.user = user
+        self.tty = tty
+
+
 # --- The report socket: PID 1 -> runtime
 # Console (with -t), or a Failed; end of stream once the command is executed (close-on-exec).
 
@@ -269,10 +323,12 @@ class Failed(_Message):
         self.errno = errno
 
 
-Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped
+Message = (
+    Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped | Exec
+)
 _TYPES: dict[str, type[Any]] = {
     t.kind: t
-    for t in (Config, Unshared, Ready, Release, Console, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped)
+    for t in (Config, Unshared, Ready, Release, Console, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped, Exec)
 }
 MAX_FDS = 8
 

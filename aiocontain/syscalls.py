@@ -39,12 +39,27 @@ MS_STRICTATIME = 0x1000000
 
 MNT_DETACH = 0x2
 
+# mount(8)'s propagation options as mount(2) flags (the spec's -v options and OCI mounts alike)
+PROPAGATION = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC,
+    "slave": MS_SLAVE,
+    "rslave": MS_SLAVE | MS_REC,
+    "unbindable": MS_UNBINDABLE,
+    "runbindable": MS_UNBINDABLE | MS_REC,
+}
+
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_KEEPCAPS = 8
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -78,6 +93,7 @@ _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _check(result: int, what: str) -> None:
@@ -124,6 +140,12 @@ def set_parent_death_signal(signum: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
+def set_dumpable(dumpable: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): a process that is not dumpable cannot be ptraced, nor its /proc/PID/fd, exe or
+    mem opened, by anyone without CAP_SYS_PTRACE over the user namespace it was executed in. execve resets it."""
+    _check(_libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
 def capability_in_bounding_set(cap: int) -> bool | None:
     """prctl(PR_CAPBSET_READ): whether cap is in the bounding set; None when the kernel has no such cap."""
     result: int = _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0)
@@ -152,6 +174,35 @@ def clear_inheritable_capabilities() -> None:
     _check(_libc.capget(header, data), "capget")
     data[2] = data[5] = 0
     _check(_libc.capset(header, data), "capset")
+
+
+def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) with the three sets as bit masks (bit N: capability N); each must lie within the permitted
+    set held now (the OCI runtime's ``process.capabilities``)."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    mask = 0xFFFFFFFF
+    data = (ctypes.c_uint32 * 6)(
+        *(effective & mask, permitted & mask, inheritable & mask),
+        *(effective >> 32 & mask, permitted >> 32 & mask, inheritable >> 32 & mask),
+    )
+    _check(_libc.capset(header, data), "capset")
+
+
+def raise_ambient_capability(cap: int) -> None:
+    """prctl(PR_CAP_AMBIENT_RAISE): keep cap across execve as a non-root user (it must be permitted and
+    inheritable already)."""
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
+
+
+def set_keep_capabilities(keep: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether the permitted set survives a change from uid 0 to another uid."""
+    _check(_libc.prctl(PR_SET_KEEPCAPS, int(keep), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def set_domain_name(name: str) -> None:
+    """setdomainname(2), in the caller's UTS namespace (Python has only socket.sethostname)."""
+    encoded = os.fsencode(name)
+    _check(_libc.setdomainname(encoded, len(encoded)), "setdomainname")
 
 
 def set_no_new_privs() -> None:

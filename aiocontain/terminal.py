@@ -25,9 +25,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskGroup
 
 from aiocontain.container import Container
+from aiocontain.execprocess import ExecProcess
 
 DRAIN_TIMEOUT = 2.0  # once the command has exited: how long its last output may take to come through
 _CHUNK = 65536
@@ -59,10 +60,24 @@ def raw_mode(fd: int) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-class Relay:
-    """Copies between the caller's stdio and the container's terminal while the command runs."""
+@contextlib.contextmanager
+def relayed(target: Container | ExecProcess, interactive: bool, tg: TaskGroup) -> Iterator[Relay]:
+    """The caller's stdio relayed to target's terminal (``run -t``, ``exec -t``), its terminal in raw mode
+    meanwhile when stdin is kept and is one: the Relay runs in tg until cancelled; ``finish`` it once the
+    command has exited."""
+    with contextlib.ExitStack() as raw:
+        if interactive and os.isatty(0):
+            raw.enter_context(raw_mode(0))  # restored on every way out of this block
+        relay = Relay(target, interactive)
+        tg.start_soon(relay.run)
+        yield relay
 
-    def __init__(self, container: Container, interactive: bool) -> None:
+
+class Relay:
+    """Copies between the caller's stdio and the container's terminal while the command runs (the container's
+    own, or an exec'd command's)."""
+
+    def __init__(self, container: Container | ExecProcess, interactive: bool) -> None:
         console = container.tty
         assert console is not None, "the container has no terminal"
         self._container = container

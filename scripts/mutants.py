@@ -57,12 +57,13 @@ TESTS: dict[str, list[str]] = {
     "stages/spawn.py": ["embedding", "plugins", "cli_run", "bad_input", "helpers_killed", "forkserver", "events"],
     "stages/tap.py": ["stages", "cli_run", "embedding"],
     "child/console.py": ["terminal"],
-    "child/harden.py": ["hardening", "seccomp", "init"],
+    "child/harden.py": ["hardening", "seccomp", "init", "exec"],
     "child/init.py": ["cli_run", "init", "session", "terminal"],
     "child/intermediate.py": ["cli_run", "embedding", "bad_input", "helpers_killed", "forkserver", "init"],
     "child/netdev.py": ["cli_run", "embedding"],
     "child/mounts.py": ["child_rootfs", "hardening", "volumes", "cli_run", "bad_input"],
     "child/forkserver.py": ["forkserver", "helpers_killed", "cli_run", "concurrency"],
+    "child/join.py": ["exec", "cli_exec", "oci_exec"],
     "channels.py": ["channels", "embedding", "cli_run", "bad_input", "helpers_killed", "terminal"],
 }
 

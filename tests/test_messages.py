@@ -13,6 +13,7 @@ from aiocontain import messages
 from aiocontain.messages import (
     Config,
     Console,
+    Exec,
     Exited,
     Failed,
     Fork,
@@ -75,6 +76,21 @@ ALL_MESSAGES: list[messages.Message] = [
     IdsMapped(),
     Reaped(status=9),
     Reaped(status=3 << 8),
+    Exec(pid=42, start_time=None, argv=["true"], env={}, workdir="/", hostname="box"),
+    Exec(
+        pid=42,
+        start_time=123456,
+        argv=["sh", "-c", "echo 'hé'"],
+        env={"A": "b"},
+        workdir="/tmp",
+        hostname="box",
+        caps=[0, 21],
+        seccomp="IAAAAAQAAAA=",
+        no_new_privs=True,
+        rlimits=[[7, 1024, 2048]],
+        user=[1000, 1000, 100],
+        tty=True,
+    ),
 ]
 
 

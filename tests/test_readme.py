@@ -59,7 +59,11 @@ def test_readme_example_runs(readme_env: dict[str, str], tmp_path: Path, readme:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    if "asyncio.run(" in code:
+    if "container.exec(" in code:
+        pid, rest = lines[0].removeprefix("pid ").split(" ", 1)
+        assert int(pid) < 10 and rest == "uid 0 in /tmp", lines  # a pid of the container's namespace
+        assert lines[1:] == ["exit code 0", "exec cancelled; the container is running"]
+    elif "asyncio.run(" in code:
         assert {f"job{i} said job{i} on job{i}" for i in range(3)} <= set(lines)
         assert any(line.startswith("job0 network.ready") and "10.0.2.100/24" in line for line in lines)
         assert "codes [0, 0, 0]" in lines and lines[-1] == "stuck job cancelled"

@@ -11,11 +11,13 @@ bounding set (the inheritable and ambient sets, cleared here, would add to it).
 
 from __future__ import annotations
 
+import binascii
 import errno
 import os
 
 from aiocontain import syscalls
-from aiocontain.messages import Config
+from aiocontain.child import ids
+from aiocontain.messages import Config, Exec
 
 _PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
 
@@ -40,9 +42,25 @@ def allow_ping(gid_map: str = "/proc/self/gid_map") -> None:
         os.close(fd)
 
 
-def apply(config: Config) -> None:
+def lock_down(config: Config | Exec) -> None:
+    """Everything between a process in the container and its exec: ``apply``, the rlimits, the user and the seccomp
+    filter, in the order that works for every user. PID 1 and an exec'd process (child/join.py) both end so."""
+    apply(config)
+    ids.set_limits(config.rlimits)
+    filter_first = ids.filter_first(config.user, bool(config.seccomp), config.no_new_privs)
+    if config.user is not None and not filter_first:
+        ids.switch(config.user)
+    if config.seccomp:
+        # Last, at the one point before every exec path, so it covers --init's PID 1 too. What runs from
+        # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
+        syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
+    if filter_first and config.user is not None:
+        ids.switch(config.user)
+
+
+def apply(config: Config | Exec) -> None:
     """Everything that must hold for the command, except seccomp, which the caller installs right after."""
-    _join_session_keyring(config.hostname)
+    join_session_keyring(config.hostname)
     if config.caps is not None:
         keep = set(config.caps)
         cap = 0
@@ -56,9 +74,9 @@ def apply(config: Config) -> None:
         syscalls.set_no_new_privs()
 
 
-def _join_session_keyring(name: str) -> None:
-    """A session keyring of the container's own: the inherited one is the host session's, whose keys the
-    container would possess and so could read. runc does the same."""
+def join_session_keyring(name: str) -> None:
+    """A session keyring of the container's own (named _ses.NAME): the inherited one is the host session's,
+    whose keys the container would possess and so could read. runc does the same; aiocontain-oci uses it too."""
     try:
         syscalls.join_session_keyring("_ses." + name)
     except OSError as exc:

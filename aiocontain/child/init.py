@@ -14,7 +14,6 @@ a command without signal handlers still stops on SIGTERM and zombies never pile 
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import errno
 import os
@@ -23,7 +22,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, ids, mounts
+from aiocontain.child import console, harden, mounts
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -41,7 +40,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         # runc's create does), RELEASE for the release itself (the host side is ready: exec).
         if os.read(release_r, 1) != messages.MAPPED:
             os._exit(0)  # the runtime went away first
-        _become_root()
+        become_root()
         if config.unshare_net:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
         mounts.build(config)
@@ -50,10 +49,10 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
             os.makedirs(config.workdir, exist_ok=True)
             os.chdir(config.workdir)
         except (FileExistsError, NotADirectoryError):
-            _report(report_w, Failed(messages.STEP_WORKDIR, f"{config.workdir} is not a directory", errno.ENOTDIR))
+            report(report_w, Failed(messages.STEP_WORKDIR, f"{config.workdir} is not a directory", errno.ENOTDIR))
             os._exit(126)
         if config.tty:
-            _send_console(report_w, config.user[0] if config.user is not None else None)
+            send_console(report_w, config.user[0] if config.user is not None else None)
         if os.read(release_r, 1) != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
@@ -61,26 +60,16 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         syscalls.unshare(syscalls.CLONE_NEWCGROUP)
         if config.mount_cgroup:
             mounts.mount_cgroup()
-        harden.apply(config)  # capabilities, no_new_privs, keyring: CAP_SYS_ADMIN stays effective for seccomp
-        ids.set_limits(config.rlimits)
-        filter_first = ids.filter_first(config.user, bool(config.seccomp), config.no_new_privs)
-        if config.user is not None and not filter_first:
-            ids.switch(config.user)
-        if config.seccomp:
-            # Last, at the one point before both exec paths, so it covers --init's PID 1 too. What runs from
-            # here to execve (signal resets, the PATH search, a failure report) makes only calls it allows.
-            syscalls.set_seccomp_filter(binascii.a2b_base64(config.seccomp))
-        if filter_first and config.user is not None:
-            ids.switch(config.user)
+        harden.lock_down(config)  # keyring, capabilities, no_new_privs, rlimits, user, seccomp last
     except Exception as exc:  # noqa: BLE001 - any failure here must reach the runtime as one line
-        _report(report_w, Failed(messages.STEP_SETUP, _describe(exc), getattr(exc, "errno", 0) or 0))
+        report(report_w, Failed(messages.STEP_SETUP, describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
     if config.init:
         _exec_init(config, env, report_w)
-    _exec(config.argv, env, report_w)
+    exec_command(config.argv, env, report_w)
 
 
-def _send_console(report_w: int, owner: int | None) -> None:
+def send_console(report_w: int, owner: int | None) -> None:
     """Open the container's terminal and hand its master to the runtime, which holds the only copy."""
     master = console.open_console(owner)
     report = socket.socket(fileno=report_w)
@@ -91,7 +80,7 @@ def _send_console(report_w: int, owner: int | None) -> None:
         os.close(master)
 
 
-def _become_root() -> None:
+def become_root() -> None:
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
     try:
@@ -100,7 +89,7 @@ def _become_root() -> None:
         pass  # single-id mapping: setgroups is denied, and the host groups show as nogroup
 
 
-def _exec(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
+def exec_command(argv: list[str], env: dict[str, str], report_w: int) -> NoReturn:
     _reset_signals()
     try:
         _execvpe(argv, env)
@@ -119,7 +108,7 @@ def _exec_init(config: Config, env: dict[str, str], report_w: int) -> NoReturn:
     try:
         os.execve(mounts.INIT_PATH, [mounts.INIT_PATH, "--", *config.argv], env)
     except OSError as exc:
-        _report(report_w, Failed(messages.STEP_SETUP, f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
+        report(report_w, Failed(messages.STEP_SETUP, f"the init {config.init_binary}: {exc.strerror}", exc.errno or 0))
         os._exit(125)
 
 
@@ -137,7 +126,7 @@ def _reset_signals() -> None:
 
 def _exec_failed(name: str, exc: OSError, report_w: int) -> NoReturn:
     code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-    _report(report_w, Failed(messages.STEP_EXEC, f"{name}: {exc.strerror}", exc.errno or 0))
+    report(report_w, Failed(messages.STEP_EXEC, f"{name}: {exc.strerror}", exc.errno or 0))
     os._exit(code)
 
 
@@ -170,12 +159,12 @@ def _check_executable(path: str) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
-def _report(report_w: int, failure: Failed) -> None:
+def report(report_w: int, failure: Failed) -> None:
     with contextlib.suppress(OSError):
         os.write(report_w, messages.encode(failure))
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return str(exc.strerror if not exc.filename else f"{exc.filename}: {exc.strerror}")
     # No traceback module: after pivot_root nothing more can be imported from the host.

@@ -45,7 +45,7 @@ async def run(ctx: StageContext) -> None:
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
-        env=_environment(ctx),
+        env=environment(ctx),
         workdir=spec.workdir,
         hostname=spec.effective_hostname,
         unshare_net=ctx.driver.unshare_netns,
@@ -104,7 +104,7 @@ def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
     return directory
 
 
-def _environment(ctx: StageContext) -> dict[str, str]:
+def environment(ctx: StageContext) -> dict[str, str]:
     """podman's defaults (TERM=xterm: not the caller's terminal), the plugins' and the user's; HOME from --user's
     passwd entry unless given."""
     env = {**ctx.spec.environment(None), **ctx.extra_env}
