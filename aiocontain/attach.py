@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from aiocontain import registry
 from aiocontain.errors import AiocontainError
 
+if TYPE_CHECKING:
+    from aiocontain.execprocess import ExecProcess
+
 __all__ = ["AttachedContainer", "attach"]
 
 
 class AttachedContainer:
-    """A running container of another process: ``pid``, ``name``, ``id``, ``wait()``, ``kill()``, ``stop()``.
+    """A running container of another process: ``pid``, ``name``, ``id``, ``wait()``, ``kill()``, ``stop()``,
+    ``exec()``.
 
     Use it as a context manager (or call ``close``) to close its pidfds.
     """
@@ -78,6 +84,30 @@ class AttachedContainer:
         except ProcessLookupError:
             return False
         return True
+
+    async def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+    ) -> ExecProcess:
+        """Run argv in the container as ``aiocontain exec`` does (``Container.exec`` has the details); returns once
+        it runs. The process is the caller's to wait for or close (``async with``); it is in the container's PID
+        namespace, so it ends with the container whatever the caller does."""
+        from aiocontain.execprocess import ExecProcess, for_record
+
+        if self._pidfd < 0:
+            raise RuntimeError("the handle is closed")
+        if self.record.state() != "running":
+            raise AiocontainError(f"container {self.name} is not running", fix="aiocontain ps -a shows its state")
+        message = for_record(self.record, argv, env=env, cwd=cwd, user=user, tty=tty)
+        return await ExecProcess.start(message, stdin, stdout, stderr)
 
     async def stop(self, timeout: float | None = None) -> int | None:
         """As ``podman stop``: SIGTERM, then SIGKILL when still running after timeout seconds (default: the

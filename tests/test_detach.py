@@ -376,6 +376,25 @@ async def test_attach_waits_for_and_stops_another_process_s_container(cli, fifo,
 
 
 @pytest.mark.anyio
+async def test_attach_then_exec_runs_in_the_container(cli, cleanup):
+    cleanup.append("execd")
+    argv = ("-d", "--name", "execd", "--hostname", "inside", "--net", "none", "/bin/sleep", "600")
+    assert cli(*argv).code == 0
+    with aiocontain.attach("execd") as handle:
+        async with await handle.exec(["/bin/sh", "-c", "hostname; echo $$; exit 3"], stdout=subprocess.PIPE) as process:
+            assert process.stdout is not None
+            out = b""
+            async for chunk in process.stdout:
+                out += chunk
+            assert await process.wait() == 3
+        hostname, pid = out.decode().split()
+        assert hostname == "inside" and 1 < int(pid) < 100  # the container's UTS and PID namespaces, not ours
+        assert await handle.stop(timeout=0) == 137
+        with pytest.raises(AiocontainError, match="is not running"):
+            await handle.exec(["/bin/true"])
+
+
+@pytest.mark.anyio
 async def test_attach_to_a_foreground_run_of_another_process(rootfs):
     argv = cli_argv(rootfs, "--name", "foreground", "--net", "none", "/bin/sh", "-c", "echo ready; cat > /dev/null")
     with started(argv, stdin=subprocess.PIPE) as proc:
