@@ -165,7 +165,10 @@ class _Fd:
     async def read(self) -> bytes:
         while True:
             if self._pollable:
-                await anyio.wait_readable(self.fd)
+                try:
+                    await anyio.wait_readable(self.fd)
+                except PermissionError:
+                    self._pollable = False  # epoll refuses some character devices (/dev/null): they never block
             try:
                 return os.read(self.fd, _CHUNK)
             except BlockingIOError:

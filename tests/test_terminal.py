@@ -242,6 +242,18 @@ def test_tty_with_a_pipe_as_stdin(rootfs):
     assert b"/dev/pts/0\r\n" in proc.stdout and b"got-abc\r\n" in proc.stdout, proc.stdout
 
 
+def test_tty_with_dev_null_as_stdin(rootfs):
+    """epoll refuses /dev/null: the relay reads it directly, at once end of file."""
+    proc = subprocess.run(
+        run_argv(rootfs, "-t", "/bin/sh", "-c", "tty; cat; echo end"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"/dev/pts/0\r\n" in proc.stdout and proc.stdout.endswith(b"end\r\n"), proc.stdout
+
+
 @pytest.mark.anyio
 async def test_embedded_tty_stream(rootfs, anyio_backend):
     script = "tty; stty size; read x; echo got-$x; exit 3"
