@@ -142,6 +142,7 @@ def container(launch: Launch) -> NoReturn:
             os.makedirs(plan.process.cwd, 0o755, exist_ok=True)  # as runc: a missing working directory is made
         except OSError:
             pass  # chdir says why, in process.apply
+        process.check_executable(plan.process)
         if plan.process.terminal:
             _send_console(launch)
         ours = {fifo, sync.fileno()}  # ours even where they landed among the numbers to preserve
