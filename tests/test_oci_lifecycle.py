@@ -274,3 +274,25 @@ def test_kill_all_reaches_every_process_of_the_container(engine: Engine, rootfs:
     assert engine.wait(pid) == 0
     assert (bundle / "output").read_text() == "children gone\n"
     assert engine.oci("delete", "all").code == 0
+
+
+def test_a_create_killed_half_way(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """create SIGKILLed while the container is being built: the container's process sees the set-up socket
+    close and exits by itself, the record reads stopped and delete removes it."""
+    os.mkfifo(tmp_path / "in")
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"echo in-hook > {tmp_path}/in; exec sleep 100"]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks={"createRuntime": [hook]})
+    command = f"{engine_runtime()} --root {engine.root} create --bundle {bundle} killed >{tmp_path}/out 2>&1 &"
+    engine.run("/bin/sh", "-c", command)
+    assert (tmp_path / "in").read_text() == "in-hook\n"
+    record = json.loads((engine.root / "killed" / "state.json").read_text())
+    container_pid = record["pid"]
+    assert record["creating"] and container_pid > 0 and engine.state("killed")["status"] == "creating"
+    os.kill(record["creator"], 9)
+    assert engine.wait(record["creator"]) == 128 + 9
+    assert engine.wait(container_pid) == 1  # it noticed create's end and gave up
+    assert engine.state("killed")["status"] == "stopped"
+    assert engine.oci("delete", "killed").code == 0
+    for pid in engine.children():  # the hook's sleep, orphaned with its create
+        os.kill(pid, 9)
+        engine.wait(pid)
