@@ -268,11 +268,16 @@ def test_kill_all_reaches_every_process_of_the_container(engine: Engine, rootfs:
     pid = int((tmp_path / "pid").read_text())
     assert engine.oci("start", "all").code == 0
     assert (tmp_path / "sync" / "fifo").read_text() == "up\n"
+    listed = json.loads(engine.oci("ps", "--format", "json", "all").stdout)
+    assert len(listed) == 3 and pid in listed  # sh and its two sleeps
+    assert engine.oci("ps", "all").stdout.split() == ["PID", *map(str, listed)]
     assert engine.oci("kill", "all", "TERM").code == 0
     assert engine.exited(pid, timeout=1) is False  # control: PID 1 alone ignores it
     assert engine.oci("kill", "--all", "all", "TERM").code == 0
     assert engine.wait(pid) == 0
     assert (bundle / "output").read_text() == "children gone\n"
+    refused = engine.oci("ps", "all")
+    assert refused.code == 1 and "stopped" in refused.stderr
     assert engine.oci("delete", "all").code == 0
 
 

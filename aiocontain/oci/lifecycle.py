@@ -265,6 +265,25 @@ def list_containers(options: Options, flags: dict[str, str | bool], operands: li
     return 0
 
 
+def ps(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
+    """The host pids of the container's processes (its own and its pid namespace's): ``--format json`` as
+    containerd's shim reads it, or one per line."""
+    container_id = _one_id(operands, "ps")
+    output = str(flags.get("format", "table"))
+    if output not in ("table", "json"):
+        raise OciError(f"ps: unknown format {output!r} (table or json)")
+    container = oci_state.load(options.state_root(), container_id)
+    status = container.status()
+    if status not in ("created", "running"):
+        raise OciError(f'cannot list the processes of container "{container_id}": it is {status}')
+    pids = sorted([container.pid, *_namespace_members(container.pid)])
+    if output == "json":
+        sys.stdout.write(json.dumps(pids) + "\n")
+    else:
+        sys.stdout.write("PID\n" + "".join(f"{pid}\n" for pid in pids))
+    return 0
+
+
 def _list_entry(container: oci_state.ContainerState) -> dict[str, object]:
     entry = container.to_oci()
     del entry["ociVersion"]
