@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 UNSUPPORTED_SECCOMP_ACTIONS = ("SCMP_ACT_NOTIFY",)
+_RLIMIT_NAMES: dict[int, str] = {}
+for _name in sorted(name for name in dir(resource) if name.startswith("RLIMIT_")):
+    _RLIMIT_NAMES.setdefault(getattr(resource, _name), _name)  # RLIMIT_NOFILE before its alias RLIMIT_OFILE
 
 
 class Prepared:
@@ -196,7 +199,10 @@ def apply(prepared: Prepared, close_from: int | None = None, keep: int = -1) -> 
         else:
             os.closerange(close_from, _max_fd())
     for number, soft, hard in prepared.rlimits:
-        resource.setrlimit(number, (soft, hard))
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (ValueError, OSError) as exc:  # ValueError is how Python reports EPERM for a raised hard limit
+            raise OciError(f"cannot set {_RLIMIT_NAMES.get(number, number)} to {soft}:{hard}: {exc}") from None
     if prepared.oom_score_adj is not None:
         _set_oom_score_adj(prepared.oom_score_adj)
     if prepared.seccomp is not None and not prepared.no_new_privileges:
@@ -251,6 +257,23 @@ def _set_user(prepared: Prepared) -> None:
             raise
     os.setresgid(prepared.gid, prepared.gid, prepared.gid)
     os.setresuid(prepared.uid, prepared.uid, prepared.uid)
+
+
+def check_executable(prepared: Prepared) -> None:
+    """OciError when process.args[0] cannot be found in the container (runc's message, which podman turns
+    into exit status 127), so create fails instead of a container that starts only to exit. Called inside
+    the container's root; whether it may be executed is left to the exec itself."""
+    program = prepared.args[0]
+    if "/" in program:
+        path = program if program.startswith("/") else os.path.join(prepared.cwd, program)
+        if not os.path.exists(path):
+            raise OciError(f'exec: "{program}": stat {program}: no such file or directory')
+        return
+    for directory in prepared.env.get("PATH", DEFAULT_PATH).split(":"):
+        path = os.path.join(directory or prepared.cwd, program)
+        if os.path.isfile(path):
+            return
+    raise OciError(f'exec: "{program}": executable file not found in $PATH')
 
 
 def execute(prepared: Prepared) -> NoReturn:
