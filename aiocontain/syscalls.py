@@ -44,7 +44,9 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_KEEPCAPS = 8
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -78,6 +80,7 @@ _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 
 def _check(result: int, what: str) -> None:
@@ -152,6 +155,35 @@ def clear_inheritable_capabilities() -> None:
     _check(_libc.capget(header, data), "capget")
     data[2] = data[5] = 0
     _check(_libc.capset(header, data), "capset")
+
+
+def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) with the three sets as bit masks (bit N: capability N); each must lie within the permitted
+    set held now (the OCI runtime's ``process.capabilities``)."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    mask = 0xFFFFFFFF
+    data = (ctypes.c_uint32 * 6)(
+        *(effective & mask, permitted & mask, inheritable & mask),
+        *(effective >> 32 & mask, permitted >> 32 & mask, inheritable >> 32 & mask),
+    )
+    _check(_libc.capset(header, data), "capset")
+
+
+def raise_ambient_capability(cap: int) -> None:
+    """prctl(PR_CAP_AMBIENT_RAISE): keep cap across execve as a non-root user (it must be permitted and
+    inheritable already)."""
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
+
+
+def set_keep_capabilities(keep: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether the permitted set survives a change from uid 0 to another uid."""
+    _check(_libc.prctl(PR_SET_KEEPCAPS, int(keep), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def set_domain_name(name: str) -> None:
+    """setdomainname(2), in the caller's UTS namespace (Python has only socket.sethostname)."""
+    encoded = os.fsencode(name)
+    _check(_libc.setdomainname(encoded, len(encoded)), "setdomainname")
 
 
 def set_no_new_privs() -> None:

@@ -19,8 +19,8 @@ from aiocontain.messages import Config
 
 # --init's PID 1, bound read-only in the container's own /dev tmpfs: nothing is written into the rootfs on disk.
 INIT_PATH = "/dev/init"
-_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEV_LINKS = {
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {
     "fd": "/proc/self/fd",
     "stdin": "/proc/self/fd/0",
     "stdout": "/proc/self/fd/1",
@@ -36,10 +36,10 @@ def build(config: Config) -> None:
     else:
         sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    _mount_sys(_target_dir(root, "sys"))
-    _mask(root, config.masked_paths)
+    mount_sys(_target_dir(root, "sys"))
+    mask(root, config.masked_paths)
     for path in config.readonly_paths:
-        _readonly(root, path)
+        readonly(root, path)
     _mount_dev(_target_dir(root, "dev"))
     if config.init_binary:
         _mount_init(root + INIT_PATH, config.init_binary)
@@ -50,7 +50,7 @@ def build(config: Config) -> None:
         _mount_one(root, spec)
     if config.read_only:
         with contextlib.suppress(OSError):  # as podman, -w is made first; a failure is init's to report
-            os.makedirs(_resolve(root, config.workdir), 0o755, exist_ok=True)
+            os.makedirs(resolve(root, config.workdir), 0o755, exist_ok=True)
         _remount_readonly(root)  # the root mount alone: what is mounted on it keeps its own mode
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
@@ -75,7 +75,7 @@ def _mount_overlay(root: str, holder: str) -> None:
 
 def _mount_one(root: str, spec: dict[str, object]) -> None:
     """One of -v, --mount, --tmpfs or a plugin's, at its target resolved inside the root (symlinks stay in it)."""
-    path = _resolve(root, str(spec["target"]))
+    path = resolve(root, str(spec["target"]))
     if spec["dir"]:
         if not os.path.isdir(path):
             os.makedirs(path, 0o755, exist_ok=True)
@@ -88,12 +88,12 @@ def _mount_one(root: str, spec: dict[str, object]) -> None:
     else:
         sc.mount(str(spec["source"]), path, None, sc.MS_BIND | sc.MS_REC)
     if flags:
-        _remount(path, flags)
+        remount(path, flags)
     if spec["propagation"]:
         sc.mount(None, path, None, int(spec["propagation"]))  # type: ignore[call-overload]
 
 
-def _resolve(root: str, target: str) -> str:
+def resolve(root: str, target: str) -> str:
     """target's host path under root, following symlinks as the container will see them: an absolute link
     starts again at root, and '..' never climbs above it (as securejoin does for runc)."""
     parts = [p for p in target.split("/") if p]
@@ -128,7 +128,7 @@ def mount_cgroup() -> None:
     sc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags)
 
 
-def _mount_sys(target: str) -> None:
+def mount_sys(target: str) -> None:
     flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     try:
         sc.mount("sysfs", target, "sysfs", flags)
@@ -151,10 +151,10 @@ _KEPT_FLAGS = (
 
 
 def _remount_readonly(path: str) -> None:
-    _remount(path, sc.MS_RDONLY)
+    remount(path, sc.MS_RDONLY)
 
 
-def _remount(path: str, flags: int) -> None:
+def remount(path: str, flags: int) -> None:
     """Bind-remount path with flags added to the ones the kernel locked on it (it refuses to drop those)."""
     found = os.statvfs(path).f_flag
     kept = 0
@@ -164,7 +164,7 @@ def _remount(path: str, flags: int) -> None:
     sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | flags | kept)
 
 
-def _mask(root: str, paths: list[str]) -> None:
+def mask(root: str, paths: list[str]) -> None:
     """Hide kernel files of /proc and /sys, as runc does: a file under /dev/null, a directory under an empty
     read-only tmpfs. What this kernel does not have is skipped. The paths lie in the proc and sysfs just
     mounted, which hold nothing of the container's own, so no symlink of its making is followed."""
@@ -180,7 +180,7 @@ def _mask(root: str, paths: list[str]) -> None:
             sc.mount("/dev/null", target, None, sc.MS_BIND)
 
 
-def _readonly(root: str, path: str) -> None:
+def readonly(root: str, path: str) -> None:
     """Bind a path of /proc onto itself, read-only (e.g. /proc/sys: the network namespace's own sysctls stay
     readable, and nothing of the host's kernel is writable even where the user namespace would allow it)."""
     target = root + path
@@ -192,7 +192,7 @@ def _readonly(root: str, path: str) -> None:
 
 def _mount_dev(dev: str) -> None:
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
-    for name in _DEVICES:
+    for name in DEVICES:
         node = os.path.join(dev, name)
         os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
         sc.mount("/dev/" + name, node, None, sc.MS_BIND)
@@ -207,7 +207,7 @@ def _mount_dev(dev: str) -> None:
     )
     os.mkdir(os.path.join(dev, "mqueue"), 0o755)
     sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    for name, target in _DEV_LINKS.items():
+    for name, target in DEV_LINKS.items():
         os.symlink(target, os.path.join(dev, name))
 
 
@@ -241,7 +241,7 @@ def _etc_target(root: str, name: str) -> str:
     """Where /etc/NAME is bound: a symlink that stays inside the root and ends at a file is bound through (as
     the container will open it), so the rootfs on disk keeps it; else the file itself (created if missing)."""
     if os.path.islink(os.path.join(root, "etc", name)) and not os.path.islink(os.path.join(root, "etc")):
-        resolved = _resolve(root, "/etc/" + name)
+        resolved = resolve(root, "/etc/" + name)
         if os.path.isfile(resolved):
             return resolved
     return _target_file(root, "etc/" + name)

@@ -1,0 +1,91 @@
+"""The runtime spec's hooks: each program gets the container's state as JSON on its stdin.
+
+prestart, createRuntime and createContainer run during ``create``, startContainer in the init just before its
+exec, poststart at the end of ``start``, poststop at the end of ``delete``. A failing hook before the process
+runs is the container's error (create or start fails); poststart and poststop failures are only logged, as
+the spec has it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from aiocontain.oci.errors import OciError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from aiocontain.oci.state import ContainerState
+
+KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+
+def check(hooks: object) -> None:
+    """OciError for a ``hooks`` object that is not the spec's shape (before anything is built)."""
+    if hooks is None:
+        return
+    if not isinstance(hooks, dict):
+        raise OciError("config.json: hooks must be an object")
+    for kind, entries in hooks.items():
+        if kind not in KINDS:
+            raise OciError(f"config.json: unknown hook kind {kind!r}")
+        if not isinstance(entries, list):
+            raise OciError(f"config.json: hooks.{kind} must be a list")
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise OciError(f"config.json: every hook in hooks.{kind} needs a path")
+            if not os.path.isabs(entry["path"]):
+                raise OciError(f"config.json: hook path {entry['path']!r} is not absolute")
+            timeout = entry.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
+                raise OciError(f"config.json: hook {entry['path']}: timeout must be a positive integer")
+
+
+def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: bytes) -> None:
+    """Run the hooks of one kind in order; OciError naming the first one that fails (or times out)."""
+    for entry in (hooks or {}).get(kind, []):
+        path = str(entry["path"])
+        args = [str(arg) for arg in entry.get("args") or [path]]  # type: ignore[attr-defined]
+        env = [str(item) for item in entry.get("env") or []]  # type: ignore[attr-defined]
+        timeout = entry.get("timeout")
+        try:
+            result = subprocess.run(
+                args,
+                executable=path,
+                input=state,
+                env=dict(item.partition("=")[::2] for item in env),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=timeout if isinstance(timeout, int) else None,
+                check=False,
+                close_fds=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise OciError(f"{kind} hook {path} did not finish in {timeout} s") from None
+        except OSError as exc:
+            raise OciError(f"{kind} hook {path} cannot run: {exc.strerror}") from None
+        if result.returncode != 0:
+            said = result.stderr.decode(errors="replace").strip().splitlines()
+            detail = f": {said[-1]}" if said else ""
+            raise OciError(f"{kind} hook {path} failed with exit status {result.returncode}{detail}")
+
+
+def run_from_config(container: ContainerState, kind: str, status: str, fatal: bool) -> None:
+    """Run one kind of hook as the container's config.json lists them (poststart, poststop); unless fatal,
+    a failure is only written to stderr, as the spec wants for these."""
+    try:
+        with open(container.config_path, "rb") as f:
+            hooks = json.loads(f.read()).get("hooks")
+    except (OSError, ValueError, AttributeError):
+        return  # the bundle is gone (delete after the engine removed it): nothing to run
+    if not hooks or not hooks.get(kind):
+        return
+    try:
+        run(hooks, kind, container.hook_state(status))
+    except OciError as exc:
+        if fatal:
+            raise
+        import sys
+
+        sys.stderr.write(f"aiocontain-oci: warning: {exc.message}\n")
