@@ -8,7 +8,8 @@ Requests and replies are JSON lines on stdin and stdout:
 - ``{"argv": [...], "timeout": S}``: run a command and reply ``{"code", "stdout", "stderr"}``; with
   ``"output": PATH`` its stdout and stderr go to that file instead (create: the container inherits them);
 - ``{"wait": PID, "timeout": S}``: reap that container process; reply ``{"status"}`` (its exit code, 128+N
-  for a signal) or ``{"status": null}`` on timeout (pidfd: no polling).
+  for a signal) or ``{"status": null}`` on timeout (pidfd: no polling);
+- ``{"exited": PID, "timeout": S}``: whether it ended, leaving it a zombie; ``{"children": 1}``: our living children.
 
 At end of input it kills and reaps every child it still has.
 """
@@ -47,7 +48,7 @@ def run(request: dict[str, object]) -> dict[str, object]:
 def run_to_file(argv: list[str], output: str, timeout: float) -> dict[str, object]:
     """As conmon runs create: stdout and stderr a file the container's process inherits (a pipe would stay
     open for as long as the container lives), and done when the command exits."""
-    with open(output, "ab") as sink:
+    with open(output, "wb") as sink:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
     try:
         code = process.wait(timeout)
@@ -74,8 +75,20 @@ def wait(pid: int, timeout: float) -> dict[str, object]:
     return {"status": os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)}
 
 
-def children() -> list[int]:
-    """Our direct children, from /proc (the reparented containers among them)."""
+def exited(pid: int, timeout: float) -> dict[str, object]:
+    """Whether the process has ended (its pidfd turns readable), without reaping it: a zombie stays."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return {"exited": True}
+    try:
+        return {"exited": bool(select.select([pidfd], [], [], timeout)[0])}
+    finally:
+        os.close(pidfd)
+
+
+def children(zombies: bool = False) -> list[int]:
+    """Our direct children that live (with zombies: also those ended and not reaped), from /proc."""
     me = os.getpid()
     found = []
     for name in os.listdir("/proc"):
@@ -85,7 +98,8 @@ def children() -> list[int]:
                     stat = f.read()
             except OSError:
                 continue
-            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == me:
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[1]) == me and (zombies or fields[0] != b"Z"):
                 found.append(int(name))
     return found
 
@@ -98,13 +112,15 @@ def main() -> None:
         request = json.loads(line)
         if "wait" in request:
             reply = wait(int(request["wait"]), float(request.get("timeout") or 30))
+        elif "exited" in request:
+            reply = exited(int(request["exited"]), float(request.get("timeout") or 30))
         elif "children" in request:
             reply = {"children": children()}
         else:
             reply = run(request)
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
-    for pid in children():
+    for pid in children(zombies=True):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -21,7 +21,8 @@ import pytest
 
 from tests.conftest import Result, leftovers
 
-RUNTIME = str(Path(sys.executable).with_name("aiocontain-oci"))
+# The installed console script; AIOCONTAIN_OCI_RUNTIME may name another build of it.
+RUNTIME = os.environ.get("AIOCONTAIN_OCI_RUNTIME") or str(Path(sys.executable).with_name("aiocontain-oci"))
 ENGINE = str(Path(__file__).with_name("oci_engine.py"))
 
 # podman 4.3's rootless defaults, trimmed to what matters here.
@@ -181,6 +182,11 @@ class Engine:
         """Reap the container's process (as conmon does); its exit status, None if it did not exit in time."""
         status: int | None = self.request({"wait": pid, "timeout": timeout}).get("status")
         return status
+
+    def exited(self, pid: int, timeout: float = 30) -> bool:
+        """Whether the process ended, leaving it unreaped (a zombie) as a crashed container before conmon
+        noticed."""
+        return bool(self.request({"exited": pid, "timeout": timeout})["exited"])
 
     def children(self) -> list[int]:
         found: list[int] = self.request({"children": True})["children"]

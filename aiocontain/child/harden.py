@@ -42,7 +42,7 @@ def allow_ping(gid_map: str = "/proc/self/gid_map") -> None:
 
 def apply(config: Config) -> None:
     """Everything that must hold for the command, except seccomp, which the caller installs right after."""
-    _join_session_keyring(config.hostname)
+    join_session_keyring(config.hostname)
     if config.caps is not None:
         keep = set(config.caps)
         cap = 0
@@ -56,9 +56,9 @@ def apply(config: Config) -> None:
         syscalls.set_no_new_privs()
 
 
-def _join_session_keyring(name: str) -> None:
-    """A session keyring of the container's own: the inherited one is the host session's, whose keys the
-    container would possess and so could read. runc does the same."""
+def join_session_keyring(name: str) -> None:
+    """A session keyring of the container's own (named _ses.NAME): the inherited one is the host session's,
+    whose keys the container would possess and so could read. runc does the same; aiocontain-oci uses it too."""
     try:
         syscalls.join_session_keyring("_ses." + name)
     except OSError as exc:

@@ -15,6 +15,7 @@ import os
 import sys
 
 from aiocontain.oci.errors import OciError
+from aiocontain.oci.options import Options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ VERSION_TEXT = "aiocontain-oci version {version}\nspec: 1.0.2\n"
 
 # Per subcommand: option name -> whether it takes a value; aliases map to the canonical name.
 _GLOBAL_FLAGS = {"root": True, "log": True, "log-format": True, "debug": False, "systemd-cgroup": False}
-_GLOBAL_FLAGS |= {"rootless": True, "criu": True}
+_GLOBAL_FLAGS |= {"rootless": True, "criu": True, "version": False, "v": False}
 _COMMAND_FLAGS: dict[str, dict[str, bool]] = {
     "create": {
         "bundle": True,
@@ -59,26 +60,6 @@ _ALIASES = {
     "list": {"f": "format", "q": "quiet"},
 }
 _BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
-
-
-class Options:
-    """The global options every subcommand sees (and ``aiocontain.oci.exec.main`` gets)."""
-
-    def __init__(self) -> None:
-        self.root: str | None = None
-        self.log: str | None = None
-        self.log_format = "text"
-        self.debug = False
-        self.systemd_cgroup = False
-        self.rootless: str | None = None
-
-    def state_root(self) -> str:
-        """--root, else ``state.default_root()``."""
-        if self.root:
-            return self.root
-        from aiocontain.oci.state import default_root
-
-        return default_root()
 
 
 def parse_flags(
@@ -135,6 +116,7 @@ def _global_options(args: list[str]) -> tuple[Options, list[str]]:
     options.debug = bool(found.get("debug", False))
     options.systemd_cgroup = bool(found.get("systemd-cgroup", False))
     options.rootless = str(found["rootless"]) if "rootless" in found else None
+    options.version = bool(found.get("version") or found.get("v"))
     if options.root:
         options.root = os.path.abspath(options.root)
     return options, rest
@@ -153,12 +135,12 @@ def log_error(options: Options | None, message: str) -> None:
 
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e9):09d}Z"
-    if options.log_format == "json":
-        import json
+    import json
 
+    if options.log_format == "json":
         line = json.dumps({"level": "error", "msg": message, "time": stamp})
     else:
-        line = f'time="{stamp}" level=error msg="{message}"'
+        line = f'time="{stamp}" level=error msg={json.dumps(message)}'
     try:
         fd = os.open(options.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -203,6 +185,8 @@ def _command(name: str) -> Callable[[Options, dict[str, str | bool], list[str]],
 def dispatch(argv: list[str]) -> int:
     """Parse argv (without the program name) and run the subcommand; OciError for anything wrong."""
     options, rest = _global_options(argv)
+    if options.version:
+        rest = ["--version"]
     if not rest:
         raise OciError("no command given (create, start, state, kill, delete, list, features, exec)")
     name, args = rest[0], rest[1:]

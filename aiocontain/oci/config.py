@@ -107,7 +107,7 @@ class Plan:
         self.readonly_paths: list[str] = []
         self.sysctl: dict[str, str] = {}
         self.devices: list[dict[str, object]] = []
-        self.rootfs_propagation = sc.MS_SLAVE | sc.MS_REC
+        self.rootfs_propagation = 0  # linux.rootfsPropagation's flags for the new root; 0: as set up (rslave)
         self.hooks: dict[str, list[dict[str, object]]] = {}
         self.annotations: dict[str, str] = {}
         self.cgroups_path: str | None = None
@@ -131,11 +131,21 @@ def load(bundle: str) -> Plan:
     if not isinstance(config, dict):
         raise OciError(f"{plan.config_path} is not a JSON object")
     plan.config = config
+    _check_version(config.get("ociVersion"))
     try:
         _read(plan, config)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise OciError(f"config.json is malformed: {exc!r}") from None
     return plan
+
+
+def _check_version(version: object) -> None:
+    """ociVersion is SemVer 2.0.0 of the spec's major version 1 (pre-release and build suffixes allowed)."""
+    import re
+
+    text = str(version) if isinstance(version, str) else ""
+    if not re.fullmatch(r"1\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?", text):
+        raise OciError(f"config.json: ociVersion {version!r} is not a version 1.x.y of the runtime spec")
 
 
 def _object(config: dict[str, object], name: str) -> dict[str, object]:

@@ -23,7 +23,7 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from aiocontain.oci.command import Options
+    from aiocontain.oci.options import Options
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -89,35 +89,42 @@ class Creation:
         except OSError as exc:
             raise OciError(f"cannot connect to the console socket {path}: {exc.strerror}") from None
 
-    def build(self, preserve_fds: int, no_pivot: bool) -> None:
+    def build(self, preserve_fds: int, no_pivot: bool, new_keyring: bool) -> None:
         """Fork and follow the container's set-up to ``ready``."""
         plan = self.plan
         self.state.cgroup = cgroup.prepare(plan.cgroups_path, plan.resources, self.state.id)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        launch = init.Launch(plan, theirs, self.state.exec_fifo, self.console)
+        # Opened here, before any user namespace of the container's exists: inside one it would no longer own
+        # the state directory. Without a writer yet, so not blocking; ours is closed once forked, leaving the
+        # container's process the only reader (start's ENXIO when it is gone).
+        fifo = os.open(self.state.exec_fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        launch = init.Launch(plan, theirs, fifo, self.console)
         launch.preserve_fds = preserve_fds
         launch.no_pivot = no_pivot
+        launch.container_id = self.state.id
+        launch.new_keyring = new_keyring
         pid = os.fork()
         if pid == 0:
             ours.close()
             init.run(launch)
         self.first = pid
         theirs.close()
+        os.close(fifo)
         if self.console is not None:
             self.console.close()
         with ours:
             self._follow(ours)
 
     def _follow(self, sync: socket.socket) -> None:
-        if init.receive(sync) != b"ns":
-            raise OciError("the container's set-up broke its protocol")
+        if (reply := init.receive(sync)) != b"ns":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         if self.plan.new_namespaces & init.FLAG_BY_TYPE["user"]:
             _write_maps(self.first, self.plan)
         cgroup.enter(self.state.cgroup, self.first)
         sync.send(b"go")
         reply = init.receive(sync)
         if not reply.startswith(b"pid "):
-            raise OciError("the container's set-up broke its protocol")
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         pid = int(reply[4:])
         self.pidfd = os.pidfd_open(pid)
         os.waitpid(self.first, 0)
@@ -125,14 +132,15 @@ class Creation:
         self.state.pid = pid
         self.state.start_time = proc.start_time(pid) or 0
         self.state.save()
-        if init.receive(sync) != b"hooks":
-            raise OciError("the container's set-up broke its protocol")
+        sync.send(b"go")  # only now may the container's process speak: its messages come after the pid
+        if (reply := init.receive(sync)) != b"hooks":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         hook_state = self.state.hook_state("creating")
         hooks.run(self.plan.hooks, "prestart", hook_state)
         hooks.run(self.plan.hooks, "createRuntime", hook_state)
         sync.send(b"go " + hook_state)
-        if init.receive(sync) != b"ready":
-            raise OciError("the container's set-up broke its protocol")
+        if (reply := init.receive(sync)) != b"ready":
+            raise OciError(f"the container's set-up broke its protocol: {reply!r}")
 
     def finish(self, pid_file: str | None) -> None:
         """Record the container as created and write --pid-file (atomically, as runc)."""
@@ -235,7 +243,7 @@ def create(options: Options, flags: dict[str, str | bool], operands: list[str], 
         creation.claim()
         if console_socket:
             creation.connect_console(str(console_socket))
-        creation.build(preserve_fds, bool(flags.get("no-pivot")))
+        creation.build(preserve_fds, bool(flags.get("no-pivot")), not flags.get("no-new-keyring"))
         creation.finish(str(flags["pid-file"]) if flags.get("pid-file") else None)
     except BaseException as exc:
         creation.undo()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from aiocontain.oci.command import Options
+    from aiocontain.oci.options import Options
 
 
 def main(options: Options, args: list[str]) -> int:

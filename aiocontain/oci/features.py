@@ -9,7 +9,7 @@ from aiocontain.oci import hooks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from aiocontain.oci.command import Options
+    from aiocontain.oci.options import Options
 
 NAMESPACES = ("cgroup", "ipc", "mount", "network", "pid", "user", "uts")
 SECCOMP_ACTIONS = (

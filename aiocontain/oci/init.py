@@ -11,9 +11,10 @@ createContainer, pivots, opens the terminal and sends its master over --console-
 then blocks on the exec fifo until ``start`` writes its byte (docs/oci.md, the lifecycle). Only then it applies
 the process object (oci/process.py) and execs, keeping its pid.
 
-Messages are datagrams on a SOCK_SEQPACKET pair: ``ns``, ``pid N``, ``hooks``, ``ready`` up; ``go`` down (with
-the hook state for the container's own hooks); ``error TEXT`` up for anything that failed. End of file on it
-means the process died: create never waits for a message that cannot come.
+Messages are datagrams on a SOCK_SEQPACKET pair: ``ns``, ``pid N``, ``hooks``, ``ready`` up; ``go`` down (after
+the maps; after the pid, so that the two processes never speak at once; with the hook state after the
+hooks); ``error TEXT`` up for anything that failed. End of file on it means the process died: create never
+waits for a message that cannot come.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import struct
 import subprocess  # imported before pivot_root: startContainer hooks run after it
 
 from aiocontain import syscalls as sc
-from aiocontain.child import console
+from aiocontain.child import console, harden
 from aiocontain.oci import hooks, process, rootfs
 from aiocontain.oci.errors import OciError
 
@@ -54,13 +55,15 @@ MESSAGE_SIZE = 65536
 class Launch:
     """What the forked processes get besides the plan: the fds and create's options."""
 
-    def __init__(self, plan: Plan, sync: socket.socket, fifo_path: str, console: socket.socket | None) -> None:
+    def __init__(self, plan: Plan, sync: socket.socket, fifo: int, console: socket.socket | None) -> None:
         self.plan = plan
         self.sync = sync
-        self.fifo_path = fifo_path
+        self.fifo = fifo  # the exec fifo's reading end, opened by create
         self.console = console
         self.preserve_fds = 0
         self.no_pivot = False
+        self.container_id = ""
+        self.new_keyring = True  # without --no-new-keyring: a session keyring of the container's own
 
 
 def receive(sync: socket.socket) -> bytes:
@@ -126,19 +129,26 @@ def container(launch: Launch) -> NoReturn:
     plan, sync = launch.plan, launch.sync
     try:
         os.setsid()  # a session of its own: no signal to the caller's process group reaches it, nor its tty
-        fifo = os.open(launch.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        receive(sync)  # create has our pid (namespaces sent it): from here on the socket is ours alone
+        fifo = launch.fifo
         if plan.hostname:
             socket.sethostname(plan.hostname)
         if plan.domainname:
             sc.set_domain_name(plan.domainname)
+        if launch.new_keyring:
+            harden.join_session_keyring(launch.container_id)
         rootfs.mount_all(plan)
         sync.send(b"hooks")
         state = receive(sync)[3:]  # create ran prestart and createRuntime; b"go " + the hook state
         hooks.run(plan.hooks, "createContainer", state)
         rootfs.pivot(plan, launch.no_pivot)
-        rootfs.finish(plan)
-        for key, value in plan.sysctl.items():
+        for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
             _write("/proc/sys/" + key.replace(".", "/"), value)
+        rootfs.finish(plan)
+        try:
+            os.makedirs(plan.process.cwd, 0o755, exist_ok=True)  # as runc: a missing working directory is made
+        except OSError:
+            pass  # chdir says why, in process.apply
         if plan.process.terminal:
             _send_console(launch)
         for fd in range(3, 3 + launch.preserve_fds):
@@ -153,7 +163,7 @@ def container(launch: Launch) -> NoReturn:
     _wait_for_start(fifo)
     try:
         hooks.run(plan.hooks, "startContainer", state.replace(b'"status": "creating"', b'"status": "created"'))
-        process.apply(plan.process, close_from=3 + launch.preserve_fds)
+        process.apply(plan.process, close_from=3 + launch.preserve_fds, keep=fifo)
         process.execute(plan.process)
     except OciError as exc:
         _die(exc.message, 1)
@@ -174,8 +184,7 @@ def _wait_for_start(fifo: int) -> None:
         except InterruptedError:
             continue
         if data:
-            os.close(fifo)
-            return
+            return  # the fifo stays open until the exec closes it: start waits for that
         _die("start closed the exec fifo without starting the container", 1)
 
 

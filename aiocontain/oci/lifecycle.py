@@ -4,7 +4,7 @@ The engine runs one of these per container operation, so they import nothing bey
 ``aiocontain.oci.state``. ``start`` wakes the created container through its exec fifo (docs/oci.md, the
 lifecycle): the init blocks reading it; writing one byte can neither be lost (it waits in the pipe for as long
 as the init holds the reading end) nor go unnoticed when the init is dead (opening a fifo without a reader for
-writing fails at once with ENXIO).
+writing fails at once with ENXIO). start then waits until the reading end closes, which the exec does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from aiocontain.oci.command import Options
+    from aiocontain.oci.options import Options
 
 
 def _one_id(operands: list[str], command: str, extra: int = 0) -> str:
@@ -68,6 +68,7 @@ def start(options: Options, flags: dict[str, str | bool], operands: list[str]) -
             raise OciError(f'cannot start container "{container_id}": {exc.strerror}') from None
         try:
             os.write(fifo, b"0")
+            _wait_for_exec(fifo)
         except BrokenPipeError:
             raise OciError(f'cannot start container "{container_id}": its init process has exited') from None
         finally:
@@ -77,6 +78,18 @@ def start(options: Options, flags: dict[str, str | bool], operands: list[str]) -
 
     hooks.run_from_config(container, "poststart", "running", fatal=False)
     return 0
+
+
+def _wait_for_exec(fifo: int) -> None:
+    """Return once the init has executed the process (or died): it holds the fifo's reading end, close-on-exec,
+    until then, and a pipe's writer sees POLLERR when the last reader is gone. So poststart runs after the
+    exec, as the runtime spec wants, and after the startContainer hooks."""
+    import select
+
+    poller = select.poll()
+    poller.register(fifo, 0)  # nothing asked for: only POLLERR and POLLHUP, which are always reported
+    while not poller.poll():
+        pass  # poll without a timeout returns only with an event
 
 
 def state(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:

@@ -179,17 +179,22 @@ def _compile_seccomp(seccomp: object, prepared: Prepared) -> bytes | None:
         raise OciError(f"config.json: {exc.message}") from None
 
 
-def apply(prepared: Prepared, close_from: int | None = None) -> None:
+def apply(prepared: Prepared, close_from: int | None = None, keep: int = -1) -> None:
     """Everything of the process object except the exec itself, in the calling process (runc's order).
 
     close_from: close every fd from this one on first (3 + --preserve-fds), so nothing of the runtime's
-    reaches the container. OSError from the step that failed.
+    reaches the container, except keep (close-on-exec: the exec itself closes it). OSError from the step
+    that failed.
     """
     for ignored in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(ignored, signal.SIG_DFL)  # Python ignores them, and an ignored signal stays so across exec
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     if close_from is not None:
-        os.closerange(close_from, _max_fd())
+        if close_from <= keep:
+            os.closerange(close_from, keep)
+            os.closerange(keep + 1, _max_fd())
+        else:
+            os.closerange(close_from, _max_fd())
     for number, soft, hard in prepared.rlimits:
         resource.setrlimit(number, (soft, hard))
     if prepared.oom_score_adj is not None:
@@ -214,7 +219,10 @@ def apply(prepared: Prepared, close_from: int | None = None) -> None:
                 syscalls.raise_ambient_capability(number)
     if prepared.umask is not None:
         os.umask(prepared.umask)
-    os.chdir(prepared.cwd)
+    try:
+        os.chdir(prepared.cwd)
+    except OSError as exc:
+        raise OciError(f"cannot enter the working directory {prepared.cwd}: {exc.strerror}") from None
     if prepared.no_new_privileges:
         syscalls.set_no_new_privs()
         if prepared.seccomp is not None:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 def mount_all(plan: Plan) -> None:
     """Everything up to pivot_root."""
     root = os.path.realpath(plan.rootfs)
-    sc.mount(None, "/", None, plan.rootfs_propagation)  # nothing of ours propagates to the host
+    # Nothing of ours propagates to the host. rootfsPropagation is applied to the new root after pivot_root:
+    # pivot_root refuses a shared root, and a bind of an unbindable tree fails (as runc's does; crun's order).
+    sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
     for entry in plan.mounts:
         _mount(root, entry)
@@ -39,7 +41,12 @@ def _mount(root: str, entry: Mount) -> None:
     if entry.is_bind:
         sc.mount(entry.source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
         if flags & ~(sc.MS_BIND | sc.MS_REC):
-            base.remount(target, flags & ~(sc.MS_BIND | sc.MS_REC))
+            try:
+                base.remount(target, flags & ~(sc.MS_BIND | sc.MS_REC))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"bind mount of {entry.source} on {entry.destination}: {exc.strerror}"
+                ) from None
     elif entry.kind == "cgroup" or entry.kind == "cgroup2":
         _mount_cgroup(target, flags)
     elif entry.kind == "sysfs":
@@ -142,9 +149,12 @@ def pivot(plan: Plan, no_pivot: bool) -> None:
 
 
 def finish(plan: Plan) -> None:
-    """After pivot_root: masked paths, read-only paths, then the root itself read-only if asked."""
+    """After pivot_root: masked paths, read-only paths, the root itself read-only if asked, then its
+    propagation (linux.rootfsPropagation)."""
     base.mask("", plan.masked_paths)
     for path in plan.readonly_paths:
         base.readonly("", path)
     if plan.rootfs_readonly:
         base.remount("/", sc.MS_RDONLY)
+    if plan.rootfs_propagation:  # last: the binds above would fail from an unbindable tree
+        sc.mount(None, "/", None, plan.rootfs_propagation)

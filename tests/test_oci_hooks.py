@@ -1,0 +1,95 @@
+"""The runtime spec's hooks: each kind runs at its moment, in its namespace, with the state on its stdin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.oci_support import CONFIG, Engine, engine, make_bundle
+
+pytestmark = pytest.mark.container
+assert engine
+
+
+def _hook(kind: str, log: str) -> dict[str, object]:
+    """A hook that records its kind, the state it got and the mount namespace it ran in."""
+    script = f'{{ echo "{kind} $(readlink /proc/self/ns/mnt) $(hostname)"; cat; echo; }} >> {log}'
+    return {"path": "/bin/sh", "args": ["sh", "-c", script], "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
+
+
+def test_every_hook_kind_at_its_moment(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    host_log = str(logs / "hooks.log")
+    hooks = {
+        kind: [_hook(kind, host_log)]
+        for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
+    }
+    hooks["startContainer"] = [_hook("startContainer", "/logs/hooks.log")]  # resolved in the container
+    mounts = [*CONFIG["mounts"], {"destination": "/logs", "type": "bind", "source": str(logs), "options": ["rbind"]}]
+    args = ["/bin/sh", "-c", "echo process >> /logs/hooks.log"]
+    bundle = make_bundle(tmp_path / "b", rootfs, args, hooks=hooks, mounts=mounts)
+    assert engine.create("h", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    after_create = _entries(logs / "hooks.log")
+    assert [entry[0] for entry in after_create] == ["prestart", "createRuntime", "createContainer"]
+    assert engine.oci("start", "h").code == 0
+    assert engine.wait(pid) == 0
+    assert engine.oci("delete", "h").code == 0
+    entries = _entries(logs / "hooks.log")
+    kinds = [entry[0] for entry in entries]
+    # poststart after the exec: the process may run before it or meanwhile, but startContainer is over
+    assert kinds[:4] == ["prestart", "createRuntime", "createContainer", "startContainer"]
+    assert sorted(kinds[4:6]) == ["poststart", "process"] and kinds[6:] == ["poststop"]
+    by_kind = {entry[0]: entry for entry in entries if entry[0] != "process"}
+    host_mnt = by_kind["prestart"][1]
+    for kind in ("createRuntime", "poststart", "poststop"):
+        assert by_kind[kind][1] == host_mnt, kind  # the runtime's namespace
+    for kind in ("createContainer", "startContainer"):
+        assert by_kind[kind][1] != host_mnt and by_kind[kind][2] == "ocitest", kind  # the container's
+    for kind, (_, _, _, state) in by_kind.items():
+        assert state["id"] == "h" and state["bundle"] == str(bundle), kind
+        assert state["pid"] == pid, kind
+    assert by_kind["prestart"][3]["status"] == "creating"
+    assert by_kind["startContainer"][3]["status"] == "created"
+    assert by_kind["poststart"][3]["status"] == "running"
+    assert by_kind["poststop"][3]["status"] == "stopped"
+
+
+def _entries(log: Path) -> list[tuple[str, str, str, dict[str, object]]]:
+    entries = []
+    lines = log.read_text().splitlines()
+    index = 0
+    while index < len(lines):
+        words = lines[index].split()
+        if words == ["process"]:
+            entries.append(("process", "", "", {}))
+            index += 1
+            continue
+        kind, mnt, hostname = words
+        entries.append((kind, mnt, hostname, json.loads(lines[index + 1])))
+        index += 2
+    return entries
+
+
+def test_a_failing_start_container_hook_stops_the_process(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """startContainer fails: the process is never executed (its marker file stays absent)."""
+    hooks = {"startContainer": [{"path": "/bin/false"}]}
+    args = ["/bin/sh", "-c", "echo ran"]
+    bundle = make_bundle(tmp_path / "b", rootfs, args, hooks=hooks)
+    assert engine.create("f", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    assert engine.oci("start", "f").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 1
+    output = (bundle / "output").read_text()
+    assert "startContainer hook /bin/false failed with exit status 1" in output and "ran" not in output
+    assert engine.oci("delete", "f").code == 0
+
+
+def test_a_hook_that_hangs_is_stopped_by_its_timeout(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    hooks = {"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "100"], "timeout": 1}]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    result = engine.create("t", bundle)
+    assert result.code == 1 and "createRuntime hook /bin/sleep did not finish in 1 s" in result.stderr
+    assert engine.children() == [] and list(engine.root.iterdir()) == []

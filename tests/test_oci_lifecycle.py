@@ -1,0 +1,212 @@
+"""aiocontain-oci's lifecycle, driven as podman and conmon drive it: create, state, start, kill, delete, list.
+
+Every container is real (the test rootfs, podman's namespaces), run by tests/oci_engine.py inside a user
+namespace of the test user; the engine fixture checks that nothing is left afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.oci_support import CONFIG, Engine, engine, make_bundle
+
+pytestmark = pytest.mark.container
+assert engine  # the fixture, imported for the tests below
+
+
+def test_create_start_state_delete(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The states runc reports, in order; the process keeps its pid from create to exec; pid 0 once stopped."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", "echo pid=$$ host=$(hostname); exit 7"])
+    pid_file = tmp_path / "pid"
+    created = engine.create("c1", bundle, "--pid-file", str(pid_file))
+    assert created.code == 0, created.stderr
+    pid = int(pid_file.read_text())
+    state = engine.state("c1")
+    assert state["status"] == "created" and state["pid"] == pid
+    assert state["id"] == "c1" and state["bundle"] == str(bundle) and state["rootfs"] == str(rootfs)
+    assert pid in engine.children()  # reparented to the engine, the subreaper, when create exited
+    assert (bundle / "output").read_text() == ""  # nothing ran yet
+
+    assert engine.oci("start", "c1").code == 0
+    assert engine.wait(pid) == 7
+    assert (bundle / "output").read_text() == "pid=1 host=ocitest\n"  # PID 1 of its own pid namespace
+    state = engine.state("c1")
+    assert state["status"] == "stopped" and state["pid"] == 0
+    again = engine.oci("start", "c1")
+    assert again.code == 1 and "stopped, not created" in again.stderr
+
+    assert engine.oci("delete", "c1").code == 0
+    gone = engine.oci("state", "c1")
+    assert gone.code == 1 and 'container "c1" does not exist' in gone.stderr
+    assert os.listdir(engine.root) == []
+
+
+def test_running_kill_by_name_number_and_delete_force(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """kill takes TERM, SIGTERM and 15; delete refuses a running container unless --force, which kills it."""
+    script = "trap 'echo got TERM; exit 3' TERM; echo up >/sync/fifo; sleep 100 & wait"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], mounts=with_sync(tmp_path / "sync"))
+    for number, signal_name in enumerate(("TERM", "SIGTERM", "15")):
+        container_id = f"k{number}"
+        assert engine.create(container_id, bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+        pid = int((tmp_path / "pid").read_text())
+        assert engine.oci("start", container_id).code == 0
+        assert (tmp_path / "sync" / "fifo").read_text() == "up\n"  # its trap is set: TERM reaches PID 1
+        assert engine.state(container_id)["status"] == "running"
+        refused = engine.oci("delete", container_id)
+        assert refused.code == 1 and "running" in refused.stderr
+        assert engine.oci("kill", container_id, signal_name).code == 0
+        assert engine.wait(pid) == 3
+        assert (bundle / "output").read_text() == "got TERM\n"
+        assert engine.oci("delete", container_id).code == 0
+
+    assert engine.create("forced", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    assert engine.oci("start", "forced").code == 0
+    assert engine.oci("delete", "--force", "forced").code == 0
+    assert engine.wait(pid) == 128 + 9
+    assert os.listdir(engine.root) == []
+
+
+def with_sync(directory: Path) -> list[dict[str, object]]:
+    """The default mounts plus directory at /sync, holding a fifo the container writes to once it is ready
+    (reading it blocks the test until then: no polling)."""
+    directory.mkdir()
+    os.mkfifo(directory / "fifo")
+    sync = {"destination": "/sync", "type": "bind", "source": str(directory), "options": ["rbind"]}
+    return [*CONFIG["mounts"], sync]
+
+
+def test_kill_rejects_bad_signals_and_stopped_containers(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    assert engine.create("c", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    for bad in ("SIGNOPE", "0", "99"):
+        result = engine.oci("kill", "c", bad)
+        assert result.code == 1 and "signal" in result.stderr
+    assert engine.state("c")["status"] == "created"  # a bad signal hurt nothing
+    assert engine.oci("kill", "c", "KILL").code == 0  # a created container may be killed
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
+    stopped = engine.oci("kill", "c")
+    assert stopped.code == 1 and "stopped" in stopped.stderr
+    assert engine.oci("delete", "c").code == 0
+
+
+def test_start_notices_a_dead_init(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """A created container whose process died (reaped or still a zombie) is stopped, and start says so."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    assert engine.create("zombie", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    os.kill(pid, 9)  # the test user owns it: a crash nobody has reaped yet
+    assert engine.exited(pid)
+    assert engine.state("zombie")["status"] == "stopped"
+    refused = engine.oci("start", "zombie")
+    assert refused.code == 1 and "stopped" in refused.stderr
+    assert engine.wait(pid) == 128 + 9
+    assert engine.state("zombie") == {**engine.state("zombie"), "status": "stopped", "pid": 0}
+    assert engine.oci("delete", "zombie").code == 0
+
+
+def test_start_notices_a_fifo_nobody_reads(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The exec fifo's other end: when no init holds it (its pid alive but not reading, as after a crash
+    between the two checks), start fails at once instead of leaving a byte nobody will read."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    assert engine.create("c", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    init_pid = int((tmp_path / "pid").read_text())
+    stand_in = _foreign_process(engine)
+    record = json.loads((engine.root / "c" / "state.json").read_text())
+    with open(f"/proc/{stand_in}/stat", "rb") as f:
+        stat = f.read()
+    start_time = int(stat[stat.rindex(b")") + 2 :].split()[19])
+    (engine.root / "c" / "state.json").write_text(json.dumps({**record, "pid": stand_in, "start_time": start_time}))
+    assert engine.state("c")["status"] == "created"
+    os.kill(init_pid, 9)  # nobody reads the fifo any more
+    assert engine.wait(init_pid) == 128 + 9
+    refused = engine.oci("start", "c")
+    assert refused.code == 1 and "init process has exited" in refused.stderr
+    os.kill(stand_in, 9)
+    assert engine.wait(stand_in) == 128 + 9
+    assert engine.oci("delete", "c").code == 0
+
+
+def _foreign_process(engine: Engine) -> int:
+    """A sleeping child of the engine that is not a container (it is reaped through the engine)."""
+    result = engine.run("/bin/sh", "-c", "sleep 100 >/dev/null 2>&1 & echo $!")
+    return int(result.stdout)
+
+
+def test_a_reused_pid_is_not_the_container(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """A record whose pid now names another process (its start time differs) is stopped: state shows pid 0,
+    kill refuses and delete --force removes the record without touching that process."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    assert engine.create("c", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    init_pid = int((tmp_path / "pid").read_text())
+    assert engine.oci("kill", "c", "KILL").code == 0
+    assert engine.wait(init_pid) == 128 + 9
+    other = _foreign_process(engine)
+    record = json.loads((engine.root / "c" / "state.json").read_text())
+    (engine.root / "c" / "state.json").write_text(json.dumps({**record, "pid": other}))  # its start time is c's
+    state = engine.state("c")
+    assert state["status"] == "stopped" and state["pid"] == 0
+    refused = engine.oci("kill", "c", "KILL")
+    assert refused.code == 1 and "stopped" in refused.stderr
+    assert engine.oci("delete", "--force", "c").code == 0
+    assert other in engine.children()  # untouched
+    os.kill(other, 9)
+    assert engine.wait(other) == 128 + 9
+
+
+def test_concurrent_creates_of_one_id(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """Four creates of one id at once: exactly one wins, the others say it exists, and no process of theirs
+    is left (the winner's container is the engine's only child)."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    runtime = f"{engine_runtime()} --root {engine.root}"
+    script = " ".join(
+        f"{runtime} create --bundle {bundle} --pid-file {tmp_path}/pid{n} same >{tmp_path}/out{n} 2>&1 &"
+        for n in range(4)
+    )
+    engine.run("/bin/sh", "-c", script + " wait")
+    outputs = [(tmp_path / f"out{n}").read_text() for n in range(4)]
+    winners = [n for n in range(4) if (tmp_path / f"pid{n}").exists()]
+    assert len(winners) == 1, outputs
+    losers = [outputs[n] for n in range(4) if n not in winners]
+    assert all('container "same" already exists' in text for text in losers), outputs
+    pid = int((tmp_path / f"pid{winners[0]}").read_text())
+    assert engine.children() == [pid]
+    assert engine.state("same")["status"] == "created"
+    assert engine.oci("delete", "--force", "same").code == 0
+    assert engine.wait(pid) == 128 + 9
+
+
+def engine_runtime() -> str:
+    from tests.oci_support import RUNTIME
+
+    return RUNTIME
+
+
+def test_delete_unknown_and_list(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    unknown = engine.oci("delete", "nothere")
+    assert unknown.code == 1 and 'container "nothere" does not exist' in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    assert engine.oci("list", "-q").stdout == ""  # the root does not even exist yet
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    for name in ("b-one", "a-two"):
+        assert engine.create(name, bundle).code == 0
+    assert engine.oci("list", "-q").stdout == "a-two\nb-one\n"
+    listed = json.loads(engine.oci("list", "--format", "json").stdout)
+    assert [(entry["id"], entry["status"]) for entry in listed] == [("a-two", "created"), ("b-one", "created")]
+    assert all(entry["pid"] > 0 for entry in listed)
+    table = engine.oci("list").stdout.splitlines()
+    assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"] and len(table) == 3
+    for entry in listed:
+        assert engine.oci("delete", "-f", entry["id"]).code == 0
+        assert engine.wait(entry["pid"]) == 128 + 9
+
+
+def test_features_and_version(engine: Engine) -> None:
+    features = json.loads(engine.oci("features").stdout)
+    assert "user" in features["linux"]["namespaces"] and "SCMP_ACT_ERRNO" in features["linux"]["seccomp"]["actions"]
+    assert "CAP_SYS_ADMIN" in features["linux"]["capabilities"] and "poststop" in features["hooks"]
+    assert engine.oci("--version").stdout.startswith("aiocontain-oci version ")
