@@ -1,6 +1,6 @@
 """The one entry point for tests, lint, types, the VM tier and the benchmark.
 
-`nox -s lint types tests slow vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
+`nox -s lint types tests oci slow vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
 
 As root, `tests` stages an installed copy of the package, the tests and a root
 filesystem under /opt/aiocontain-test and runs pytest there as the unprivileged
