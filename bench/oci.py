@@ -5,7 +5,9 @@
   ``runtime_supports_json``, so podman passes both its JSON log options);
 - oci.state, oci.kill, oci.delete (each on a container that does not exist, so they exit 1 after reading the
   state root) and oci.list (an empty root): what podman pays on every call it makes to the runtime besides
-  create and start, against python.pass, ``python -I -S -c pass``: the floor for any Python command.
+  create and start, against python.pass, ``python -I -S -c pass``: the floor for any Python command, and
+  python.console, ``python -c 'import re, sys'``: the floor for a console script as pip writes it (site, and its
+  wrapper imports re before the package).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ CONTAINERS_CONF = """\
 runtime_supports_json = ["crun", "runc", "kata", "runsc", "youki", "krun", "aiocontain-oci"]
 """
 LIGHT = ("state", "kill", "delete", "list")
-CASES = ("oci.podman", "oci.podman_runc", *(f"oci.{name}" for name in LIGHT), "python.pass")
+CASES = ("oci.podman", "oci.podman_runc", *(f"oci.{name}" for name in LIGHT), "python.pass", "python.console")
 
 
 _SCRATCH = tempfile.mkdtemp(prefix="bench-oci-")  # the cases' config and state roots, removed at exit
@@ -88,6 +90,9 @@ def build(name: str, rootfs: Path, repetitions: int) -> ExitCase:
         return ExitCase(name, argv, what, repetitions, env)
     if name == "python.pass":
         return ExitCase(name, [sys.executable, "-I", "-S", "-c", "pass"], "python -I -S -c pass", repetitions)
+    if name == "python.console":
+        what = "python -c 'import re, sys' (a console script's floor)"
+        return ExitCase(name, [sys.executable, "-c", "import re, sys"], what, repetitions)
     command = name.split(".")[1]
     root = tempfile.mkdtemp(prefix="root-", dir=_SCRATCH)
     args = {"state": ["state", "none"], "kill": ["kill", "none", "KILL"], "delete": ["delete", "none"]}

@@ -49,8 +49,10 @@ class Ratio:
         return value >= self.limit if self.at_least else value <= self.limit
 
 
-# What podman pays on each call besides create and start: the interpreter's start and little more (lazy imports).
-OCI_LIGHT_LIMIT = 2.0
+# What podman pays on each call besides create and start. A console script as pip writes it cannot go below
+# site and the wrapper's `import re`, about 2.2x a bare interpreter here (python.console); 3x leaves the runtime
+# its own imports of about one interpreter start.
+OCI_LIGHT_LIMIT = 3.0
 
 
 def ratios(batch: int) -> list[Ratio]:
@@ -84,6 +86,7 @@ def ratios(batch: int) -> list[Ratio]:
             Ratio(f"aiocontain-oci {name} / python -I -S -c pass", f"oci.{name}", "python.pass", OCI_LIGHT_LIMIT)
             for name in ("state", "kill", "delete", "list")
         ),
+        Ratio("a console script's floor / python -I -S -c pass", "python.console", "python.pass"),
     ]
 
 
