@@ -10,7 +10,9 @@ then runs each `validation/NAME/NAME.t` with `RUNTIME=` each runtime. The suite 
 only, so each program runs the way podman runs a runtime rootless: inside `unshare --map-root-user` that maps 0
 to this user and 1..65536 to its subordinate ids, in a mount namespace of its own. In that same namespace,
 after the program, whatever containers it left in the runtime's state directory are force-deleted and its
-bundles removed, so one program's leftovers cannot decide the next one's result.
+bundles removed, so one program's leftovers cannot decide the next one's result. A process of the user's that
+the program started and that outlives that cleanup (5 s, waited for through pidfds) fails the program, and is
+killed.
 
 A program passes when it exits 0 and its TAP is complete and clean: a plan, as many results as planned, no
 `not ok`, at least one check that ran (not skipped). Two print no TAP at all (process_capabilities_fail and
@@ -29,11 +31,13 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,10 +95,11 @@ class Result:
     timed_out: bool = False
     stderr: str = ""
     tap: str = ""
+    leftovers: list[str] = dataclasses.field(default_factory=list)  # processes still alive after the cleanup
 
     @property
     def passed(self) -> bool:
-        if self.status != 0 or self.timed_out:
+        if self.status != 0 or self.timed_out or self.leftovers:
             return False
         if not self.tap.strip():
             return True  # process_*_fail print no TAP: they check that the runtime refuses, by exit status alone
@@ -105,6 +110,8 @@ class Result:
     def verdict(self) -> str:
         if self.passed:
             return "pass" if self.tap.strip() else "pass (exit 0)"
+        if self.leftovers:
+            return "leftovers"
         if self.timed_out:
             return "timeout"
         if self.planned == 0 and self.status == 0:
@@ -118,7 +125,8 @@ class Result:
         return "fail"
 
     def cell(self) -> str:
-        return f"{self.verdict} {self.ok - self.skipped}/{self.failed}/{self.skipped}"
+        left = f" +{len(self.leftovers)} left" if self.leftovers else ""
+        return f"{self.verdict} {self.ok - self.skipped}/{self.failed}/{self.skipped}{left}"
 
 
 def parse_tap(program: str, tap: str, status: int, stderr: str, timed_out: bool = False) -> Result:
@@ -193,15 +201,63 @@ def run_program(suite: Path, program: str, runtime: str, user: str, scratch: Pat
     }
     inner = [sys.executable, "-I", str(Path(__file__).resolve()), "--inner", runtime, str(work)]
     argv = [*unshare, *inner, "--", str(suite / "validation" / program / f"{program}.t")]
+    before = user_processes()
     with subprocess.Popen(argv, cwd=suite, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
             out, err = proc.communicate(timeout=PROGRAM_TIMEOUT + 30)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+    left = reap_leftovers(user_processes() - before)
     shutil.rmtree(work, ignore_errors=True)
     timed_out = proc.returncode == 124
-    return parse_tap(program, out.decode(errors="replace"), proc.returncode, err.decode(errors="replace"), timed_out)
+    result = parse_tap(program, out.decode(errors="replace"), proc.returncode, err.decode(errors="replace"), timed_out)
+    result.leftovers = left
+    return result
+
+
+def user_processes() -> set[int]:
+    """This user's processes but this one."""
+    found = set()
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and int(name) != os.getpid() and os.stat(f"/proc/{name}").st_uid == os.getuid():
+                found.add(int(name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def reap_leftovers(pids: set[int], timeout: float = 5.0) -> list[str]:
+    """The command lines of those of pids (a program's and its containers') still alive after timeout, killed
+    then so that the next program starts clean. Those exiting are waited for through their pidfds, never polled;
+    a zombie is gone already, whoever reaps it."""
+    pidfds = {}
+    for pid in pids:
+        try:
+            pidfds[os.pidfd_open(pid)] = pid
+        except OSError:
+            continue  # gone already
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    alive = set(pidfds)
+    deadline = time.monotonic() + timeout
+    while alive and (left := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(left * 1000):
+            poller.unregister(fd)
+            alive.discard(fd)
+    found = []
+    for fd in alive:
+        try:
+            cmdline = Path(f"/proc/{pidfds[fd]}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            found.append(f"{pidfds[fd]}: {cmdline.strip()[:100]}")
+        except OSError:
+            pass  # exited meanwhile
+    for fd in pidfds:
+        os.close(fd)
+    return found
 
 
 def inner(runtime: str, work: Path, argv: Sequence[str]) -> int:
@@ -273,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_program(suite, program, path or name, user, Path(scratch))
                 results[name][program] = result
                 print(f"{name:>16} {program:<32} {result.cell()}", flush=True)
+                for line in result.leftovers:
+                    print(f"{'':>16} left behind (killed): {line}", flush=True)
     print("\n".join(["", "cells: verdict checks ok/not ok/skipped", *table(names, results)]))
     if args.json:
         data = {name: {p: dataclasses.asdict(r) for p, r in column.items()} for name, column in results.items()}
