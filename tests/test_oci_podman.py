@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _PODMAN_PAUSE_FILES, Result
+from tests.conftest import _PODMAN_PAUSE_FILES, Result, leftovers
 
 pytestmark = pytest.mark.container
 
@@ -106,13 +106,16 @@ def podman(request: pytest.FixtureRequest, podman_home: Path, rootfs: Path) -> I
         "XDG_CONFIG_HOME": str(base / "config"),
     }
     runner = Podman(request.param, rootfs, env)
+    before = leftovers()
     yield runner
-    # Nothing of this test's containers stays: every test removes what it made, so `ps -a` lists nothing.
+    # Nothing of this test's containers stays: every test removes what it made, so `ps -a` lists nothing, and
+    # no process of the container's or the runtime's outlives it (podman's pause process is not counted).
     listed = runner.cmd("ps", "--all", "--quiet")
     leftover = listed.stdout.split()
     if leftover:
         runner.cmd("rm", "--force", *leftover)
     assert not leftover, f"{runner.runtime} left containers behind: {leftover}"
+    assert leftovers() == before
 
 
 def test_true_and_exit_codes(podman):
