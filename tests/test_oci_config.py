@@ -230,3 +230,20 @@ def test_a_session_keyring_of_its_own(engine: Engine, rootfs: Path, tmp_path: Pa
         engine.wait(int((tmp_path / "pid").read_text()))
         assert (bundle / "output").read_text().strip() == expected, flags
         assert engine.oci("delete", "kr").code == 0
+
+
+def test_bind_options_on_a_host_mount(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """strictatime cannot change a host mount's locked atime flags from a user namespace: it keeps its own
+    and the rest (ro, nosuid) still applies, as podman's engine expects of a bind with default options."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    options = ["rbind", "nosuid", "strictatime", "ro", "mode=755"]
+    mounts = [
+        *CONFIG["mounts"],
+        {"destination": "/tmp/shared", "type": "bind", "source": str(shared), "options": options},
+    ]
+    script = "(touch /tmp/shared/x) 2>/dev/null || echo read-only; grep ' /tmp/shared ' /proc/mounts | cut -d' ' -f4"
+    status, output = _run(engine, tmp_path, rootfs, script, mounts=mounts)
+    lines = output.split()
+    assert status == 0 and lines[0] == "read-only" and {"ro", "nosuid"} <= set(lines[1].split(",")), output
+    assert not (shared / "x").exists()

@@ -27,9 +27,12 @@ def test_every_hook_kind_at_its_moment(engine: Engine, rootfs: Path, tmp_path: P
         kind: [_hook(kind, host_log)]
         for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
     }
-    hooks["startContainer"] = [_hook("startContainer", "/logs/hooks.log")]  # resolved in the container
-    mounts = [*CONFIG["mounts"], {"destination": "/logs", "type": "bind", "source": str(logs), "options": ["rbind"]}]
-    args = ["/bin/sh", "-c", "echo process >> /logs/hooks.log"]
+    hooks["startContainer"] = [_hook("startContainer", "/tmp/logs/hooks.log")]  # resolved in the container
+    mounts = [
+        *CONFIG["mounts"],
+        {"destination": "/tmp/logs", "type": "bind", "source": str(logs), "options": ["rbind"]},
+    ]
+    args = ["/bin/sh", "-c", "echo process >> /tmp/logs/hooks.log"]
     bundle = make_bundle(tmp_path / "b", rootfs, args, hooks=hooks, mounts=mounts)
     assert engine.create("h", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
     pid = int((tmp_path / "pid").read_text())
@@ -93,3 +96,28 @@ def test_a_hook_that_hangs_is_stopped_by_its_timeout(engine: Engine, rootfs: Pat
     result = engine.create("t", bundle)
     assert result.code == 1 and "createRuntime hook /bin/sleep did not finish in 1 s" in result.stderr
     assert engine.children() == [] and list(engine.root.iterdir()) == []
+
+
+def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """Every poststart and poststop hook runs even after one fails (a warning), from what config.json said
+    at create: rewriting it afterwards changes nothing."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def mark(name: str) -> dict[str, object]:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"touch {marks}/{name}"]}
+
+    hooks = {
+        "poststart": [{"path": "/bin/false"}, mark("poststart")],
+        "poststop": [{"path": "/bin/false"}, mark("poststop")],
+    }
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    assert engine.create("w", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "hooks": {}}))  # no effect on the container
+    started = engine.oci("start", "w")
+    assert started.code == 0 and "warning: poststart hook /bin/false failed" in started.stderr
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 0
+    deleted = engine.oci("delete", "w")
+    assert deleted.code == 0 and "warning: poststop hook /bin/false failed" in deleted.stderr
+    assert sorted(path.name for path in marks.iterdir()) == ["poststart", "poststop"]

@@ -47,7 +47,7 @@ def test_create_start_state_delete(engine: Engine, rootfs: Path, tmp_path: Path)
 
 def test_running_kill_by_name_number_and_delete_force(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """kill takes TERM, SIGTERM and 15; delete refuses a running container unless --force, which kills it."""
-    script = "trap 'echo got TERM; exit 3' TERM; echo up >/sync/fifo; sleep 100 & wait"
+    script = "trap 'echo got TERM; exit 3' TERM; echo up >/tmp/sync/fifo; sleep 100 & wait"
     bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], mounts=with_sync(tmp_path / "sync"))
     for number, signal_name in enumerate(("TERM", "SIGTERM", "15")):
         container_id = f"k{number}"
@@ -72,11 +72,11 @@ def test_running_kill_by_name_number_and_delete_force(engine: Engine, rootfs: Pa
 
 
 def with_sync(directory: Path) -> list[dict[str, object]]:
-    """The default mounts plus directory at /sync, holding a fifo the container writes to once it is ready
+    """The default mounts plus directory at /tmp/sync, holding a fifo the container writes to once it is ready
     (reading it blocks the test until then: no polling)."""
     directory.mkdir()
     os.mkfifo(directory / "fifo")
-    sync = {"destination": "/sync", "type": "bind", "source": str(directory), "options": ["rbind"]}
+    sync = {"destination": "/tmp/sync", "type": "bind", "source": str(directory), "options": ["rbind"]}
     return [*CONFIG["mounts"], sync]
 
 

@@ -59,6 +59,7 @@ class Creation:
             creating=True,
             creator=os.getpid(),
             creator_start_time=proc.start_time(os.getpid()) or 0,
+            hooks={kind: plan.hooks[kind] for kind in ("poststart", "poststop") if plan.hooks.get(kind)},
         )
         self.claimed = False
         self.first = 0  # pid of init.namespaces, our child

@@ -8,7 +8,6 @@ the spec has it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
@@ -71,21 +70,14 @@ def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: byte
             raise OciError(f"{kind} hook {path} failed with exit status {result.returncode}{detail}")
 
 
-def run_from_config(container: ContainerState, kind: str, status: str, fatal: bool) -> None:
-    """Run one kind of hook as the container's config.json lists them (poststart, poststop); unless fatal,
-    a failure is only written to stderr, as the spec wants for these."""
-    try:
-        with open(container.config_path, "rb") as f:
-            hooks = json.loads(f.read()).get("hooks")
-    except (OSError, ValueError, AttributeError):
-        return  # the bundle is gone (delete after the engine removed it): nothing to run
-    if not hooks or not hooks.get(kind):
-        return
-    try:
-        run(hooks, kind, container.hook_state(status))
-    except OciError as exc:
-        if fatal:
-            raise
-        import sys
+def run_recorded(container: ContainerState, kind: str, status: str) -> None:
+    """poststart and poststop, from the hooks recorded at create (a config.json changed since must not
+    affect the container): every hook runs; each failure is a warning on stderr, as the spec wants."""
+    entries = container.hooks.get(kind) or []
+    for entry in entries:
+        try:
+            run({kind: [entry]}, kind, container.hook_state(status))
+        except OciError as exc:
+            import sys
 
-        sys.stderr.write(f"aiocontain-oci: warning: {exc.message}\n")
+            sys.stderr.write(f"aiocontain-oci: warning: {exc.message}\n")

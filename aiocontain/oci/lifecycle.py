@@ -74,9 +74,10 @@ def start(options: Options, flags: dict[str, str | bool], operands: list[str]) -
         finally:
             os.close(fifo)
         os.unlink(container.exec_fifo)  # from now on the container is running
-    from aiocontain.oci import hooks
+    if container.hooks.get("poststart"):  # hooks imports subprocess: only when there is one to run
+        from aiocontain.oci import hooks
 
-    hooks.run_from_config(container, "poststart", "running", fatal=False)
+        hooks.run_recorded(container, "poststart", "running")
     return 0
 
 
@@ -160,9 +161,10 @@ def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) 
 
         cgroup.remove(container)
         _remove_directory(container.directory)
-    from aiocontain.oci import hooks
+    if container.hooks.get("poststop"):
+        from aiocontain.oci import hooks
 
-    hooks.run_from_config(container, "poststop", "stopped", fatal=False)
+        hooks.run_recorded(container, "poststop", "stopped")
     return 0
 
 

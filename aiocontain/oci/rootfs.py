@@ -42,7 +42,7 @@ def _mount(root: str, entry: Mount) -> None:
         sc.mount(entry.source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
         if flags & ~(sc.MS_BIND | sc.MS_REC):
             try:
-                base.remount(target, flags & ~(sc.MS_BIND | sc.MS_REC))
+                _remount_bind(target, flags & ~(sc.MS_BIND | sc.MS_REC))
             except OSError as exc:
                 raise OSError(
                     exc.errno, f"bind mount of {entry.source} on {entry.destination}: {exc.strerror}"
@@ -65,6 +65,22 @@ def _mount(root: str, entry: Mount) -> None:
         sc.mount(entry.source, target, entry.kind, flags, entry.data or None)
     if entry.propagation:
         sc.mount(None, target, None, entry.propagation)
+
+
+# The atime flags: a user namespace may not change those the kernel locked on a mount made outside it.
+_ATIME = sc.MS_NOATIME | sc.MS_NODIRATIME | sc.MS_RELATIME | sc.MS_STRICTATIME
+
+
+def _remount_bind(target: str, flags: int) -> None:
+    """Apply a bind mount's options. Where the kernel refuses to change locked atime flags (a host mount,
+    seen from our user namespace), keep the mount's own atime behaviour and apply the rest (ro, nosuid,
+    nodev, noexec), rather than fail the container on access-time bookkeeping."""
+    try:
+        base.remount(target, flags)
+    except PermissionError:
+        if not flags & _ATIME:
+            raise
+        base.remount(target, flags & ~_ATIME)
 
 
 def _make_target(target: str, entry: Mount) -> None:

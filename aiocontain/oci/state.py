@@ -52,6 +52,7 @@ class ContainerState:
         creator: int = 0,
         creator_start_time: int = 0,
         cgroup: str = "",
+        hooks: dict[str, list[dict[str, object]]] | None = None,
     ) -> None:
         self.root = root
         self.id = id
@@ -67,6 +68,7 @@ class ContainerState:
         self.creator = creator
         self.creator_start_time = creator_start_time
         self.cgroup = cgroup  # the cgroup v2 directory create made, "" for none
+        self.hooks = hooks or {}  # poststart and poststop as config.json had them at create
 
     @property
     def directory(self) -> str:
@@ -129,6 +131,7 @@ class ContainerState:
             "creator": self.creator,
             "creator_start_time": self.creator_start_time,
             "cgroup": self.cgroup,
+            "hooks": self.hooks,
         }
         path = os.path.join(self.directory, STATE_FILE)
         temporary = path + ".new"
@@ -178,6 +181,7 @@ def load(root: str, container_id: str) -> ContainerState:
             creator=int(record.get("creator", 0)),
             creator_start_time=int(record.get("creator_start_time", 0)),
             cgroup=str(record.get("cgroup", "")),
+            hooks=dict(record.get("hooks") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise OciError(f'container "{container_id}": its state {path} is damaged: {exc!r}') from None
