@@ -24,16 +24,7 @@ BIND = "bind"
 TMPFS = "tmpfs"
 OVERLAY_KERNEL = (5, 11)  # overlayfs mountable in a user namespace
 
-_PROPAGATION = {
-    "private": sc.MS_PRIVATE,
-    "rprivate": sc.MS_PRIVATE | sc.MS_REC,
-    "shared": sc.MS_SHARED,
-    "rshared": sc.MS_SHARED | sc.MS_REC,
-    "slave": sc.MS_SLAVE,
-    "rslave": sc.MS_SLAVE | sc.MS_REC,
-    "unbindable": sc.MS_UNBINDABLE,
-    "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
-}
+_PROPAGATION = sc.PROPAGATION
 # option -> (flag, set it): a later option wins over an earlier one, as in mount(8)
 _FLAGS = {
     "nosuid": (sc.MS_NOSUID, True),

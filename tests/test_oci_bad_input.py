@@ -61,6 +61,8 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "user without maps": ({"linux": {"namespaces": [{"type": "mount"}, {"type": "user"}]}}, "uidMappings"),
     "terminal without socket": ({"process": {"terminal": True}}, "--console-socket"),
     "memory limit": ({"linux": {"resources": {"memory": {"limit": 64 << 20}}}}, "linux.resources.memory"),
+    "no such program": ({"process": {"args": ["nothere"]}}, 'exec: "nothere": executable file not found in $PATH'),
+    "no such path": ({"process": {"args": ["/no/where"]}}, 'exec: "/no/where": stat /no/where: no such file'),
 }
 
 

@@ -247,3 +247,15 @@ def test_bind_options_on_a_host_mount(engine: Engine, rootfs: Path, tmp_path: Pa
     lines = output.split()
     assert status == 0 and lines[0] == "read-only" and {"ro", "nosuid"} <= set(lines[1].split(",")), output
     assert not (shared / "x").exists()
+
+
+def test_no_pivot(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """--no-pivot (roots on a ramfs, where pivot_root cannot work): the root is moved over / and chrooted;
+    the container sees its own root all the same."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", "ls /; hostname"])
+    assert engine.create("np", bundle, "--no-pivot", "--pid-file", str(tmp_path / "pid")).code == 0
+    assert engine.oci("start", "np").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 0
+    output = (bundle / "output").read_text().split()
+    assert sorted(output[:-1]) == sorted(path.name for path in rootfs.iterdir()) and output[-1] == "ocitest"
+    assert engine.oci("delete", "np").code == 0

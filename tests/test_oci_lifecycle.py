@@ -210,3 +210,89 @@ def test_features_and_version(engine: Engine) -> None:
     assert "user" in features["linux"]["namespaces"] and "SCMP_ACT_ERRNO" in features["linux"]["seccomp"]["actions"]
     assert "CAP_SYS_ADMIN" in features["linux"]["capabilities"] and "poststop" in features["hooks"]
     assert engine.oci("--version").stdout.startswith("aiocontain-oci version ")
+
+
+def test_run_in_the_foreground_and_detached(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """runc's run: in the foreground it waits for the process as its subreaper, deletes the container and
+    exits with its status; --detach leaves it running for the engine."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", "echo ran; exit 5"])
+    argv = [engine_runtime(), "--root", str(engine.root), "run", "--bundle", str(bundle), "fg"]
+    reply = engine.request({"argv": argv, "output": str(tmp_path / "out"), "timeout": 30})
+    assert reply["code"] == 5 and (tmp_path / "out").read_text() == "ran\n"
+    assert os.listdir(engine.root) == []  # deleted
+    sleeper = make_bundle(tmp_path / "s", rootfs, ["/bin/sleep", "100"])
+    argv = [engine_runtime(), "--root", str(engine.root), "run", "-d", "--bundle", str(sleeper), "--pid-file"]
+    reply = engine.request(
+        {"argv": [*argv, str(tmp_path / "pid"), "bg"], "output": str(tmp_path / "out"), "timeout": 30}
+    )
+    assert reply["code"] == 0 and engine.state("bg")["status"] == "running"
+    assert engine.oci("delete", "--force", "bg").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
+
+
+def test_creating_while_create_runs(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """While create waits in a createRuntime hook, state says creating (create's own process is alive);
+    once the hook returns, created."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo in-hook > {tmp_path}/in; cat {gate}"]}]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    os.mkfifo(tmp_path / "in")
+    command = (
+        f"{engine_runtime()} --root {engine.root} create --bundle {bundle} --pid-file {tmp_path}/pid slow "
+        f">{tmp_path}/out 2>&1 &"
+    )
+    engine.run("/bin/sh", "-c", command)
+    assert (tmp_path / "in").read_text() == "in-hook\n"  # blocks until the hook runs
+    assert engine.state("slow")["status"] == "creating"
+    start = engine.oci("start", "slow")
+    assert start.code == 1 and "creating" in start.stderr
+    creator = _creator(engine)  # create itself, reparented to the engine when its shell exited
+    gate.write_text("go\n")  # the hook reads it and returns: create goes on
+    assert engine.wait(creator) == 0
+    assert engine.state("slow")["status"] == "created"
+    assert engine.oci("delete", "--force", "slow").code == 0
+    assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
+
+
+def _creator(engine: Engine) -> int:
+    return int(json.loads((engine.root / "slow" / "state.json").read_text())["creator"])
+
+
+def test_kill_all_reaches_every_process_of_the_container(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """PID 1 without a handler ignores SIGTERM sent to it alone (control); --all also reaches its children,
+    whose end lets PID 1's wait return."""
+    script = "sleep 100 & sleep 100 & echo up >/tmp/sync/fifo; wait; echo children gone"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], mounts=with_sync(tmp_path / "sync"))
+    assert engine.create("all", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    assert engine.oci("start", "all").code == 0
+    assert (tmp_path / "sync" / "fifo").read_text() == "up\n"
+    assert engine.oci("kill", "all", "TERM").code == 0
+    assert engine.exited(pid, timeout=1) is False  # control: PID 1 alone ignores it
+    assert engine.oci("kill", "--all", "all", "TERM").code == 0
+    assert engine.wait(pid) == 0
+    assert (bundle / "output").read_text() == "children gone\n"
+    assert engine.oci("delete", "all").code == 0
+
+
+def test_a_create_killed_half_way(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """create SIGKILLed while the container is being built: the container's process sees the set-up socket
+    close and exits by itself, the record reads stopped and delete removes it."""
+    os.mkfifo(tmp_path / "in")
+    hook = {"path": "/bin/sh", "args": ["sh", "-c", f"echo in-hook > {tmp_path}/in; exec sleep 100"]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks={"createRuntime": [hook]})
+    command = f"{engine_runtime()} --root {engine.root} create --bundle {bundle} killed >{tmp_path}/out 2>&1 &"
+    engine.run("/bin/sh", "-c", command)
+    assert (tmp_path / "in").read_text() == "in-hook\n"
+    record = json.loads((engine.root / "killed" / "state.json").read_text())
+    container_pid = record["pid"]
+    assert record["creating"] and container_pid > 0 and engine.state("killed")["status"] == "creating"
+    os.kill(record["creator"], 9)
+    assert engine.wait(record["creator"]) == 128 + 9
+    assert engine.wait(container_pid) == 1  # it noticed create's end and gave up
+    assert engine.state("killed")["status"] == "stopped"
+    assert engine.oci("delete", "killed").code == 0
+    for pid in engine.children():  # the hook's sleep, orphaned with its create
+        os.kill(pid, 9)
+        engine.wait(pid)

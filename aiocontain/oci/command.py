@@ -26,25 +26,17 @@ VERSION_TEXT = "aiocontain-oci version {version}\nspec: 1.0.2\n"
 # Per subcommand: option name -> whether it takes a value; aliases map to the canonical name.
 _GLOBAL_FLAGS = {"root": True, "log": True, "log-format": True, "debug": False, "systemd-cgroup": False}
 _GLOBAL_FLAGS |= {"rootless": True, "criu": True, "version": False, "v": False}
+_CREATE_FLAGS = {
+    "bundle": True,
+    "pid-file": True,
+    "console-socket": True,
+    "no-pivot": False,
+    "no-new-keyring": False,
+    "preserve-fds": True,
+}
 _COMMAND_FLAGS: dict[str, dict[str, bool]] = {
-    "create": {
-        "bundle": True,
-        "pid-file": True,
-        "console-socket": True,
-        "no-pivot": False,
-        "no-new-keyring": False,
-        "preserve-fds": True,
-    },
-    "run": {
-        "bundle": True,
-        "pid-file": True,
-        "console-socket": True,
-        "no-pivot": False,
-        "no-new-keyring": False,
-        "preserve-fds": True,
-        "detach": False,
-        "keep": False,
-    },
+    "create": _CREATE_FLAGS,
+    "run": {**_CREATE_FLAGS, "detach": False, "keep": False},
     "start": {},
     "state": {},
     "kill": {"all": False},

@@ -56,16 +56,7 @@ MOUNT_FLAGS = {
     "suid": (0, sc.MS_NOSUID),
     "sync": (16, 0),
 }
-PROPAGATION = {
-    "private": sc.MS_PRIVATE,
-    "rprivate": sc.MS_PRIVATE | sc.MS_REC,
-    "shared": sc.MS_SHARED,
-    "rshared": sc.MS_SHARED | sc.MS_REC,
-    "slave": sc.MS_SLAVE,
-    "rslave": sc.MS_SLAVE | sc.MS_REC,
-    "unbindable": sc.MS_UNBINDABLE,
-    "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
-}
+PROPAGATION = sc.PROPAGATION
 EXTENSIONS = ("tmpcopyup",)  # runc's and crun's: a tmpfs starts with what the image had at its place
 
 

@@ -119,7 +119,7 @@ class Creation:
     def _follow(self, sync: socket.socket) -> None:
         if (reply := init.receive(sync)) != b"ns":
             raise OciError(f"the container's set-up broke its protocol: {reply!r}")
-        if self.plan.new_namespaces & init.FLAG_BY_TYPE["user"]:
+        if self.plan.new_namespaces & oci_config.NAMESPACE_FLAGS["user"]:
             _write_maps(self.first, self.plan)
         cgroup.enter(self.state.cgroup, self.first)
         sync.send(b"go")
@@ -193,25 +193,17 @@ def _write_maps(pid: int, plan: oci_config.Plan) -> None:
         text = "".join(f"{inside} {outside} {size}\n" for inside, outside, size in mappings)
         path = f"/proc/{pid}/{name}"
         try:
-            _write(path, text)
+            init.write_file(path, text)
         except PermissionError:
             if name != "gid_map":
                 raise OciError(f"cannot write {name} of the container's user namespace: permission denied") from None
-            _write(f"/proc/{pid}/setgroups", "deny")  # an unprivileged map of one's own gid needs this first
+            init.write_file(f"/proc/{pid}/setgroups", "deny")  # an unprivileged map of one's own gid needs this first
             try:
-                _write(path, text)
+                init.write_file(path, text)
             except OSError as exc:
                 raise OciError(f"cannot write gid_map of the container's user namespace: {exc.strerror}") from None
         except OSError as exc:
             raise OciError(f"cannot write {name} of the container's user namespace: {exc.strerror}") from None
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def _options(flags: dict[str, str | bool], operands: list[str], command: str) -> tuple[str, str, int]:

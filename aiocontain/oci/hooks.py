@@ -9,7 +9,6 @@ the spec has it.
 from __future__ import annotations
 
 import os
-import subprocess
 
 from aiocontain.oci.errors import OciError
 
@@ -43,6 +42,8 @@ def check(hooks: object) -> None:
 
 def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: bytes) -> None:
     """Run the hooks of one kind in order; OciError naming the first one that fails (or times out)."""
+    import subprocess  # only where there are hooks (the container's init imports it before pivot_root)
+
     for entry in (hooks or {}).get(kind, []):
         path = str(entry["path"])
         args = [str(arg) for arg in entry.get("args") or [path]]  # type: ignore[attr-defined]

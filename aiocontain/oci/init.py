@@ -25,11 +25,11 @@ import os
 import select
 import socket
 import struct
-import subprocess  # imported before pivot_root: startContainer hooks run after it
 
 from aiocontain import syscalls as sc
 from aiocontain.child import console, harden
 from aiocontain.oci import hooks, process, rootfs
+from aiocontain.oci.config import NAMESPACE_FLAGS
 from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
@@ -38,17 +38,6 @@ if TYPE_CHECKING:
 
     from aiocontain.oci.config import Plan
 
-assert subprocess  # for the import's side effect above
-
-FLAG_BY_TYPE = {
-    "user": sc.CLONE_NEWUSER,
-    "mount": sc.CLONE_NEWNS,
-    "pid": sc.CLONE_NEWPID,
-    "network": sc.CLONE_NEWNET,
-    "ipc": sc.CLONE_NEWIPC,
-    "uts": sc.CLONE_NEWUTS,
-    "cgroup": sc.CLONE_NEWCGROUP,
-}
 MESSAGE_SIZE = 65536
 
 
@@ -100,7 +89,7 @@ def namespaces(launch: Launch) -> NoReturn:
         for kind, path in plan.join:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                sc.setns(fd, FLAG_BY_TYPE[kind])
+                sc.setns(fd, NAMESPACE_FLAGS[kind])
             except OSError as exc:
                 raise OciError(f"cannot join the {kind} namespace {path}: {os.strerror(exc.errno or 0)}") from None
             finally:
@@ -141,21 +130,28 @@ def container(launch: Launch) -> NoReturn:
         sync.send(b"hooks")
         state = receive(sync)[3:]  # create ran prestart and createRuntime; b"go " + the hook state
         hooks.run(plan.hooks, "createContainer", state)
+        if plan.hooks.get("startContainer"):
+            import subprocess  # now, while the host's standard library is reachable: the hook runs after pivot
+
+            assert subprocess
         rootfs.pivot(plan, launch.no_pivot)
         for key, value in plan.sysctl.items():  # before finish makes /proc/sys read-only
-            _write("/proc/sys/" + key.replace(".", "/"), value)
+            write_file("/proc/sys/" + key.replace(".", "/"), value)
         rootfs.finish(plan)
         try:
             os.makedirs(plan.process.cwd, 0o755, exist_ok=True)  # as runc: a missing working directory is made
         except OSError:
             pass  # chdir says why, in process.apply
+        process.check_executable(plan.process)
         if plan.process.terminal:
             _send_console(launch)
+        ours = {fifo, sync.fileno()}  # ours even where they landed among the numbers to preserve
         for fd in range(3, 3 + launch.preserve_fds):
-            try:
-                os.set_inheritable(fd, True)
-            except OSError:
-                pass  # not open: nothing to keep
+            if fd not in ours:
+                try:
+                    os.set_inheritable(fd, True)
+                except OSError:
+                    pass  # not open: nothing to keep
         sync.send(b"ready")
     except BaseException as exc:  # noqa: BLE001
         _fail(sync, exc)
@@ -197,7 +193,8 @@ def _die(message: str, code: int) -> NoReturn:
     os._exit(code)
 
 
-def _write(path: str, value: str) -> None:
+def write_file(path: str, value: str) -> None:
+    """Write a /proc file in one write(2), as the kernel wants for sysctls and id maps."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())

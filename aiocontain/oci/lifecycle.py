@@ -128,7 +128,9 @@ def kill(options: Options, flags: dict[str, str | bool], operands: list[str]) ->
 
 
 def _signal(container: oci_state.ContainerState, number: int, all_processes: bool) -> None:
-    """Signal through a pidfd checked against the recorded start time, so a reused pid is never hit."""
+    """Signal through a pidfd checked against the recorded start time, so a reused pid is never hit. With
+    --all, every process of the container's own pid namespace too (runc walks the cgroup; a rootless
+    container may have none, but has its pid namespace)."""
     try:
         pidfd = os.pidfd_open(container.pid)
     except ProcessLookupError:
@@ -136,15 +138,37 @@ def _signal(container: oci_state.ContainerState, number: int, all_processes: boo
     try:
         if container.status() not in ("created", "running"):
             return  # the pid was reused between the load and the pidfd: the pidfd names the wrong process
+        members = _namespace_members(container.pid) if all_processes else []
         signal.pidfd_send_signal(pidfd, number)
     except ProcessLookupError:
-        pass
+        return
     finally:
         os.close(pidfd)
-    if all_processes:
-        # Its pid namespace dies with its PID 1 (runc's --all without a cgroup to walk); the process's own
-        # namespace peers are killed by the kernel when PID 1 goes.
-        return
+    for pid in members:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass
+
+
+def _namespace_members(pid: int) -> list[int]:
+    """The other processes of pid's pid namespace, when it is not ours (else none: we could not tell the
+    container's from the rest)."""
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        if namespace == os.readlink("/proc/self/ns/pid"):
+            return []
+    except OSError:
+        return []
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != pid:
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == namespace:
+                    members.append(int(name))
+            except OSError:
+                continue  # gone, or not ours to look at
+    return members
 
 
 def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:

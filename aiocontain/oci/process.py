@@ -253,6 +253,23 @@ def _set_user(prepared: Prepared) -> None:
     os.setresuid(prepared.uid, prepared.uid, prepared.uid)
 
 
+def check_executable(prepared: Prepared) -> None:
+    """OciError when process.args[0] cannot be found in the container (runc's message, which podman turns
+    into exit status 127), so create fails instead of a container that starts only to exit. Called inside
+    the container's root; whether it may be executed is left to the exec itself."""
+    program = prepared.args[0]
+    if "/" in program:
+        path = program if program.startswith("/") else os.path.join(prepared.cwd, program)
+        if not os.path.exists(path):
+            raise OciError(f'exec: "{program}": stat {program}: no such file or directory')
+        return
+    for directory in prepared.env.get("PATH", DEFAULT_PATH).split(":"):
+        path = os.path.join(directory or prepared.cwd, program)
+        if os.path.isfile(path):
+            return
+    raise OciError(f'exec: "{program}": executable file not found in $PATH')
+
+
 def execute(prepared: Prepared) -> NoReturn:
     """execve process.args with process.env, args[0] searched in the env's PATH (the container's, not
     ours) when it has no slash. Raises OSError as execvp would when nothing can be executed."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 
 from aiocontain import syscalls as sc
@@ -108,6 +107,8 @@ def _mount_cgroup(target: str, flags: int) -> None:
 def _tmpfs_copy_up(target: str, entry: Mount, flags: int) -> None:
     """A tmpfs that starts with what the image has at its place (the tmpcopyup option): the old directory
     stays reachable through an fd opened before the mount covers it."""
+    import shutil  # here only: before pivot_root, and most containers have no such mount
+
     below = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         sc.mount(entry.source, target, entry.kind, flags, entry.data or None)

@@ -18,7 +18,10 @@ from pathlib import Path
 
 from aiocontain.seccomp import cache
 from aiocontain.security import capabilities
-from aiocontain.spec import ContainerSpec
+
+TYPE_CHECKING = False  # the spec module (dataclasses, cgroups) costs aiocontain-oci's create ~20 ms
+if TYPE_CHECKING:
+    from aiocontain.spec import ContainerSpec
 
 DEFAULT_PROFILE = Path(__file__).with_name("default.json")
 UNCONFINED = "unconfined"
