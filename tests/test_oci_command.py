@@ -58,7 +58,14 @@ FORBIDDEN = ("anyio", "trio", "structlog", "pyroute2", "asyncio", "sniffio")
 
 @pytest.mark.parametrize(
     "argv",
-    [["state", "ghost"], ["list"], ["start", "ghost"], ["kill", "ghost", "KILL"], ["delete", "--force", "ghost"]],
+    [
+        ["state", "ghost"],
+        ["list"],
+        ["start", "ghost"],
+        ["kill", "ghost", "KILL"],
+        ["delete", "--force", "ghost"],
+        ["ps", "ghost"],
+    ],
 )
 def test_light_subcommands_import_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
     """start, state, kill, delete and list run once per container operation: none of the async stack."""

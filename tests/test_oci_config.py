@@ -259,3 +259,13 @@ def test_no_pivot(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     output = (bundle / "output").read_text().split()
     assert sorted(output[:-1]) == sorted(path.name for path in rootfs.iterdir()) and output[-1] == "ocitest"
     assert engine.oci("delete", "np").code == 0
+
+
+def test_a_process_setting_that_fails_says_so(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """An rlimit above what the engine's own hard limit allows cannot be applied inside: the container's
+    process says which setting failed (not the program's name) and never runs the program."""
+    hard = int(engine.run("/bin/sh", "-c", "ulimit -Hn").stdout)
+    process = {"rlimits": [{"type": "RLIMIT_NOFILE", "soft": hard + 1, "hard": hard + 1}]}
+    status, output = _run(engine, tmp_path, rootfs, "echo ran", process=process)
+    assert status == 1 and f"cannot set RLIMIT_NOFILE to {hard + 1}:{hard + 1}" in output, output
+    assert "ran" not in output

@@ -268,11 +268,16 @@ def test_kill_all_reaches_every_process_of_the_container(engine: Engine, rootfs:
     pid = int((tmp_path / "pid").read_text())
     assert engine.oci("start", "all").code == 0
     assert (tmp_path / "sync" / "fifo").read_text() == "up\n"
+    listed = json.loads(engine.oci("ps", "--format", "json", "all").stdout)
+    assert len(listed) == 3 and pid in listed  # sh and its two sleeps
+    assert engine.oci("ps", "all").stdout.split() == ["PID", *map(str, listed)]
     assert engine.oci("kill", "all", "TERM").code == 0
     assert engine.exited(pid, timeout=1) is False  # control: PID 1 alone ignores it
     assert engine.oci("kill", "--all", "all", "TERM").code == 0
     assert engine.wait(pid) == 0
     assert (bundle / "output").read_text() == "children gone\n"
+    refused = engine.oci("ps", "all")
+    assert refused.code == 1 and "stopped" in refused.stderr
     assert engine.oci("delete", "all").code == 0
 
 
@@ -296,3 +301,50 @@ def test_a_create_killed_half_way(engine: Engine, rootfs: Path, tmp_path: Path) 
     for pid in engine.children():  # the hook's sleep, orphaned with its create
         os.kill(pid, 9)
         engine.wait(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
+
+
+def test_kill_all_in_a_joined_pid_namespace(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """A container that joined another's pid namespace (a pod): --all reaches its own processes only, never
+    the namespace's owner and the rest (what its ps lists is just as narrow)."""
+    owner_bundle = make_bundle(
+        tmp_path / "a",
+        rootfs,
+        ["/bin/sh", "-c", "sleep 100 & echo up >/tmp/sync/fifo; wait"],
+        mounts=with_sync(tmp_path / "sync-a"),
+    )
+    assert engine.create("a", owner_bundle, "--pid-file", str(tmp_path / "pid-a")).code == 0
+    owner = int((tmp_path / "pid-a").read_text())
+    assert engine.oci("start", "a").code == 0
+    assert (tmp_path / "sync-a" / "fifo").read_text() == "up\n"
+    owners = json.loads(engine.oci("ps", "--format", "json", "a").stdout)  # a's sh and its sleep
+    namespaces = [ns for ns in CONFIG["linux"]["namespaces"] if ns["type"] != "pid"]
+    namespaces.append({"type": "pid", "path": f"/proc/{owner}/ns/pid"})
+    member_bundle = make_bundle(
+        tmp_path / "b",
+        rootfs,
+        ["/bin/sh", "-c", "sleep 100 & echo up >/tmp/sync/fifo; wait"],
+        mounts=with_sync(tmp_path / "sync-b"),
+        linux={"namespaces": namespaces},
+    )
+    assert engine.create("b", member_bundle, "--pid-file", str(tmp_path / "pid-b")).code == 0
+    member = int((tmp_path / "pid-b").read_text())
+    assert engine.oci("start", "b").code == 0
+    assert (tmp_path / "sync-b" / "fifo").read_text() == "up\n"
+    assert len(json.loads(engine.oci("ps", "--format", "json", "a").stdout)) == 4  # the whole namespace
+    assert len(json.loads(engine.oci("ps", "--format", "json", "b").stdout)) == 2  # b and its sleep
+    assert engine.oci("kill", "--all", "b", "KILL").code == 0
+    assert engine.wait(member) == 128 + 9
+    assert engine.state("a")["status"] == "running"
+    assert len(owners) == 2 and all(_alive(pid) for pid in owners)  # a's processes untouched
+    assert engine.oci("delete", "b").code == 0
+    assert engine.oci("delete", "--force", "a").code == 0
+    assert engine.wait(owner) == 128 + 9

@@ -63,7 +63,12 @@ def check(resources: dict[str, object], systemd: bool, cgroups_path: str | None)
         if resources.get(name):
             raise OciError(f"config.json: linux.resources.{name} is not supported")
     if systemd and (cgroups_path or asked(resources)):
-        raise OciError("--systemd-cgroup: no systemd cgroup manager here; use cgroupfs (no --systemd-cgroup)")
+        if os.path.isdir("/run/systemd/system"):
+            raise OciError(
+                "--systemd-cgroup is not supported (aiocontain-oci does not talk to systemd): "
+                "use the cgroupfs manager (podman --cgroup-manager=cgroupfs)"
+            )
+        raise OciError("--systemd-cgroup: this host runs no systemd to place the container; use cgroupfs")
 
 
 def prepare(cgroups_path: str | None, resources: dict[str, object], container_id: str) -> str:

@@ -42,6 +42,7 @@ _COMMAND_FLAGS: dict[str, dict[str, bool]] = {
     "kill": {"all": False},
     "delete": {"force": False},
     "list": {"format": True, "quiet": False},
+    "ps": {"format": True},
     "features": {},
 }
 _ALIASES = {
@@ -50,6 +51,7 @@ _ALIASES = {
     "kill": {"a": "all"},
     "delete": {"f": "force"},
     "list": {"f": "format", "q": "quiet"},
+    "ps": {"f": "format"},
 }
 _BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -169,6 +171,10 @@ def _command(name: str) -> Callable[[Options, dict[str, str | bool], list[str]],
         from aiocontain.oci import lifecycle
 
         return lifecycle.list_containers
+    if name == "ps":
+        from aiocontain.oci import lifecycle
+
+        return lifecycle.ps
     from aiocontain.oci import features
 
     return features.main
@@ -180,7 +186,7 @@ def dispatch(argv: list[str]) -> int:
     if options.version:
         rest = ["--version"]
     if not rest:
-        raise OciError("no command given (create, start, state, kill, delete, list, features, exec)")
+        raise OciError("no command given (create, start, state, kill, delete, list, ps, features, exec)")
     name, args = rest[0], rest[1:]
     if name in ("--version", "-v", "version"):
         from aiocontain import __version__

@@ -42,9 +42,12 @@ def check(hooks: object) -> None:
 
 def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: bytes) -> None:
     """Run the hooks of one kind in order; OciError naming the first one that fails (or times out)."""
+    entries = (hooks or {}).get(kind, [])
+    if not entries:
+        return
     import subprocess  # only where there are hooks (the container's init imports it before pivot_root)
 
-    for entry in (hooks or {}).get(kind, []):
+    for entry in entries:
         path = str(entry["path"])
         args = [str(arg) for arg in entry.get("args") or [path]]  # type: ignore[attr-defined]
         env = [str(item) for item in entry.get("env") or []]  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import struct
 
@@ -160,9 +161,12 @@ def container(launch: Launch) -> NoReturn:
     try:
         hooks.run(plan.hooks, "startContainer", state.replace(b'"status": "creating"', b'"status": "created"'))
         process.apply(plan.process, close_from=3 + launch.preserve_fds, keep=fifo)
-        process.execute(plan.process)
     except OciError as exc:
         _die(exc.message, 1)
+    except Exception as exc:  # noqa: BLE001 - after ready, stderr is the only place left to say it
+        _die(f"cannot apply config.json's process: {exc}", 1)
+    try:
+        process.execute(plan.process)
     except OSError as exc:
         code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
         _die(f"{plan.process.args[0]}: {exc.strerror}", code)
@@ -221,6 +225,9 @@ def _send_console(launch: Launch) -> None:
 def run(launch: Launch) -> NoReturn:
     """Entry of the first forked process: never returns into create's code."""
     try:
+        # Python's SIGINT handler would raise KeyboardInterrupt in the waiting container; without a handler,
+        # PID 1 of its pid namespace ignores SIGINT from outside, as runc's init does.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         namespaces(launch)
     except BaseException as exc:  # noqa: BLE001
         _fail(launch.sync, exc)

@@ -1,4 +1,4 @@
-"""The light subcommands: ``start``, ``state``, ``kill``, ``delete`` and ``list``.
+"""The light subcommands: ``start``, ``state``, ``kill``, ``delete``, ``list`` and ``ps``.
 
 The engine runs one of these per container operation, so they import nothing beyond the standard library and
 ``aiocontain.oci.state``. ``start`` wakes the created container through its exec fifo (docs/oci.md, the
@@ -33,8 +33,8 @@ def _one_id(operands: list[str], command: str, extra: int = 0) -> str:
 
 
 class Locked:
-    """An exclusive flock on the container's directory while one command changes it (start, delete, kill's
-    check), so two commands never act on the same container at once."""
+    """An exclusive flock on the container's directory while start or delete changes it, so that the two never
+    act on the same container at once (kill needs none: it signals through a pidfd checked afterwards)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -152,23 +152,38 @@ def _signal(container: oci_state.ContainerState, number: int, all_processes: boo
 
 
 def _namespace_members(pid: int) -> list[int]:
-    """The other processes of pid's pid namespace, when it is not ours (else none: we could not tell the
-    container's from the rest)."""
+    """The container's other processes: every process of its pid namespace where it is that namespace's
+    PID 1 (the namespace is the container's); else (a pid namespace joined, as a pod's) only its descendants,
+    never the rest of a namespace shared with others."""
     try:
+        with open(f"/proc/{pid}/status") as f:
+            own = next(line for line in f if line.startswith("NSpid:")).split()[-1] == "1"
         namespace = os.readlink(f"/proc/{pid}/ns/pid")
-        if namespace == os.readlink("/proc/self/ns/pid"):
-            return []
-    except OSError:
+    except (OSError, StopIteration):
         return []
+    parents: dict[int, int] = {}
     members = []
     for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != pid:
-            try:
+        if not name.isdigit() or int(name) == pid:
+            continue
+        try:
+            if own:
                 if os.readlink(f"/proc/{name}/ns/pid") == namespace:
                     members.append(int(name))
-            except OSError:
-                continue  # gone, or not ours to look at
-    return members
+            else:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except OSError:
+            continue  # gone, or not ours to look at
+    if own:
+        return members
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
@@ -262,6 +277,25 @@ def list_containers(options: Options, flags: dict[str, str | bool], operands: li
         for row in rows:
             sys.stdout.write("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
             sys.stdout.write("\n")
+    return 0
+
+
+def ps(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
+    """The host pids of the container's processes (its own and its pid namespace's): ``--format json`` as
+    containerd's shim reads it, or one per line."""
+    container_id = _one_id(operands, "ps")
+    output = str(flags.get("format", "table"))
+    if output not in ("table", "json"):
+        raise OciError(f"ps: unknown format {output!r} (table or json)")
+    container = oci_state.load(options.state_root(), container_id)
+    status = container.status()
+    if status not in ("created", "running"):
+        raise OciError(f'cannot list the processes of container "{container_id}": it is {status}')
+    pids = sorted([container.pid, *_namespace_members(container.pid)])
+    if output == "json":
+        sys.stdout.write(json.dumps(pids) + "\n")
+    else:
+        sys.stdout.write("PID\n" + "".join(f"{pid}\n" for pid in pids))
     return 0
 
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
 UNSUPPORTED_SECCOMP_ACTIONS = ("SCMP_ACT_NOTIFY",)
+_RLIMIT_NAMES: dict[int, str] = {}
+for _name in sorted(name for name in dir(resource) if name.startswith("RLIMIT_")):
+    _RLIMIT_NAMES.setdefault(getattr(resource, _name), _name)  # RLIMIT_NOFILE before its alias RLIMIT_OFILE
 
 
 class Prepared:
@@ -196,7 +199,10 @@ def apply(prepared: Prepared, close_from: int | None = None, keep: int = -1) -> 
         else:
             os.closerange(close_from, _max_fd())
     for number, soft, hard in prepared.rlimits:
-        resource.setrlimit(number, (soft, hard))
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (ValueError, OSError) as exc:  # ValueError is how Python reports EPERM for a raised hard limit
+            raise OciError(f"cannot set {_RLIMIT_NAMES.get(number, number)} to {soft}:{hard}: {exc}") from None
     if prepared.oom_score_adj is not None:
         _set_oom_score_adj(prepared.oom_score_adj)
     if prepared.seccomp is not None and not prepared.no_new_privileges:
