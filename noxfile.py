@@ -1,6 +1,6 @@
 """The one entry point for tests, lint, types, the VM tier and the benchmark.
 
-`nox -s lint types tests slow vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
+`nox -s lint types tests oci slow vm` is what CI runs (scripts/test.sh); `nox -s bench` the benchmark.
 
 As root, `tests` stages an installed copy of the package, the tests and a root
 filesystem under /opt/aiocontain-test and runs pytest there as the unprivileged
@@ -23,6 +23,11 @@ aiocontain and under rootless podman, comparing each test case's outcome. Elsewh
 `mutants` (root only, by hand, never in CI) is the mutation check, scripts/mutants.py: it stages as `tests` does
 and runs a sample of Cosmic Ray's mutants of the CLI, the spec, the stages and the child side against the
 staged copy, each with its module's tests; session arguments go to the script (--per-module N, --budget MIN).
+
+`oci` (root) builds the OCI runtime conformance suite (opencontainers/runtime-tools, from the tarball that
+AIOCONTAIN_OCI_SUITE names; skipped when it is unset) once per machine beside the stage, and runs it as the test
+user against the staged aiocontain-oci and against runc (scripts/oci_suite.py): it fails when aiocontain-oci
+misses a program of the script's REQUIRED list. Session arguments go to the script (program names, --markdown).
 
 `bench` does the same with the benchmark harness (bench/), in a stage of its
 own, after installing the runtimes it compares against.
@@ -232,8 +237,8 @@ def tests(session: nox.Session) -> None:
 
 def _test_stage(session: nox.Session) -> Stage:
     """The stage of `tests` and `vm`: the package and the shipped plugins, whose tests run with the runtime's."""
-    # docs: tests check docs/events.md against the code
-    copy = ["tests", "plugins", "docs", "pyproject.toml", "README.md"]
+    # docs: tests check docs/events.md against the code; scripts: tests check oci_suite.py's reading of TAP
+    copy = ["tests", "plugins", "docs", "scripts", "pyproject.toml", "README.md"]
     return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False, plugins=True)
 
 
@@ -309,6 +314,45 @@ def slow(session: nox.Session) -> None:
     session.run(*stage.as_user, stage.python, "-m", "tests.slow.debian", str(cache), external=True)
     env = [f"{key}={value}" for key, value in _debian_env(cache / "debian.tar").items()]
     session.run(*stage.pytest("-o", "testpaths=tests/slow", *session.posargs, env=env), external=True)
+
+
+@nox.session(venv_backend="none")
+def oci(session: nox.Session) -> None:
+    """The OCI conformance suite against the staged aiocontain-oci, runc beside it; a table per program."""
+    tarball = os.environ.get("AIOCONTAIN_OCI_SUITE")
+    if not tarball:
+        session.skip("AIOCONTAIN_OCI_SUITE is unset: set it to runtime-tools-260e151.tar.gz to run the OCI suite")
+    if not Path(tarball).is_file():
+        session.error(f"AIOCONTAIN_OCI_SUITE names {tarball}, which is not a file")
+    script = ["scripts/oci_suite.py", "--tarball", str(Path(tarball).resolve())]
+    if os.geteuid() != 0:
+        venv = _own_venv(session, "oci-user", [])
+        runtime = f"aiocontain-oci={venv / 'bin' / 'aiocontain-oci'}"
+        cache = ROOT / ".nox" / "oci-suite"
+        session.run(
+            str(venv / "bin" / "python"),
+            *script,
+            "--cache",
+            str(cache),
+            "--runtime",
+            runtime,
+            "--runtime",
+            "runc=runc",
+            *session.posargs,
+        )
+        return
+
+    session.run("bash", str(ROOT / "scripts" / "host-setup.sh"), "--oci", external=True)
+    stage = _stage(session, STAGE, TEST_USER, ["scripts"], [], runtime_dir=False)
+    # Beside the stage, which _stage never removes: the suite is built once per tarball (keyed by its digest).
+    cache = STAGE / "oci-suite"
+    cache.mkdir(exist_ok=True)
+    user = pwd.getpwnam(TEST_USER)
+    os.chown(cache, user.pw_uid, user.pw_gid)
+    runtime = f"aiocontain-oci={stage.venv / 'bin' / 'aiocontain-oci'}"
+    session.chdir(stage.work)
+    args = ["--cache", str(cache), "--runtime", runtime, "--runtime", "runc=runc", *session.posargs]
+    session.run(*stage.as_user, stage.python, *script, *args, external=True)
 
 
 def _debian_env(tar: Path) -> dict[str, str]:

@@ -15,6 +15,8 @@ Cases (``--cases``, comma-separated; groups or single names):
 - memory: what each running container costs the runtime
 - isolation: what the isolation costs at start-up, each beside cli.none (seccomp filter from the cache):
   cli.unconfined (no filter), cli.privileged, cli.seccomp_cold (the cache empty: compiled each run), cli.tty (-t)
+- oci: aiocontain-oci under podman against runc, and its light subcommands against ``python -I -S -c pass``
+  (bench/oci.py)
 
 A case whose tool is not installed is skipped and the report says so (as root,
 ``nox -s bench`` installs them).
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import embedded, external, podman, report, throughput
+from bench import embedded, external, oci, podman, report, throughput
 from bench.runner import Case, run_interleaved
 
 GROUPS = {
@@ -39,6 +41,7 @@ GROUPS = {
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
     "isolation": ["cli.none", "cli.unconfined", "cli.privileged", "cli.seccomp_cold", "cli.tty"],
+    "oci": list(oci.CASES),
     "pasta": [
         "cli.net",
         "cli.net4",
@@ -107,6 +110,8 @@ IN_WORKER = ("embedded", "batch")
 def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -> Case:
     """The case of that name, with its repetitions from the options."""
     rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
+    if group in ("oci", "python"):
+        return oci.build(name, rootfs, reps)
     if name in ("cli.pasta", "cli.net4"):
         return external.cli_network(rootfs, name, reps)
     if name in external.ISOLATION:
@@ -147,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = selected(args.cases)
     skipped = {}
     for name in list(names):
-        absent = external.missing(*TOOLS.get(name, ()))
-        why = podman.unusable() if name.startswith("podman.") else None
+        absent = external.missing(*TOOLS.get(name, ()), *oci.tools(name))
+        why = podman.unusable() if name.startswith("podman.") else oci.unusable(name)
         if absent:
             why = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
         if why:

@@ -9,6 +9,7 @@
 #   (crun refuses hybrid cgroups; naming runc makes apt pick it for podman's "crun | runc")
 # - with --bench (what `nox -s bench` runs), also bubblewrap, which the benchmark compares against
 # - with --slow (what `nox -s slow` runs), also mmdebstrap, which builds the slow tier's Debian rootfs
+# - with --oci (what `nox -s oci` runs), also golang-1.19-go, which builds the OCI conformance suite offline
 # - for the VM tier (nox -s vm; virtme-ng itself comes from PyPI into nox's venv): qemu-system-x86, Debian's
 #   standard kernel linux-image-amd64 (not -cloud-: it lacks 9p, which shares the root with the guest), kmod
 #   (modprobe, depmod) and udev, whose rules name the virtio-serial ports that carry the guest's output and
@@ -25,8 +26,9 @@ for arg in "$@"; do
     case $arg in
     --bench) PACKAGES+=(bubblewrap) ;;
     --slow) PACKAGES+=(mmdebstrap) ;;
+    --oci) PACKAGES+=(golang-1.19-go) ;;
     *)
-        echo "host-setup: unknown argument $arg (usage: $0 [--bench] [--slow])" >&2
+        echo "host-setup: unknown argument $arg (usage: $0 [--bench] [--slow] [--oci])" >&2
         exit 2
         ;;
     esac
