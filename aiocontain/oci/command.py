@@ -151,30 +151,10 @@ def _command(name: str) -> Callable[[Options, dict[str, str | bool], list[str]],
         from aiocontain.oci import create
 
         return create.run_command if name == "run" else create.main
-    if name == "start":
+    if name in ("start", "state", "kill", "delete", "list", "ps"):
         from aiocontain.oci import lifecycle
 
-        return lifecycle.start
-    if name == "state":
-        from aiocontain.oci import lifecycle
-
-        return lifecycle.state
-    if name == "kill":
-        from aiocontain.oci import lifecycle
-
-        return lifecycle.kill
-    if name == "delete":
-        from aiocontain.oci import lifecycle
-
-        return lifecycle.delete
-    if name == "list":
-        from aiocontain.oci import lifecycle
-
-        return lifecycle.list_containers
-    if name == "ps":
-        from aiocontain.oci import lifecycle
-
-        return lifecycle.ps
+        return getattr(lifecycle, "list_containers" if name == "list" else name)  # type: ignore[no-any-return]
     from aiocontain.oci import features
 
     return features.main
