@@ -37,7 +37,7 @@ def _output(argv: list[str], timeout: float = 120) -> str:
 
 @dataclass
 class PairCase:
-    """``run -d`` and ``rm -f`` of one container per run; the container is removed even when timing fails."""
+    """``run -d`` and ``rm -f`` of one container per run; either failing ends the case with its stderr's tail."""
 
     name: str
     run_argv: list[str]
