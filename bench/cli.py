@@ -17,6 +17,7 @@ Cases (``--cases``, comma-separated; groups or single names):
   cli.unconfined (no filter), cli.privileged, cli.seccomp_cold (the cache empty: compiled each run), cli.tty (-t)
 - oci: aiocontain-oci under podman against runc, and its light subcommands against ``python -I -S -c pass``
   (bench/oci.py)
+- detach: ``run -d`` then ``rm -f`` of a sleeping container, aiocontain's against podman's (bench/detach.py)
 
 A case whose tool is not installed is skipped and the report says so (as root,
 ``nox -s bench`` installs them).
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import embedded, external, oci, podman, report, throughput
+from bench import detach, embedded, external, oci, podman, report, throughput
 from bench.runner import Case, run_interleaved
 
 GROUPS = {
@@ -42,6 +43,7 @@ GROUPS = {
     "memory": ["memory"],
     "isolation": ["cli.none", "cli.unconfined", "cli.privileged", "cli.seccomp_cold", "cli.tty"],
     "oci": list(oci.CASES),
+    "detach": list(detach.CASES),
     "pasta": [
         "cli.net",
         "cli.net4",
@@ -112,6 +114,8 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     rootfs, reps, group = args.rootfs, args.reps, name.split(".")[0]
     if group in ("oci", "python"):
         return oci.build(name, rootfs, reps)
+    if group == "detach":
+        return detach.build(name, rootfs, reps)
     if name in ("cli.pasta", "cli.net4"):
         return external.cli_network(rootfs, name, reps)
     if name in external.ISOLATION:
@@ -152,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = selected(args.cases)
     skipped = {}
     for name in list(names):
-        absent = external.missing(*TOOLS.get(name, ()), *oci.tools(name))
-        why = podman.unusable() if name.startswith("podman.") else oci.unusable(name)
+        absent = external.missing(*TOOLS.get(name, ()), *oci.tools(name), *detach.tools(name))
+        why = podman.unusable() if name.startswith("podman.") else oci.unusable(name) or detach.unusable(name)
         if absent:
             why = f"{', '.join(absent)} not installed (as root, `nox -s bench` installs it)"
         if why:

@@ -95,6 +95,9 @@ def ratios(batch: int) -> list[Ratio]:
             for name in ("state", "kill", "delete", "list")
         ),
         Ratio("a console script's floor / python -I -S -c pass", "python.console", "python.pass"),
+        Ratio("run -d + rm -f, aiocontain / podman (information: no target)", "detach.aiocontain", "detach.podman"),
+        Ratio("run -d alone, aiocontain / podman", "detach.aiocontain_run", "detach.podman_run"),
+        Ratio("rm -f alone, aiocontain / podman", "detach.aiocontain_rm", "detach.podman_rm"),
     ]
 
 

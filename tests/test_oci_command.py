@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,25 @@ def test_the_check_sees_a_heavy_import() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = json.loads(result.stdout.splitlines()[-1])
     assert [name for name in modules if name.split(".")[0] in FORBIDDEN]
+
+
+def test_create_from_the_seccomp_cache_imports_no_pathlib_nor_openssl(tmp_path: Path) -> None:
+    """create's filter from the cache costs neither pathlib nor hashlib's OpenSSL (~5 ms of each create); the
+    cold run, which compiles, is the control that the probe sees the modules the path imports."""
+    code = (
+        "import sys, json\n"
+        "import aiocontain.oci.create\n"
+        "from aiocontain.seccomp import DEFAULT_PROFILE, program\n"
+        "found = program(open(DEFAULT_PROFILE, 'rb').read(), 'default', frozenset({'CAP_KILL'}))\n"
+        "print(json.dumps([found.hex(), sorted(sys.modules)]))"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = []
+    for _ in range(2):  # the first compiles and stores, the second loads it
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        runs.append(json.loads(result.stdout.splitlines()[-1]))
+    (cold_program, cold_modules), (warm_program, warm_modules) = runs
+    assert warm_program == cold_program and len(os.listdir(tmp_path / "aiocontain" / "seccomp")) == 1
+    assert "aiocontain.seccomp.compile" in cold_modules
+    assert "aiocontain.seccomp.compile" not in warm_modules
+    assert [name for name in warm_modules if name in ("pathlib", "hashlib", "_hashlib")] == []

@@ -199,4 +199,8 @@ def main() -> None:
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    # Not sys.exit: the interpreter's finalization (modules torn down, a last collection) costs ~1.5 ms of each of
+    # the 3-4 calls an engine makes a container, and nothing here is left to it (no atexit, no threads, files
+    # closed by their with blocks, output flushed just above).
+    os._exit(code)

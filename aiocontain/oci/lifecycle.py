@@ -13,7 +13,6 @@ import errno
 import fcntl
 import json
 import os
-import signal
 import sys
 
 from aiocontain.oci import state as oci_state
@@ -102,6 +101,8 @@ def state(options: Options, flags: dict[str, str | bool], operands: list[str]) -
 
 def parse_signal(text: str) -> int:
     """A signal by number, or by name with or without SIG, in any case (runc's rule)."""
+    import signal  # here and below, not at the top: start, state and delete of a stopped one need none of it
+
     if text.isdigit():
         number = int(text)
         if not 0 < number < signal.NSIG:
@@ -117,6 +118,8 @@ def parse_signal(text: str) -> int:
 
 def kill(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
     """Signal the container's process (SIGTERM by default); only while it is created or running."""
+    import signal
+
     container_id = _one_id(operands, "kill", extra=1)
     number = parse_signal(operands[1]) if len(operands) > 1 else signal.SIGTERM
     container = oci_state.load(options.state_root(), container_id)
@@ -131,6 +134,8 @@ def _signal(container: oci_state.ContainerState, number: int, all_processes: boo
     """Signal through a pidfd checked against the recorded start time, so a reused pid is never hit. With
     --all, every process of the container's own pid namespace too (runc walks the cgroup; a rootless
     container may have none, but has its pid namespace)."""
+    import signal
+
     try:
         pidfd = os.pidfd_open(container.pid)
     except ProcessLookupError:
@@ -213,6 +218,8 @@ def _kill_and_wait(container: oci_state.ContainerState) -> None:
         pid, start_time = container.creator, container.creator_start_time
     else:
         pid, start_time = container.pid, container.start_time
+    import signal
+
     from aiocontain import proc
 
     try:

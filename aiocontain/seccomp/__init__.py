@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import binascii
 import os
-from pathlib import Path
 
 from aiocontain.seccomp import cache
 from aiocontain.security import capabilities
@@ -23,7 +22,7 @@ TYPE_CHECKING = False  # the spec module (dataclasses, cgroups) costs aiocontain
 if TYPE_CHECKING:
     from aiocontain.spec import ContainerSpec
 
-DEFAULT_PROFILE = Path(__file__).with_name("default.json")
+DEFAULT_PROFILE = os.path.join(os.path.dirname(__file__), "default.json")  # no pathlib: see cache
 UNCONFINED = "unconfined"
 
 _compiled: dict[str, bytes] = {}  # cache key -> program, for this process's containers
@@ -36,9 +35,10 @@ def filter_for(spec: ContainerSpec) -> str | None:
     """
     if spec.privileged or spec.seccomp == UNCONFINED:
         return None
-    path = DEFAULT_PROFILE if spec.seccomp is None else Path(spec.seccomp)
+    path = DEFAULT_PROFILE if spec.seccomp is None else spec.seccomp
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         from aiocontain.seccomp.profile import ProfileError
 

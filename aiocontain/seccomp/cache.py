@@ -9,29 +9,40 @@ costs a compilation.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Collection
-from pathlib import Path
+
+TYPE_CHECKING = False  # neither pathlib nor collections.abc at run time: aiocontain-oci create imports this module
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from hashlib import sha256
+else:
+    try:  # the interpreter's own SHA-256: hashlib's would load OpenSSL's libcrypto first (~2-3 ms of each create)
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # Python 3.12 on
+        except ImportError:
+            from hashlib import sha256
 
 FORMAT = b"aiocontain-seccomp-1"  # bump when the compiler's output for the same input changes
 
 
 def key(profile: bytes, caps: Collection[str], machine: str, kernel: str) -> str:
-    digest = hashlib.sha256(FORMAT)
+    digest = sha256(FORMAT)
     for part in (profile, ",".join(sorted(caps)).encode(), machine.encode(), kernel.encode()):
         digest.update(len(part).to_bytes(8, "little") + part)
     return digest.hexdigest()
 
 
-def directory() -> Path:
+def directory() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "aiocontain" / "seccomp"
+    return os.path.join(base, "aiocontain", "seccomp")
 
 
 def load(name: str) -> bytes | None:
     try:
-        program = (directory() / f"{name}.bpf").read_bytes()
+        with open(os.path.join(directory(), f"{name}.bpf"), "rb") as f:
+            program = f.read()
     except OSError:
         return None
     return program if program and len(program) % 8 == 0 else None
@@ -39,10 +50,14 @@ def load(name: str) -> bytes | None:
 
 def store(name: str, program: bytes) -> None:
     folder = directory()
-    temporary = folder / f".{name}.{os.getpid()}"
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}")
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary.write_bytes(program)
-        temporary.rename(folder / f"{name}.bpf")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        with open(temporary, "wb") as f:
+            f.write(program)
+        os.rename(temporary, os.path.join(folder, f"{name}.bpf"))
     except OSError:
-        temporary.unlink(missing_ok=True)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
