@@ -14,7 +14,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-FORMAT = b"aiocontain-seccomp-1"  # bump when the compiler's output for the same input changes
+FORMAT = b"aiocontain-seccomp-2"  # bump when the compiler's output for the same input changes
 
 
 def key(profile: bytes, caps: Collection[str], machine: str, kernel: str) -> str:
