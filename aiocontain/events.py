@@ -221,6 +221,10 @@ class _Logger(_Levels):
         if _LEVELS[level] < _threshold:
             return
         if self._log is None:
+            if _LEVELS[level] < logging.WARNING and not _structlog().is_configured():
+                # Unconfigured, structlog would drop it (see _structlog_logger): no logger made per container
+                # for events nobody reads. Once the application configures structlog, its next event makes one.
+                return
             self._log = _structlog_logger(**self._context)
         getattr(self._log, level)(event, **fields)
 

@@ -42,6 +42,7 @@ __all__ = ["InterfaceState", "attributes", "split", "update", "wait_configured"]
 
 _IFF_UP = 0x1
 _U32 = struct.Struct("=I")
+_DST_LEN = 1  # struct rtmsg: family, then the destination's prefix length
 
 
 @dataclass
@@ -93,10 +94,12 @@ def update(state: InterfaceState, kind: int, raw: bytes) -> None:
         if addr.get_attr("IFA_LABEL") == state.name or (state.index is not None and addr["index"] == state.index):
             state.address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             state.prefixlen = addr["prefixlen"]
-    elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET:
+    elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET and raw[_HEADER.size + _DST_LEN] == 0:
+        # Only a default route (destination length 0) is wanted: the others (local, broadcast, the subnet's;
+        # six of seven here) are passed over before pyroute2's decode, which costs far more than this test.
         route = rtmsg(raw)
         route.decode()
-        if route["dst_len"] == 0 and route.get_attr("RTA_GATEWAY"):
+        if route.get_attr("RTA_GATEWAY"):
             state.gateway = route.get_attr("RTA_GATEWAY")
 
 

@@ -212,6 +212,22 @@ def settle(pids: Iterable[int], timeout: float = 5.0) -> set[int]:
             os.close(fd)
 
 
+def _spares(server_pid: int) -> list[int]:
+    """The fork server's spare (aiocontain.child.forkserver): a child of it that still waits under its own name."""
+    from aiocontain.child.forkserver import SPARE_NAME
+
+    found = []
+    for pid in user_processes():
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
+            described = _describe(pid)
+        except OSError:
+            continue
+        if comm == SPARE_NAME and described is not None and described[2] == server_pid:
+            found.append(pid)
+    return found
+
+
 def _describe(pid: int) -> tuple[int, str, int, str] | None:
     """(pid, state, parent, command line) of a process; None once it is gone."""
     try:
@@ -278,6 +294,7 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
     keep = {os.getpid(), *_podman_pause_pids(), *_run_servers()}
     if server_pid is not None:
         keep.add(server_pid)
+        keep.update(_spares(server_pid))  # its intermediate forked ahead: it holds nothing of a container
     settle(user_processes(keep), timeout)
     processes: list[tuple[int, str, str]] = []
     for pid in sorted(user_processes(keep)):

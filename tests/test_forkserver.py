@@ -106,6 +106,38 @@ async def test_closing_a_fork_server_leaves_nothing(rootfs):
     assert open_fds() == fds
 
 
+async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediate(rootfs):
+    # After SPARE_AFTER requests the server keeps an intermediate forked ahead. Waiting, it holds only
+    # /dev/null as stdio and its own socket (no other container's channel, pidfd or pipe); the next
+    # container's intermediate is that process; closing the server retires it with nothing left.
+    from aiocontain.child.forkserver import SPARE_AFTER, SPARE_NAME
+
+    def comm(pid: int) -> bytes:
+        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        for _ in range(SPARE_AFTER):
+            async with Container(spec(rootfs, "true"), fork_server=server) as container:
+                assert (await container.wait()).ok
+        spares = [pid for pid in map(int, children.read_text().split()) if comm(pid) == SPARE_NAME]
+        assert len(spares) == 1
+        held = {name: os.readlink(f"/proc/{spares[0]}/fd/{name}") for name in os.listdir(f"/proc/{spares[0]}/fd")}
+        assert [held[name] for name in ("0", "1", "2")] == ["/dev/null"] * 3
+        assert len(held) == 4 and all(target.startswith("socket:") for name, target in held.items() if int(name) > 2)
+        async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
+            assert container.pid is not None and parent_of(container.pid) == spares[0]
+            assert comm(spares[0]) != SPARE_NAME  # it is an intermediate now, under the server's own name
+            container.kill()
+            assert (await container.wait()).code == 137
+    finally:
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
 async def test_cancelled_while_the_fork_is_in_flight(rootfs):
     # A fresh server is still starting its interpreter when the first Fork request arrives:
     # cancelling then lands while the request is in flight.

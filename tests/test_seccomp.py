@@ -454,3 +454,19 @@ def test_filter_for_spec_and_its_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(aiocontain.seccomp, "_compiled", {})
     assert filter_for(ContainerSpec(["true"])) == first
     assert files[0].read_bytes() != b"garbage"
+
+
+def test_default_profile_compiles_to_a_tree_with_the_same_decisions(monkeypatch):
+    # The binary tree (libseccomp's optimize level 2) is what the kernel checks faster at install time; its
+    # decisions must be the list's. Control: without the attribute the program is the plain list.
+    from aiocontain.seccomp import libseccomp
+
+    profile = PODMAN_PROFILE.read_bytes()
+    resolved = resolve(profile, "p", DEBIAN_CAPS, os.uname().machine, os.uname().release)
+    tree = compile_bpf(resolved, "p")
+    monkeypatch.setattr(libseccomp.Filter, "optimize_as_tree", lambda self: False)
+    listed = compile_bpf(resolved, "p")
+    assert tree != listed
+    for program in (tree, listed):
+        assert run_filtered(program, "socket-audit") == errno.EINVAL
+        assert run_filtered(program, "getppid") == 0

@@ -29,6 +29,12 @@ closed. The intermediate is never left a zombie.
 When the request socket reaches end of stream (the owner closed it or died) the
 server takes no more requests and exits as soon as its last child is reaped:
 those end by themselves, as their control sockets reach end of stream too.
+
+Once it has served two requests (an embedding program that runs container after
+container, not a CLI run's one), it keeps one intermediate forked ahead: a spare
+that holds no fd but its own socket and waits there for a request's fds, so the
+next container's fork and the child's start are off its path (~1 ms of ~7). The
+spare dies with the server and exits at end of stream, like the server itself.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ if TYPE_CHECKING:
 
 CONTROL_FD = 3  # where the intermediate finds its control socket
 _FDS_PER_FORK = 5  # channel, control, stdin, stdout, stderr
+SPARE_AFTER = 2  # requests served before a spare is kept forked ahead
+SPARE_NAME = b"aiocontain-spar"  # its comm (15 bytes at most) while it waits: tests tell it from a leftover
 
 
 def main(fd: int) -> NoReturn:
@@ -114,10 +122,13 @@ def serve(requests: socket.socket) -> NoReturn:
     channels: dict[int, int] = {}  # reply channel fd -> pidfd, while the owner may still send on it
     maps = _NestedMaps()
     accepting = True
-    while accepting or children:
+    served = 0
+    while accepting or children or _spare:
         # The request last: a fork opens fds, which may take the numbers of ones closed earlier in this round.
         for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == requests.fileno()):
-            if fd in channels:
+            if _spare and fd == _spare[0].pidfd:
+                _drop_spare(poller)  # it died waiting (killed): the next request forks
+            elif fd in channels:
                 _answer(channels, poller, children[channels[fd]], maps)
             elif fd in children:
                 pid, channel = children.pop(fd)
@@ -130,7 +141,104 @@ def serve(requests: socket.socket) -> NoReturn:
                 os.close(fd)
             elif fd == requests.fileno() and accepting:
                 accepting = _request(requests, poller, children, channels)
+                served += 1
+                if not accepting and _spare:
+                    _spare[0].sock.close()  # end of stream: it exits, and its pidfd says so
+        if accepting and not _spare and served >= SPARE_AFTER:
+            _fork_spare(requests, poller, children)
     os._exit(0)
+
+
+class _Spare:
+    """An intermediate forked ahead, waiting for a request's fds on its socket."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.sock = sock
+
+
+_spare: list[_Spare] = []  # at most one
+
+
+def _fork_spare(requests: socket.socket, poller: select.poll, children: dict[int, tuple[int, socket.socket]]) -> None:
+    try:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return
+    try:
+        pid = os.fork()
+    except OSError:
+        mine.close()
+        theirs.close()
+        return
+    if pid == 0:
+        requests.detach()
+        mine.detach()
+        for _, other in children.values():
+            other.detach()
+        _wait_as_spare(theirs)
+    theirs.close()
+    pidfd = os.pidfd_open(pid)
+    poller.register(pidfd, select.POLLIN)
+    _spare.append(_Spare(pid, pidfd, mine))
+
+
+def _wait_as_spare(sock: socket.socket) -> NoReturn:
+    """In the spare: hold nothing of the server's but this socket (no other container's channel or pidfd),
+    die with the server, wait for a request's fds, then become the intermediate as a fresh fork would."""
+    try:
+        syscalls.set_parent_death_signal(signal.SIGKILL)
+        own = sock.fileno()
+        os.closerange(3, own)
+        os.closerange(own + 1, os.sysconf("SC_OPEN_MAX"))
+        with open("/proc/self/comm", "rb") as file:
+            name = file.read().rstrip(b"\n")
+        _set_comm(SPARE_NAME)
+        message, fds = messages.recv(sock)
+        if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK - 1:
+            os._exit(0)  # end of stream: the server retired it
+        syscalls.set_parent_death_signal(0)  # an intermediate outlives the server, as a forked one does
+        _set_comm(name)
+        sock.close()
+    except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
+        os._exit(125)
+    control, *stdio = fds
+    _become_intermediate(control, stdio)
+
+
+def _set_comm(name: bytes) -> None:
+    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _drop_spare(poller: select.poll) -> None:
+    """Reap a spare that has exited (or is about to: killed), and forget it."""
+    spare = _spare.pop()
+    poller.unregister(spare.pidfd)
+    os.waitpid(spare.pid, 0)
+    os.close(spare.pidfd)
+    spare.sock.close()
+
+
+def _hand_to_spare(poller: select.poll, control: int, stdio: list[int]) -> tuple[int, int] | None:
+    """Give a request's fds to the spare: (pid, pidfd) of the intermediate it becomes; None without one."""
+    if not _spare:
+        return None
+    spare = _spare[0]
+    try:
+        messages.send(spare.sock, Fork(), [control, *stdio])
+    except OSError:
+        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)  # it cannot take them: a fresh fork will
+        _drop_spare(poller)
+        return None
+    _spare.pop()
+    spare.sock.close()
+    poller.unregister(spare.pidfd)  # registered again as a child's by the caller
+    return spare.pid, spare.pidfd
 
 
 def _request(
@@ -153,7 +261,7 @@ def _request(
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
         messages.close_fds(fds)
         return True
-    forked = _fork(requests, children, fds)
+    forked = _fork(requests, poller, children, fds)
     if forked is not None:
         pidfd, pid, channel = forked
         poller.register(pidfd, select.POLLIN)
@@ -213,25 +321,31 @@ def _identity(path: str) -> bytes:
 
 
 def _fork(
-    requests: socket.socket, children: dict[int, tuple[int, socket.socket]], fds: list[int]
+    requests: socket.socket, poller: select.poll, children: dict[int, tuple[int, socket.socket]], fds: list[int]
 ) -> tuple[int, int, socket.socket] | None:
-    """Fork one intermediate; None when the kernel refused (the runtime sees its channel close)."""
+    """Fork one intermediate (or hand the request to the spare); None when the kernel refused (the runtime
+    sees its channel close)."""
     channel_fd, control, *stdio = fds
-    try:
-        pid = os.fork()
-    except OSError:
-        messages.close_fds(fds)
-        return None
-    if pid == 0:
-        # Python objects of ours hold fds that are about to be closed: detach them, so that
-        # nothing ever closes an fd number that the intermediate has reused.
-        requests.detach()
-        for _, other in children.values():
-            other.detach()
-        _become_intermediate(control, stdio)
+    handed = _hand_to_spare(poller, control, stdio)
+    if handed is not None:
+        pid, pidfd = handed
+    else:
+        try:
+            pid = os.fork()
+        except OSError:
+            messages.close_fds(fds)
+            return None
+        if pid == 0:
+            # Python objects of ours hold fds that are about to be closed: detach them, so that
+            # nothing ever closes an fd number that the intermediate has reused.
+            requests.detach()
+            for _, other in children.values():
+                other.detach()
+            _become_intermediate(control, stdio)
     for fd in (control, *stdio):
         os.close(fd)
-    pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
+    if handed is None:
+        pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
     channel = socket.socket(fileno=channel_fd)
     _reply(channel, Forked(pid), [pidfd])
     return pidfd, pid, channel

@@ -24,7 +24,7 @@ else:
         except ImportError:
             from hashlib import sha256
 
-FORMAT = b"aiocontain-seccomp-1"  # bump when the compiler's output for the same input changes
+FORMAT = b"aiocontain-seccomp-2"  # bump when the compiler's output for the same input changes
 
 
 def key(profile: bytes, caps: Collection[str], machine: str, kernel: str) -> str:

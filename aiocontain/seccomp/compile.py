@@ -18,6 +18,7 @@ def compile_bpf(resolved: Resolved, source: str) -> bytes:
     does not cover are killed (libseccomp's default for a bad architecture).
     """
     with ls.Filter(resolved.default_action) as bpf:
+        bpf.optimize_as_tree()  # an older libseccomp's list is as correct, only slower to install
         for arch in resolved.arches[1:]:
             token = ls.resolve_arch(arch)
             if token:  # an architecture this libseccomp does not know cannot be this machine's
