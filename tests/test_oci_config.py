@@ -222,14 +222,15 @@ def test_devices_and_tmpcopyup(engine: Engine, rootfs: Path, tmp_path: Path) -> 
 def test_a_session_keyring_of_its_own(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """The inherited session keyring is the engine's, whose keys the container would possess: each container
     joins one of its own, named after it, unless --no-new-keyring."""
-    script = "grep -c '_ses.kr' /proc/keys"
-    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", script], linux={"maskedPaths": []})
-    for flags, expected in (((), "1"), (("--no-new-keyring",), "0")):
-        assert engine.create("kr", bundle, *flags, "--pid-file", str(tmp_path / "pid")).code == 0
-        assert engine.oci("start", "kr").code == 0
+    # Each its own id: a container's keyring outlives it until the kernel's key garbage collection runs.
+    for flags, cid, expected in (((), "krnew", "1"), (("--no-new-keyring",), "krkept", "0")):
+        script = f"grep -c '_ses.{cid}' /proc/keys"
+        bundle = make_bundle(tmp_path / cid, rootfs, ["/bin/sh", "-c", script], linux={"maskedPaths": []})
+        assert engine.create(cid, bundle, *flags, "--pid-file", str(tmp_path / "pid")).code == 0
+        assert engine.oci("start", cid).code == 0
         engine.wait(int((tmp_path / "pid").read_text()))
         assert (bundle / "output").read_text().strip() == expected, flags
-        assert engine.oci("delete", "kr").code == 0
+        assert engine.oci("delete", cid).code == 0
 
 
 def test_bind_options_on_a_host_mount(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
