@@ -83,12 +83,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12, help="which random sample")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--survivors", action="store_true", help="run the survivors again instead (after a fix)")
+    parser.add_argument(
+        "--at", action="append", default=[], metavar="MODULE:LINE", help="also every new mutant at this line"
+    )
     parser.add_argument("--rerun", metavar="TEXT", help="run again the mutants whose test output has TEXT")
     parser.add_argument("--whole", action="store_true", help="with the whole host suite, not the module's tests")
     args = parser.parse_args()
 
     modules = args.module or list(TESTS)
-    unknown = [module for module in modules if module not in TESTS]
+    unknown = [module for module in [*modules, *(place.rpartition(":")[0] for place in args.at)] if module not in TESTS]
     if unknown:
         parser.error(f"no tests mapped for {', '.join(unknown)}: add them to TESTS in {__file__}")
     for module in TESTS:
@@ -105,6 +108,7 @@ def main() -> None:
             chosen = _again(db, args.package, modules, args.rerun)
         else:
             chosen = _sample(db, args.package, modules, args.per_module, args.seed)
+            _add_lines(chosen, db, args.package, args.at)
         commands = {module: _command(args.pytest, module, args.whole) for module in modules if chosen[module]}
         baselines: dict[str, float] = {}  # by command: --whole runs one baseline for all
         for module, command in commands.items():
@@ -207,6 +211,16 @@ def _sample(db: WorkDB, package: Path, modules: list[str], count: int, seed: int
             pending[module].append(item)
     rng = random.Random(seed)
     return {module: rng.sample(sorted(items, key=_where), min(count, len(items))) for module, items in pending.items()}
+
+
+def _add_lines(chosen: dict[str, list[WorkItem]], db: WorkDB, package: Path, places: list[str]) -> None:
+    """Add the pending mutants at these lines (MODULE:LINE: an earlier run's survivors, after the code moved)."""
+    wanted = {(module, int(line)) for module, _, line in (place.rpartition(":") for place in places)}
+    taken = {item.job_id for items in chosen.values() for item in items}
+    for item in sorted(db.pending_work_items, key=_where):
+        module = _relative(item, package)
+        if module in chosen and (module, item.mutations[0].start_pos[0]) in wanted and item.job_id not in taken:
+            chosen[module].append(item)
 
 
 def _where(item: WorkItem) -> tuple[str, int]:
