@@ -84,14 +84,18 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--survivors", action="store_true", help="run the survivors again instead (after a fix)")
     parser.add_argument(
-        "--at", action="append", default=[], metavar="MODULE:LINE", help="also every new mutant at this line"
+        "--at",
+        action="append",
+        default=[],
+        metavar="MODULE:LINE[:OP]",
+        help="also the new mutants at this line (of this operator)",
     )
     parser.add_argument("--rerun", metavar="TEXT", help="run again the mutants whose test output has TEXT")
     parser.add_argument("--whole", action="store_true", help="with the whole host suite, not the module's tests")
     args = parser.parse_args()
 
     modules = args.module or list(TESTS)
-    unknown = [module for module in [*modules, *(place.rpartition(":")[0] for place in args.at)] if module not in TESTS]
+    unknown = [module for module in [*modules, *(place.split(":")[0] for place in args.at)] if module not in TESTS]
     if unknown:
         parser.error(f"no tests mapped for {', '.join(unknown)}: add them to TESTS in {__file__}")
     for module in TESTS:
@@ -109,7 +113,7 @@ def main() -> None:
         else:
             chosen = _sample(db, args.package, modules, args.per_module, args.seed)
             _add_lines(chosen, db, args.package, args.at)
-        commands = {module: _command(args.pytest, module, args.whole) for module in modules if chosen[module]}
+        commands = {module: _command(args.pytest, module, args.whole) for module, items in chosen.items() if items}
         baselines: dict[str, float] = {}  # by command: --whole runs one baseline for all
         for module, command in commands.items():
             baselines.setdefault(command, _baseline(command, "the whole suite" if args.whole else module))
@@ -214,13 +218,15 @@ def _sample(db: WorkDB, package: Path, modules: list[str], count: int, seed: int
 
 
 def _add_lines(chosen: dict[str, list[WorkItem]], db: WorkDB, package: Path, places: list[str]) -> None:
-    """Add the pending mutants at these lines (MODULE:LINE: an earlier run's survivors, after the code moved)."""
-    wanted = {(module, int(line)) for module, _, line in (place.rpartition(":") for place in places)}
+    """Add the pending mutants at these places (MODULE:LINE or MODULE:LINE:OPERATOR, part of an operator's name
+    such as BitOr_Mod): an earlier run's survivors, found again after the code moved."""
+    wanted = [(*place.split(":")[:2], (place.split(":")[2:] or [""])[0]) for place in places]
     taken = {item.job_id for items in chosen.values() for item in items}
     for item in sorted(db.pending_work_items, key=_where):
-        module = _relative(item, package)
-        if module in chosen and (module, item.mutations[0].start_pos[0]) in wanted and item.job_id not in taken:
-            chosen[module].append(item)
+        module, spec = _relative(item, package), item.mutations[0]
+        place = (module, str(spec.start_pos[0]))
+        if any(place == (m, line) and op in spec.operator_name for m, line, op in wanted) and item.job_id not in taken:
+            chosen.setdefault(module, []).append(item)
 
 
 def _where(item: WorkItem) -> tuple[str, int]:
