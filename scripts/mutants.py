@@ -40,18 +40,18 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResul
 ROOT = Path(__file__).resolve().parent.parent
 SURVIVED = TestOutcome.SURVIVED
 
-# Which tests (tests/test_NAME.py) can tell a change in each module, fastest first: `-x` stops at the first
-# failure, so a killed mutant rarely pays for the rest. Keep this up to date when tests move: a module whose
-# tests are missing here shows a low kill rate, never a wrong one. No test_faults: its random moments make it
-# fail now and then on its own, which would count a mutant as killed.
+# Which tests (tests/test_NAME.py; a name with a slash is a path, a plugin's tests) can tell a change in each
+# module, fastest first: `-x` stops at the first failure, so a killed mutant rarely pays for the rest. Keep this
+# up to date when tests move: a module whose tests are missing here shows a low kill rate, never a wrong one.
+# No test_faults: its random moments make it fail now and then on its own, which would count a mutant as killed.
 TESTS: dict[str, list[str]] = {
-    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal", "plugins", "seccomp"],
+    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal", "plugins", "seccomp", "events"],
     "spec.py": ["spec", "cli_parse", "bad_input", "embedding"],
     "stages/__init__.py": ["stages", "embedding", "plugins", "events"],
     "stages/cgroup.py": ["cgroup_hierarchy", "cgroup_limits", "embedding", "cli_run"],
     "stages/context.py": ["stages", "embedding", "plugins", "cli_run", "events"],
     "stages/idmap.py": ["stages", "embedding", "cli_run", "init", "events"],
-    "stages/prepare.py": ["stages", "embedding", "plugins", "cli_run"],
+    "stages/prepare.py": ["stages", "embedding", "plugins", "cli_run", "plugins/portforward/tests/test_portforward.py"],
     "stages/prestart.py": ["stages", "embedding", "plugins", "cli_run"],
     "stages/release.py": ["embedding", "plugins", "terminal", "cli_run", "bad_input", "helpers_killed", "runtimedir"],
     "stages/spawn.py": ["embedding", "plugins", "cli_run", "bad_input", "helpers_killed", "forkserver", "events"],
@@ -244,7 +244,7 @@ def _round_robin(chosen: dict[str, list[WorkItem]]) -> Iterator[tuple[str, WorkI
 
 
 def _command(pytest: str, module: str, whole: bool) -> str:
-    tests = WHOLE if whole else [f"tests/test_{name}.py" for name in TESTS[module]]
+    tests = WHOLE if whole else [name if "/" in name else f"tests/test_{name}.py" for name in TESTS[module]]
     return f"{pytest} -x -q {' '.join(tests)}"
 
 
