@@ -40,18 +40,18 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResul
 ROOT = Path(__file__).resolve().parent.parent
 SURVIVED = TestOutcome.SURVIVED
 
-# Which tests (tests/test_NAME.py) can tell a change in each module, fastest first: `-x` stops at the first
-# failure, so a killed mutant rarely pays for the rest. Keep this up to date when tests move: a module whose
-# tests are missing here shows a low kill rate, never a wrong one. No test_faults: its random moments make it
-# fail now and then on its own, which would count a mutant as killed.
+# Which tests (tests/test_NAME.py; a name with a slash is a path, a plugin's tests) can tell a change in each
+# module, fastest first: `-x` stops at the first failure, so a killed mutant rarely pays for the rest. Keep this
+# up to date when tests move: a module whose tests are missing here shows a low kill rate, never a wrong one.
+# No test_faults: its random moments make it fail now and then on its own, which would count a mutant as killed.
 TESTS: dict[str, list[str]] = {
-    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal", "plugins", "seccomp"],
+    "cli.py": ["cli_parse", "bad_input", "cli_run", "terminal", "plugins", "seccomp", "events"],
     "spec.py": ["spec", "cli_parse", "bad_input", "embedding"],
     "stages/__init__.py": ["stages", "embedding", "plugins", "events"],
     "stages/cgroup.py": ["cgroup_hierarchy", "cgroup_limits", "embedding", "cli_run"],
     "stages/context.py": ["stages", "embedding", "plugins", "cli_run", "events"],
     "stages/idmap.py": ["stages", "embedding", "cli_run", "init", "events"],
-    "stages/prepare.py": ["stages", "embedding", "plugins", "cli_run"],
+    "stages/prepare.py": ["stages", "embedding", "plugins", "cli_run", "plugins/portforward/tests/test_portforward.py"],
     "stages/prestart.py": ["stages", "embedding", "plugins", "cli_run"],
     "stages/release.py": ["embedding", "plugins", "terminal", "cli_run", "bad_input", "helpers_killed", "runtimedir"],
     "stages/spawn.py": ["embedding", "plugins", "cli_run", "bad_input", "helpers_killed", "forkserver", "events"],
@@ -84,12 +84,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12, help="which random sample")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--survivors", action="store_true", help="run the survivors again instead (after a fix)")
+    parser.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="MODULE:LINE[:OP]",
+        help="also the new mutants at this line (of this operator)",
+    )
     parser.add_argument("--rerun", metavar="TEXT", help="run again the mutants whose test output has TEXT")
     parser.add_argument("--whole", action="store_true", help="with the whole host suite, not the module's tests")
     args = parser.parse_args()
 
     modules = args.module or list(TESTS)
-    unknown = [module for module in modules if module not in TESTS]
+    unknown = [module for module in [*modules, *(place.split(":")[0] for place in args.at)] if module not in TESTS]
     if unknown:
         parser.error(f"no tests mapped for {', '.join(unknown)}: add them to TESTS in {__file__}")
     for module in TESTS:
@@ -106,7 +113,8 @@ def main() -> None:
             chosen = _again(db, args.package, modules, args.rerun)
         else:
             chosen = _sample(db, args.package, modules, args.per_module, args.seed)
-        commands = {module: _command(args.pytest, module, args.whole) for module in modules if chosen[module]}
+            _add_lines(chosen, db, args.package, args.at)
+        commands = {module: _command(args.pytest, module, args.whole) for module, items in chosen.items() if items}
         baselines: dict[str, float] = {}  # by command: --whole runs one baseline for all
         for module, command in commands.items():
             baselines.setdefault(command, _baseline(command, "the whole suite" if args.whole else module))
@@ -210,6 +218,18 @@ def _sample(db: WorkDB, package: Path, modules: list[str], count: int, seed: int
     return {module: rng.sample(sorted(items, key=_where), min(count, len(items))) for module, items in pending.items()}
 
 
+def _add_lines(chosen: dict[str, list[WorkItem]], db: WorkDB, package: Path, places: list[str]) -> None:
+    """Add the pending mutants at these places (MODULE:LINE or MODULE:LINE:OPERATOR, part of an operator's name
+    such as BitOr_Mod): an earlier run's survivors, found again after the code moved."""
+    wanted = [(*place.split(":")[:2], (place.split(":")[2:] or [""])[0]) for place in places]
+    taken = {item.job_id for items in chosen.values() for item in items}
+    for item in sorted(db.pending_work_items, key=_where):
+        module, spec = _relative(item, package), item.mutations[0]
+        place = (module, str(spec.start_pos[0]))
+        if any(place == (m, line) and op in spec.operator_name for m, line, op in wanted) and item.job_id not in taken:
+            chosen.setdefault(module, []).append(item)
+
+
 def _where(item: WorkItem) -> tuple[str, int]:
     """A mutant's place among its module's, the same whenever the database is made (job ids are random)."""
     spec = item.mutations[0]
@@ -225,7 +245,7 @@ def _round_robin(chosen: dict[str, list[WorkItem]]) -> Iterator[tuple[str, WorkI
 
 
 def _command(pytest: str, module: str, whole: bool) -> str:
-    tests = WHOLE if whole else [f"tests/test_{name}.py" for name in TESTS[module]]
+    tests = WHOLE if whole else [name if "/" in name else f"tests/test_{name}.py" for name in TESTS[module]]
     return f"{pytest} -x -q {' '.join(tests)}"
 
 

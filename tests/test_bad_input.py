@@ -206,9 +206,10 @@ def test_user_namespaces_disabled(rootfs):
 
 
 def test_failing_command_in_a_missing_workdir_parent_is_created(rootfs):
-    # podman creates a missing working directory rather than failing
-    result = run("--rootfs", str(rootfs), "--net", "none", "-w", "/new/dir", "pwd")
-    assert (result.code, result.stdout.strip()) == (0, "/new/dir")
+    # podman creates a missing working directory rather than failing; like the rest of the tree, every user
+    # inside may enter it and its parents
+    result = run("--rootfs", str(rootfs), "--net", "none", "-w", "/new/dir", "/bin/sh", "-c", "pwd; stat -c %a /new .")
+    assert (result.code, result.stdout.split()) == (0, ["/new/dir", "755", "755"]), result
 
 
 def test_unknown_subcommand_is_125():

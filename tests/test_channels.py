@@ -7,8 +7,10 @@ closes the fds that rode along with a message it refuses.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import resource
 import socket
 from collections.abc import Iterator
 
@@ -206,3 +208,85 @@ async def test_the_console_comes_before_the_release(init_channel: tuple[InitChan
     messages.send(theirs, Failed(STEP_SETUP, "no pty", 0))
     with pytest.raises(SetupError, match="container set-up failed: no pty"):
         await channel.take_console()  # a second one: PID 1 says why it has none
+
+
+@contextlib.contextmanager
+def no_free_descriptor() -> Iterator[None]:
+    """This process at its open-file limit, with every number below it taken: the next fd it gets is EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+    fillers = []
+    try:
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_running_out_of_descriptors_mid_message_is_said_and_the_reader_goes_on(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The kernel drops the fds of a message it cannot install (MSG_CTRUNC): that message is lost, so the
+    container cannot go on, which the reader says (on_lost) before it reads on."""
+    ours, theirs = pair
+    lost: list[AiocontainError] = []
+    said = anyio.Event()
+
+    def on_lost(error: AiocontainError) -> None:
+        lost.append(error)
+        said.set()
+
+    channel = ChildChannel(ours, "/bin/true", on_lost)
+    stray_r, stray_w = os.pipe()
+    before = open_fds()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        with no_free_descriptor():
+            messages.send(theirs, Ready(init_pid=42), [stray_w])
+            with anyio.fail_after(10):
+                await said.wait()
+        assert [error.message.split(" (")[0] for error in lost] == ["too many open files"], lost
+        messages.send(theirs, Unshared())
+        with anyio.fail_after(10):
+            await channel.wait_unshared()  # the next message still comes through
+        tg.cancel_scope.cancel()
+    assert open_fds() == before  # nothing of the lost message was left open
+    os.close(stray_r)
+    os.close(stray_w)
+
+
+async def test_the_reader_stops_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The intermediate's end of stream ends the reader (and closes the inbox) without teardown's help."""
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    messages.send(theirs, Unshared())
+    theirs.shutdown(socket.SHUT_WR)
+    with anyio.fail_after(10):
+        await channel.read()  # returns by itself
+    await channel.wait_unshared()
+    with pytest.raises(SetupError, match=r"^the container process exited during set-up$"):
+        await channel.wait_ready()
+
+
+async def test_the_fds_of_a_message_after_teardown_are_closed(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Once teardown drained the inbox nobody receives: the fds of a message that comes later (a Ready whose
+    set-up was cancelled) are closed as it arrives, not left in the inbox."""
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    release_r, release_w = os.pipe()
+    before = open_fds()
+    channel.drain()
+    messages.send(theirs, Ready(init_pid=42), [release_r, release_w])
+    theirs.shutdown(socket.SHUT_WR)
+    with anyio.fail_after(10):
+        await channel.read()
+    assert open_fds() == before
+    os.close(release_r)
+    os.close(release_w)

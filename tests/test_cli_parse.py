@@ -416,3 +416,17 @@ def test_tty_and_interactive_spellings_and_defaults(
         assert (spec.stdin, spec.stdout, spec.stderr) == (subprocess.DEVNULL,) * 3
     else:
         assert spec.stdin == (None if interactive else subprocess.DEVNULL)
+
+
+def test_a_bug_outside_run_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A subcommand without --log-level (doctor) that meets a bug ends in the same one line, exit 125."""
+    from aiocontain import doctor
+
+    def broken(rootfs: object) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "main", broken)
+    assert cli.main(["doctor"]) == 125
+    out, err = capsys.readouterr()
+    fix = "this is a bug; --log-level debug shows where"
+    assert (out, err) == ("", f"aiocontain: unexpected error: RuntimeError: boom ({fix})\n")

@@ -129,7 +129,7 @@ def test_kernel_paths_are_masked_and_read_only(cli, podman):
         assert "Read-only file system" in result.stderr, (run, result)
 
 
-DEV_MOUNTS_PROBE = "grep -E ' /dev/(shm|pts) ' /proc/self/mounts"
+DEV_MOUNTS_PROBE = "grep -E ' /dev/(shm|pts|mqueue) ' /proc/self/mounts"
 
 
 def dev_mount_flags(mounts: str) -> dict[str, list[str]]:
@@ -141,10 +141,11 @@ def dev_mount_flags(mounts: str) -> dict[str, list[str]]:
     return found
 
 
-def test_dev_shm_and_pts_run_no_setuid_device_or_program(cli, podman):
-    """/dev/shm (writable by every user inside) is nosuid, nodev and noexec; /dev/pts nosuid and noexec:
-    as podman mounts them, so neither can bring in a setuid program, a device node or an executable."""
-    expected = {"/dev/shm": ["nodev", "noexec", "nosuid"], "/dev/pts": ["noexec", "nosuid"]}
+def test_dev_shm_pts_and_mqueue_run_no_setuid_device_or_program(cli, podman):
+    """/dev/shm (writable by every user inside) and /dev/mqueue are nosuid, nodev and noexec; /dev/pts nosuid
+    and noexec: as podman mounts them, so none can bring in a setuid program, a device node or an executable."""
+    all_three = ["nodev", "noexec", "nosuid"]
+    expected = {"/dev/shm": all_three, "/dev/mqueue": all_three, "/dev/pts": ["noexec", "nosuid"]}
     for run, net in ((cli, "--net"), (podman, "--network")):
         result = run(net, "none", "/bin/sh", "-c", DEV_MOUNTS_PROBE)
         assert dev_mount_flags(result.stdout) == expected, (run, result)
@@ -297,6 +298,19 @@ def test_ping_without_cap_net_raw(cli, podman, probes):
     if int(host_range[0]) > int(host_range[1]):  # the host's own range is empty, as by default
         host = cli("--net", "host", probe, "127.0.0.1", rootfs_dir=probes.rootfs)
         assert "echo socket: Permission denied" in host.stdout, host
+
+
+def test_ping_with_a_single_id_map(cli, probes):
+    """A user without subordinate ids has one id mapped, 0: the range is that one group, and ping works.
+    Without newuidmap on its PATH the CLI maps the single id (as for such a user), whatever /etc/subuid says."""
+    probe = probes.build("icmpecho", ICMP_PROBE)
+    files = "/proc/sys/net/ipv4/ping_group_range /proc/self/gid_map"
+    env = {**os.environ, "PATH": "/nonexistent"}
+    result = cli("--net", "none", "/bin/sh", "-c", f"cat {files}; {probe} 127.0.0.1", env=env, rootfs_dir=probes.rootfs)
+    assert result.code == 0, result
+    group_range, gid_map, raw, echo = result.stdout.splitlines()
+    assert gid_map.split()[2:] == ["1"], gid_map  # the control: one gid mapped indeed (the user's, as 0)
+    assert (group_range.split(), raw, echo) == (["0", "0"], "raw Operation not permitted", "echo reply"), result
 
 
 @pytest.mark.anyio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from aiocontain.plugins import (
     PrestartContext,
     StartedContext,
 )
-from tests.conftest import cli_argv, leftovers, open_fds
+from tests.conftest import cli_argv, leftovers, open_fds, started
 
 pytestmark = pytest.mark.container
 
@@ -480,3 +481,36 @@ async def test_a_hook_has_ten_seconds_by_default(rootfs):
         async with Container(spec(rootfs, "true"), [Sleepy()]):
             pass
     assert caught.value.message == "plugin sleepy: its prepare hook did not return within 10s"
+
+
+# A plugin whose prestart hook says "ready" on the CLI's stdout and then waits: set-up stops at a known point.
+STALLING_PLUGIN = """
+import sys
+import anyio
+from aiocontain.plugins import Plugin
+
+class Stall(Plugin):
+    hook_timeout = 30.0  # the signal ends it first; a signal queued instead (a bug) ends in this error
+
+    async def prestart(self, context):
+        print("ready", flush=True)
+        await anyio.sleep_forever()
+
+make = Stall
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_set_up_stops_it_with_128_plus_n_and_leaves_nothing(tmp_path, rootfs, signum):
+    """Set-up stopped in a prestart hook (its network and PID 1 there already): SIGINT or SIGTERM ends the run
+    at once with 128+N, the command never runs (not queued for after the set-up), and nothing is left."""
+    site = tmp_path / "site"
+    site.mkdir()
+    make_plugin_distribution(site, "stall", STALLING_PLUGIN, "stall")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    before = leftovers()
+    with started(cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ran"), env=env) as proc:
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (128 + signum, "", ""), err
+    assert leftovers() == before

@@ -115,10 +115,10 @@ def test_a_nul_byte_in_an_environment_value_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "command, needle", [(["/bin/e\0cho"], "the command holds"), (["/bin/echo", "ok", "a\0b"], "argument 2 of")]
+    "command, which", [(["/bin/e\0cho"], "the command"), (["/bin/echo", "ok", "a\0b"], "argument 2 of the command")]
 )
-def test_a_nul_byte_in_the_command_is_refused(command: list[str], needle: str) -> None:
-    assert needle in str(refused(command=command))
+def test_a_nul_byte_in_the_command_is_refused(command: list[str], which: str) -> None:
+    assert refused(command=command).message == f"{which} holds a NUL byte"
 
 
 @pytest.mark.parametrize("workdir", ["", "relative", "./x", "~/x"])

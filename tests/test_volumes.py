@@ -143,9 +143,11 @@ def test_writes_under_an_overlay_do_not_reach_the_rootfs(cli, podman, root):
 
 
 def test_read_only_makes_the_working_directory_first(cli, podman, root):
-    """-w makes a missing directory (podman's --rootfs refuses one: 126), before the root turns read-only."""
-    result = cli("--read-only", "-w", "/made/dir", "/bin/sh", "-c", "pwd; touch x || echo ro", rootfs_dir=root)
-    assert result.stdout == "/made/dir\nro\n", result
+    """-w makes a missing directory (podman's --rootfs refuses one: 126), before the root turns read-only; every
+    user inside may enter it, as without --read-only."""
+    script = "pwd; stat -c %a /made .; touch x || echo ro"
+    result = cli("--read-only", "-w", "/made/dir", "/bin/sh", "-c", script, rootfs_dir=root)
+    assert result.stdout == "/made/dir\n755\n755\nro\n", result
     for run, name in ((cli, "aiocontain"), (podman, "podman")):  # an existing one, read-only, in both
         result = run("--read-only", "-w", "/root", "/bin/sh", "-c", "pwd; touch x || echo ro", rootfs_dir=root)
         assert result.stdout == "/root\nro\n", (name, result)
