@@ -157,6 +157,25 @@ async def test_a_failing_hook_stops_the_run_cleanly_and_names_the_plugin(rootfs,
     assert open_fds() == fds
 
 
+class Publisher(Plugin):
+    name = "publisher"
+
+    async def prepare(self, context: PrepareContext) -> None:
+        context.publish("tcp", "127.0.0.1", 0, 80)
+
+
+@pytest.mark.anyio
+async def test_a_port_published_at_prepare_needs_a_driver_that_takes_it_there(rootfs):
+    """Only a driver that takes ports when it starts (pasta) may be given them at prepare: the others refuse in
+    one line, before anything starts."""
+    before = leftovers()
+    with pytest.raises(AiocontainError) as caught:
+        async with Container(spec(rootfs, "true"), [Publisher()]) as container:
+            await container.wait()
+    assert caught.value.message == "--net none cannot publish ports when it starts"
+    assert leftovers() == before
+
+
 class Lister(Plugin):
     name = "lister"
 
