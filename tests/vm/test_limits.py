@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,12 +80,33 @@ def test_2m_limit_oom_kills_a_16m_allocation(rootfs, containers_dir):
 
 
 def test_an_oom_kill_inside_a_surviving_container_is_reported_as_it_happens(rootfs, containers_dir):
-    script = "dd if=/dev/zero of=/dev/null bs=16M count=1; echo survived $?"
-    result = run(rootfs, "-m", "2m", "--", "/bin/sh", "-c", script)
+    """The memory.events watcher reports the kill while the container runs: its command waits on stdin until
+    the test has read container.oom (bounded), so a report made only at the exit cannot pass."""
+    script = "dd if=/dev/zero of=/dev/null bs=16M count=1; echo survived $?; read line"
+    argv = cli_argv(rootfs, "--net", "none", "--log-format", "json", "--log-level", "info", "-m", "2m")
+    proc = subprocess.Popen(
+        [*argv, "--", "/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    seen = b""
+    try:
+        deadline = time.monotonic() + 90
+        while b'"container.oom"' not in seen:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no container.oom while the container runs: {seen!r}"
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, f"the run ended without container.oom: {seen!r}"
+            seen += chunk
+        out, err = proc.communicate(b"go\n", timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = Result(proc.returncode, out.decode(), (seen + err).decode())
     assert (result.code, result.stdout.strip()) == (0, "survived 137"), result
     oom, exited = event(result, "container.oom"), event(result, "container.exited")
     names = result.names()
-    assert names.index("container.oom") < names.index("container.exited")  # the watcher saw it, not the exit
+    assert names.index("container.oom") < names.index("container.exited")
     assert oom["pid"] == exited["pid"]
     assert exited["oom_killed"] is False and int(str(exited["oom_kills"])) >= 1
     assert "OOM killer" not in result.stderr.strip().splitlines()[-1]
