@@ -168,3 +168,41 @@ def test_errors_go_to_the_log_as_json(engine: Engine, tmp_path: Path) -> None:
     assert record["time"].endswith("Z")
     engine.oci("state", "ghost", global_args=("--log", str(tmp_path / "text-log")))
     assert 'level=error msg="container \\"ghost\\" does not exist"' in (tmp_path / "text-log").read_text()
+
+
+def test_records_in_a_root_others_may_write_are_not_trusted(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """A record names hooks to run and a pid to signal: in a state root that another user could write, none
+    is acted on (delete, list, state refuse in one line); made private again, the same record is."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    assert engine.create("trusted", bundle, "--pid-file", str(tmp_path / "pid")).code == 0
+    pid = int((tmp_path / "pid").read_text())
+    mode = engine.root.stat().st_mode & 0o777
+    engine.root.chmod(0o777)
+    try:
+        for args in (("delete", "--force", "trusted"), ("state", "trusted"), ("list",)):
+            result = engine.oci(*args)
+            lines = result.stderr.strip().splitlines()
+            assert result.code == 1 and len(lines) == 1, result
+            assert lines[0].startswith("aiocontain-oci: ") and "is not a directory of this user's alone" in lines[0]
+        assert engine.children() == [pid]  # not signalled
+    finally:
+        engine.root.chmod(mode)
+    assert engine.oci("delete", "--force", "trusted").code == 0
+    assert engine.wait(pid) == 128 + 9
+
+
+def test_the_pid_file_is_never_written_through_a_planted_name(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The pid file is written under a fresh name (O_EXCL, O_NOFOLLOW) and renamed: a symlink planted beside it
+    (at the fixed temporary name a runtime might use) leads nowhere."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    (pids / ".pid").symlink_to(victim)
+    assert engine.create("pidfile", bundle, "--pid-file", str(pids / "pid")).code == 0
+    pid = int((pids / "pid").read_text())
+    assert victim.read_text() == "precious\n" and not (pids / "pid").is_symlink()
+    assert sorted(p.name for p in pids.iterdir()) == [".pid", "pid"]  # no temporary file left either
+    assert engine.oci("delete", "--force", "pidfile").code == 0
+    assert engine.wait(pid) == 128 + 9

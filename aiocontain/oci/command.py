@@ -196,6 +196,9 @@ def main() -> None:
     except OciError as exc:
         log_error(options, exc.message)
         code = exc.exit_code
+    except OSError as exc:  # a state root or entry in a state no path above expected: still one line, as runc
+        log_error(options, f"{exc.filename or 'error'}: {exc.strerror or exc}")
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.stdout.flush()

@@ -69,8 +69,8 @@ class Creation:
     def claim(self) -> None:
         """Make ROOT/ID (the claim on the id) and the first record."""
         root = self.state.root
+        oci_state.private_root(root)
         try:
-            os.makedirs(root, 0o700, exist_ok=True)
             os.mkdir(self.state.directory, 0o700)
         except FileExistsError:
             raise OciError(f'container "{self.state.id}" already exists') from None
@@ -148,10 +148,15 @@ class Creation:
         self.state.creating = False
         self.state.save()
         if pid_file:
-            temporary = os.path.join(os.path.dirname(os.path.abspath(pid_file)), "." + os.path.basename(pid_file))
+            directory = os.path.dirname(os.path.abspath(pid_file))
+            temporary = os.path.join(directory, f".{os.path.basename(pid_file)}.{os.getpid()}")
             try:
-                with open(temporary, "w") as f:
-                    f.write(str(self.state.pid))
+                # O_EXCL and O_NOFOLLOW: a name planted beside the pid file (a symlink) is never written through
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                try:
+                    os.write(fd, str(self.state.pid).encode())
+                finally:
+                    os.close(fd)
                 os.replace(temporary, pid_file)
             except OSError as exc:
                 raise OciError(f"cannot write the pid file {pid_file}: {exc.strerror}") from None

@@ -188,8 +188,8 @@ def _run(
     report_r, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     joiner = os.fork()
     if joiner == 0:
-        channel.detach()
-        report_r.detach()
+        channel.close()  # the parent's ends: held here, the joiner would never see the parent die
+        report_r.close()
         _joiner(pid, start_time, prepared, theirs, report_w.detach(), detach, container_id)
     theirs.close()
     report_w.close()

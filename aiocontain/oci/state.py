@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 from aiocontain import proc
 from aiocontain.oci.errors import OciError
@@ -28,6 +29,29 @@ def default_root() -> str:
     if os.geteuid() == 0:
         return "/run/aiocontain-oci"
     raise OciError("no state directory: XDG_RUNTIME_DIR is not set; give one with --root DIR")
+
+
+def private_root(root: str, create: bool = True) -> None:
+    """Make root (0700) when asked, and refuse it unless it is a directory of this user's that no one else may
+    write: its records name hooks to run, pids to signal and cgroups to remove."""
+    if create:
+        try:
+            os.makedirs(root, 0o700, exist_ok=True)
+        except FileExistsError:
+            pass  # not a directory: said below
+        except OSError as exc:
+            raise OciError(f"cannot make the state directory {root}: {exc.strerror}") from None
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OciError(f"cannot use the state directory {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise OciError(
+            f"the state directory {root} is not a directory of this user's alone "
+            f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}): its records are not trusted"
+        )
 
 
 class ContainerState:
@@ -155,6 +179,7 @@ def check_id(container_id: str) -> None:
 def load(root: str, container_id: str) -> ContainerState:
     """The record of container_id under root; OciError 'container "ID" does not exist' when there is none."""
     check_id(container_id)
+    private_root(root, create=False)
     path = os.path.join(root, container_id, STATE_FILE)
     try:
         with open(path, "rb") as f:
@@ -189,8 +214,11 @@ def load(root: str, container_id: str) -> ContainerState:
 
 def all_ids(root: str) -> list[str]:
     """The ids that have a record under root, sorted (``list``); none when root does not exist yet."""
+    private_root(root, create=False)
     try:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise OciError(f"cannot list the state directory {root}: {exc.strerror}") from None
     return sorted(name for name in names if os.path.exists(os.path.join(root, name, STATE_FILE)))
