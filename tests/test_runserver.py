@@ -175,3 +175,35 @@ def test_a_served_run_imports_next_to_nothing(served, rootfs, tmp_path):
     assert not any(
         name.startswith(("aiocontain.cli", "aiocontain.container", "aiocontain.stages")) for name in imported
     )
+
+
+def test_a_client_is_judged_by_what_proc_shows_not_by_what_it_says(served, rootfs):
+    """A process of the same user in namespaces of its own (as a container with the runtime directory mounted
+    would be) that sends the server's own account of itself is still declined: the server reads the client's
+    namespaces, capabilities and seccomp mode from /proc. The control: the same forged request from outside
+    is served."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    _start(served, rootfs)
+    # As the console script runs: its interpreter, its directory first on sys.path (the server's environment).
+    python = Path(COMMAND).read_text().splitlines()[0].removeprefix("#!").strip()
+    like_the_script = f"import sys; sys.path[0] = {str(Path(COMMAND).parent)!r}; "
+    code = like_the_script + (
+        "from aiocontain import runserver; from aiocontain.runserver import client; "
+        "runserver.attributes = lambda: sys.argv[1]; "
+        f"print(client.run(['aiocontain', 'run', '--rootfs', {str(rootfs)!r}, '--net', 'none', '/bin/true']))"
+    )
+    outside = subprocess.run(
+        [python, "-c", like_the_script + "from aiocontain import runserver; print(runserver.attributes(), end='')"],
+        env=served,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    forged = [python, "-c", code, outside]
+    control = subprocess.run(forged, env=served, capture_output=True, text=True, timeout=60)
+    assert control.stdout.strip() == "0", control  # served: the forgery is faithful
+    sandboxed = [unshare, "--user", "--map-current-user", "--net", *forged]
+    inside = subprocess.run(sandboxed, env=served, capture_output=True, text=True, timeout=60)
+    assert inside.stdout.strip() == "None", inside  # declined: the command would run it itself, confined

@@ -100,16 +100,8 @@ def attributes() -> str:
     """Everything of this process that a container inherits and a request cannot carry, as one string."""
     import resource
 
-    parts = [f"ids={os.getresuid()} {os.getresgid()} {sorted(os.getgroups())}"]
-    for name in _NAMESPACES:
-        try:
-            parts.append(f"ns.{name}={os.readlink(f'/proc/self/ns/{name}')}")
-        except OSError:
-            parts.append(f"ns.{name}=-")
-    for name in ("cgroup", "attr/current", "oom_score_adj"):
-        parts.append(f"{name}={_read(f'/proc/self/{name}')}")
-    status = _read("/proc/self/status")
-    parts += [line for line in status.splitlines() if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]
+    parts = [f"ids={os.getresuid()} {os.getresgid()} {sorted(os.getgroups())}", confinement("self")]
+    parts.append(f"oom_score_adj={_read('/proc/self/oom_score_adj')}")
     for number in sorted({getattr(resource, name) for name in vars(resource) if name.startswith("RLIMIT_")}):
         soft, hard = resource.getrlimit(number)
         parts.append(
@@ -117,6 +109,26 @@ def attributes() -> str:
         )
     parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)} cpus={sorted(os.sched_getaffinity(0))}")
     parts += sorted(f"env.{k}={v}" for k, v in os.environ.items() if k.startswith(_INHERITED_VARIABLES))
+    return "\n".join(parts)
+
+
+def confinement(pid: int | str) -> str:
+    """What confines process pid, read from /proc by whoever asks: its namespaces, cgroup, LSM label,
+    capabilities, no_new_privs and seccomp mode. The server reads the client's itself (its pid from
+    SO_PEERCRED), since a client's own account of itself proves nothing: a sandboxed process of the same user
+    (a container with the runtime directory mounted) would otherwise have an unconfined container run for it."""
+    parts = []
+    for name in _NAMESPACES:
+        try:
+            parts.append(f"ns.{name}={os.readlink(f'/proc/{pid}/ns/{name}')}")
+        except FileNotFoundError:
+            parts.append(f"ns.{name}=-")  # a kernel without it (time): the same for both sides
+        except OSError as exc:
+            parts.append(f"ns.{name}=unreadable {exc.errno}")
+    for name in ("cgroup", "attr/current"):
+        parts.append(f"{name}={_read(f'/proc/{pid}/{name}')}")
+    status = _read(f"/proc/{pid}/status")
+    parts += [line for line in status.splitlines() if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]
     return "\n".join(parts)
 
 

@@ -183,9 +183,11 @@ def _child(connection: socket.socket, key: str) -> NoReturn:
 
 def _take_over(connection: socket.socket, key: str) -> list[str] | None:
     """Read the request; None when this process cannot stand in for the client (it then runs the command)."""
-    _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    if uid != os.getuid():
-        return None
+    pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != os.getuid() or pid <= 0:
+        return None  # pid 0: a peer in a PID namespace this one does not see (a container's)
+    if runserver.confinement(pid) != runserver.confinement("self"):
+        return None  # read from /proc, not taken from the request: confined alike, or the client runs it itself
     fds = array.array("i")
     data, ancillary, _flags, _ = connection.recvmsg(65536, socket.CMSG_SPACE(3 * fds.itemsize))
     for level, kind, payload in ancillary:
