@@ -206,3 +206,20 @@ def test_the_pid_file_is_never_written_through_a_planted_name(engine: Engine, ro
     assert sorted(p.name for p in pids.iterdir()) == [".pid", "pid"]  # no temporary file left either
     assert engine.oci("delete", "--force", "pidfile").code == 0
     assert engine.wait(pid) == 128 + 9
+
+
+def test_a_created_container_holds_none_of_the_callers_other_fds(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """While it waits for start, the container's process keeps only its stdio and the exec fifo: an engine's
+    other fd (a pipe it reads to the end, here a file on fd 9) is not held until start or delete."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    held = tmp_path / "held"
+    create = f"{_runtime()} --root {engine.root} create --bundle {bundle} --pid-file {tmp_path}/pid fds"
+    script = f"exec 9>{held}; exec {create}"
+    reply = engine.request({"argv": ["/bin/sh", "-c", script], "timeout": 60, "output": str(tmp_path / "output")})
+    assert reply["code"] == 0, (tmp_path / "output").read_text()
+    pid = int((tmp_path / "pid").read_text())
+    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert str(held) not in targets, targets
+    assert len(targets) == 4 and sum("exec.fifo" in target for target in targets) == 1, targets  # 0-2, the fifo
+    assert engine.oci("delete", "--force", "fds").code == 0
+    assert engine.wait(pid) == 128 + 9

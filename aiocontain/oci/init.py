@@ -157,6 +157,9 @@ def container(launch: Launch) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001
         _fail(sync, exc)
     sync.close()
+    # The caller's other fds (an engine's pipes): not held while waiting, where a caller reading to the end of one
+    # would wait for start.
+    process.close_fds(3 + launch.preserve_fds, fifo)
     _wait_for_start(fifo)
     try:
         hooks.run(plan.hooks, "startContainer", state.replace(b'"status": "creating"', b'"status": "created"'))

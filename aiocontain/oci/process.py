@@ -193,11 +193,7 @@ def apply(prepared: Prepared, close_from: int | None = None, keep: int = -1) -> 
         signal.signal(ignored, signal.SIG_DFL)  # Python ignores them, and an ignored signal stays so across exec
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     if close_from is not None:
-        if close_from <= keep:
-            os.closerange(close_from, keep)
-            os.closerange(keep + 1, _max_fd())
-        else:
-            os.closerange(close_from, _max_fd())
+        close_fds(close_from, keep)
     for number, soft, hard in prepared.rlimits:
         try:
             resource.setrlimit(number, (soft, hard))
@@ -235,9 +231,17 @@ def apply(prepared: Prepared, close_from: int | None = None, keep: int = -1) -> 
             syscalls.set_seccomp_filter(prepared.seccomp)  # last: the filter may forbid what came before
 
 
-def _max_fd() -> int:
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+def close_fds(close_from: int, keep: int = -1) -> None:
+    """Close every fd from close_from on but keep. To the top of the fd range, not the soft limit: an fd
+    inherited above a lowered soft limit is still open (CPython closes a range with one close_range call)."""
+    if close_from <= keep:
+        os.closerange(close_from, keep)
+        os.closerange(keep + 1, _FD_TOP)
+    else:
+        os.closerange(close_from, _FD_TOP)
+
+
+_FD_TOP = 2**31 - 1
 
 
 def _set_oom_score_adj(value: int) -> None:
