@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from aiocontain import cachefile
+
 PLUGINS = "aiocontain.plugins"  # the group aiocontain's plugins register in
 FORMAT = "aiocontain-entry-points-1"
 SETTLE = 2.0  # seconds: a directory changed more recently may still be mid-install
@@ -103,10 +105,12 @@ def _key(group: str) -> tuple[str, bool]:
 
 
 def _load(path: str, key: str) -> list[Entry] | None:
+    data = cachefile.read(path)  # the user's own only: what it names is imported as a plugin
+    if data is None:
+        return None
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError):
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     first, _, rest = text.partition("\n")
     if first != key:
@@ -125,14 +129,4 @@ def _store(path: str, key: str, entries: list[Entry]) -> None:
     if any("\t" in field or "\n" in field for entry in entries for field in entry):
         return  # not representable in the file's lines: such an environment is scanned every time
     lines = [key, *("\t".join(entry) for entry in entries)]
-    temporary = f"{path}.{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write("\n".join(lines) + "\n")
-        os.rename(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+    cachefile.write(path, ("\n".join(lines) + "\n").encode("utf-8"))

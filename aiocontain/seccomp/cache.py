@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from aiocontain import cachefile
+
 TYPE_CHECKING = False  # neither pathlib nor collections.abc at run time: aiocontain-oci create imports this module
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -40,24 +42,9 @@ def directory() -> str:
 
 
 def load(name: str) -> bytes | None:
-    try:
-        with open(os.path.join(directory(), f"{name}.bpf"), "rb") as f:
-            program = f.read()
-    except OSError:
-        return None
+    program = cachefile.read(os.path.join(directory(), f"{name}.bpf"))  # the user's own only: it is the filter
     return program if program and len(program) % 8 == 0 else None
 
 
 def store(name: str, program: bytes) -> None:
-    folder = directory()
-    temporary = os.path.join(folder, f".{name}.{os.getpid()}")
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        with open(temporary, "wb") as f:
-            f.write(program)
-        os.rename(temporary, os.path.join(folder, f"{name}.bpf"))
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
+    cachefile.write(os.path.join(directory(), f"{name}.bpf"), program)
