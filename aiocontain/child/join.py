@@ -204,8 +204,8 @@ def main(fd: int) -> NoReturn:
         report_r, report_w = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
         helper = os.getpid()
         pid = enter(namespaces)
-    except OSError as exc:
-        _send(sock, Failed(messages.STEP_SETUP, init.describe(exc), exc.errno or 0))
+    except BaseException as exc:  # noqa: BLE001 - a Failed line, never a traceback on the caller's stderr
+        _send(sock, Failed(messages.STEP_SETUP, init.describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(125)
     if pid == 0:
         become(message, report_w, parent=helper)

@@ -264,8 +264,8 @@ def _joiner(
         join.join_cgroup(pid)
         me = os.getpid()
         child = join.enter(namespaces)
-    except OSError as exc:
-        _say(channel, Failed(messages.STEP_SETUP, init.describe(exc), exc.errno or 0))
+    except BaseException as exc:  # noqa: BLE001 - a forked copy of the command: nothing may unwind into its code
+        _say(channel, Failed(messages.STEP_SETUP, init.describe(exc), getattr(exc, "errno", 0) or 0))
         os._exit(1)
     if child == 0:
         from aiocontain.oci import process
