@@ -207,3 +207,18 @@ def test_a_client_is_judged_by_what_proc_shows_not_by_what_it_says(served, rootf
     sandboxed = [unshare, "--user", "--map-current-user", "--net", *forged]
     inside = subprocess.run(sandboxed, env=served, capture_output=True, text=True, timeout=60)
     assert inside.stdout.strip() == "None", inside  # declined: the command would run it itself, confined
+
+
+def test_an_argument_naming_an_fd_of_the_command_is_the_commands_own_run(served, rootfs):
+    """Only stdio is handed to the server: `--env-file <(...)` names another fd of the command, so the command
+    runs it itself and the file is read."""
+    _start(served, rootfs)
+    read, write = os.pipe()
+    argv = cli_argv(rootfs, "--net", "none", "--env-file", f"/dev/fd/{read}", "--", "/bin/sh", "-c", "echo $FROM_FD")
+    os.write(write, b"FROM_FD=yes\n")
+    os.close(write)
+    try:
+        proc = subprocess.run(argv, env=served, capture_output=True, text=True, timeout=60, pass_fds=(read,))
+    finally:
+        os.close(read)
+    assert (proc.returncode, proc.stdout) == (0, "yes\n"), proc.stderr

@@ -28,6 +28,8 @@ def run(argv: list[str]) -> int | None:
     global _absent
     if not runserver.enabled():
         return None
+    if any("/dev/fd/" in arg or "/proc/self/fd/" in arg for arg in argv):
+        return None  # names an fd of this process beyond the stdio a server is handed (--env-file <(...))
     try:
         if any(os.isatty(fd) for fd in (0, 1, 2)):
             return None
