@@ -222,3 +222,17 @@ def test_an_argument_naming_an_fd_of_the_command_is_the_commands_own_run(served,
     finally:
         os.close(read)
     assert (proc.returncode, proc.stdout) == (0, "yes\n"), proc.stderr
+
+
+def test_a_caller_with_another_scheduling_policy_or_personality_runs_it_itself(served, rootfs):
+    """chrt's policy and setarch's personality are inherited by a container: a caller with others than the
+    server's is not stood in for (the policy, field 41 of /proc/self/stat, is SCHED_BATCH inside)."""
+    chrt, setarch = shutil.which("chrt"), shutil.which("setarch")
+    if chrt is None or setarch is None:
+        pytest.skip("chrt and setarch (util-linux) are not installed")
+    _start(served, rootfs)
+    inside = ["--net", "none", "--", "/bin/sh", "-c", "cut -d' ' -f41 /proc/self/stat; cat /proc/self/personality"]
+    batch = subprocess.run([chrt, "-b", "0", *cli_argv(rootfs, *inside)], env=served, capture_output=True, text=True)
+    assert (batch.returncode, batch.stdout.split()) == (0, ["3", "00000000"]), batch.stderr
+    norandom = subprocess.run([setarch, "-R", *cli_argv(rootfs, *inside)], env=served, capture_output=True, text=True)
+    assert (norandom.returncode, norandom.stdout.split()) == (0, ["0", "00040000"]), norandom.stderr

@@ -43,7 +43,7 @@ FORMAT = "aiocontain-run-1"
 IDLE = 300.0  # seconds without a request before the server exits
 ENABLE = "AIOCONTAIN_RUN_SERVER"  # "0": every run in the command's own process, no server started
 _NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
-_INHERITED_VARIABLES = ("PYTHON", "LANG", "LC_")
+_INHERITED_VARIABLES = ("PYTHON", "LANG", "LC_", "LD_", "GLIBC_TUNABLES", "MALLOC_")
 
 
 def enabled() -> bool:
@@ -125,8 +125,12 @@ def confinement(pid: int | str) -> str:
             parts.append(f"ns.{name}=-")  # a kernel without it (time): the same for both sides
         except OSError as exc:
             parts.append(f"ns.{name}=unreadable {exc.errno}")
-    for name in ("cgroup", "attr/current"):
+    for name in ("cgroup", "attr/current", "personality"):
         parts.append(f"{name}={_read(f'/proc/{pid}/{name}')}")
+    try:  # chrt's policy: a container inherits it
+        parts.append(f"sched={os.sched_getscheduler(0 if pid == 'self' else int(pid))}")
+    except OSError as exc:
+        parts.append(f"sched=unreadable {exc.errno}")
     status = _read(f"/proc/{pid}/status")
     parts += [line for line in status.splitlines() if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]
     return "\n".join(parts)
