@@ -51,6 +51,12 @@ class Monitor:
         if value is None:
             return None
         fd, _, container_id = value.partition(":")
+        try:
+            os.fstat(int(fd))
+        except (ValueError, OSError):
+            from aiocontain.errors import AiocontainError
+
+            raise AiocontainError(f"{ENV}={value!r} is not a monitor's report pipe (set only by run -d)") from None
         return cls(int(fd), container_id)
 
     def ready(self) -> None:

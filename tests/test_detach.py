@@ -447,3 +447,10 @@ def test_stop_stops_several_at_once(cli, cleanup):
     assert stopped.stdout == "first\nsecond\n"
     assert stopped.stderr == "aiocontain: no such container: no-such (fix: aiocontain ps -a lists them)\n"
     assert {row["Names"][0]: row["ExitCode"] for row in ps("-a")} == {"first": 7, "second": 8}  # type: ignore[index]
+
+
+def test_a_malformed_monitor_variable_is_one_line(rootfs):
+    env = {**os.environ, "AIOCONTAIN_MONITOR": "zz:1"}
+    proc = subprocess.run(cli_argv(rootfs, "-d", "--net", "none", "/bin/true"), env=env, capture_output=True, text=True)
+    assert proc.returncode == 125 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not a monitor's report pipe" in proc.stderr
