@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
 from aiocontain.container import Container
 from aiocontain.execprocess import ExecProcess
@@ -148,6 +148,31 @@ class Relay:
         except OSError:
             pass
         return fd
+
+
+async def copy_to_fd(stream: ByteReceiveStream, fd: int, done: anyio.Event) -> None:
+    """Copy stream to the caller's fd until its end (then set done); a caller's fd that is gone still drains it."""
+    out: _Fd | None = _Fd(fd)
+    try:
+        async for chunk in stream:
+            if out is not None:
+                try:
+                    await out.write(chunk)
+                except OSError:
+                    out = None
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
+    finally:
+        done.set()
+
+
+async def copy_from_fd(fd: int, stream: ByteSendStream) -> None:
+    """Copy the caller's fd to stream until its end of file, then close the stream."""
+    source = _Fd(fd)
+    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        while chunk := await source.read():
+            await stream.send(chunk)
+        await stream.aclose()
 
 
 class _Fd:

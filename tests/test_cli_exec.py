@@ -135,9 +135,9 @@ def test_tiocsti_never_reaches_the_callers_terminal(cli, probes, tty):
     finally:
         aiocontain("rm", "-f", name)
     assert "cli-exited=0" in output and "next-line=[SENTINEL]" in output, output
-    # With -t, pushed into the command's own terminal, where it stays; without, the caller's is no controlling
-    # terminal of the command's (EPERM).
-    assert (f"tiocsti pushed={LINE_LENGTH} errno=0" if tty else "tiocsti pushed=0 errno=1") in output, output
+    # With -t, pushed into the command's own terminal, where it stays; without, no terminal reaches the command
+    # at all (the caller's is relayed through pipes): ENOTTY.
+    assert (f"tiocsti pushed={LINE_LENGTH} errno=0" if tty else "tiocsti pushed=0 errno=25") in output, output
 
 
 @pytest.mark.parametrize("tty", [["-t"], []], ids=["tty", "no-tty"])
@@ -181,3 +181,37 @@ def test_a_killed_exec_takes_its_command_along(box):
         proc.kill()
     assert leftovers() == before  # the helper and the exec'd sleep are gone (waited for through pidfds)
     assert "sleep 999" not in aiocontain("exec", box, "ps").stdout
+
+
+def test_without_t_the_callers_terminal_is_relayed_never_handed_over(box):
+    """Without -t, a terminal on the caller's stdio reaches the command only through pipes: what the command
+    leaves running in the container cannot keep the caller's terminal to write to or read from later."""
+    import pty
+    import select
+    import time
+
+    script = "for fd in 0 1 2; do readlink /proc/self/fd/$fd; done; echo done"
+    argv = [sys.executable, "-m", "aiocontain", "exec", "-i", box, "/bin/sh", "-c", script]
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(argv[0], argv)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"done" not in output:
+            readable, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert readable, output
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break  # EIO: the caller exited
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    lines = output.decode(errors="replace").split()
+    assert lines[:3] == [line for line in lines[:3] if line.startswith("pipe:")] and len(lines) >= 4, lines
+    assert "/dev/pts" not in output.decode(errors="replace"), output
