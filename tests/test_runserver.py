@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +237,61 @@ def test_a_caller_with_another_scheduling_policy_or_personality_runs_it_itself(s
     assert (batch.returncode, batch.stdout.split()) == (0, ["3", "00000000"]), batch.stderr
     norandom = subprocess.run([setarch, "-R", *cli_argv(rootfs, *inside)], env=served, capture_output=True, text=True)
     assert (norandom.returncode, norandom.stdout.split()) == (0, ["0", "00040000"]), norandom.stderr
+
+
+def _server(env: dict[str, str]) -> int:
+    [server] = run_server_pids(str(Path(env["XDG_RUNTIME_DIR"]) / "aiocontain.run"))
+    return server
+
+
+def _waits_for_the_server(pid: int) -> bool:
+    """The command is blocked on its connection to the server (the kernel's wait channel: poll, with a timeout)."""
+    wchan = Path(f"/proc/{pid}/wchan").read_text()
+    return "poll" in wchan or wchan.startswith("unix_stream")
+
+
+def test_a_stopped_server_is_given_up_on_and_runs_nothing_later(served, rootfs, tmp_path):
+    """A server that does not answer (stopped here) never hangs the command: it runs the container itself. The
+    server, resumed, finds that command gone and runs nothing of its request."""
+    _start(served, rootfs)
+    server = _server(served)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    argv = cli_argv(rootfs, "--net", "none", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "echo ran >> /out/log")
+    os.kill(server, signal.SIGSTOP)
+    try:
+        proc = subprocess.run(argv, env={**served, "AIOCONTAIN_RUN_SERVER_TIMEOUT": "1"}, capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        os.kill(server, signal.SIGCONT)
+    again = subprocess.run(argv, env=served, capture_output=True, timeout=60)  # served: after the stale request
+    assert again.returncode == 0, again.stderr
+    assert settle(_children(server), 10) == set()
+    assert (out / "log").read_text() == "ran\nran\n"  # the command's own run and the served one; never a third
+
+
+def test_a_stop_signal_ends_a_command_waiting_for_its_server(served, rootfs, tmp_path):
+    """SIGINT while the server has not answered ends the command at once (130), running nothing: the wait for a
+    server is never a moment when the command cannot be stopped. The answer's timeout is set far beyond the
+    test's own, so that only the signal can end it."""
+    _start(served, rootfs)
+    server = _server(served)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    argv = cli_argv(rootfs, "--net", "none", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "echo ran >> /out/log")
+    os.kill(server, signal.SIGSTOP)
+    try:
+        with subprocess.Popen(argv, env={**served, "AIOCONTAIN_RUN_SERVER_TIMEOUT": "3600"}) as proc:
+            deadline = time.monotonic() + 30
+            while not _waits_for_the_server(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)  # no event says so; before the command's own code, SIGINT is the interpreter's
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    finally:
+        os.kill(server, signal.SIGCONT)
+    again = subprocess.run(argv, env=served, capture_output=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert settle(_children(server), 10) == set()
+    assert (out / "log").read_text() == "ran\n"  # only the second command's run

@@ -31,6 +31,12 @@ another cgroup or namespace, other limits, another interpreter or code):
 The child dies at once (SIGKILL) when the client's connection ends before it
 has sent the exit code, as the command would have if killed: its fork server,
 the containers and their helpers follow it, as they follow a killed command.
+The client sends its request only once the child has said READY (its stdio never
+waits in the backlog of a server that may not take it), gives up on a server
+that has not started the run within ``client.ANSWER_TIMEOUT`` (stopped or stuck:
+it runs the container itself), and ends at once, with 128+N, on a stop signal
+that comes while it waits: asking a server is never a moment when the command
+cannot be stopped.
 Stdlib only and import-light: the client runs on every ``aiocontain run``.
 """
 

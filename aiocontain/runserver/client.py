@@ -17,7 +17,14 @@ import sys
 from aiocontain import runserver
 
 STOP_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
-STARTED, EXITED, DECLINED = b"P", b"X", b"F"
+# The server's answers, each a kind byte and four more: READY (its process for this connection is listening:
+# only then are the command's stdio sent, never into the backlog of a server that may not take them), STARTED
+# (with the run's pidfd), EXITED (with the code), DECLINED.
+READY, STARTED, EXITED, DECLINED = b"R", b"P", b"X", b"F"
+# How long connecting and the server's STARTED may take (milliseconds, normally): a server that is stopped or
+# stuck is given up on, and the command runs it itself. Its child, if it ever gets to the request, finds the
+# connection closed when it says STARTED and runs nothing. AIOCONTAIN_RUN_SERVER_TIMEOUT sets it (tests).
+ANSWER_TIMEOUT = 3.0
 _BOOT = "import sys;sys.path[:]={path!r};from aiocontain.runserver.server import main;main({socket!r},{lock!r})"
 
 _absent = False  # set by run: no server answered, so start one once this run is over
@@ -41,18 +48,54 @@ def run(argv: list[str]) -> int | None:
     if not _private(runserver.directory()):
         return None  # not a directory of ours alone: whatever listens there is not asked to run anything
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    connection.settimeout(float(os.environ.get("AIOCONTAIN_RUN_SERVER_TIMEOUT", ANSWER_TIMEOUT)))
     try:
-        try:
-            connection.connect(socket_path)
-        except OSError:
-            _absent = True
+        with _Interruptible():
+            try:
+                connection.connect(socket_path)
+            except (BlockingIOError, TimeoutError):
+                return None  # its backlog is full: a server that does not keep up
+            except OSError:
+                _absent = True
+                return None
+            peer = connection.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+            if int.from_bytes(peer[4:8], "little") != os.getuid():
+                return None
+            pidfd = _started(connection, argv)
+        if pidfd is None:
             return None
-        server_uid = int.from_bytes(connection.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)[4:8], "little")
-        if server_uid != os.getuid():
-            return None
-        return _served(connection, argv)
+        return _follow(connection, pidfd)
+    except _Interrupted as stop:
+        # Before the run started. Had its STARTED just come in, the run's process finds this connection closed
+        # and is killed, with everything of the run, as a killed command's run is.
+        return 128 + stop.signum
     finally:
         connection.close()
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Interruptible:
+    """While the server is asked: a stop signal (held since the command's start) ends the command at once,
+    as it would end the command's own set-up, rather than waiting on a server that may never answer."""
+
+    def __enter__(self) -> None:
+        for signum in STOP_SIGNALS:
+            _signal.signal(signum, _interrupt)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+    def __exit__(self, *_exc: object) -> None:
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+        for signum in STOP_SIGNALS:
+            _signal.signal(signum, _signal.SIG_DFL)  # still blocked: the command's own run installs its own
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise _Interrupted(signum)
 
 
 def _private(directory: str) -> bool:
@@ -66,7 +109,8 @@ def _private(directory: str) -> bool:
     return info.st_uid == os.getuid() and not info.st_mode & 0o077 and (info.st_mode & 0o170000) == 0o040000
 
 
-def _served(connection: _socket.socket, argv: list[str]) -> int | None:
+def _started(connection: _socket.socket, argv: list[str]) -> int | None:
+    """Send the run; the pidfd of the server's process that runs it, or None: declined, or no timely answer."""
     import array
 
     umask = os.umask(0o022)
@@ -77,11 +121,17 @@ def _served(connection: _socket.socket, argv: list[str]) -> int | None:
         return None  # a removed working directory: the command's own run says so
     fields = [runserver.FORMAT, runserver.key(), runserver.attributes(), cwd, str(umask), str(len(argv)), *argv]
     fields += [f"{name}={value}" for name, value in os.environ.items()]
+    request = runserver.encode(fields)
     fds = array.array("i", [0, 1, 2])
     try:
-        connection.sendmsg([runserver.encode(fields)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
+        # Only once a process of the server's has taken this connection: fds sent into a stopped server's backlog
+        # would stay there, holding the caller's pipes open (a caller reading them would wait for ever).
+        if _receive(connection)[:1] != READY:
+            return None
+        sent = connection.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
+        connection.sendall(request[sent:])  # a large environment may not fit the socket's buffer at once
         answer, ancillary, _flags, _ = connection.recvmsg(5, _socket.CMSG_SPACE(fds.itemsize))
-    except OSError:
+    except OSError:  # a timeout too
         return None
     received = array.array("i")
     for level, kind, payload in ancillary:
@@ -91,7 +141,12 @@ def _served(connection: _socket.socket, argv: list[str]) -> int | None:
         for fd in received:
             os.close(fd)
         return None  # declined (or a server going away): nothing was started
-    pidfd = received[0]  # the run's process, by a pidfd: a signal never reaches a process that reused its pid
+    return received[0]  # the run's process, by a pidfd: a signal never reaches a process that reused its pid
+
+
+def _follow(connection: _socket.socket, pidfd: int) -> int:
+    """Forward the stop signals to the run until its exit code comes; that code."""
+    connection.settimeout(None)  # a run takes as long as its command
 
     def forward(signum: int, _frame: object) -> None:
         try:

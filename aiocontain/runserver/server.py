@@ -29,7 +29,7 @@ import sys
 import threading
 
 from aiocontain import runserver
-from aiocontain.runserver.client import DECLINED, EXITED, STARTED, STOP_SIGNALS
+from aiocontain.runserver.client import DECLINED, EXITED, READY, STARTED, STOP_SIGNALS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ def _child(connection: socket.socket, key: str) -> NoReturn:
     try:
         _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)  # as the command holds them from its start
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        connection.sendall(READY + bytes(4))  # the client sends its request, and its stdio, only now
         argv = _take_over(connection, key)
         if argv is None:
             _send(connection, DECLINED)
