@@ -239,9 +239,15 @@ def test_a_caller_with_another_scheduling_policy_or_personality_runs_it_itself(s
     assert (norandom.returncode, norandom.stdout.split()) == (0, ["0", "00040000"]), norandom.stderr
 
 
-def _server(env: dict[str, str]) -> int:
+def _a_server_and_a_logging_run(env: dict[str, str], rootfs: Path, tmp_path: Path) -> tuple[int, Path, list[str]]:
+    """A running server's pid, and a run that adds a line to out/log each time it really runs."""
+    _start(env, rootfs)
     [server] = run_server_pids(str(Path(env["XDG_RUNTIME_DIR"]) / "aiocontain.run"))
-    return server
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    argv = cli_argv(rootfs, "--net", "none", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "echo ran >> /out/log")
+    return server, out, argv
 
 
 def _waits_for_the_server(pid: int) -> bool:
@@ -253,12 +259,7 @@ def _waits_for_the_server(pid: int) -> bool:
 def test_a_stopped_server_is_given_up_on_and_runs_nothing_later(served, rootfs, tmp_path):
     """A server that does not answer (stopped here) never hangs the command: it runs the container itself. The
     server, resumed, finds that command gone and runs nothing of its request."""
-    _start(served, rootfs)
-    server = _server(served)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    argv = cli_argv(rootfs, "--net", "none", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "echo ran >> /out/log")
+    server, out, argv = _a_server_and_a_logging_run(served, rootfs, tmp_path)
     os.kill(server, signal.SIGSTOP)
     try:
         proc = subprocess.run(argv, env={**served, "AIOCONTAIN_RUN_SERVER_TIMEOUT": "1"}, capture_output=True)
@@ -275,12 +276,7 @@ def test_a_stop_signal_ends_a_command_waiting_for_its_server(served, rootfs, tmp
     """SIGINT while the server has not answered ends the command at once (130), running nothing: the wait for a
     server is never a moment when the command cannot be stopped. The answer's timeout is set far beyond the
     test's own, so that only the signal can end it."""
-    _start(served, rootfs)
-    server = _server(served)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    argv = cli_argv(rootfs, "--net", "none", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "echo ran >> /out/log")
+    server, out, argv = _a_server_and_a_logging_run(served, rootfs, tmp_path)
     os.kill(server, signal.SIGSTOP)
     try:
         with subprocess.Popen(argv, env={**served, "AIOCONTAIN_RUN_SERVER_TIMEOUT": "3600"}) as proc:
