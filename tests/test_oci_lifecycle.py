@@ -230,6 +230,24 @@ def test_run_in_the_foreground_and_detached(engine: Engine, rootfs: Path, tmp_pa
     assert engine.wait(int((tmp_path / "pid").read_text())) == 128 + 9
 
 
+def test_run_in_the_foreground_passes_signals_on(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """runc's run in the foreground: a SIGTERM to it reaches the container's process, and run exits with that
+    process's status once it has deleted the container. Without it, run died of the signal (143) and left the
+    container running with nobody to wait for it."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    os.mkfifo(gate / "ready")
+    bind = {"destination": "/gate", "type": "bind", "source": str(gate), "options": ["rbind", "rw"]}
+    inside = "trap 'echo got TERM; exit 3' TERM; echo ready > /gate/ready; sleep 100 & wait"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", inside], mounts=[*CONFIG["mounts"], bind])
+    run = f"{engine_runtime()} --root {engine.root} run --bundle {bundle} fg >{tmp_path}/out 2>&1"
+    script = f"{run} & run=$!; read line < {gate}/ready; kill -TERM $run; wait $run; echo $?"
+    result = engine.run("/bin/sh", "-c", script)
+    assert result.stdout == "3\n", (result, (tmp_path / "out").read_text())
+    assert (tmp_path / "out").read_text() == "got TERM\n"
+    assert os.listdir(engine.root) == []  # deleted, its processes with it
+
+
 def test_creating_while_create_runs(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """While create waits in a createRuntime hook, state says creating (create's own process is alive);
     once the hook returns, created."""

@@ -258,17 +258,40 @@ def main(options: Options, flags: dict[str, str | bool], operands: list[str]) ->
 
 def run_command(options: Options, flags: dict[str, str | bool], operands: list[str]) -> int:
     """runc run: create and start; without --detach wait for the process (as its subreaper) and delete it,
-    exiting with its status (128+N for a signal)."""
+    exiting with its status (128+N for a signal).
+
+    In the foreground, as runc does, every signal this process gets is passed on to the container's process
+    (by a pidfd) rather than ending this one: a ^C or the engine's SIGTERM stops the container, whose status
+    this process then exits with, having deleted it. A SIGTERM or SIGHUP during create undoes it as a ^C does.
+    """
     from aiocontain.oci import lifecycle
 
-    if not flags.get("detach"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    pid = create(options, flags, operands, command="run")
-    lifecycle.start(options, {}, operands)
     if flags.get("detach"):
+        create(options, flags, operands, command="run")
+        lifecycle.start(options, {}, operands)
         return 0
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    try:
+        pid = create(options, flags, operands, command="run")
+        pidfd = os.pidfd_open(pid)
+        _forward_signals(pidfd)
+    except KeyboardInterrupt as stop:
+        # create undid itself if the signal came while it ran; if it came just after, the container is deleted here
+        try:
+            lifecycle.delete(options, {"force": True}, operands)
+        except OciError:
+            pass  # undone already: it does not exist
+        return 128 + (stop.args[0] if stop.args else signal.SIGINT)
+    try:
+        lifecycle.start(options, {}, operands)
+    except OciError:
+        if not flags.get("keep"):
+            lifecycle.delete(options, {"force": True}, operands)  # a signal killed it before its exec
+        raise
     while True:
         try:
             waited, status = os.waitpid(-1, 0)
@@ -278,4 +301,29 @@ def run_command(options: Options, flags: dict[str, str | bool], operands: list[s
             break
     if not flags.get("keep"):
         lifecycle.delete(options, {"force": True}, operands)
+    os.close(pidfd)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
+# Not forwarded: SIGCHLD (ours: the container's process is our child), and what the kernel or a terminal sends
+# this process alone (SIGURG, SIGWINCH: no terminal of ours is the container's), nor what cannot be caught.
+_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGKILL, signal.SIGSTOP}
+
+
+def _forward_signals(pidfd: int) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except OSError:
+            pass  # exited: waitpid is about to say so
+
+    for signum in signal.valid_signals():
+        if signum not in _NOT_FORWARDED:
+            try:
+                signal.signal(signum, forward)
+            except (OSError, ValueError):
+                pass  # the real-time signals glibc keeps for itself
