@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.oci_support import CONFIG, Engine, engine, make_bundle
+from tests.conftest import settle
+from tests.oci_support import CONFIG, RUNTIME, Engine, engine, make_bundle
 
 pytestmark = pytest.mark.container
 assert engine
@@ -96,6 +99,43 @@ def test_a_hook_that_hangs_is_stopped_by_its_timeout(engine: Engine, rootfs: Pat
     result = engine.create("t", bundle)
     assert result.code == 1 and "createRuntime hook /bin/sleep did not finish in 1 s" in result.stderr
     assert engine.children() == [] and list(engine.root.iterdir()) == []
+
+
+def test_a_timed_out_hook_is_stopped_with_what_it_started(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """The timeout ends the hook's whole process group: a child it left holding its stderr would otherwise keep
+    create waiting for that pipe's end for ever."""
+    script = f"sleep 100 & echo $! > {tmp_path}/child; sleep 100"
+    hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", script], "timeout": 1}]}
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"], hooks=hooks)
+    result = engine.create("t", bundle, timeout=30)
+    assert result.code == 1 and "createRuntime hook /bin/sh did not finish in 1 s" in result.stderr
+    assert settle([int((tmp_path / "child").read_text())], 10) == set()
+    assert engine.children() == [] and list(engine.root.iterdir()) == []
+
+
+def test_deleting_a_container_stuck_in_a_hook_ends_the_hook(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
+    """delete --force while create waits in a createRuntime hook: create, the container's process (recorded
+    already) and the hook with what it started all end; and a create killed there leaves nothing that a plain
+    delete does not end."""
+    for force in (True, False):
+        (tmp_path / "in").unlink(missing_ok=True)
+        os.mkfifo(tmp_path / "in")
+        script = f"sleep 100 & echo $$ $! > {tmp_path}/hook; echo in-hook > {tmp_path}/in; wait"
+        hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+        bundle = make_bundle(tmp_path / f"b{force}", rootfs, ["/bin/true"], hooks=hooks)
+        command = f"{RUNTIME} --root {engine.root} create --bundle {bundle} stuck >{tmp_path}/out 2>&1 &"
+        engine.run("/bin/sh", "-c", command)
+        assert (tmp_path / "in").read_text() == "in-hook\n"  # blocks until the hook runs
+        record = json.loads((engine.root / "stuck" / "state.json").read_text())
+        started = [*map(int, (tmp_path / "hook").read_text().split()), record["pid"], record["creator"]]
+        if force:
+            assert engine.oci("delete", "--force", "stuck").code == 0
+        else:
+            os.kill(record["creator"], signal.SIGKILL)  # create dies (the engine is gone, say)
+            assert settle([record["creator"]], 10) == set()
+            assert engine.oci("delete", "stuck").code == 0
+        assert settle(started, 10) == set()
+        assert list(engine.root.iterdir()) == []
 
 
 def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:

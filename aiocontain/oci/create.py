@@ -137,11 +137,16 @@ class Creation:
         if (reply := init.receive(sync)) != b"hooks":
             raise OciError(f"the container's set-up broke its protocol: {reply!r}")
         hook_state = self.state.hook_state("creating")
-        hooks.run(self.plan.hooks, "prestart", hook_state)
-        hooks.run(self.plan.hooks, "createRuntime", hook_state)
+        hooks.run(self.plan.hooks, "prestart", hook_state, self._hook_running)
+        hooks.run(self.plan.hooks, "createRuntime", hook_state, self._hook_running)
         sync.send(b"go " + hook_state)
         if (reply := init.receive(sync)) != b"ready":
             raise OciError(f"the container's set-up broke its protocol: {reply!r}")
+
+    def _hook_running(self, pid: int) -> None:
+        self.state.hook = pid
+        self.state.hook_start_time = (proc.start_time(pid) or 0) if pid else 0
+        self.state.save()
 
     def finish(self, pid_file: str | None) -> None:
         """Record the container as created and write --pid-file (atomically, as runc)."""

@@ -14,6 +14,8 @@ from aiocontain.oci.errors import OciError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiocontain.oci.state import ContainerState
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
@@ -40,11 +42,23 @@ def check(hooks: object) -> None:
                 raise OciError(f"config.json: hook {entry['path']}: timeout must be a positive integer")
 
 
-def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: bytes) -> None:
-    """Run the hooks of one kind in order; OciError naming the first one that fails (or times out)."""
+def run(
+    hooks: dict[str, list[dict[str, object]]] | None,
+    kind: str,
+    state: bytes,
+    running: Callable[[int], None] | None = None,
+) -> None:
+    """Run the hooks of one kind in order; OciError naming the first one that fails (or times out).
+
+    Each runs as the leader of a process group of its own, which a timeout kills whole: a hook's children
+    would otherwise outlive it, holding its stderr pipe and so this wait, for ever. (What a hook that succeeded
+    leaves running is its own business, as a daemon a network hook starts.) ``running`` is told the
+    leader's pid while it runs, and 0 after (create records it, so that delete can end a hook stuck in it).
+    """
     entries = (hooks or {}).get(kind, [])
     if not entries:
         return
+    import signal
     import subprocess  # only where there are hooks (the container's init imports it before pivot_root)
 
     for entry in entries:
@@ -53,25 +67,38 @@ def run(hooks: dict[str, list[dict[str, object]]] | None, kind: str, state: byte
         env = [str(item) for item in entry.get("env") or []]  # type: ignore[attr-defined]
         timeout = entry.get("timeout")
         try:
-            result = subprocess.run(
+            process = subprocess.Popen(
                 args,
                 executable=path,
-                input=state,
+                stdin=subprocess.PIPE,
                 env=dict(item.partition("=")[::2] for item in env),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                timeout=timeout if isinstance(timeout, int) else None,
-                check=False,
                 close_fds=True,
+                process_group=0,
             )
-        except subprocess.TimeoutExpired:
-            raise OciError(f"{kind} hook {path} did not finish in {timeout} s") from None
         except OSError as exc:
             raise OciError(f"{kind} hook {path} cannot run: {exc.strerror}") from None
-        if result.returncode != 0:
-            said = result.stderr.decode(errors="replace").strip().splitlines()
+        try:
+            if running is not None:
+                running(process.pid)
+            try:
+                _, stderr = process.communicate(state, timeout=timeout if isinstance(timeout, int) else None)
+            except subprocess.TimeoutExpired:
+                raise OciError(f"{kind} hook {path} did not finish in {timeout} s") from None
+        finally:
+            if process.returncode is None:  # timed out (or we were interrupted): the whole group goes
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.communicate()  # every writer of its stderr is gone now: end of file
+            if running is not None:
+                running(0)
+        if process.returncode != 0:
+            said = stderr.decode(errors="replace").strip().splitlines()
             detail = f": {said[-1]}" if said else ""
-            raise OciError(f"{kind} hook {path} failed with exit status {result.returncode}{detail}")
+            raise OciError(f"{kind} hook {path} failed with exit status {process.returncode}{detail}")
 
 
 def run_recorded(container: ContainerState, kind: str, status: str) -> None:

@@ -201,6 +201,8 @@ def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) 
             if not flags.get("force"):
                 raise OciError(f'cannot delete container "{container_id}": it is {status} (stop it or use --force)')
             _kill_and_wait(container)
+        elif container.creating:
+            _kill_and_wait(container)  # create died half-way: what it had started may live on (a hook, the process)
         from aiocontain.oci import cgroup
 
         cgroup.remove(container)
@@ -213,11 +215,25 @@ def delete(options: Options, flags: dict[str, str | bool], operands: list[str]) 
 
 
 def _kill_and_wait(container: oci_state.ContainerState) -> None:
-    """SIGKILL the container's process (or the create still building it) and wait until it is gone."""
-    if container.creating:
-        pid, start_time = container.creator, container.creator_start_time
-    else:
-        pid, start_time = container.pid, container.start_time
+    """SIGKILL the container's process and wait until it is gone. While create still builds it: create itself,
+    the container's process if create recorded it already, and the process group of the hook create runs."""
+    import signal
+
+    from aiocontain import proc
+
+    if container.creating and container.hook and proc.is_alive(container.hook, container.hook_start_time):
+        try:
+            os.killpg(container.hook, signal.SIGKILL)  # its leader lives: the group id is still that hook's
+        except ProcessLookupError:
+            pass
+    targets = [(container.creator, container.creator_start_time)] if container.creating else []
+    if container.pid:
+        targets.append((container.pid, container.start_time))
+    for pid, start_time in targets:
+        _kill_one(container, pid, start_time)
+
+
+def _kill_one(container: oci_state.ContainerState, pid: int, start_time: int) -> None:
     import signal
 
     from aiocontain import proc

@@ -58,7 +58,9 @@ class ContainerState:
     """One container's record. ``pid`` is the host pid of its process (0 before there is one); ``start_time``
     that process's start time (``aiocontain.proc.start_time``); ``creator``/``creator_start_time`` the
     ``create`` command's own process while it runs (``creating``), so that a create killed half-way shows as
-    stopped and can be deleted."""
+    stopped and can be deleted; ``hook``/``hook_start_time`` the leader of the process group of the hook that
+    create runs, while it runs, so that deleting a container whose create is stuck in a hook ends the hook and
+    whatever it started too."""
 
     def __init__(
         self,
@@ -77,6 +79,8 @@ class ContainerState:
         creator_start_time: int = 0,
         cgroup: str = "",
         hooks: dict[str, list[dict[str, object]]] | None = None,
+        hook: int = 0,
+        hook_start_time: int = 0,
     ) -> None:
         self.root = root
         self.id = id
@@ -93,6 +97,8 @@ class ContainerState:
         self.creator_start_time = creator_start_time
         self.cgroup = cgroup  # the cgroup v2 directory create made, "" for none
         self.hooks = hooks or {}  # poststart and poststop as config.json had them at create
+        self.hook = hook
+        self.hook_start_time = hook_start_time
 
     @property
     def directory(self) -> str:
@@ -156,6 +162,8 @@ class ContainerState:
             "creator_start_time": self.creator_start_time,
             "cgroup": self.cgroup,
             "hooks": self.hooks,
+            "hook": self.hook,
+            "hook_start_time": self.hook_start_time,
         }
         path = os.path.join(self.directory, STATE_FILE)
         temporary = path + ".new"
@@ -207,6 +215,8 @@ def load(root: str, container_id: str) -> ContainerState:
             creator_start_time=int(record.get("creator_start_time", 0)),
             cgroup=str(record.get("cgroup", "")),
             hooks=dict(record.get("hooks") or {}),
+            hook=int(record.get("hook", 0)),
+            hook_start_time=int(record.get("hook_start_time", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise OciError(f'container "{container_id}": its state {path} is damaged: {exc!r}') from None
