@@ -21,13 +21,14 @@ bind-mounted over /etc/passwd or /etc/group for this container only.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocontain import elf
+from aiocontain import elf, syscalls
 from aiocontain.errors import AiocontainError
 from aiocontain.forkserver.userns import IdMapping
 
@@ -176,8 +177,7 @@ def _check_mapped(what: str, uid: int, gid: int, groups: tuple[int, ...], mappin
 def _read(rootfs: Path, path: str, fields: int) -> list[_Entry]:
     """The entries of the container's passwd (7 fields) or group (4) file; none when it is missing.
 
-    Read as the container would see it, but safely: symlinks resolved within the rootfs, the last component
-    opened without following one, and only a regular file (a FIFO there would block the runtime)."""
+    Read as the container would see it, but safely: symlinks resolved within the rootfs (``read_text``)."""
     text = read_text(rootfs, path)
     entries = []
     for line in (text or "").splitlines():
@@ -196,23 +196,43 @@ def _read(rootfs: Path, path: str, fields: int) -> list[_Entry]:
 
 
 def read_text(rootfs: Path, path: str) -> str | None:
-    """A small text file of the container's (/etc/passwd, /etc/group), None when it is missing or no file."""
-    host_path = elf.resolve_in_rootfs(rootfs, path)
-    if host_path is None:
-        return None
+    """A small text file of the container's (/etc/passwd, /etc/group), None when it is missing or no file.
+
+    Opened by the kernel within rootfs (openat2's RESOLVE_IN_ROOT): a running container's root
+    (/proc/PID/root) is the container's to change while we look, and a path checked first and opened after
+    could be turned into a symlink out of it meanwhile. Where openat2 is missing, the path is resolved here.
+    """
     try:
-        fd = os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        root = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
+        fd = syscalls.open_in_root(root, path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        fd = _open_resolved_here(rootfs, path) if exc.errno == errno.ENOSYS else -1
+    finally:
+        os.close(root)
+    if fd < 0:
+        return None
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+            return None  # a FIFO there would block the runtime
         data = os.read(fd, _MAX_FILE)
     except OSError:
         return None
     finally:
         os.close(fd)
     return data.decode(errors="replace")
+
+
+def _open_resolved_here(rootfs: Path, path: str) -> int:
+    host_path = elf.resolve_in_rootfs(rootfs, path)
+    if host_path is None:
+        return -1
+    try:
+        return os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def etc_copies(user: ExecUser, rootfs: Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ changes what aiocontain reads.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -246,6 +247,42 @@ def test_passwd_symlink_is_resolved_inside_the_rootfs(cli, fresh, tmp_path):
     result = cli("--net", "none", "--user", "evil", "/bin/sh", "-c", "id -u; echo $HOME", rootfs_dir=root)
     if MAPPING.mode == "subordinate":
         assert (result.code, result.stdout) == (0, "4242\n/evil\n"), result.stderr
+
+
+def test_a_directory_swapped_for_a_symlink_while_passwd_is_read_cannot_lead_out(fresh, tmp_path, monkeypatch):
+    """A running container's root (/proc/PID/root, which `exec -u` reads) is the container's to change while the
+    runtime looks: its /etc turned into an absolute symlink just after a path is checked must not make the
+    runtime read a host file. The kernel resolves the path within the root in one step (openat2), so no check
+    comes first; the swap is made where a check-then-open would have left its window (the userspace resolver's
+    return). Control: with that window, the host's file is what gets read."""
+    from aiocontain import elf, syscalls, users
+
+    root = fresh()
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "passwd").write_text("host-secret:x:4242:4242::/secret:/bin/sh\n")
+    resolve = elf.resolve_in_rootfs
+
+    def resolve_then_swap(rootfs, path):
+        found = resolve(rootfs, path)
+        if not (rootfs / "etc").is_symlink():
+            (rootfs / "etc").rename(rootfs / "etc.real")
+            (rootfs / "etc").symlink_to(host)  # absolute: a lookup from the host follows it to the host
+        return found
+
+    monkeypatch.setattr(elf, "resolve_in_rootfs", resolve_then_swap)
+    text = users.read_text(root, "/etc/passwd")
+    assert text is not None and "root:x:0:0" in text and "host-secret" not in text
+    resolve_then_swap(root, "/")  # the container swaps it now: read again, the kernel resolves it within the root
+    assert users.read_text(root, "/etc/passwd") is None  # /host-etc is no path inside the root
+
+    def without_openat2(_root, _path, _flags):
+        raise OSError(errno.ENOSYS, "openat2")
+
+    (root / "etc").unlink()
+    (root / "etc.real").rename(root / "etc")
+    monkeypatch.setattr(syscalls, "open_in_root", without_openat2)
+    assert "host-secret" in (users.read_text(root, "/etc/passwd") or "")  # the window, without openat2
 
 
 def test_passwd_fifo_does_not_block(cli, fresh):
