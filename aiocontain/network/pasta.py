@@ -34,7 +34,8 @@ import anyio
 from aiocontain import events, processes
 from aiocontain.errors import AiocontainError, HostPrerequisiteError, NetworkError
 from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
-from aiocontain.network.slirp4netns import TAP, exit_error, watch
+from aiocontain.network.slirp4netns import TAP
+from aiocontain.network.supervisor import Supervisor
 from aiocontain.spec import DEFAULT_MTU
 
 _TUN = "/dev/net/tun"
@@ -61,8 +62,7 @@ class Pasta:
         self.setpriv: str | None = None
         self.ports: list[str] = []  # -t/-u options, from publish()
         self._ready_fd = -1
-        self._supervised = anyio.Event()
-        self._error: AiocontainError | None = None  # why it exited early, once it has
+        self._supervisor = Supervisor("pasta")
 
     def check(self) -> None:
         if self.mtu > _MAX_MTU:
@@ -132,30 +132,18 @@ class Pasta:
         except BaseException:
             os.close(self._ready_fd)
             raise
-        stderr = bytearray()
-        supervised = self._supervised
-        stopping = False
+        supervisor = self._supervisor
 
         async def stop() -> None:
-            nonlocal stopping
-            stopping = True
+            supervisor.stopping = True
             try:
                 process.kill()  # no state to save: its flows go with the container
-                await supervised.wait()
+                await supervisor.done.wait()
                 await process.aclose()
             finally:
                 os.close(self._ready_fd)
 
-        async def supervise() -> None:
-            try:
-                await watch(process, stderr)
-            finally:
-                supervised.set()
-            if not stopping:
-                self._error = exit_error(process.returncode, stderr, "pasta")
-                host.failed(self._error)
-
-        host.tg.start_soon(supervise)
+        supervisor.start(host, process)
         host.log.debug(
             events.PASTA_STARTED,
             pid=process.pid,
@@ -173,8 +161,7 @@ class Pasta:
             with anyio.fail_after(self.timeout):
                 await anyio.wait_readable(self._ready_fd)
                 if not os.read(self._ready_fd, 64):
-                    await self._supervised.wait()  # it exited: its supervisor fails the run with its stderr
-                    raise self._error or NetworkError("pasta exited before tap0 was ready")
+                    raise await self._supervisor.exited_early()  # its supervisor fails the run with its stderr
                 if not self.describe_network:
                     return NetworkInfo(TAP)
                 assert netlink is not None

@@ -30,15 +30,15 @@ from typing import Any
 import anyio
 
 from aiocontain import events, processes, rtnl
-from aiocontain.errors import AiocontainError, HostPrerequisiteError, NetworkError
+from aiocontain.errors import HostPrerequisiteError, NetworkError
 from aiocontain.network import slirp_sandbox
 from aiocontain.network.driver import Api, Cleanup, NetworkHost, NetworkInfo
+from aiocontain.network.supervisor import Supervisor
 
 TAP = "tap0"
 ADDRESS = "10.0.2.100"
 DNS = "10.0.2.3"
 _TUN = "/dev/net/tun"
-_STDERR_KEEP = 4096
 
 
 class Slirp4netns:
@@ -59,8 +59,7 @@ class Slirp4netns:
         self.sandbox: tuple[str, ...] = ()
         self.api_socket: str | None = None
         self._ready_fd = -1  # our end of --ready-fd
-        self._supervised = anyio.Event()
-        self._error: AiocontainError | None = None  # why it exited early, once it has
+        self._supervisor = Supervisor("slirp4netns")
 
     def check(self) -> None:
         self.binary = shutil.which("slirp4netns")
@@ -117,35 +116,23 @@ class Slirp4netns:
         finally:
             os.close(exit_r)
             os.close(ready_w)
-        stderr = bytearray()
-        supervised = self._supervised
-        stopping = False
+        supervisor = self._supervisor
 
         async def stop() -> None:
-            nonlocal stopping
-            stopping = True
+            supervisor.stopping = True
             try:
                 os.close(exit_w)  # slirp4netns exits when its exit fd sees end of file
                 with anyio.move_on_after(5):
-                    await supervised.wait()  # its stderr reached end of file and it has been reaped
-                if not supervised.is_set():
+                    await supervisor.done.wait()
+                if not supervisor.done.is_set():
                     process.kill()
                     process.stderr.close_fd()  # stop reading: a lingering child of its own may hold stderr open
-                    await supervised.wait()  # the supervisor reaps it, killed
+                    await supervisor.done.wait()  # the supervisor reaps it, killed
                 await process.aclose()
             finally:
                 os.close(self._ready_fd)
 
-        async def supervise() -> None:
-            try:
-                await watch(process, stderr)
-            finally:
-                supervised.set()
-            if not stopping:
-                self._error = exit_error(process.returncode, stderr)
-                host.failed(self._error)
-
-        host.tg.start_soon(supervise)
+        supervisor.start(host, process)
         host.log.debug(
             events.SLIRP_STARTED, pid=process.pid, mtu=self.mtu, host_loopback=self.allow_host_loopback, ipv6=self.ipv6
         )
@@ -207,39 +194,4 @@ class Slirp4netns:
         if os.read(self._ready_fd, 1):
             return
         # End of file: slirp4netns exited first. Its supervisor fails the run with its stderr.
-        await self._supervised.wait()
-        raise self._error or NetworkError("slirp4netns exited before tap0 was ready")
-
-
-def exit_error(code: int | None, stderr: bytearray, helper: str = "slirp4netns") -> NetworkError:
-    """Why the helper ended: a signal (its last words are then only progress, not a cause), or its stderr."""
-    if code is not None and code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return NetworkError(
-            f"{helper} was killed by {name}, so the container lost its network and was stopped",
-            fix="something outside killed it (an OOM kill, a kill of the user's processes); run the container again",
-        )
-    lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip() and not _noise(line)]
-    detail = lines[-1] if lines else "no message"
-    return NetworkError(f"{helper} exited early with status {code}: {detail}")
-
-
-def _noise(line: str) -> bool:
-    """pasta's complaint, after each line it logs, that there is no syslog to log it to."""
-    return line.startswith("Failed to send ") and line.endswith(" to syslog")
-
-
-async def watch(process: processes.Helper, stderr: bytearray) -> None:
-    """Keep the tail of the helper's stderr until it ends, then reap it."""
-    try:
-        async for chunk in process.stderr:
-            stderr.extend(chunk)
-            del stderr[:-_STDERR_KEEP]
-    except anyio.ClosedResourceError:
-        pass  # the teardown stopped reading
-    await process.wait()
+        raise await self._supervisor.exited_early()

@@ -114,6 +114,7 @@ PRELOAD = (
     "network.none",
     "network.slirp4netns",
     "network.slirp_sandbox",
+    "network.supervisor",
     "processes",
     "rootfs",
     "rtnl",
