@@ -492,3 +492,13 @@ def test_default_profile_compiles_to_a_tree_with_the_same_decisions(monkeypatch)
     for program in (tree, listed):
         assert run_filtered(program, "socket-audit") == errno.EINVAL
         assert run_filtered(program, "getppid") == 0
+
+
+def test_a_program_past_the_kernels_limit_is_refused_before_the_call():
+    """The program is copied into a buffer made once, of the kernel's maximum (BPF_MAXINSNS instructions): a
+    longer one is refused as the kernel would refuse it (EINVAL), never written past the buffer."""
+    from aiocontain import syscalls
+
+    with pytest.raises(OSError) as refused:
+        syscalls.set_seccomp_filter(b"\0" * 8 * 4097)
+    assert refused.value.errno == errno.EINVAL
