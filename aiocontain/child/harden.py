@@ -69,7 +69,7 @@ def apply(config: Config | Exec) -> None:
     join_session_keyring(config.hostname)
     if config.caps is not None:
         keep = set(config.caps)
-        for cap in range(_LAST_CAP + 1):
+        for cap in range((_LAST_CAP if _LAST_CAP is not None else _last_capability()) + 1):
             if cap not in keep:
                 syscalls.drop_bounding_capability(cap)
     syscalls.clear_ambient_capabilities()
@@ -89,7 +89,11 @@ def _last_capability() -> int:
 # Read once, where this module is imported (the fork server), not in each container: it is the kernel's.
 # Every capability up to it that is not kept is dropped, present or not (dropping one already gone is
 # allowed and changes nothing), so the bounding set ends as exactly the kept ones without reading it first.
-_LAST_CAP = _last_capability()
+# Where the importer may not read it (a seccomp filter of its own), each container reads it, and says why not.
+try:
+    _LAST_CAP: int | None = _last_capability()
+except OSError:
+    _LAST_CAP = None
 
 
 def join_session_keyring(name: str) -> None:
