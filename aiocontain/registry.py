@@ -26,7 +26,7 @@ import signal
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiocontain import names, proc
@@ -103,7 +103,9 @@ class Record:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: every field is JSON data already (spec and network went through ``plain``), and asdict's
+        # deep copy of them was most of a record's cost.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def _verified_pidfd(pid: int, start: int) -> int | None:
@@ -260,6 +262,8 @@ def remove(record: Record) -> None:
 
 def plain(value: Any, skip: Sequence[str] = ()) -> Any:
     """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
+    if type(value) in _SCALARS:
+        return value  # most of a spec's values: before the slower checks (Mapping's is an ABC's)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
     if isinstance(value, enum.Enum):
@@ -271,6 +275,9 @@ def plain(value: Any, skip: Sequence[str] = ()) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def now() -> str:

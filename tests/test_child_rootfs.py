@@ -119,6 +119,25 @@ def test_a_symlinked_mount_point_is_refused(plan, tmp_path):
         build()
 
 
+def test_a_symlinked_etc_is_refused(plan, tmp_path):
+    """/etc itself a symlink would put the runtime's files over a host directory: refused, as any symlinked
+    mount point on the way, and nothing is created where it points."""
+    root, build, _ = plan
+    (root / "etc").rmdir()
+    (root / "etc").symlink_to(tmp_path)
+    with pytest.raises(OSError, match=r"etc/\S+ in the root filesystem is a symlink"):
+        build()
+    assert not (tmp_path / "hosts").exists()
+
+
+def test_a_rootfs_without_etc_gets_one(plan):
+    root, build, _ = plan
+    (root / "etc").rmdir()
+    calls = build()
+    for name in ("hosts", "hostname", "resolv.conf"):
+        assert (root / "etc" / name).is_file() and mounts_at(calls, f"{root}/etc/{name}")
+
+
 def test_overlay_read_only_and_mounts_plan(tmp_path, monkeypatch):
     """--rootfs DIR:O puts the overlay on the root itself (lower: the rootfs, upper: a tmpfs on the holder
     directory); --read-only remounts the root alone, last; -v targets resolve through symlinks inside the root."""

@@ -219,3 +219,33 @@ def test_recv_end_of_stream_in_the_other_direction(pair: tuple[socket.socket, so
     a, b = pair
     b.close()
     assert messages.recv(a) == (None, [])
+
+
+def test_a_large_message_arrives_whole_and_fds_only_once(pair: tuple[socket.socket, socket.socket]) -> None:
+    """recv sizes its buffer by the datagram's own length (a peek): a Config far above a page (a seccomp program,
+    a large environment) arrives whole after a small one, and the peek installs none of the fds that ride along."""
+    a, b = pair
+    big = Config(
+        rootfs="/r",
+        argv=["x"],
+        env={f"V{i}": "v" * 100 for i in range(400)},
+        workdir="/",
+        hostname="h",
+        unshare_net=True,
+        want_netlink=False,
+        seccomp="A" * 65536,
+    )
+    messages.send(a, Release())
+    messages.send(a, big)
+    assert messages.recv(b) == (Release(), [])
+    assert messages.recv(b) == (big, [])
+    read_end, write_end = os.pipe()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        messages.send(a, Release(), [write_end])
+        received, fds = messages.recv(b)
+        assert received == Release() and len(fds) == 1
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        close_all(fds)
+    finally:
+        close_all([read_end, write_end])

@@ -440,6 +440,7 @@ def test_filter_for_spec_and_its_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(aiocontain.seccomp, "_compiled", {})
+    monkeypatch.setattr(aiocontain.seccomp, "_encoded", {})
     assert filter_for(ContainerSpec(["true"], seccomp="unconfined")) is None
     assert filter_for(ContainerSpec(["true"], privileged=True)) is None
     first = filter_for(ContainerSpec(["true"]))
@@ -449,11 +450,32 @@ def test_filter_for_spec_and_its_cache(tmp_path, monkeypatch):
     assert filter_for(ContainerSpec(["true"], cap_add=["SYS_ADMIN"])) != first  # caps change the program
     assert len(list((tmp_path / "aiocontain" / "seccomp").iterdir())) == 2
 
-    # A damaged cache file is compiled again and replaced, never installed
+    # A damaged cache file is compiled again and replaced, never installed (a fresh process: empty memos)
     files[0].write_bytes(b"garbage")
     monkeypatch.setattr(aiocontain.seccomp, "_compiled", {})
+    monkeypatch.setattr(aiocontain.seccomp, "_encoded", {})
     assert filter_for(ContainerSpec(["true"])) == first
     assert files[0].read_bytes() != b"garbage"
+
+
+def test_a_changed_profile_file_is_compiled_again_in_the_same_process(tmp_path, monkeypatch):
+    """The process's memo of the encoded program is keyed by the profile file's identity and times: a profile
+    rewritten in place gives the new program at the next container, not the old one."""
+    import aiocontain.seccomp
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    profile = json.loads(Path(aiocontain.seccomp.DEFAULT_PROFILE).read_text())
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    monkeypatch.setattr(aiocontain.seccomp, "_encoded", {})
+    monkeypatch.setattr(aiocontain.seccomp, "_SETTLED_NS", -1)  # as if written long ago: kept at once
+    first = filter_for(ContainerSpec(["true"], seccomp=str(path)))
+    assert len(aiocontain.seccomp._encoded) == 1  # kept: the next container pays a stat
+    assert filter_for(ContainerSpec(["true"], seccomp=str(path))) == first
+    profile["defaultErrnoRet"] = errno.EPERM if profile.get("defaultErrnoRet") != errno.EPERM else errno.ENOSYS
+    with path.open("w") as f:  # the same file (inode), truncated and written
+        f.write(json.dumps(profile))
+    assert filter_for(ContainerSpec(["true"], seccomp=str(path))) != first
 
 
 def test_default_profile_compiles_to_a_tree_with_the_same_decisions(monkeypatch):
@@ -470,3 +492,13 @@ def test_default_profile_compiles_to_a_tree_with_the_same_decisions(monkeypatch)
     for program in (tree, listed):
         assert run_filtered(program, "socket-audit") == errno.EINVAL
         assert run_filtered(program, "getppid") == 0
+
+
+def test_a_program_past_the_kernels_limit_is_refused_before_the_call():
+    """The program is copied into a buffer made once, of the kernel's maximum (BPF_MAXINSNS instructions): a
+    longer one is refused as the kernel would refuse it (EINVAL), never written past the buffer."""
+    from aiocontain import syscalls
+
+    with pytest.raises(OSError) as refused:
+        syscalls.set_seccomp_filter(b"\0" * 8 * 4097)
+    assert refused.value.errno == errno.EINVAL

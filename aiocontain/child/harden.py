@@ -27,8 +27,14 @@ def allow_ping(gid_map: str = "/proc/self/gid_map") -> None:
     net.ipv4.ping_group_range). Only in a network namespace of the container's own: the sysctl is per
     namespace. The kernel refuses gids that are not mapped, so the range is the ids mapped from 0 on."""
     highest = -1
-    with open(gid_map) as lines:
-        ranges = sorted((int(inside), int(count)) for inside, _, count in (line.split() for line in lines))
+    fd = os.open(gid_map, os.O_RDONLY | os.O_CLOEXEC)  # os, not open(): no text layer in a forked child
+    try:
+        data = b""
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    finally:
+        os.close(fd)
+    ranges = sorted((int(fields[0]), int(fields[2])) for fields in map(bytes.split, data.splitlines()) if fields)
     for inside, count in ranges:
         if inside > highest + 1:
             break  # a hole: the range must be contiguous
@@ -63,15 +69,31 @@ def apply(config: Config | Exec) -> None:
     join_session_keyring(config.hostname)
     if config.caps is not None:
         keep = set(config.caps)
-        cap = 0
-        while (present := syscalls.capability_in_bounding_set(cap)) is not None:
-            if present and cap not in keep:
+        for cap in range((_LAST_CAP if _LAST_CAP is not None else _last_capability()) + 1):
+            if cap not in keep:
                 syscalls.drop_bounding_capability(cap)
-            cap += 1
     syscalls.clear_ambient_capabilities()
     syscalls.clear_inheritable_capabilities()
     if config.no_new_privs:
         syscalls.set_no_new_privs()
+
+
+def _last_capability() -> int:
+    """The highest capability number this kernel knows (what /proc/sys/kernel/cap_last_cap says)."""
+    cap = 0
+    while syscalls.capability_in_bounding_set(cap + 1) is not None:
+        cap += 1
+    return cap
+
+
+# Read once, where this module is imported (the fork server), not in each container: it is the kernel's.
+# Every capability up to it that is not kept is dropped, present or not (dropping one already gone is
+# allowed and changes nothing), so the bounding set ends as exactly the kept ones without reading it first.
+# Where the importer may not read it (a seccomp filter of its own), each container reads it, and says why not.
+try:
+    _LAST_CAP: int | None = _last_capability()
+except OSError:
+    _LAST_CAP = None
 
 
 def join_session_keyring(name: str) -> None:

@@ -14,6 +14,7 @@ a command without signal handlers still stops on SIGTERM and zombies never pile 
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stubs; signal.py wraps it
 import contextlib
 import errno
 import os
@@ -46,8 +47,7 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
         mounts.build(config)
         env = dict(config.env)
         try:
-            os.makedirs(config.workdir, exist_ok=True)
-            os.chdir(config.workdir)
+            enter_workdir(config.workdir)
         except (FileExistsError, NotADirectoryError):
             report(report_w, Failed(messages.STEP_WORKDIR, f"{config.workdir} is not a directory", errno.ENOTDIR))
             os._exit(126)
@@ -78,6 +78,15 @@ def send_console(report_w: int, owner: int | None) -> None:
     finally:
         report.detach()  # still ours, as an fd: exec closes it, which tells the runtime the command runs
         os.close(master)
+
+
+def enter_workdir(workdir: str) -> None:
+    """chdir into workdir, made first if missing (as podman does); tried first, as it nearly always exists."""
+    try:
+        os.chdir(workdir)
+    except FileNotFoundError:
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
 
 
 def become_root() -> None:
@@ -116,12 +125,17 @@ def _reset_signals() -> None:
     # exec keeps ignored signals ignored: Python's SIGPIPE and SIGXFSZ (`yes | head` would never end), and
     # whatever the invoking shell ignored (SIGQUIT of a background job). The command starts with none ignored.
     # Python knows every disposition here: the ones it found at start-up and the ones set through it since.
-    for signum in signal.valid_signals():
-        if signum not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(signum) != signal.SIG_DFL:
+    # _signal, not signal: the latter turns each number into an enum (an exception for every real-time one).
+    default = _signal.SIG_DFL
+    for signum in _signal.valid_signals():
+        if signum != _SIGKILL and signum != _SIGSTOP and _signal.getsignal(signum) != default:
             try:
-                signal.signal(signum, signal.SIG_DFL)
+                _signal.signal(signum, default)
             except (OSError, ValueError):
                 pass  # e.g. the real-time signals glibc keeps for itself
+
+
+_SIGKILL, _SIGSTOP = int(signal.SIGKILL), int(signal.SIGSTOP)
 
 
 def _exec_failed(name: str, exc: OSError, report_w: int) -> NoReturn:

@@ -29,23 +29,26 @@ DEV_LINKS = {
 
 
 def build(config: Config) -> None:
-    root = os.path.realpath(config.rootfs)
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we do here propagates to the host
+    # The runtime resolved the rootfs (Container): its path has no symlink in it, so no realpath here. Every
+    # target below is root + a path: one lstat each says whether it is there and not a symlink.
+    root = config.rootfs
+    mount = sc.mount
+    mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we do here propagates to the host
     if config.overlay:
         _mount_overlay(root, config.overlay)  # also makes the root a mount point
     else:
-        sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
-    sc.mount("proc", _target_dir(root, "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    mount_sys(_target_dir(root, "sys"))
+        mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
+    mount("proc", _top_dir(root, "proc"), "proc", _PROC_FLAGS)
+    mount_sys(_top_dir(root, "sys"))
     mask(root, config.masked_paths)
     for path in config.readonly_paths:
         readonly(root, path)
-    _mount_dev(_target_dir(root, "dev"))
+    _mount_dev(_top_dir(root, "dev"))
     if config.init_binary:
         _mount_init(root + INIT_PATH, config.init_binary)
-    sc.mount("tmpfs", _target_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
-    for name, source in config.etc_files.items():
-        sc.mount(source, _etc_target(root, name), None, sc.MS_BIND)
+    mount("tmpfs", _top_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+    if config.etc_files:
+        _bind_etc_files(root, config.etc_files)
     for spec in config.mounts:
         _mount_one(root, spec)
     if config.read_only:
@@ -56,6 +59,10 @@ def build(config: Config) -> None:
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+
+
+_PROC_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+_HIDDEN_FLAGS = sc.MS_RDONLY | _PROC_FLAGS
 
 
 def _mount_overlay(root: str, holder: str) -> None:
@@ -168,16 +175,17 @@ def mask(root: str, paths: list[str]) -> None:
     """Hide kernel files of /proc and /sys, as runc does: a file under /dev/null, a directory under an empty
     read-only tmpfs. What this kernel does not have is skipped. The paths lie in the proc and sysfs just
     mounted, which hold nothing of the container's own, so no symlink of its making is followed."""
+    lstat, mount = os.lstat, sc.mount
     for path in paths:
         target = root + path
         try:
-            mode = os.lstat(target).st_mode
+            mode = lstat(target).st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(mode):
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            mount("tmpfs", target, "tmpfs", _HIDDEN_FLAGS)
         else:
-            sc.mount("/dev/null", target, None, sc.MS_BIND)
+            mount("/dev/null", target, None, sc.MS_BIND)
 
 
 def readonly(root: str, path: str) -> None:
@@ -191,24 +199,21 @@ def readonly(root: str, path: str) -> None:
 
 
 def _mount_dev(dev: str) -> None:
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    mount = sc.mount
+    mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     for name in DEVICES:
-        node = os.path.join(dev, name)
-        os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
-        sc.mount("/dev/" + name, node, None, sc.MS_BIND)
-    os.mkdir(os.path.join(dev, "pts"), 0o755)
-    sc.mount(
-        "devpts", os.path.join(dev, "pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
-    )
-    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
-    os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    sc.mount(
-        "shm", os.path.join(dev, "shm"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k"
-    )
-    os.mkdir(os.path.join(dev, "mqueue"), 0o755)
-    sc.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        node = dev + "/" + name
+        os.mknod(node, stat.S_IFREG | 0o666)  # an empty file to bind the host's node on (one call, not two)
+        mount("/dev/" + name, node, None, sc.MS_BIND)
+    os.mkdir(dev + "/pts", 0o755)
+    mount("devpts", dev + "/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", dev + "/ptmx")
+    os.mkdir(dev + "/shm", 0o1777)
+    mount("shm", dev + "/shm", "tmpfs", _PROC_FLAGS, "mode=1777,size=65536k")
+    os.mkdir(dev + "/mqueue", 0o755)
+    mount("mqueue", dev + "/mqueue", "mqueue", _PROC_FLAGS)
     for name, target in DEV_LINKS.items():
-        os.symlink(target, os.path.join(dev, name))
+        os.symlink(target, dev + "/" + name)
 
 
 def _mount_init(target: str, host_path: str) -> None:
@@ -218,43 +223,50 @@ def _mount_init(target: str, host_path: str) -> None:
     _remount_readonly(target)
 
 
-def _inside(root: str, relative: str) -> str:
-    """The path of relative under root, refusing symlinks on the way: they could point at the host."""
-    path = root
-    for part in relative.split("/"):
-        path = os.path.join(path, part)
-        if os.path.islink(path):
-            if part != relative.split("/")[-1] or not relative.startswith("etc/"):
-                raise OSError(0, f"{relative} in the root filesystem is a symlink; refusing to mount over it")
-            os.unlink(path)  # e.g. etc/resolv.conf -> a host path: replaced by the runtime's own file
-    return path
-
-
-def _target_dir(root: str, relative: str) -> str:
-    path = _inside(root, relative)
-    if not os.path.isdir(path):
-        os.makedirs(path, 0o755, exist_ok=True)
-    return path
-
-
-def _etc_target(root: str, name: str) -> str:
-    """Where /etc/NAME is bound: a symlink that stays inside the root and ends at a file is bound through (as
-    the container will open it), so the rootfs on disk keeps it; else the file itself (created if missing)."""
-    if os.path.islink(os.path.join(root, "etc", name)) and not os.path.islink(os.path.join(root, "etc")):
-        resolved = resolve(root, "/etc/" + name)
-        if os.path.isfile(resolved):
-            return resolved
-    return _target_file(root, "etc/" + name)
-
-
-def _target_file(root: str, relative: str) -> str:
-    path = _inside(root, relative)
+def _top_dir(root: str, name: str) -> str:
+    """root/name, a directory directly under the root, made if missing; a symlink there is refused: it could
+    point at the host."""
+    path = root + "/" + name
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        os.makedirs(path, 0o755, exist_ok=True)
         return path
-    if not stat.S_ISREG(mode):
-        raise OSError(0, f"{relative} in the root filesystem is not a regular file")
+    if stat.S_ISLNK(mode):
+        raise OSError(0, f"{name} in the root filesystem is a symlink; refusing to mount over it")
+    if not stat.S_ISDIR(mode):
+        os.makedirs(path, 0o755, exist_ok=True)  # raises as it is there: not a directory
     return path
+
+
+def _bind_etc_files(root: str, files: dict[str, str]) -> None:
+    """Bind each of the runtime's files at /etc/NAME. A symlink that stays inside the root and ends at a file
+    is bound through (as the container will open it), so the rootfs on disk keeps it; any other symlink is
+    replaced by the file (e.g. etc/resolv.conf -> a host path). A symlinked /etc itself is refused."""
+    etc = root + "/etc"
+    try:
+        etc_mode: int | None = os.lstat(etc).st_mode
+    except FileNotFoundError:
+        etc_mode = None
+    for name, source in files.items():
+        if etc_mode is not None and stat.S_ISLNK(etc_mode):
+            raise OSError(0, f"etc/{name} in the root filesystem is a symlink; refusing to mount over it")
+        target = etc + "/" + name
+        try:
+            mode: int | None = os.lstat(target).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISLNK(mode):
+            resolved = resolve(root, "/etc/" + name)
+            if os.path.isfile(resolved):
+                sc.mount(source, resolved, None, sc.MS_BIND)
+                continue
+            os.unlink(target)
+            mode = None
+        if mode is None:
+            os.makedirs(etc, 0o755, exist_ok=True)
+            etc_mode = stat.S_IFDIR
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+        elif not stat.S_ISREG(mode):
+            raise OSError(0, f"etc/{name} in the root filesystem is not a regular file")
+        sc.mount(source, target, None, sc.MS_BIND)

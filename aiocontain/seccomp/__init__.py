@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import time
 
 from aiocontain.seccomp import cache
 from aiocontain.security import capabilities
@@ -26,6 +27,11 @@ DEFAULT_PROFILE = os.path.join(os.path.dirname(__file__), "default.json")  # no 
 UNCONFINED = "unconfined"
 
 _compiled: dict[str, bytes] = {}  # cache key -> program, for this process's containers
+# (path, the file's identity and times, caps) -> the program as sent: a process's next container with the same,
+# unchanged profile pays one stat, not reading, hashing and encoding it again. Any write changes st_ctime; a file
+# changed in the last 2 s is not kept (its times are a clock tick coarse: a rewrite then could keep them).
+_encoded: dict[tuple[object, ...], str] = {}
+_SETTLED_NS = 2_000_000_000
 
 
 def filter_for(spec: ContainerSpec) -> str | None:
@@ -36,6 +42,15 @@ def filter_for(spec: ContainerSpec) -> str | None:
     if spec.privileged or spec.seccomp == UNCONFINED:
         return None
     path = DEFAULT_PROFILE if spec.seccomp is None else spec.seccomp
+    caps = capabilities.names(spec.capabilities)
+    try:
+        info = os.stat(path)
+    except OSError:
+        known = None  # reading it says why
+    else:
+        known = (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, caps)
+        if (encoded := _encoded.get(known)) is not None:
+            return encoded
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -46,8 +61,10 @@ def filter_for(spec: ContainerSpec) -> str | None:
             f"cannot read the seccomp profile {path}: {exc.strerror}",
             fix="--security-opt seccomp=FILE names a JSON profile, or seccomp=unconfined for none",
         ) from None
-    caps = capabilities.names(spec.capabilities)
-    return binascii.b2a_base64(program(data, str(path), caps), newline=False).decode()
+    encoded = binascii.b2a_base64(program(data, str(path), caps), newline=False).decode()
+    if known is not None and time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS:
+        _encoded[known] = encoded
+    return encoded
 
 
 def program(data: bytes, source: str, caps: frozenset[str]) -> bytes:
