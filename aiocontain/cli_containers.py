@@ -62,6 +62,9 @@ def add_parsers(commands: Any) -> None:
     rm.add_argument("names", nargs="+", metavar="NAME")
     logs = commands.add_parser("logs", help="what a detached container wrote on stdout and stderr")
     logs.add_argument("-f", "--follow", action="store_true", help="follow the output until the container exits")
+    logs.add_argument(
+        "-n", "--tail", type=_line_count, default=-1, metavar="N", help="only the last N lines (default: all)"
+    )
     logs.add_argument("name", metavar="NAME")
     inspect = commands.add_parser("inspect", help="containers' spec, state, pid, exit code, network, cgroup (JSON)")
     inspect.add_argument("names", nargs="+", metavar="NAME")
@@ -249,6 +252,8 @@ def _logs(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise AiocontainError(f"the log of container {args.name} is gone", fix="aiocontain rm it") from None
     with log:
+        if args.tail >= 0:
+            log.seek(_start_of_last_lines(log, args.tail))
         out = sys.stdout.buffer
         # Until its monitor exits, which is after the container and after the last line it logs itself.
         pidfd = (record.monitor_pidfd() or record.pidfd()) if args.follow and record.state() == "running" else None
@@ -259,6 +264,40 @@ def _logs(args: argparse.Namespace) -> int:
             _follow(log, out, record.log_path, pidfd)
         finally:
             os.close(pidfd)
+    return 0
+
+
+def _line_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lines") from None
+    if count < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of lines, 0 or more (-1: all)")
+    return count
+
+
+def _start_of_last_lines(log: Any, count: int) -> int:
+    """The offset where the last count lines of log begin (a last line without its newline counts), read
+    backwards a block at a time: a long log is not read whole for its tail."""
+    end: int = log.seek(0, os.SEEK_END)
+    if count == 0:
+        return end
+    position, newlines, last_block = end, 0, True
+    while position > 0:
+        size = min(65536, position)
+        position -= size
+        log.seek(position)
+        block: bytes = log.read(size)
+        index = len(block)
+        if last_block:
+            last_block = False
+            if block.endswith(b"\n"):
+                index -= 1  # the last line's own newline starts no line after it
+        while (index := block.rfind(b"\n", 0, index)) >= 0:
+            newlines += 1
+            if newlines == count:
+                return position + index + 1
     return 0
 
 

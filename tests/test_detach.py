@@ -308,6 +308,24 @@ def test_run_d_rm_removes_itself_on_exit(cli, fifo, cleanup):
     assert leftovers() == before
 
 
+def test_logs_tail_gives_the_last_lines(cli, fifo, cleanup):
+    """logs --tail N (-n N), as podman's: the last N lines, all of them when there are fewer, none for 0; a count
+    that is no number is one line and 125."""
+    cleanup.append("tailed")
+    result = cli("-d", "--name", "tailed", "--net", "none", *fifo.volume, "/bin/sh", "-c", HOLD + "seq 5; printf last")
+    assert result.code == 0, result.stderr
+    monitor = monitor_pid("tailed")
+    fifo.release()
+    wait_gone(monitor)  # it has exited, its output logged
+    assert ctl("logs", "tailed").stdout == "1\n2\n3\n4\n5\nlast"  # control: the whole log
+    assert ctl("logs", "--tail", "2", "tailed").stdout == "5\nlast"
+    assert ctl("logs", "-n", "9", "tailed").stdout == "1\n2\n3\n4\n5\nlast"
+    assert ctl("logs", "--tail=0", "tailed").stdout == ""
+    refused = ctl("logs", "--tail", "x", "tailed")
+    assert refused.code == 125 and refused.stderr.count("\n") == 1 and "'x' is not a number of lines" in refused.stderr
+    assert ctl("rm", "tailed").code == 0
+
+
 def test_kill_sends_the_signal_to_pid_1(cli, fifo, cleanup):
     cleanup.append("signalled")
     command = "trap 'echo usr1; exit 9' USR1; echo ready; sleep 600 & wait"
