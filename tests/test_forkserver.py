@@ -251,6 +251,35 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
     assert leftovers() == before
 
 
+async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
+    # The spare forks the container's PID 1 ahead, before any request: it gets the command's stdio and its
+    # Config only with the request, and the command still starts as a fresh fork's does (nothing blocked or
+    # ignored, only stdio open: 3 is ls's own directory fd).
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        [spare] = spares_of(server)
+        command = ["/bin/sh", "-c", "grep -E 'SigBlk|SigIgn' /proc/self/status; ls /proc/self/fd; cat; echo err >&2"]
+        options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
+            assert container.pid is not None and parent_of(container.pid) == spare
+            await container.stdin.send(b"in\n")
+            await container.stdin.aclose()
+            output = b"".join([chunk async for chunk in container.stdout]).decode().split()
+            errors = b"".join([chunk async for chunk in container.stderr])
+            assert (await container.wait()).ok
+    finally:
+        server.close()
+    assert output == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "0", "1", "2", "3", "in"]
+    assert errors == b"err\n"
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
 async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(rootfs):
     # The spare makes the namespaces of the last request's kind. --net host then none, each way round: the
     # request that differs is forked afresh and the spare let go; the next spare is of the new kind.
@@ -302,9 +331,10 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
             assert (output, code) == (b"ran\n", 0)
             assert spare not in spares_of(server) and len(spares_of(server)) == 1
         [spare] = spares_of(server)
-        async with Container(spec(rootfs, "true"), fork_server=server) as container:
+        async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
             assert container.pid is not None and parent_of(container.pid) == spare
-            assert (await container.wait()).ok
+            container.kill()
+            assert (await container.wait()).code == 137
     finally:
         server.close()
     assert leftovers() == before
