@@ -13,6 +13,11 @@ container's cgroup, and for the init's exit, whose status it sends as Exited
 and makes its own exit code. If the runtime goes away (the control socket
 reaches end of stream) it kills the init, and with it the whole PID namespace,
 and removes the container's cgroup that the runtime can no longer remove.
+
+As the fork server's spare (``aiocontain.child.forkserver``) it has done the
+unshare, lo and the init's fork before any request (``unshare_namespaces``,
+``fork_init_ahead``): it then passes the Config's bytes and the command's stdio
+on to the waiting init, which decodes its copy while we decode ours.
 """
 
 from __future__ import annotations
