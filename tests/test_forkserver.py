@@ -341,6 +341,25 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     assert open_fds() == fds
 
 
+async def test_a_spare_and_its_pid_1_die_with_a_killed_fork_server(rootfs):
+    # The spare and the PID 1 it forks ahead hold namespaces and nothing else: a SIGKILLed server takes both
+    # (parent-death signals), whatever stage of its warm-up the spare is at.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before = leftovers()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        [spare] = spares_of(server)
+        os.kill(server.pid, signal.SIGKILL)
+        assert wait_gone(server.pid)
+        assert wait_gone(spare)
+    finally:
+        server.close()
+    assert leftovers() == before  # this server's spares are not the default's, which leftovers leaves out
+
+
 async def test_cancelled_while_the_fork_is_in_flight(rootfs):
     # A fresh server is still starting its interpreter when the first Fork request arrives:
     # cancelling then lands while the request is in flight.
