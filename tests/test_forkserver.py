@@ -252,9 +252,8 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
 
 
 async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
-    # The spare forks the container's PID 1 ahead, before any request: it gets the command's stdio and its
-    # Config only with the request, and the command still starts as a fresh fork's does (nothing blocked or
-    # ignored, only stdio open: 3 is ls's own directory fd).
+    # A spare's container gets the command's stdio with the request, and the command starts as a fresh fork's
+    # does (nothing blocked or ignored, only stdio open: 3 is ls's own directory fd).
     from aiocontain.child.forkserver import SPARE_AFTER
 
     before, fds = leftovers(), open_fds()
@@ -341,9 +340,9 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     assert open_fds() == fds
 
 
-async def test_a_spare_and_its_pid_1_die_with_a_killed_fork_server(rootfs):
-    # The spare and the PID 1 it forks ahead hold namespaces and nothing else: a SIGKILLed server takes both
-    # (parent-death signals), whatever stage of its warm-up the spare is at.
+async def test_a_spare_dies_with_a_killed_fork_server(rootfs):
+    # A spare holds namespaces and nothing else: a SIGKILLed server takes it (its parent-death signal),
+    # whatever stage of its warm-up it is at.
     from aiocontain.child.forkserver import SPARE_AFTER
 
     before = leftovers()

@@ -243,8 +243,6 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
             pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
         if unshare_net:
             netdev.bring_up("lo")
-        ahead = intermediate.fork_init_ahead(name)
-        ahead.move_above(CONTROL_FD)
         try:
             message, fds = messages.recv(sock)
         except ConnectionResetError:
@@ -259,7 +257,7 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
     except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
         os._exit(125)
     control, *stdio = fds
-    _become_intermediate(control, stdio, unshare_net, ahead)
+    _become_intermediate(control, stdio, unshare_net)
 
 
 def _get_comm() -> bytes:
@@ -437,11 +435,9 @@ def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int,
     return pidfd, pid, channel
 
 
-def _become_intermediate(
-    control: int, stdio: list[int], unshare_net: bool | None, ahead: intermediate.Ahead | None = None
-) -> NoReturn:
+def _become_intermediate(control: int, stdio: list[int], unshare_net: bool | None) -> NoReturn:
     """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate (whose
-    namespaces are made already when it was a spare, unshare_net says which, and its PID 1 forked ahead)."""
+    namespaces are made already when it was a spare: unshare_net says which)."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -450,10 +446,10 @@ def _become_intermediate(
         for target, fd in enumerate(kept[:3]):
             os.dup2(fd, target)  # inheritable: the container's command gets its stdio
         os.dup2(kept[3], CONTROL_FD, inheritable=False)
-        intermediate.close_from(CONTROL_FD + 1, tuple(ahead.fds()) if ahead is not None else ())
+        os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    intermediate.main(CONTROL_FD, unshare_net, ahead)
+    intermediate.main(CONTROL_FD, unshare_net)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:

@@ -14,17 +14,14 @@ and makes its own exit code. If the runtime goes away (the control socket
 reaches end of stream) it kills the init, and with it the whole PID namespace,
 and removes the container's cgroup that the runtime can no longer remove.
 
-As the fork server's spare (``aiocontain.child.forkserver``) it has done the
-unshare, lo and the init's fork before any request (``unshare_namespaces``,
-``fork_init_ahead``): it then passes the Config's bytes and the command's stdio
-on to the waiting init, which decodes its copy while we decode ours.
+As the fork server's spare (``aiocontain.child.forkserver``) it has made the
+namespaces and brought lo up before any request (``unshare_namespaces``): ``main``
+is then told so (``made``) and skips those steps.
 """
 
 from __future__ import annotations
 
-import array
 import errno
-import fcntl
 import os
 import select
 import signal
@@ -60,108 +57,13 @@ def unshare_namespaces(unshare_net: bool) -> None:
     syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if unshare_net else 0))
 
 
-class Ahead:
-    """PID 1 forked ahead by a spare once its namespaces exist, waiting on its own socket for the Config's
-    bytes and the command's stdio (``hand``); the intermediate's ends of its release pipe and report socket."""
-
-    def __init__(self, pid: int, pidfd: int, channel: int, release_w: int, report_r: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self.channel = channel
-        self.release_w = release_w
-        self.report_r = report_r
-
-    def fds(self) -> list[int]:
-        return [self.pidfd, self.channel, self.release_w, self.report_r]
-
-    def move_above(self, low: int) -> None:
-        """Renumber the fds at or below low above it (where a fresh intermediate's own fds go)."""
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low + 1) if fd <= low else fd for fd in self.fds()]
-        for old, new in zip(self.fds(), moved, strict=True):
-            if old != new:
-                os.close(old)
-        self.pidfd, self.channel, self.release_w, self.report_r = moved
-
-    def hand(self, data: bytes) -> None:
-        """Send PID 1 the command's stdio (our 0, 1 and 2) and the Config's bytes, which it decodes itself."""
-        channel = socket.socket(fileno=self.channel)
-        try:
-            channel.sendmsg([b"C"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-            channel.sendall(data)
-        finally:
-            channel.close()
-
-
-def fork_init_ahead(name: bytes) -> Ahead:
-    """In a spare whose namespaces exist: fork PID 1 now, off the container's path. It waits for its Config
-    and stdio (``Ahead.hand``), then is PID 1 as a freshly forked one is (``init.main``), named name; it holds
-    nothing of the spare's (its socket to the fork server above all)."""
-    release_r, release_w = os.pipe()
-    report_r, report_w = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
-    mine, theirs = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
-    pid = os.fork()
-    if pid == 0:
-        _wait_for_config(theirs, release_r, report_w, name)
-    for fd in (release_r, report_w, theirs):
-        os.close(fd)
-    return Ahead(pid, os.pidfd_open(pid), mine, release_w, report_r)
-
-
-def _wait_for_config(channel: int, release_r: int, report_w: int, name: bytes) -> NoReturn:
-    try:
-        # The spare let go or killed: nothing to wait for. Had it died before this, the channel's end of stream
-        # says so (getppid cannot: the spare is outside our PID namespace, where it reads 0).
-        syscalls.set_parent_death_signal(signal.SIGKILL)
-        close_from(3, (channel, release_r, report_w))
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
-        sock = socket.socket(fileno=channel)
-        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(3 * 4))
-        stdio = array.array("i")
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                stdio.frombytes(payload[: len(payload) - len(payload) % stdio.itemsize])
-        if len(stdio) != 3:
-            os._exit(0)  # end of stream: the spare was let go
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-        sock.close()
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)  # inheritable: the command's stdio
-            os.close(fd)
-        config = messages.decode(b"".join(chunks))
-        if not isinstance(config, Config):
-            os._exit(125)
-        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, name)
-        finally:
-            os.close(fd)
-    except BaseException:  # noqa: BLE001 - the intermediate reports for us: it sees us exit
-        os._exit(125)
-    init.main(config, release_r, report_w)
-
-
-def close_from(start: int, keep: tuple[int, ...] = ()) -> None:
-    """Close every fd from start on, but those in keep."""
-    for fd in sorted(fd for fd in keep if fd >= start):
-        os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
-
-
-def main(fd: int, made: bool | None = None, ahead: Ahead | None = None) -> NoReturn:
+def main(fd: int, made: bool | None = None) -> NoReturn:
     """made: None in a fresh fork, which unshares here; else the namespaces exist already (a spare made them,
-    with its network namespace if made is True, and brought its lo up), and ahead may be its PID 1."""
+    with its network namespace if made is True, and brought its lo up)."""
     global _host_root
     sock = socket.socket(fileno=fd)
     try:
-        if ahead is None:
-            config, _ = messages.recv(sock)
-        else:
-            data = sock.recv(messages.MAX_MESSAGE)
-            ahead.hand(data)  # PID 1 decodes its copy meanwhile
-            config = messages.decode(data) if data else None
+        config, _ = messages.recv(sock)
     except OSError:
         config = None  # the runtime went away before we started
     if not isinstance(config, Config):
@@ -185,22 +87,6 @@ def main(fd: int, made: bool | None = None, ahead: Ahead | None = None) -> NoRet
         os._exit(125)
 
     _host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    if ahead is None:
-        pid, release_w, report_r = _fork_init(config, sock, netlink)
-        pidfd = os.pidfd_open(pid)
-    else:
-        pid, pidfd, release_w, report_r = ahead.pid, ahead.pidfd, ahead.release_w, ahead.report_r
-    fds = [release_w, report_r] + ([netlink.fileno()] if netlink is not None else [])
-    _send_or_exit(sock, Ready(init_pid=pid), fds, pid, pidfd)
-    for fd in (release_w, report_r):
-        os.close(fd)  # the runtime's now: the init sees end of file on release if the runtime dies
-    if netlink is not None:
-        netlink.close()
-    _follow(sock, pid, pidfd)
-
-
-def _fork_init(config: Config, sock: socket.socket, netlink: socket.socket | None) -> tuple[int, int, int]:
-    """Fork PID 1, blocked on its release pipe: (its pid, the pipe's write end, the report socket's read end)."""
     release_r, release_w = os.pipe()
     # A socket, not a pipe: the init's Console carries its pty master as SCM_RIGHTS. Close-on-exec, as the
     # pipe was: end of stream once the command runs.
@@ -218,7 +104,14 @@ def _fork_init(config: Config, sock: socket.socket, netlink: socket.socket | Non
         init.main(config, release_r, report_w)
     os.close(release_r)
     os.close(report_w)
-    return pid, release_w, report_r
+    pidfd = os.pidfd_open(pid)
+    fds = [release_w, report_r] + ([netlink.fileno()] if netlink is not None else [])
+    _send_or_exit(sock, Ready(init_pid=pid), fds, pid, pidfd)
+    for fd in (release_w, report_r):
+        os.close(fd)  # the runtime's now: the init sees end of file on release if the runtime dies
+    if netlink is not None:
+        netlink.close()
+    _follow(sock, pid, pidfd)
 
 
 def _follow(sock: socket.socket, pid: int, pidfd: int) -> NoReturn:
