@@ -310,9 +310,9 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
-    # SIGKILLed as soon as the server has forked it (its warm-up under way: closing fds, unsharing, lo), or
-    # once a container has run meanwhile (waiting): the next container is forked afresh, and a new spare
-    # follows it.
+    # SIGKILLed as soon as the server has forked it (its warm-up under way: closing fds, unsharing, lo); so
+    # while the server is stopped, which then finds its Unshared and its death in one round; or once a container
+    # has run meanwhile (waiting): the next container is forked afresh, and a new spare follows it.
     from aiocontain.child.forkserver import SPARE_AFTER
 
     before, fds = leftovers(), open_fds()
@@ -320,12 +320,15 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     try:
         for _ in range(SPARE_AFTER):
             assert (await run_and_reap(server, rootfs, "true"))[1] == 0
-        for early in (True, True, True, False):
-            if not early:
+        for stage in ("forked", "forked", "server stopped", "server stopped", "waiting"):
+            if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+            if stage == "server stopped":
+                os.kill(server.pid, signal.SIGSTOP)
             [spare] = spares_of(server)
             os.kill(spare, signal.SIGKILL)
             assert wait_gone(spare)  # exited: the server, which reaps it, sees it before the next request
+            os.kill(server.pid, signal.SIGCONT)
             output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", "echo ran")
             assert (output, code) == (b"ran\n", 0)
             assert spare not in spares_of(server) and len(spares_of(server)) == 1
@@ -335,6 +338,7 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
             container.kill()
             assert (await container.wait()).code == 137
     finally:
+        os.kill(server.pid, signal.SIGCONT)
         server.close()
     assert leftovers() == before
     assert open_fds() == fds

@@ -286,8 +286,15 @@ def _spare_says(state: _State, spare: _Spare) -> None:
             state.mapped.add(spare.pid)
             return
         except OSError:
-            signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)  # its namespaces are of no use
+            _kill(spare)  # its namespaces are of no use
     _let_go(state, spare)
+
+
+def _kill(spare: _Spare) -> None:
+    try:
+        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # dead already: what failed with it
 
 
 def _let_go(state: _State, spare: _Spare) -> None:
@@ -312,7 +319,7 @@ def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio:
     try:
         messages.send(spare.sock, Fork(), [control, *stdio])
     except OSError:
-        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)  # it cannot take them: a fresh fork will
+        _kill(spare)  # it cannot take them: a fresh fork will
         _let_go(state, spare)
         return None
     state.spare = None
