@@ -66,10 +66,15 @@ class _Message:
 class Fork(_Message):
     """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
     channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
-    stdout and stderr."""
+    stdout and stderr. ``unshare_net`` is the Config's: the fork server's spare, an intermediate that made
+    the namespaces ahead, takes the request if it made these (None: not said, a fresh fork). The fork server
+    hands it a bare Fork with the last four fds."""
 
     kind = "fork"
-    __slots__ = ()
+    __slots__ = ("unshare_net",)
+
+    def __init__(self, unshare_net: bool | None = None) -> None:
+        self.unshare_net = unshare_net
 
 
 # --- A reply channel: runtime <-> fork server (one per intermediate, passed with its Fork)

@@ -294,10 +294,16 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
     keep = {os.getpid(), *_podman_pause_pids(), *_run_servers()}
     if server_pid is not None:
         keep.add(server_pid)
-        keep.update(_spares(server_pid))  # its intermediate forked ahead: it holds nothing of a container
-    settle(user_processes(keep), timeout)
+
+    def others() -> set[int]:
+        # The server's spare, its intermediate forked ahead, holds nothing of a container. It is forked when an
+        # intermediate is reaped, which may be now: looked for after the listing (it is named from its fork on).
+        found = user_processes(keep)
+        return found - set(_spares(server_pid)) if server_pid is not None else found
+
+    settle(others(), timeout)
     processes: list[tuple[int, str, str]] = []
-    for pid in sorted(user_processes(keep)):
+    for pid in sorted(others()):
         described = _describe(pid)
         if described is None:
             continue

@@ -23,7 +23,8 @@ EXIT_WAIT = 30.0  # seconds: a bound on waiting for an exit the kernel reports, 
 
 
 def spec(rootfs: Path, *command: str, **options: object) -> ContainerSpec:
-    return ContainerSpec(list(command), rootfs=rootfs, network=NetworkMode.NONE, **options)  # type: ignore[arg-type]
+    options = {"network": NetworkMode.NONE, **options}
+    return ContainerSpec(list(command), rootfs=rootfs, **options)  # type: ignore[arg-type]
 
 
 def parent_of(pid: int) -> int:
@@ -106,36 +107,260 @@ async def test_closing_a_fork_server_leaves_nothing(rootfs):
     assert open_fds() == fds
 
 
+def comm(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
+
+
+def spares_of(server: ForkServer) -> list[int]:
+    from aiocontain.child.forkserver import SPARE_NAME
+
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return [pid for pid in map(int, children) if comm(pid) == SPARE_NAME]
+
+
+# What a container says of its namespaces: their inodes, its id maps, its hostname and its lo.
+FACTS = (
+    "for ns in user net pid mnt uts ipc; do readlink /proc/self/ns/$ns; done;"
+    " cat /proc/self/uid_map /proc/self/gid_map; echo host=$(hostname); ip -o link show lo; echo end"
+)
+
+
+def facts(output: bytes) -> dict[str, object]:
+    lines = output.decode().splitlines()
+    namespaces = dict(line.rstrip("]").split(":[") for line in lines[:6])
+    host = next(index for index, line in enumerate(lines) if line.startswith("host="))
+    return {
+        "namespaces": namespaces,
+        "maps": [" ".join(line.split()) for line in lines[6:host]],
+        "hostname": lines[host][5:],
+        "lo_up": any("LOOPBACK,UP" in line for line in lines if ": lo:" in line),
+    }
+
+
+def host_namespaces(pid: int) -> dict[str, str]:
+    return {ns: os.readlink(f"/proc/{pid}/ns/{ns}").split(":[")[1].rstrip("]") for ns in NAMESPACES}
+
+
+NAMESPACES = ("user", "net", "pid", "mnt", "uts", "ipc")
+
+
+async def run_and_reap(server: ForkServer, rootfs: Path, *command: str, **options: object) -> tuple[bytes, int]:
+    """Run a container on server to its end, and wait for the server's Reaped of its intermediate: the server
+    forks its spare (when it keeps one) before it says Reaped, so the next container finds it."""
+    async with Container(spec(rootfs, *command, stdout=subprocess.PIPE, **options), fork_server=server) as container:
+        output = b"".join([chunk async for chunk in container.stdout])
+        code = (await container.wait()).code
+        process = container._ctx.process  # the runtime itself never waits for Reaped: only its status tells
+        assert process is not None
+        await process.wait()
+    return output, code
+
+
+async def read_until_end(container: Container) -> bytes:
+    output = b""
+    while not output.endswith(b"end\n"):
+        output += await container.stdout.receive()
+    return output
+
+
 async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediate(rootfs):
-    # After SPARE_AFTER requests the server keeps an intermediate forked ahead. Waiting, it holds only
-    # /dev/null as stdio and its own socket (no other container's channel, pidfd or pipe); the next
-    # container's intermediate is that process; closing the server retires it with nothing left.
+    # After SPARE_AFTER requests the server keeps an intermediate forked ahead; the next container's
+    # intermediate is that process, and it holds what a freshly forked one holds: its stdio, its control
+    # socket, the host's root and PID 1's pidfd (no other container's channel, pidfd or pipe, nothing of the
+    # server's). Closing the server retires the next spare with nothing left.
     from aiocontain.child.forkserver import SPARE_AFTER, SPARE_NAME
 
-    def comm(pid: int) -> bytes:
-        return Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
+    def held(pid: int) -> list[str]:
+        targets = (os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd"))
+        return sorted(target.split(":[")[0] if ":[" in target else target for target in targets)
 
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
-        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
-        for _ in range(SPARE_AFTER):
-            async with Container(spec(rootfs, "true"), fork_server=server) as container:
-                assert (await container.wait()).ok
-        spares = [pid for pid in map(int, children.read_text().split()) if comm(pid) == SPARE_NAME]
-        assert len(spares) == 1
-        held = {name: os.readlink(f"/proc/{spares[0]}/fd/{name}") for name in os.listdir(f"/proc/{spares[0]}/fd")}
-        assert [held[name] for name in ("0", "1", "2")] == ["/dev/null"] * 3
-        assert len(held) == 4 and all(target.startswith("socket:") for name, target in held.items() if int(name) > 2)
-        async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
-            assert container.pid is not None and parent_of(container.pid) == spares[0]
-            assert comm(spares[0]) != SPARE_NAME  # it is an intermediate now, under the server's own name
-            container.kill()
-            assert (await container.wait()).code == 137
+        kept = []
+        for index in range(SPARE_AFTER + 1):
+            assert len(spares_of(server)) == (1 if index == SPARE_AFTER else 0)
+            spare = spares_of(server)
+            async with Container(spec(rootfs, "sleep", "60", stdin=subprocess.PIPE), fork_server=server) as container:
+                assert container.pid is not None
+                intermediate = parent_of(container.pid)
+                assert comm(intermediate) != SPARE_NAME  # an intermediate, under the server's own name
+                assert (intermediate in spare) == (index == SPARE_AFTER)
+                kept.append(held(intermediate))
+                container.kill()
+                assert (await container.wait()).code == 137
+                await container._ctx.process.wait()  # Reaped: the server forks its spare before it says so
+        assert kept[0] == kept[1] == kept[2]  # the spare's intermediate holds what fresh ones held
+        assert "socket" in kept[2] and "anon_inode" in kept[2]  # the probe sees sockets and pidfds
+        assert len(spares_of(server)) == 1
     finally:
         server.close()
     assert leftovers() == before
     assert open_fds() == fds
+
+
+async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as_a_fresh_ones(rootfs):
+    # Two containers alive at once, each from a spare: none of their six namespaces is shared with each other
+    # or with the fork server; their id maps are a freshly forked container's; their hostname is the spec's and
+    # their lo is up.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before = leftovers()
+    server = ForkServer.start()
+    try:
+        fresh = []
+        for _ in range(SPARE_AFTER):
+            output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", FACTS, hostname="fresh")
+            assert code == 0
+            fresh.append(facts(output))
+        alive = []
+        async with anyio.create_task_group() as tg:
+            release = anyio.Event()
+
+            async def hold(name: str, started: anyio.Event) -> None:
+                command = ("/bin/sh", "-c", f"{FACTS}; read line")
+                options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "hostname": name}
+                spare = spares_of(server)
+                async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
+                    assert container.pid is not None and spare == [parent_of(container.pid)]
+                    alive.append(facts(await read_until_end(container)))
+                    started.set()
+                    await release.wait()
+                    await container.stdin.send(b"go\n")
+                    assert (await container.wait()).ok
+
+            first = anyio.Event()
+            tg.start_soon(hold, "first", first)
+            await first.wait()
+            # A container run and reaped meanwhile makes the next spare.
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+            second = anyio.Event()
+            tg.start_soon(hold, "second", second)
+            await second.wait()
+            release.set()
+        own = host_namespaces(server.pid)
+        one, two = alive
+        for ns in NAMESPACES:
+            assert one["namespaces"][ns] != two["namespaces"][ns], ns
+            assert own[ns] not in (one["namespaces"][ns], two["namespaces"][ns]), ns
+        assert one["maps"] == two["maps"] == fresh[0]["maps"] and len(fresh[0]["maps"]) >= 2
+        assert (one["hostname"], two["hostname"], fresh[0]["hostname"]) == ("first", "second", "fresh")
+        assert one["lo_up"] and two["lo_up"] and fresh[0]["lo_up"]
+    finally:
+        server.close()
+    assert leftovers() == before
+
+
+async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
+    # A spare's container gets the command's stdio with the request, and the command starts as a fresh fork's
+    # does (nothing blocked or ignored, only stdio open: 3 is ls's own directory fd).
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        [spare] = spares_of(server)
+        command = ["/bin/sh", "-c", "grep -E 'SigBlk|SigIgn' /proc/self/status; ls /proc/self/fd; cat; echo err >&2"]
+        options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
+            assert container.pid is not None and parent_of(container.pid) == spare
+            await container.stdin.send(b"in\n")
+            await container.stdin.aclose()
+            output = b"".join([chunk async for chunk in container.stdout]).decode().split()
+            errors = b"".join([chunk async for chunk in container.stderr])
+            assert (await container.wait()).ok
+    finally:
+        server.close()
+    assert output == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "0", "1", "2", "3", "in"]
+    assert errors == b"err\n"
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(rootfs):
+    # The spare makes the namespaces of the last request's kind. --net host then none, each way round: the
+    # request that differs is forked afresh and the spare let go; the next spare is of the new kind.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before, fds = leftovers(), open_fds()
+    own_net = host_namespaces(os.getpid())["net"]
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        for network, via_spare in (("host", False), ("host", True), ("none", False), ("none", True)):
+            spare = spares_of(server)
+            assert len(spare) == 1
+            command = ("/bin/sh", "-c", f"{FACTS}; read line")
+            options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "network": NetworkMode(network)}
+            async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
+                assert container.pid is not None and (parent_of(container.pid) in spare) == via_spare
+                found = facts(await read_until_end(container))
+                await container.stdin.send(b"go\n")
+                assert (await container.wait()).ok
+                await container._ctx.process.wait()
+            assert (found["namespaces"]["net"] == own_net) == (network == "host"), network
+            assert found["lo_up"]
+    finally:
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
+    # SIGKILLed as soon as the server has forked it (its warm-up under way: closing fds, unsharing, lo); so
+    # while the server is stopped, which then finds its Unshared and its death in one round; or once a container
+    # has run meanwhile (waiting): the next container is forked afresh, and a new spare follows it.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        for stage in ("forked", "forked", "server stopped", "server stopped", "waiting"):
+            if stage == "waiting":
+                assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+            if stage == "server stopped":
+                os.kill(server.pid, signal.SIGSTOP)
+            [spare] = spares_of(server)
+            os.kill(spare, signal.SIGKILL)
+            assert wait_gone(spare)  # exited: the server, which reaps it, sees it before the next request
+            os.kill(server.pid, signal.SIGCONT)
+            output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", "echo ran")
+            assert (output, code) == (b"ran\n", 0)
+            assert spare not in spares_of(server) and len(spares_of(server)) == 1
+        [spare] = spares_of(server)
+        async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
+            assert container.pid is not None and parent_of(container.pid) == spare
+            container.kill()
+            assert (await container.wait()).code == 137
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+async def test_a_spare_dies_with_a_killed_fork_server(rootfs):
+    # A spare holds namespaces and nothing else: a SIGKILLed server takes it (its parent-death signal),
+    # whatever stage of its warm-up it is at.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before = leftovers()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        [spare] = spares_of(server)
+        os.kill(server.pid, signal.SIGKILL)
+        assert wait_gone(server.pid)
+        assert wait_gone(spare)
+    finally:
+        server.close()
+    assert leftovers() == before  # this server's spares are not the default's, which leftovers leaves out
 
 
 async def test_cancelled_while_the_fork_is_in_flight(rootfs):

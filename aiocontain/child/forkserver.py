@@ -32,9 +32,16 @@ those end by themselves, as their control sockets reach end of stream too.
 
 Once it has served two requests (an embedding program that runs container after
 container, not a CLI run's one), it keeps one intermediate forked ahead: a spare
-that holds no fd but its own socket and waits there for a request's fds, so the
-next container's fork and the child's start are off its path (~1 ms of ~7). The
-spare dies with the server and exits at end of stream, like the server itself.
+that holds no fd but its own socket, makes the namespaces of the kind the last
+request asked for (user, mount, pid, uts, ipc, and net unless the request shares
+the host's) and brings their lo up, says Unshared, so that this server writes
+their id maps at once, and then waits there for a request's fds. A request whose
+``Fork`` asks for the same namespaces goes to it, so the fork, the child's start,
+the unshare and the maps are off the container's path (a later MapIds is answered
+at once); any other request gets a fresh fork, and the spare is let go for one of
+the new kind. The replacement is forked when a container's intermediate is
+reaped, when no start competes for the CPUs. The spare dies with the server and
+exits at end of stream, like the server itself.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import signal
 import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import intermediate
+from aiocontain.child import intermediate, netdev
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -116,86 +123,132 @@ def serve(requests: socket.socket) -> NoReturn:
     # this process and its children live as long as their containers, so they collect again.
     gc.freeze()
     gc.enable()
-    poller = select.poll()
-    poller.register(requests, select.POLLIN)
-    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
-    channels: dict[int, int] = {}  # reply channel fd -> pidfd, while the owner may still send on it
-    maps = _NestedMaps()
-    accepting = True
-    served = 0
-    while accepting or children or _spare:
+    state = _State(requests)
+    while state.accepting or state.children or state.spare or state.retired:
         # The request last: a fork opens fds, which may take the numbers of ones closed earlier in this round.
-        for fd, _event in sorted(poller.poll(), key=lambda item: item[0] == requests.fileno()):
-            if _spare and fd == _spare[0].pidfd:
-                _drop_spare(poller)  # it died waiting (killed): the next request forks
-            elif fd in channels:
-                _answer(channels, poller, children[channels[fd]], maps)
-            elif fd in children:
-                pid, channel = children.pop(fd)
-                poller.unregister(fd)
-                if channels.pop(channel.fileno(), None) is not None:
-                    poller.unregister(channel)
-                _, status = os.waitpid(pid, 0)
-                _reply(channel, Reaped(status))
-                channel.close()
+        for fd, _event in sorted(state.poller.poll(), key=lambda item: item[0] == requests.fileno()):
+            spare = state.spare
+            if spare is not None and fd == spare.sock.fileno():
+                _spare_says(state, spare)
+            elif spare is not None and fd == spare.pidfd:
+                _let_go(state, spare)  # it died (killed) before any request: the next one forks
+            elif fd in state.retired:
+                state.poller.unregister(fd)
+                os.waitpid(state.retired.pop(fd), 0)
                 os.close(fd)
-            elif fd == requests.fileno() and accepting:
-                accepting = _request(requests, poller, children, channels)
-                served += 1
-                if not accepting and _spare:
-                    _spare[0].sock.close()  # end of stream: it exits, and its pidfd says so
-        if accepting and not _spare and served >= SPARE_AFTER:
-            _fork_spare(requests, poller, children)
+            elif fd in state.channels:
+                _answer(state, state.children[state.channels[fd]])
+            elif fd in state.children:
+                _reap(state, fd)
+            elif fd == requests.fileno() and state.accepting:
+                _request(state)
     os._exit(0)
 
 
-class _Spare:
-    """An intermediate forked ahead, waiting for a request's fds on its socket."""
+class _State:
+    """The server's bookkeeping: its poller, children, their reply channels, and the spare."""
 
-    def __init__(self, pid: int, pidfd: int, sock: socket.socket) -> None:
+    def __init__(self, requests: socket.socket) -> None:
+        self.requests = requests
+        self.server = os.getpid()
+        self.poller = select.poll()
+        self.poller.register(requests, select.POLLIN)
+        self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
+        self.channels: dict[int, int] = {}  # reply channel fd -> pidfd, while the owner may still send on it
+        self.mapped: set[int] = set()  # children whose maps are written already (as spares): MapIds needs nothing
+        self.maps = _NestedMaps()
+        self.accepting = True
+        self.served = 0
+        self.unshare_net: bool | None = None  # the last request's network namespace: the next spare's
+        self.spare: _Spare | None = None
+        self.retired: dict[int, int] = {}  # pidfd -> pid of spares let go, reaped once they have exited
+
+
+class _Spare:
+    """An intermediate forked ahead: it makes the namespaces a request of the kind last served asks for, and
+    then waits for a request's fds on its socket."""
+
+    def __init__(self, pid: int, pidfd: int, sock: socket.socket, unshare_net: bool) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
+        self.unshare_net = unshare_net
 
 
-_spare: list[_Spare] = []  # at most one
+def _reap(state: _State, pidfd: int) -> None:
+    pid, channel = state.children.pop(pidfd)
+    state.poller.unregister(pidfd)
+    if state.channels.pop(channel.fileno(), None) is not None:
+        state.poller.unregister(channel)
+    _, status = os.waitpid(pid, 0)
+    state.mapped.discard(pid)
+    # The spare is forked here, when a container has ended, not when a request is served: then the runtime,
+    # the new intermediate and this server all want the CPUs, and the spare's fork and unshare would slow
+    # that container's start. Before Reaped, so that whoever waits for it finds the spare forked.
+    _keep_spare(state)
+    _reply(channel, Reaped(status))
+    channel.close()
+    os.close(pidfd)
 
 
-def _fork_spare(requests: socket.socket, poller: select.poll, children: dict[int, tuple[int, socket.socket]]) -> None:
+def _keep_spare(state: _State) -> None:
+    if state.accepting and state.spare is None and state.served >= SPARE_AFTER and state.unshare_net is not None:
+        _fork_spare(state, state.unshare_net)
+
+
+def _fork_spare(state: _State, unshare_net: bool) -> None:
     try:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError:
         return
+    # Named before the fork, so that it is never seen unnamed (the tests tell it from a leftover by its name).
+    name = _get_comm()
+    _set_comm(SPARE_NAME)
     try:
         pid = os.fork()
     except OSError:
-        mine.close()
-        theirs.close()
-        return
+        pid = -1
     if pid == 0:
-        requests.detach()
+        state.requests.detach()
         mine.detach()
-        for _, other in children.values():
+        for _, other in state.children.values():
             other.detach()
-        _wait_as_spare(theirs)
+        _wait_as_spare(theirs, name, unshare_net, state.server)
+    _set_comm(name)
     theirs.close()
+    if pid < 0:
+        mine.close()
+        return
     pidfd = os.pidfd_open(pid)
-    poller.register(pidfd, select.POLLIN)
-    _spare.append(_Spare(pid, pidfd, mine))
+    state.poller.register(pidfd, select.POLLIN)
+    state.poller.register(mine, select.POLLIN)
+    state.spare = _Spare(pid, pidfd, mine, unshare_net)
 
 
-def _wait_as_spare(sock: socket.socket) -> NoReturn:
+def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: int) -> NoReturn:
     """In the spare: hold nothing of the server's but this socket (no other container's channel or pidfd),
-    die with the server, wait for a request's fds, then become the intermediate as a fresh fork would."""
+    die with the server, make the namespaces (the server writes their maps once told), bring lo up, wait for
+    a request's fds, then become the intermediate as a fresh fork would, with its namespaces made."""
     try:
         syscalls.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != server:
+            os._exit(0)  # the server died before the death signal was set
         own = sock.fileno()
         os.closerange(3, own)
         os.closerange(own + 1, os.sysconf("SC_OPEN_MAX"))
-        with open("/proc/self/comm", "rb") as file:
-            name = file.read().rstrip(b"\n")
-        _set_comm(SPARE_NAME)
-        message, fds = messages.recv(sock)
+        intermediate.unshare_namespaces(unshare_net)
+        try:
+            messages.send(sock, Unshared())
+        except OSError:
+            pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
+        if unshare_net:
+            netdev.bring_up("lo")
+        try:
+            message, fds = messages.recv(sock)
+        except ConnectionResetError:
+            # The server closed its end with our Unshared unread (it handed us a request first): the kernel says
+            # so once, and what the server sent is still queued behind it.
+            message, fds = messages.recv(sock)
         if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK - 1:
             os._exit(0)  # end of stream: the server retired it
         syscalls.set_parent_death_signal(0)  # an intermediate outlives the server, as a forked one does
@@ -204,7 +257,12 @@ def _wait_as_spare(sock: socket.socket) -> NoReturn:
     except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
         os._exit(125)
     control, *stdio = fds
-    _become_intermediate(control, stdio)
+    _become_intermediate(control, stdio, unshare_net)
+
+
+def _get_comm() -> bytes:
+    with open("/proc/self/comm", "rb") as file:
+        return file.read().rstrip(b"\n")
 
 
 def _set_comm(name: bytes) -> None:
@@ -215,63 +273,94 @@ def _set_comm(name: bytes) -> None:
         os.close(fd)
 
 
-def _drop_spare(poller: select.poll) -> None:
-    """Reap a spare that has exited (or is about to: killed), and forget it."""
-    spare = _spare.pop()
-    poller.unregister(spare.pidfd)
-    os.waitpid(spare.pid, 0)
-    os.close(spare.pidfd)
+def _spare_says(state: _State, spare: _Spare) -> None:
+    """The spare's Unshared: write its maps now, off any container's path. Anything else: it is gone."""
+    try:
+        message, fds = messages.recv(spare.sock)
+    except OSError:
+        message, fds = None, []
+    messages.close_fds(fds)
+    if isinstance(message, Unshared):
+        try:
+            state.maps.write(spare.pid)
+            state.mapped.add(spare.pid)
+            return
+        except OSError:
+            _kill(spare)  # its namespaces are of no use
+    _let_go(state, spare)
+
+
+def _kill(spare: _Spare) -> None:
+    try:
+        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # dead already: what failed with it
+
+
+def _let_go(state: _State, spare: _Spare) -> None:
+    """Forget the spare: closing its socket ends its wait (it exits), and its exit is reaped when its pidfd
+    says so."""
+    state.spare = None
+    state.poller.unregister(spare.sock)
     spare.sock.close()
+    state.mapped.discard(spare.pid)
+    state.retired[spare.pidfd] = spare.pid
 
 
-def _hand_to_spare(poller: select.poll, control: int, stdio: list[int]) -> tuple[int, int] | None:
-    """Give a request's fds to the spare: (pid, pidfd) of the intermediate it becomes; None without one."""
-    if not _spare:
+def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio: list[int]) -> tuple[int, int] | None:
+    """Give a request's fds to the spare if it made the namespaces the request asks for: (pid, pidfd) of the
+    intermediate it becomes; None without one."""
+    spare = state.spare
+    if spare is None or unshare_net is None:
         return None
-    spare = _spare[0]
+    if spare.unshare_net != unshare_net:
+        _let_go(state, spare)  # the next spare makes this request's kind
+        return None
     try:
         messages.send(spare.sock, Fork(), [control, *stdio])
     except OSError:
-        signal.pidfd_send_signal(spare.pidfd, signal.SIGKILL)  # it cannot take them: a fresh fork will
-        _drop_spare(poller)
+        _kill(spare)  # it cannot take them: a fresh fork will
+        _let_go(state, spare)
         return None
-    _spare.pop()
+    state.spare = None
+    state.poller.unregister(spare.sock)
     spare.sock.close()
-    poller.unregister(spare.pidfd)  # registered again as a child's by the caller
+    state.poller.unregister(spare.pidfd)  # registered again as a child's by the caller
     return spare.pid, spare.pidfd
 
 
-def _request(
-    requests: socket.socket,
-    poller: select.poll,
-    children: dict[int, tuple[int, socket.socket]],
-    channels: dict[int, int],
-) -> bool:
-    """Serve one request; False at end of stream (the owner closed its end or died)."""
+def _request(state: _State) -> None:
+    """Serve one request; at end of stream (the owner closed its end or died) take no more."""
+    requests, poller = state.requests, state.poller
     try:
         message, fds = messages.recv(requests)
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
-            return True  # this request's fds are lost (the owner sees its channel close); later ones may fit
+            return  # this request's fds are lost (the owner sees its channel close); later ones may fit
         message, fds = None, []
     if message is None:
         messages.close_fds(fds)
         poller.unregister(requests)
-        return False
+        state.accepting = False
+        if state.spare is not None:
+            _let_go(state, state.spare)  # it exits, and its pidfd says so
+        return
+    state.served += 1
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
         messages.close_fds(fds)
-        return True
-    forked = _fork(requests, poller, children, fds)
+        return
+    if message.unshare_net is not None:
+        state.unshare_net = message.unshare_net
+    forked = _fork(state, message.unshare_net, fds)
     if forked is not None:
         pidfd, pid, channel = forked
         poller.register(pidfd, select.POLLIN)
         poller.register(channel, select.POLLIN)
-        children[pidfd] = (pid, channel)
-        channels[channel.fileno()] = pidfd
-    return True
+        state.children[pidfd] = (pid, channel)
+        state.channels[channel.fileno()] = pidfd
 
 
-def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, socket.socket], maps: _NestedMaps) -> None:
+def _answer(state: _State, child: tuple[int, socket.socket]) -> None:
     """A request on a child's reply channel: MapIds, or end of stream (the owner let it go)."""
     pid, channel = child
     try:
@@ -280,11 +369,13 @@ def _answer(channels: dict[int, int], poller: select.poll, child: tuple[int, soc
         message, fds = None, []
     messages.close_fds(fds)
     if message is None:
-        del channels[channel.fileno()]
-        poller.unregister(channel)
+        del state.channels[channel.fileno()]
+        state.poller.unregister(channel)
     elif isinstance(message, MapIds):
         try:
-            maps.write(pid)
+            if pid not in state.mapped:  # a spare's were written as soon as it said Unshared
+                state.maps.write(pid)
+                state.mapped.add(pid)
             _reply(channel, IdsMapped())
         except OSError as exc:
             _reply(channel, Failed(messages.STEP_IDMAP, exc.strerror or str(exc), exc.errno or 0))
@@ -320,13 +411,11 @@ def _identity(path: str) -> bytes:
     return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in ranges)
 
 
-def _fork(
-    requests: socket.socket, poller: select.poll, children: dict[int, tuple[int, socket.socket]], fds: list[int]
-) -> tuple[int, int, socket.socket] | None:
+def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int, int, socket.socket] | None:
     """Fork one intermediate (or hand the request to the spare); None when the kernel refused (the runtime
     sees its channel close)."""
     channel_fd, control, *stdio = fds
-    handed = _hand_to_spare(poller, control, stdio)
+    handed = _hand_to_spare(state, unshare_net, control, stdio)
     if handed is not None:
         pid, pidfd = handed
     else:
@@ -338,10 +427,12 @@ def _fork(
         if pid == 0:
             # Python objects of ours hold fds that are about to be closed: detach them, so that
             # nothing ever closes an fd number that the intermediate has reused.
-            requests.detach()
-            for _, other in children.values():
+            state.requests.detach()
+            for _, other in state.children.values():
                 other.detach()
-            _become_intermediate(control, stdio)
+            if state.spare is not None:
+                state.spare.sock.detach()
+            _become_intermediate(control, stdio, None)
     for fd in (control, *stdio):
         os.close(fd)
     if handed is None:
@@ -351,8 +442,9 @@ def _fork(
     return pidfd, pid, channel
 
 
-def _become_intermediate(control: int, stdio: list[int]) -> NoReturn:
-    """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate."""
+def _become_intermediate(control: int, stdio: list[int], unshare_net: bool | None) -> NoReturn:
+    """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate (whose
+    namespaces are made already when it was a spare: unshare_net says which)."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -364,7 +456,7 @@ def _become_intermediate(control: int, stdio: list[int]) -> NoReturn:
         os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    intermediate.main(CONTROL_FD)
+    intermediate.main(CONTROL_FD, unshare_net)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:

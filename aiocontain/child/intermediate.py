@@ -13,10 +13,15 @@ container's cgroup, and for the init's exit, whose status it sends as Exited
 and makes its own exit code. If the runtime goes away (the control socket
 reaches end of stream) it kills the init, and with it the whole PID namespace,
 and removes the container's cgroup that the runtime can no longer remove.
+
+As the fork server's spare (``aiocontain.child.forkserver``) it has made the
+namespaces and brought lo up before any request (``unshare_namespaces``): ``main``
+is then told so (``made``) and skips those steps.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -47,7 +52,14 @@ _NAMESPACES = (
 )
 
 
-def main(fd: int) -> NoReturn:
+def unshare_namespaces(unshare_net: bool) -> None:
+    """The container's namespaces: this process's, while the init it forks is the new PID namespace's first."""
+    syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if unshare_net else 0))
+
+
+def main(fd: int, made: bool | None = None) -> NoReturn:
+    """made: None in a fresh fork, which unshares here; else the namespaces exist already (a spare made them,
+    with its network namespace if made is True, and brought its lo up)."""
     global _host_root
     sock = socket.socket(fileno=fd)
     try:
@@ -58,11 +70,14 @@ def main(fd: int) -> NoReturn:
         os._exit(125)
     step = messages.STEP_NAMESPACES
     try:
-        syscalls.unshare(_NAMESPACES | (syscalls.CLONE_NEWNET if config.unshare_net else 0))
+        if made is None:
+            unshare_namespaces(config.unshare_net)
+        elif made != config.unshare_net:
+            raise OSError(errno.EINVAL, "the namespaces made ahead are not the ones asked for")
         _send_or_exit(sock, Unshared())  # the runtime writes our id maps while we go on
         step = messages.STEP_SETUP  # the namespaces exist: what fails from here is their set-up
         socket.sethostname(config.hostname)
-        if config.unshare_net:
+        if config.unshare_net and made is None:
             netdev.bring_up("lo")
         if config.tap:
             netdev.create_persistent_tap(config.tap)

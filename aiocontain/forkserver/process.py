@@ -58,9 +58,11 @@ class ForkedProcess:
         stdout: Any,
         stderr: Any,
         released: Callable[[], None],
+        unshare_net: bool | None = None,
     ) -> ForkedProcess:
         """Send a Fork request and wait for Forked. Shielded: once the request is sent, the answer
-        carries a pidfd that must not be lost; the fork server answers within milliseconds."""
+        carries a pidfd that must not be lost; the fork server answers within milliseconds. unshare_net: the
+        Config's, which lets the fork server hand the request to a spare that made those namespaces ahead."""
         stdio = Stdio.open(stdin, stdout, stderr)
         try:
             channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -69,7 +71,7 @@ class ForkedProcess:
             stdio.close()
             raise
         try:
-            messages.send(requests, Fork(), [theirs.fileno(), control.fileno(), *stdio.child_fds])
+            messages.send(requests, Fork(unshare_net), [theirs.fileno(), control.fileno(), *stdio.child_fds])
         except BaseException:
             channel.close()
             stdio.close()

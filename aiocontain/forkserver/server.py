@@ -107,9 +107,15 @@ class ForkServer:
         return not self._closed and self._map_error is None and not _readable(self._pidfd, 0)
 
     async def fork(
-        self, control: socket.socket, stdin: Any = None, stdout: Any = None, stderr: Any = None
+        self,
+        control: socket.socket,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        unshare_net: bool | None = None,
     ) -> ForkedProcess:
         """Fork an intermediate with control (its end of the control socket) and stdio as for ``anyio.open_process``.
+        unshare_net is the Config's (None: not said, and no spare made ahead takes it).
 
         The caller owns the returned process and must ``aclose`` it on every path.
         """
@@ -121,7 +127,9 @@ class ForkServer:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(self._map_user_namespace)
-        process = await ForkedProcess.request(self._requests, control, stdin, stdout, stderr, self._released)
+        process = await ForkedProcess.request(
+            self._requests, control, stdin, stdout, stderr, self._released, unshare_net
+        )
         process.mapping = self.mapping
         self._active += 1
         return process

@@ -70,7 +70,7 @@ async def run(ctx: StageContext) -> None:
     try:
         channel.send_config(config)
         server = ctx.fork_server or forkserver.default()
-        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr)
+        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr, config.unshare_net)
     finally:
         child.close()
     _write(etc_files)  # while the child unshares: the init reads them only once released
