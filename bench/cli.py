@@ -77,6 +77,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", default="all", help=f"comma-separated: all, {', '.join(GROUPS)}, or case names")
     parser.add_argument("--reps", type=int, default=11, help="repetitions of the single-container cases")
     parser.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=20.0,
+        help="milliseconds, untimed, before each run: one case's background work stays out of the next's time",
+    )
     parser.add_argument("--batch", type=int, default=50, help="containers in the batch cases")
     parser.add_argument("--batch-reps", type=int, default=3)
     parser.add_argument("--throughput-mb", type=int, default=128, help="MiB sent per throughput run")
@@ -176,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = embedded.Worker(args.rootfs, args.backend) if needs_worker else None
     try:
         cases = [build(name, args, worker) for name in names]
-        results = run_interleaved(cases, warmup=args.warmup)
+        results = run_interleaved(cases, warmup=args.warmup, settle=args.settle / 1000)
     finally:
         if worker is not None:
             worker.close()

@@ -65,11 +65,16 @@ class Results:
         return summary.median if summary and summary.samples else None
 
 
-def run_interleaved(cases: Sequence[Case], warmup: int = 1, progress: Callable[[str], None] | None = None) -> Results:
+def run_interleaved(
+    cases: Sequence[Case], warmup: int = 1, progress: Callable[[str], None] | None = None, settle: float = 0.0
+) -> Results:
     """Run ``warmup`` unrecorded rounds, then rounds until every case has its repetitions.
 
     A case that raises is dropped from the later rounds and its error kept: the
-    other cases still finish, and the report says what failed.
+    other cases still finish, and the report says what failed. ``settle`` seconds
+    pass, untimed, before each run: what a run leaves to do in the background (a
+    fork server's spare made ready, a helper's exit, the kernel's cleanup of its
+    namespaces) then lands in no other case's time.
     """
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     results = Results()
@@ -86,6 +91,7 @@ def run_interleaved(cases: Sequence[Case], warmup: int = 1, progress: Callable[[
         label = f"warm-up {number + warmup + 1}/{warmup}" if number < 0 else f"round {number + 1}/{rounds}"
         say(f"bench: {label}: {', '.join(case.name for case in due)}")
         for case in due[shift:] + due[:shift]:
+            time.sleep(settle)
             try:
                 sample = case.run()
             except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others' numbers
