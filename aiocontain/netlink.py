@@ -35,6 +35,7 @@ from aiocontain.rtnl import (
     Ipv6State,
     attributes,
     family,
+    pending,
     split,
 )
 
@@ -110,10 +111,6 @@ async def wait_configured(sock: socket.socket, name: str, *, ipv6: bool = False)
     state = InterfaceState(name, ipv6=Ipv6State(name) if ipv6 else None)
     while not state.configured:
         await anyio.wait_readable(sock)
-        try:
-            data = sock.recv(1 << 16)
-        except BlockingIOError:
-            continue
-        for kind, raw in split(data):
+        for kind, raw in pending(sock):
             update(state, kind, raw)
     return state

@@ -93,11 +93,12 @@ class Ipv6State:
             if index == self.index and usable and IFA_ADDRESS in attrs:
                 self.address = socket.inet_ntop(socket.AF_INET6, attrs[IFA_ADDRESS])
                 self.prefixlen = prefixlen
-        elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET6:
-            dst_len = _RTMSG.unpack_from(raw, HEADER.size)[1]
+        elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET6 and raw[HEADER.size + 1] == 0:
+            # A default route only (destination length, the rtmsg's second byte, 0): most are not, and are
+            # passed over before their attributes are read.
             attrs = attributes(raw, HEADER.size + _RTMSG.size)
             oif = _U32.unpack_from(attrs[RTA_OIF])[0] if RTA_OIF in attrs else None
-            if dst_len == 0 and RTA_GATEWAY in attrs and (oif is None or oif == self.index):
+            if RTA_GATEWAY in attrs and (oif is None or oif == self.index):
                 self.gateway = socket.inet_ntop(socket.AF_INET6, attrs[RTA_GATEWAY])
 
 
@@ -106,10 +107,16 @@ async def wait_ipv6(sock: socket.socket, state: Ipv6State) -> Ipv6State:
     sock.setblocking(False)
     while not state.configured:
         await anyio.wait_readable(sock)
+        for kind, raw in pending(sock):
+            state.update(kind, raw)
+    return state
+
+
+def pending(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """Each message of every datagram the non-blocking sock holds now: a burst of events is one wake-up."""
+    while True:
         try:
             data = sock.recv(1 << 16)
         except BlockingIOError:
-            continue
-        for kind, raw in split(data):
-            state.update(kind, raw)
-    return state
+            return
+        yield from split(data)

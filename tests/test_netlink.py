@@ -283,6 +283,31 @@ async def test_wait_configured_with_everything_already_queued(
     assert state.index == 3
 
 
+async def test_a_burst_of_datagrams_is_one_wake_up(
+    dgram_pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events come in bursts (a tap's link, address and routes at once): every datagram already queued is read
+    before waiting again, so a burst costs one readiness wait (an epoll registration and its removal), not one
+    per datagram. The count of waits is the probe; the control is the datagrams' number."""
+    writer, reader = dgram_pair
+    datagrams = [link("lo", 1), link("tap0", 2), addr(2), route(gateway=None, dst="10.0.2.0", dst_len=24), route()]
+    for datagram in datagrams:
+        writer.send(datagram)
+    waits = 0
+    wait_readable = anyio.wait_readable
+
+    async def counted(sock: socket.socket) -> None:
+        nonlocal waits
+        waits += 1
+        await wait_readable(sock)
+
+    monkeypatch.setattr(netlink.anyio, "wait_readable", counted)
+    with anyio.fail_after(5):
+        state = await netlink.wait_configured(reader, "tap0")
+    assert state.configured and len(datagrams) == 5
+    assert waits == 1
+
+
 async def test_wait_configured_keeps_waiting_without_gateway(
     dgram_pair: tuple[socket.socket, socket.socket],
 ) -> None:
