@@ -291,3 +291,20 @@ def test_a_stop_signal_ends_a_command_waiting_for_its_server(served, rootfs, tmp
     assert again.returncode == 0, again.stderr
     assert settle(_children(server), 10) == set()
     assert (out / "log").read_text() == "ran\n"  # only the second command's run
+
+
+def test_a_run_under_interpreter_flags_gets_a_server_of_its_own(served, rootfs):
+    """`python -X dev .../aiocontain run`: the server holds its runs to its own interpreter flags, so such a run
+    gets a server started with the same flags (the first one starts it), rather than a server that would decline
+    every one of its runs after a round trip."""
+    python = Path(COMMAND).read_text().splitlines()[0].removeprefix("#!").strip()  # the console script's own
+    flagged = [python, "-X", "dev", COMMAND]
+    _start(served, rootfs, [*flagged, "run", "--rootfs", str(rootfs), "--net", "none", "true"])
+    sleeper = [*flagged, "run", "--rootfs", str(rootfs), "--net", "none", "--", "/bin/sh", "-c", "echo ready; sleep 60"]
+    with started(sleeper, env=served) as proc:
+        assert _children(proc.pid) == []  # served: no fork server of its own
+        proc.kill()
+    # Control: the same command without the flags is another environment, and its first run is its own.
+    with started([COMMAND, *sleeper[4:]], env=served) as proc:
+        assert _children(proc.pid) != []
+        proc.kill()

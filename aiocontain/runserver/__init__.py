@@ -69,10 +69,13 @@ def directory() -> str:
 
 
 def paths() -> tuple[str, str]:
-    """(socket, lock file) of the server for this interpreter and sys.path: one server per environment."""
+    """(socket, lock file) of the server for this interpreter, its flags and sys.path: one server per
+    environment. The flags too: a run under ``python -X dev`` gets a server started with them (``key`` holds a
+    server to them), not one that would decline each of its runs."""
     import zlib
 
-    environment = "\0".join([sys.executable, *sys.path]).encode()
+    flags = [repr(sys.flags), repr(sorted(sys._xoptions.items())), repr(sys.warnoptions)]
+    environment = "\0".join([sys.executable, *sys.path, *flags]).encode()
     name = f"{zlib.crc32(environment):08x}"
     where = directory()
     return os.path.join(where, f"{name}.sock"), os.path.join(where, f"{name}.lock")

@@ -196,8 +196,9 @@ def start() -> None:
         # Not posix_spawn: glibc's leaves signals 32 and 33 ignored in the new program, and so in every container
         # the server's runs would start (a disposition Python can neither read nor reset). This is the only
         # process left that was never waited for: the command exits right after, and it is init's to reap.
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # this run's: -X, -W, -B...
         subprocess.Popen(
-            [sys.executable, "-c", boot],
+            [sys.executable, *flags, "-c", boot],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
