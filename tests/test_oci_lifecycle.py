@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -241,9 +242,14 @@ def test_run_in_the_foreground_passes_signals_on(engine: Engine, rootfs: Path, t
     inside = "trap 'echo got TERM; exit 3' TERM; echo ready > /gate/ready; sleep 100 & wait"
     bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/sh", "-c", inside], mounts=[*CONFIG["mounts"], bind])
     run = f"{engine_runtime()} --root {engine.root} run --bundle {bundle} fg >{tmp_path}/out 2>&1"
-    script = f"{run} & run=$!; read line < {gate}/ready; kill -TERM $run; wait $run; echo $?"
+    caught = f"grep SigCgt /proc/$run/status > {tmp_path}/caught"
+    script = f"{run} & run=$!; read line < {gate}/ready; {caught}; kill -TERM $run; wait $run; echo $?"
     result = engine.run("/bin/sh", "-c", script)
     assert result.stdout == "3\n", (result, (tmp_path / "out").read_text())
+    # Its own faults it does not catch: a SIGSEGV caught would only be raised again, at the same instruction.
+    mask = int((tmp_path / "caught").read_text().split()[1], 16)
+    assert mask & 1 << (signal.SIGTERM - 1) and mask & 1 << (signal.SIGUSR1 - 1)
+    assert not mask & (1 << (signal.SIGSEGV - 1) | 1 << (signal.SIGBUS - 1) | 1 << (signal.SIGPIPE - 1))
     assert (tmp_path / "out").read_text() == "got TERM\n"
     assert os.listdir(engine.root) == []  # deleted, its processes with it
 

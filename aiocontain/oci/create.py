@@ -314,9 +314,15 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signum)
 
 
-# Not forwarded: SIGCHLD (ours: the container's process is our child), and what the kernel or a terminal sends
-# this process alone (SIGURG, SIGWINCH: no terminal of ours is the container's), nor what cannot be caught.
-_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGURG, signal.SIGWINCH, signal.SIGKILL, signal.SIGSTOP}
+# Forwarded: what is sent to stop, pause, wake or notify a process, and the real-time signals. Not: SIGCHLD (ours:
+# the container's process is our child), SIGWINCH and SIGURG (this process's terminal and sockets), and the
+# signals of this process's own faults and writes (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGPIPE,
+# SIGXFSZ...): caught, a fault would only be raised again at the same instruction, for ever.
+_FORWARDED = (
+    signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM,
+    signal.SIGVTALRM, signal.SIGPROF, signal.SIGCONT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPWR,
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)  # fmt: skip
 
 
 def _forward_signals(pidfd: int) -> None:
@@ -326,9 +332,8 @@ def _forward_signals(pidfd: int) -> None:
         except OSError:
             pass  # exited: waitpid is about to say so
 
-    for signum in signal.valid_signals():
-        if signum not in _NOT_FORWARDED:
-            try:
-                signal.signal(signum, forward)
-            except (OSError, ValueError):
-                pass  # the real-time signals glibc keeps for itself
+    for signum in _FORWARDED:
+        try:
+            signal.signal(signum, forward)
+        except (OSError, ValueError):
+            pass  # the real-time signals glibc keeps for itself
