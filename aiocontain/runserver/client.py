@@ -84,14 +84,13 @@ class _Interruptible:
     as it would end the command's own set-up, rather than waiting on a server that may never answer."""
 
     def __enter__(self) -> None:
-        for signum in STOP_SIGNALS:
-            _signal.signal(signum, _interrupt)
+        self._before = {signum: _signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def __exit__(self, *_exc: object) -> None:
         _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
-        for signum in STOP_SIGNALS:
-            _signal.signal(signum, _signal.SIG_DFL)  # still blocked: the command's own run installs its own
+        for signum, handler in self._before.items():
+            _signal.signal(signum, handler)  # still blocked, as before: the command's own run takes them
 
 
 def _interrupt(signum: int, _frame: object) -> None:
