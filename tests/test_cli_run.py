@@ -427,6 +427,9 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
         (intermediate,) = _children(server)
         (init,) = _children(intermediate)
         pidfds = [os.pidfd_open(pid) for pid in (server, intermediate, init, slirp)]
+        # "ready" can come before the runtime has removed its directory (it does once it learns the command
+        # runs): wait for that, so that the kill comes after and nothing of the run may be left.
+        _wait_removed(before["runtime_dirs"])
         proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
         proc.wait()
     try:
@@ -438,6 +441,39 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
         for pidfd in pidfds:
             os.close(pidfd)
     assert leftovers() == before  # not even the runtime directory: it goes as soon as the command runs
+
+
+def _wait_removed(kept: object, timeout: float = 10) -> None:
+    """Until no runtime directory but those kept is in the temporary directory (inotify: no polling)."""
+    import select
+    import time
+
+    from aiocontain import syscalls
+
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    assert isinstance(kept, list)
+
+    def ours() -> set[str]:
+        found = set()
+        for name in os.listdir(base):
+            if name.startswith("aiocontain-") and name not in kept:
+                try:
+                    if os.lstat(os.path.join(base, name)).st_uid == os.getuid():
+                        found.add(name)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+        return found
+
+    watch = syscalls.inotify_init1()
+    try:
+        syscalls.inotify_add_watch(watch, base, 0x200)  # IN_DELETE; set before looking: no removal is missed
+        deadline = time.monotonic() + timeout
+        while left_behind := ours():
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([watch], [], [], left)[0], f"{left_behind} still in {base}"
+            os.read(watch, 65536)
+    finally:
+        os.close(watch)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
