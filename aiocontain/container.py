@@ -163,6 +163,16 @@ class Container:
         if self._ctx is not None or self._stack is not None:
             raise RuntimeError("a Container runs once: make a new one for the next run")
         try:
+            return await self._enter()
+        except OSError as exc:
+            # Anywhere in the set-up (a check's read of /proc, a stage, the record): one clear error, the
+            # set-up undone by _enter as for any other failure.
+            if fdlimit.exhausted(exc):
+                raise fdlimit.exhaustion_error(exc) from None
+            raise
+
+    async def _enter(self) -> Container:
+        try:
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
             user = self._user(rootfs)
@@ -207,17 +217,13 @@ class Container:
             )
             with ctx.setup_scope:
                 for stage, body in PIPELINE:
-                    if stage == "release":
-                        self._register(ctx)  # before the command runs: it never runs unrecorded
                     try:
+                        if stage == "release":
+                            self._register(ctx)  # before the command runs: it never runs unrecorded
                         await events.timed_stage(self._log, stage, partial(body, ctx))
                     except AiocontainError as exc:
                         exc.stage = exc.stage or stage  # callers may catch by kind and see where
                         raise
-                    except OSError as exc:
-                        if not fdlimit.exhausted(exc):
-                            raise
-                        raise fdlimit.exhaustion_error(exc) from None
             if ctx.failure is not None:
                 raise ctx.failure
             if ctx.setup_scope.cancelled_caught:
@@ -237,18 +243,22 @@ class Container:
     def _register(self, ctx: StageContext) -> None:
         """Record the container for `aiocontain ps` and ``aiocontain.attach`` (aiocontain.registry)."""
         assert ctx.init_pid is not None
-        self._registration = registry.register(
-            self.id,
-            self.name,
-            ctx.init_pid,
-            spec=registry.plain(self.spec, skip=("stdin", "stdout", "stderr")),
-            network=registry.plain(dict(ctx.network)),
-            cgroup=str(self.cgroup) if self.cgroup is not None else None,
-            stop_timeout=self.spec.stop_timeout,
-            detached=self.log_path is not None,
-            auto_remove=self.auto_remove,
-            log=self.log_path,
-        )
+        try:
+            self._registration = registry.register(
+                self.id,
+                self.name,
+                ctx.init_pid,
+                spec=registry.plain(self.spec, skip=("stdin", "stdout", "stderr")),
+                network=registry.plain(dict(ctx.network)),
+                cgroup=str(self.cgroup) if self.cgroup is not None else None,
+                stop_timeout=self.spec.stop_timeout,
+                detached=self.log_path is not None,
+                auto_remove=self.auto_remove,
+                log=self.log_path,
+            )
+        except OSError as exc:
+            # The record is written whole or not at all (registry._write), so there is nothing of it to undo.
+            raise _record_error(exc) from None
 
     def _unregister(self) -> None:
         registration, self._registration = self._registration, None
@@ -257,7 +267,10 @@ class Container:
         if not self._set_up:
             registry.remove(registration.record)  # a failed set-up: nothing of it stays, its record neither
             return
-        registration.finish(self._status.code if self._status is not None else None)
+        try:
+            registration.finish(self._status.code if self._status is not None else None)
+        except OSError as exc:
+            raise _record_error(exc) from None
 
     def _check(self) -> tuple[Path, NetworkDriver, Placement | None, str | None]:
         """Everything that can be refused before anything starts: rootfs, architecture, init, network, cgroup."""
@@ -302,7 +315,12 @@ class Container:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._teardown(exc_type, exc, tb)
+        try:
+            await self._teardown(exc_type, exc, tb)
+        except OSError as error:
+            if fdlimit.exhausted(error):
+                raise fdlimit.exhaustion_error(error) from None
+            raise
 
     async def _teardown(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -479,3 +497,13 @@ async def run(spec: ContainerSpec) -> ExitStatus:
     """Run a container to its end and return how it exited."""
     async with Container(spec) as container:
         return await container.wait()
+
+
+def _record_error(exc: OSError) -> AiocontainError:
+    """A container's record could not be written: out of fds (said as such), or the directory refused it."""
+    if fdlimit.exhausted(exc):
+        return fdlimit.exhaustion_error(exc)
+    return AiocontainError(
+        f"cannot record the container in {registry.directory(create=False)}: {exc.strerror}",
+        fix="check that this user can write there (or set XDG_RUNTIME_DIR to a directory of your own)",
+    )

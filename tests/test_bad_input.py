@@ -58,6 +58,16 @@ def test_an_unusable_xdg_runtime_dir_is_refused(rootfs, tmp_path, kind):
     assert_one_line_error(result, f"XDG_RUNTIME_DIR {base} is not a directory this user can write")
 
 
+def test_a_records_directory_that_refuses_the_record_is_one_line(rootfs, tmp_path):
+    # Everything is set up when the record is written, just before the command is released: the error undoes it.
+    base = tmp_path / "run"
+    base.mkdir(mode=0o700)
+    (base / "aiocontain.containers").mkdir(mode=0o500)
+    result = run("--rootfs", str(rootfs), "--net", "none", "true", env={**os.environ, "XDG_RUNTIME_DIR": str(base)})
+    assert_one_line_error(result, f"cannot record the container in {base / 'aiocontain.containers'}: Permission")
+    assert sorted(p.name for p in base.iterdir()) == ["aiocontain.containers"]
+
+
 @pytest.mark.parametrize("workdir", ["/etc/passwd", "/etc/passwd/below"])
 def test_a_workdir_that_is_a_file_is_not_a_directory_126(rootfs, workdir):
     result = run("--rootfs", str(rootfs), "--net", "none", "-w", workdir, "true")
