@@ -158,12 +158,22 @@ class _OpenHow(ctypes.Structure):
 def open_in_root(root: int, path: str, flags: int) -> int:
     """openat2(2) with RESOLVE_IN_ROOT: open path as if root (a directory fd) were ``/``, every symlink and
     ``..`` on the way resolved within it by the kernel, in one step (a directory swapped for a symlink meanwhile
-    cannot lead out of it) and no /proc magic link followed. ENOSYS before Linux 5.6."""
+    cannot lead out of it) and no /proc magic link followed. ENOSYS before Linux 5.6.
+
+    EAGAIN is retried: the kernel gives it for a ``..`` on the way when any rename or mount anywhere on the
+    system raced with the walk, as it cannot then prove the ``..`` stayed within root."""
     how = _OpenHow(flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd: int = _libc.syscall(_SYS_OPENAT2, root, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+    name = _b(path)
+    for _ in range(_OPENAT2_TRIES):
+        fd: int = _libc.syscall(_SYS_OPENAT2, root, name, ctypes.byref(how), ctypes.sizeof(how))
+        if fd >= 0 or ctypes.get_errno() != _errno.EAGAIN:
+            break
     if fd < 0:
         _check(fd, f"openat2 {path}")
     return fd
+
+
+_OPENAT2_TRIES = 100  # each race is one rename elsewhere during the walk: a busy system loses a few in a row
 
 
 def set_parent_death_signal(signum: int) -> None:

@@ -285,6 +285,46 @@ def test_a_directory_swapped_for_a_symlink_while_passwd_is_read_cannot_lead_out(
     assert "host-secret" in (users.read_text(root, "/etc/passwd") or "")  # the window, without openat2
 
 
+def _rename_for_ever(directory: str) -> None:
+    first, second = os.path.join(directory, "a"), os.path.join(directory, "b")
+    open(first, "w").close()
+    while True:
+        os.rename(first, second)
+        os.rename(second, first)
+
+
+def test_a_rename_elsewhere_during_the_walk_does_not_hide_the_file(fresh, tmp_path):
+    """openat2 with RESOLVE_IN_ROOT fails with EAGAIN when any rename on the system races a walk through `..`
+    (an /etc/passwd -> ../../etc/x link, say): a busy host must not turn a user who exists into "unable to find
+    user". Control: one try at a time does lose such races here; aiocontain's open retries them."""
+    import ctypes
+    import multiprocessing
+
+    from aiocontain import syscalls
+
+    root = fresh()
+    (root / "etc" / "deep").mkdir()
+    path = "/etc/deep/../../etc/deep/../passwd"
+    renamer = multiprocessing.get_context("fork").Process(target=_rename_for_ever, args=(str(tmp_path),), daemon=True)
+    renamer.start()
+    directory = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = syscalls._OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, syscalls.RESOLVE_IN_ROOT)
+        for _ in range(200_000):  # the control: the race, seen with a single try
+            fd = syscalls._libc.syscall(syscalls._SYS_OPENAT2, directory, path.encode(), ctypes.byref(how), 24)
+            if fd < 0 and ctypes.get_errno() == errno.EAGAIN:
+                break
+            os.close(fd)
+        else:
+            pytest.skip("no rename raced a walk in 200000 tries on this machine: nothing to retry")
+        for _ in range(20_000):
+            os.close(syscalls.open_in_root(directory, path, os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        os.close(directory)
+        renamer.kill()
+        renamer.join()
+
+
 def test_passwd_fifo_does_not_block(cli, fresh):
     root = fresh()
     (root / "etc" / "passwd").unlink()
