@@ -143,6 +143,12 @@ class ForkedProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
+    async def forget(self) -> None:
+        """Close its streams and fds without waiting for its exit: for one that reported its container gone and
+        exits by itself (the fork server reaps it). Shielded, as ``aclose``."""
+        self.exited = True  # as good as: nothing of ours waits for it any more
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
         every path. Its status is not waited for: the fork server reaps it either way."""
