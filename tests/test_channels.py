@@ -72,7 +72,7 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
     os.close(release_r)
 
 
-async def test_the_exit_is_read_from_the_report_not_the_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
+async def test_the_exit_is_read_from_the_report_not_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
     """The intermediate's Exited is its last word: the runtime takes it at once, not once the intermediate's own
     exit (its address space and the container's namespaces torn down) closes the socket."""
     ours, theirs = pair
