@@ -47,8 +47,9 @@ Forked, no MapIds). The owner shuts the socket down for a spare it does not take
 new kind comes). From its offer the spare is a child like any intermediate, reaped
 with its Reaped; whether the owner took it is seen when a child is reaped (it
 closed its socket). A request that reaches this server while the spare is not
-offered yet goes to it, as before offers; one of another kind gets a fresh fork,
-and the spare is let go for one of the new kind. The replacement is forked when a
+offered yet goes to it, as before offers; any other gets a fresh fork, and the
+spare is let go (while offered, the owner had no use of it for this request; of
+another kind, the next one is of the new kind). The replacement is forked when a
 container's intermediate is reaped, when no start competes for the CPUs, and that
 Reaped is sent once it is ready, so that whoever waited for it finds the offer.
 The spare dies with the server and exits at end of stream, like the server itself.
@@ -397,7 +398,11 @@ def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio:
         _let_go(state, spare)  # the next spare makes this request's kind
         return None
     if spare.offered:
-        return None  # the owner's to hand over: it took it for another request, or its offer crossed this one
+        # The owner had no use of it for this request: it took it for another one (its request is queued in
+        # the spare already, which a shutdown leaves to be read), its offer crossed this request, or it lost
+        # the offer (out of fds). Let go, so that none stays offered for ever; the next reap replaces it.
+        _let_go(state, spare)
+        return None
     try:
         messages.send(spare.sock, Fork(), [control, *stdio])
     except OSError:
