@@ -355,9 +355,10 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
-    # SIGKILLed as soon as the server has forked it (its warm-up under way: closing fds, unsharing, lo); so
-    # while the server is stopped, which then finds its Unshared and its death in one round; or once a container
-    # has run meanwhile (waiting): the next container is forked afresh, and a new spare follows it.
+    # SIGKILLed once offered (Reaped comes once the replacement is ready: its offer waits in the runtime's request
+    # socket, and the runtime finds it dead); so while the server is stopped, which then reaps it; or once a
+    # container has run meanwhile (waiting): the next container runs (forked afresh, or handed the replacement the
+    # server forked when it reaped the killed one), and a new spare follows it.
     from aiocontain.child.forkserver import SPARE_AFTER
 
     before, fds = leftovers(), open_fds()
@@ -365,7 +366,7 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     try:
         for _ in range(SPARE_AFTER):
             assert (await run_and_reap(server, rootfs, "true"))[1] == 0
-        for stage in ("forked", "forked", "server stopped", "server stopped", "waiting"):
+        for stage in ("offered", "offered", "server stopped", "server stopped", "waiting"):
             if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
             if stage == "server stopped":
