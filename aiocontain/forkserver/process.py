@@ -64,13 +64,11 @@ class ForkedProcess:
             raise
         try:
             messages.send(offer.sock, Fork(), [control.fileno(), *stdio.child_fds])
-        except OSError:
+        except BaseException as exc:
             stdio.close()
             offer.let_go()
-            return None
-        except BaseException:
-            stdio.close()
-            offer.let_go()
+            if isinstance(exc, OSError):
+                return None  # EPIPE: it died
             raise
         finally:
             stdio.close_child_ends()

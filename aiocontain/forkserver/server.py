@@ -134,7 +134,9 @@ class ForkServer:
         with self._offers_lock:
             # A spare offered for this kind of request takes it from us directly: no hop through the server.
             offer, other = self._read_offers(unshare_net)
-            claimed = ForkedProcess.claim(offer, control, stdin, stdout, stderr, self._released) if offer else None
+            claimed = None
+            if offer is not None:
+                claimed = ForkedProcess.claim(offer, control, stdin, stdout, stderr, self._released)
             if claimed is None:
                 try:
                     fork = messages.Fork(unshare_net)
@@ -164,7 +166,7 @@ class ForkServer:
             try:
                 message, fds = messages.recv(self._requests)
             except OSError:
-                break  # an offer whose fds were lost (out of fds): its spare waits for the server's end
+                break  # an offer whose fds were lost (out of fds): the server lets its spare go at our request
             if message is None:
                 break  # the server is gone: the Fork request finds it so
             if isinstance(message, messages.Spare) and len(fds) == 3:
