@@ -1,10 +1,11 @@
 """``ForkedProcess``: an intermediate forked by the fork server, followed from the runtime.
 
 It is the fork server's child, not ours, so anyio's Process cannot follow it.
-Instead: its pidfd (sent up with ``Forked``) says when it exits and signals it
-without PID reuse races; the fork server reaps it and sends its status as
-``Reaped`` on the reply channel; PIPE stdio are pipes the runtime made, read and
-written as anyio byte streams.
+Instead: its pidfd (sent up with ``Forked``, or with a spare's offer, ``Offer``)
+says when it exits and signals it without PID reuse races; the fork server reaps
+it and sends its status as ``Reaped`` on the reply channel; PIPE stdio are pipes
+the runtime made, read and written as anyio byte streams. A spare the fork server
+offered is handed its request here (``claim``), with no answer to wait for.
 """
 
 from __future__ import annotations
