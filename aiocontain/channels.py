@@ -58,6 +58,8 @@ class ChildChannel:
         self._inbox: MemoryObjectReceiveStream[tuple[Message | None, list[int]]]
         self._outbox, self._inbox = anyio.create_memory_object_stream[tuple[Message | None, list[int]]](math.inf)
         self._drained = False
+        self._finished = anyio.Event()  # the reader has seen end of stream
+        self.exited: Exited | None = None  # the intermediate's report, once received: its container is gone
 
     def send_config(self, config: Config) -> None:
         """Step 1, before the fork: the Config waits in the socket's buffer until the intermediate reads it."""
@@ -95,6 +97,7 @@ class ChildChannel:
                 self._outbox.send_nowait(item)  # no checkpoint: cancellation cannot drop it, fds and all
         finally:
             self._outbox.close()
+            self._finished.set()
 
     async def wait_unshared(self) -> None:
         """Step 2: the intermediate has unshared the namespaces, so the id maps may be written."""
@@ -127,17 +130,18 @@ class ChildChannel:
             pass  # the intermediate has exited: PID 1 failed to build its root, and its report says why
 
     async def wait_exited(self) -> Exited | None:
-        """Step 5, last: how PID 1 ended, read up to the end of the stream; None when the intermediate ended
-        without saying (killed: its own exit status, from the fork server, then tells)."""
-        exited: Exited | None = None
-        while True:
-            message, fds = await self._receive()
-            close_fds(fds)
-            if message is None:
-                return exited
-            if not isinstance(message, Exited):
-                raise UnexpectedMessage("container process", "Exited", message)
-            exited = message
+        """Step 5, last: how PID 1 ended, as soon as the intermediate says (it has reaped PID 1, and so every
+        process of the container); None when the intermediate ended without saying (killed: its own exit
+        status, from the fork server, then tells). Not its end of stream: that comes only once the
+        intermediate's own exit has torn down its address space and the container's namespaces, ~2 ms here."""
+        message, fds = await self._receive()
+        close_fds(fds)
+        if message is None:
+            return None
+        if not isinstance(message, Exited):
+            raise UnexpectedMessage("container process", "Exited", message)
+        self.exited = message
+        return message
 
     def shutdown(self) -> None:
         """Teardown: end of stream for the intermediate, which then kills the container and exits."""
@@ -145,6 +149,10 @@ class ChildChannel:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already gone
+
+    async def wait_closed(self) -> None:
+        """Teardown, after ``shutdown``: until the reader has seen end of stream (ours, at once)."""
+        await self._finished.wait()
 
     def drain(self) -> None:
         """Teardown, once the reader saw end of stream: close the fds of messages nobody received (a Ready

@@ -60,20 +60,37 @@ class _Message:
 
 
 # --- The request socket: runtime <-> fork server (one for the fork server's life)
-# From the fork server, once, first: Unshared (or Failed). From the runtime: Fork, one a container.
+# From the fork server, once, first: Unshared (or Failed); then a Spare for each spare it offers. From the
+# runtime: Fork, one a container that no offered spare takes.
 
 
 class Fork(_Message):
     """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
     channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
     stdout and stderr. ``unshare_net`` is the Config's: the fork server's spare, an intermediate that made
-    the namespaces ahead, takes the request if it made these (None: not said, a fresh fork). The fork server
-    hands it a bare Fork with the last four fds."""
+    the namespaces ahead, takes the request if it made these and has not been offered to the runtime yet
+    (None: not said, a fresh fork). A spare gets a bare Fork with the last four fds, from the runtime (one
+    offered to it) or from the fork server."""
 
     kind = "fork"
     __slots__ = ("unshare_net",)
 
     def __init__(self, unshare_net: bool | None = None) -> None:
+        self.unshare_net = unshare_net
+
+
+class Spare(_Message):
+    """Fork server -> runtime, on the request socket: a spare is ready (its namespaces made, their maps
+    written), and from now on only the runtime hands it a request. Carries, in this order, its pidfd, the
+    socket it waits on for a bare Fork, and its reply channel (Reaped comes on it; nothing else: no Forked,
+    and MapIds is never needed). ``unshare_net`` is the kind of namespaces it made. The runtime takes it for
+    a request of that kind, or shuts its socket down (it exits)."""
+
+    kind = "spare"
+    __slots__ = ("pid", "unshare_net")
+
+    def __init__(self, pid: int, unshare_net: bool) -> None:
+        self.pid = pid
         self.unshare_net = unshare_net
 
 
@@ -329,12 +346,22 @@ class Failed(_Message):
 
 
 Message = (
-    Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Forked | MapIds | IdsMapped | Reaped | Exec
+    Config
+    | Unshared
+    | Ready
+    | Release
+    | Console
+    | Failed
+    | Exited
+    | Fork
+    | Spare
+    | Forked
+    | MapIds
+    | IdsMapped
+    | Reaped
+    | Exec
 )
-_TYPES: dict[str, type[Any]] = {
-    t.kind: t
-    for t in (Config, Unshared, Ready, Release, Console, Failed, Exited, Fork, Forked, MapIds, IdsMapped, Reaped, Exec)
-}
+_TYPES: dict[str, type[Any]] = {t.kind: t for t in _Message.__subclasses__()}  # every message class above
 MAX_FDS = 8
 
 
@@ -355,10 +382,10 @@ def close_fds(fds: list[int]) -> None:
         os.close(fd)
 
 
-def send(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
+def send(sock: socket.socket, message: Message, fds: list[int] | None = None, flags: int = 0) -> None:
     """Send one message, with fds as SCM_RIGHTS."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([encode(message)], ancillary)
+    sock.sendmsg([encode(message)], ancillary, flags)
 
 
 _PEEKED = bytearray(1)  # what the length probe reads into: never looked at

@@ -72,6 +72,23 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
     os.close(release_r)
 
 
+async def test_the_exit_is_read_from_the_report_not_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The intermediate's Exited is its last word: the runtime takes it at once, not once the intermediate's own
+    exit (its address space and the container's namespaces torn down) closes the socket."""
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        messages.send(theirs, Exited(code=None, signal=9))
+        with anyio.fail_after(10):  # theirs stays open: reading to its end would never return
+            assert await channel.wait_exited() == Exited(code=None, signal=9)
+        assert channel.exited == Exited(code=None, signal=9)
+        channel.shutdown()
+        with anyio.fail_after(10):
+            await channel.wait_closed()  # our own shutdown ends the reader, with theirs still open
+    channel.drain()
+
+
 @pytest.mark.parametrize(
     ("step", "wrong", "expected"),
     [("wait_unshared", Ready(init_pid=1), "Unshared"), ("wait_ready", Exited(code=0, signal=None), "Ready")],

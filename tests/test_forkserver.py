@@ -199,6 +199,51 @@ async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediat
     assert open_fds() == fds
 
 
+def state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def stop(child: int) -> None:
+    """SIGSTOP a child of ours, and wait until the kernel says it has stopped (the signal is asynchronous)."""
+    os.kill(child, signal.SIGSTOP)
+    os.waitid(os.P_PID, child, os.WSTOPPED | os.WNOWAIT)
+
+
+async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_server_stopped(rootfs):
+    # Once ready, the spare is offered to the runtime (its pidfd, its socket, a reply channel), which hands it
+    # the request itself: the container starts, runs and says its exit with the fork server SIGSTOPped the whole
+    # time, so no step of it went through the server (a request handed through the server, as before offers,
+    # waits for it: this test then fails at the fork's timeout). The server reaps it once it runs again.
+    from aiocontain.child.forkserver import SPARE_AFTER
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        for _ in range(SPARE_AFTER):
+            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        [spare] = spares_of(server)
+        stop(server.pid)
+        try:
+            assert state_of(server.pid) == "T"
+            async with Container(spec(rootfs, *FACTS_COMMAND, stdout=subprocess.PIPE), fork_server=server) as container:
+                assert container.pid is not None and parent_of(container.pid) == spare
+                found = facts(await read_until_end(container))
+                assert (await container.wait()).ok
+            assert state_of(server.pid) == "T"  # stopped throughout
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert wait_gone(spare)
+        assert found["lo_up"] and len(found["maps"]) >= 2  # the spare's namespaces, mapped before the offer
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+FACTS_COMMAND = ("/bin/sh", "-c", FACTS)
+
+
 async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as_a_fresh_ones(rootfs):
     # Two containers alive at once, each from a spare: none of their six namespaces is shared with each other
     # or with the fork server; their id maps are a freshly forked container's; their hostname is the spec's and
@@ -310,9 +355,10 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
-    # SIGKILLed as soon as the server has forked it (its warm-up under way: closing fds, unsharing, lo); so
-    # while the server is stopped, which then finds its Unshared and its death in one round; or once a container
-    # has run meanwhile (waiting): the next container is forked afresh, and a new spare follows it.
+    # SIGKILLed once offered (Reaped comes once the replacement is ready: its offer waits in the runtime's request
+    # socket, and the runtime finds it dead); so while the server is stopped, which then reaps it; or once a
+    # container has run meanwhile (waiting): the next container runs (forked afresh, or handed the replacement the
+    # server forked when it reaped the killed one), and a new spare follows it.
     from aiocontain.child.forkserver import SPARE_AFTER
 
     before, fds = leftovers(), open_fds()
@@ -320,7 +366,7 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     try:
         for _ in range(SPARE_AFTER):
             assert (await run_and_reap(server, rootfs, "true"))[1] == 0
-        for stage in ("forked", "forked", "server stopped", "server stopped", "waiting"):
+        for stage in ("offered", "offered", "server stopped", "server stopped", "waiting"):
             if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
             if stage == "server stopped":

@@ -23,6 +23,7 @@ from aiocontain.messages import (
     Ready,
     Reaped,
     Release,
+    Spare,
     Unshared,
 )
 
@@ -71,6 +72,8 @@ ALL_MESSAGES: list[messages.Message] = [
     Exited(code=3, signal=None),
     Exited(code=None, signal=9),
     Fork(),
+    Fork(unshare_net=True),
+    Spare(pid=4242, unshare_net=False),
     Forked(pid=4243),
     MapIds(),
     IdsMapped(),

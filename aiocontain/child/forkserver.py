@@ -35,13 +35,24 @@ container, not a CLI run's one), it keeps one intermediate forked ahead: a spare
 that holds no fd but its own socket, makes the namespaces of the kind the last
 request asked for (user, mount, pid, uts, ipc, and net unless the request shares
 the host's) and brings their lo up, says Unshared, so that this server writes
-their id maps at once, and then waits there for a request's fds. A request whose
-``Fork`` asks for the same namespaces goes to it, so the fork, the child's start,
-the unshare and the maps are off the container's path (a later MapIds is answered
-at once); any other request gets a fresh fork, and the spare is let go for one of
-the new kind. The replacement is forked when a container's intermediate is
-reaped, when no start competes for the CPUs. The spare dies with the server and
-exits at end of stream, like the server itself.
+their id maps at once, and then waits there for a request's fds. So the fork, the
+child's start, the unshare and the maps are off the container's path.
+
+Once its maps are written the spare is offered to the owner (``Spare`` on the
+request socket, with its pidfd, a copy of this server's end of its socket and a
+reply channel): the owner hands it a request of that kind itself, a bare Fork on
+that socket, and the container's start takes no hop through this server (no
+Forked, no MapIds). The owner shuts the socket down for a spare it does not take
+(of another kind, which this server then lets go once the owner's Fork of the
+new kind comes). From its offer the spare is a child like any intermediate, reaped
+with its Reaped; whether the owner took it is seen when a child is reaped (it
+closed its socket). A request that reaches this server while the spare is not
+offered yet goes to it, as before offers; any other gets a fresh fork, and the
+spare is let go (while offered, the owner had no use of it for this request; of
+another kind, the next one is of the new kind). The replacement is forked when a
+container's intermediate is reaped, when no start competes for the CPUs, and that
+Reaped is sent once it is ready, so that whoever waited for it finds the offer.
+The spare dies with the server and exits at end of stream, like the server itself.
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ import socket
 
 from aiocontain import messages, syscalls
 from aiocontain.child import intermediate, netdev
-from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Unshared
+from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -128,9 +139,9 @@ def serve(requests: socket.socket) -> NoReturn:
         # The request last: a fork opens fds, which may take the numbers of ones closed earlier in this round.
         for fd, _event in sorted(state.poller.poll(), key=lambda item: item[0] == requests.fileno()):
             spare = state.spare
-            if spare is not None and fd == spare.sock.fileno():
+            if spare is not None and not spare.offered and fd == spare.sock.fileno():
                 _spare_says(state, spare)
-            elif spare is not None and fd == spare.pidfd:
+            elif spare is not None and not spare.offered and fd == spare.pidfd:
                 _let_go(state, spare)  # it died (killed) before any request: the next one forks
             elif fd in state.retired:
                 state.poller.unregister(fd)
@@ -142,6 +153,8 @@ def serve(requests: socket.socket) -> NoReturn:
                 _reap(state, fd)
             elif fd == requests.fileno() and state.accepting:
                 _request(state)
+        if state.held and (state.spare is None or state.spare.pid in state.mapped):  # ready (offered or not)
+            _say_reaped(state)
     os._exit(0)
 
 
@@ -162,6 +175,8 @@ class _State:
         self.unshare_net: bool | None = None  # the last request's network namespace: the next spare's
         self.spare: _Spare | None = None
         self.retired: dict[int, int] = {}  # pidfd -> pid of spares let go, reaped once they have exited
+        self.let_go: set[int] = set()  # offered spares let go: no replacement at their reap, the next one's
+        self.held: list[tuple[socket.socket, int]] = []  # Reaped (channel, status) until the new spare is offered
 
 
 class _Spare:
@@ -173,6 +188,7 @@ class _Spare:
         self.pidfd = pidfd
         self.sock = sock
         self.unshare_net = unshare_net
+        self.offered = False  # once offered to the owner: its to hand over, and a child, reaped as any
 
 
 def _reap(state: _State, pidfd: int) -> None:
@@ -182,13 +198,33 @@ def _reap(state: _State, pidfd: int) -> None:
         state.poller.unregister(channel)
     _, status = os.waitpid(pid, 0)
     state.mapped.discard(pid)
+    spare, replace = state.spare, pid not in state.let_go
+    state.let_go.discard(pid)
+    if spare is not None and spare.offered and (spare.pidfd == pidfd or _claimed(spare)):
+        # The offered spare is no longer one: this is its end (its container's, or it died unclaimed), or the
+        # owner handed it a request (it closed its socket on taking it), told only now, off any start's path.
+        state.spare = None
+        spare.sock.close()
     # The spare is forked here, when a container has ended, not when a request is served: then the runtime,
     # the new intermediate and this server all want the CPUs, and the spare's fork and unshare would slow
-    # that container's start. Before Reaped, so that whoever waits for it finds the spare forked.
-    _keep_spare(state)
-    _reply(channel, Reaped(status))
-    channel.close()
+    # that container's start. Reaped waits until it is offered (or gone), so that whoever waits for Reaped
+    # finds the offer there at its next fork.
+    if replace:
+        _keep_spare(state)
     os.close(pidfd)
+    state.held.append((channel, status))
+
+
+def _channels(state: _State) -> list[socket.socket]:
+    """Every reply channel this server holds: a forked child detaches them (its closerange closes the fds)."""
+    return [channel for _, channel in state.children.values()] + [channel for channel, _ in state.held]
+
+
+def _say_reaped(state: _State) -> None:
+    for channel, status in state.held:
+        _reply(channel, Reaped(status))
+        channel.close()
+    state.held = []
 
 
 def _keep_spare(state: _State) -> None:
@@ -211,7 +247,7 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
     if pid == 0:
         state.requests.detach()
         mine.detach()
-        for _, other in state.children.values():
+        for other in _channels(state):
             other.detach()
         _wait_as_spare(theirs, name, unshare_net, state.server)
     _set_comm(name)
@@ -274,7 +310,8 @@ def _set_comm(name: bytes) -> None:
 
 
 def _spare_says(state: _State, spare: _Spare) -> None:
-    """The spare's Unshared: write its maps now, off any container's path. Anything else: it is gone."""
+    """The spare's Unshared: write its maps now, off any container's path, and offer it to the owner.
+    Anything else: it is gone."""
     try:
         message, fds = messages.recv(spare.sock)
     except OSError:
@@ -284,10 +321,45 @@ def _spare_says(state: _State, spare: _Spare) -> None:
         try:
             state.maps.write(spare.pid)
             state.mapped.add(spare.pid)
-            return
         except OSError:
             _kill(spare)  # its namespaces are of no use
+        else:
+            _offer(state, spare)
+            return
     _let_go(state, spare)
+
+
+def _offer(state: _State, spare: _Spare) -> None:
+    """Give the owner what it needs to hand the spare a request itself (its pidfd, its socket, a reply channel
+    for Reaped), so that a container's start takes no hop through this server. Not offered (the owner's queue
+    full, or out of fds): it stays ours to hand over, as before."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except OSError:
+        return
+    offer = Spare(spare.pid, spare.unshare_net)
+    try:
+        # Never blocking: an owner that has stopped forking must not stop this server with a queue of offers.
+        messages.send(state.requests, offer, [spare.pidfd, spare.sock.fileno(), theirs.fileno()], socket.MSG_DONTWAIT)
+    except OSError:
+        ours.close()
+        return
+    finally:
+        theirs.close()
+    spare.offered = True
+    # A child from now on, reaped as any intermediate (Reaped on its channel). Its socket says nothing more:
+    # whether the owner handed it a request (it closes the socket then) is looked at when a child is reaped.
+    state.poller.unregister(spare.sock)
+    state.poller.register(ours, select.POLLIN)
+    state.children[spare.pidfd] = (spare.pid, ours)
+    state.channels[ours.fileno()] = spare.pidfd
+
+
+def _claimed(spare: _Spare) -> bool:
+    """Whether an offered spare has closed its socket: it took the owner's request (or it is dying)."""
+    poller = select.poll()
+    poller.register(spare.sock, 0)  # POLLHUP is reported whatever the mask
+    return any(event & select.POLLHUP for _fd, event in poller.poll(0))
 
 
 def _kill(spare: _Spare) -> None:
@@ -299,8 +371,17 @@ def _kill(spare: _Spare) -> None:
 
 def _let_go(state: _State, spare: _Spare) -> None:
     """Forget the spare: closing its socket ends its wait (it exits), and its exit is reaped when its pidfd
-    says so."""
+    says so. An offered one is a child already (reaped with its Reaped), and the owner may hold its socket
+    too: shut down, which ends the wait whoever holds it; its replacement waits for the next reap."""
     state.spare = None
+    if spare.offered:
+        try:
+            spare.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # it has closed its end: taken by the owner, or gone
+        spare.sock.close()
+        state.let_go.add(spare.pid)
+        return
     state.poller.unregister(spare.sock)
     spare.sock.close()
     state.mapped.discard(spare.pid)
@@ -308,13 +389,19 @@ def _let_go(state: _State, spare: _Spare) -> None:
 
 
 def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio: list[int]) -> tuple[int, int] | None:
-    """Give a request's fds to the spare if it made the namespaces the request asks for: (pid, pidfd) of the
-    intermediate it becomes; None without one."""
+    """Give a request's fds to the spare if it made the namespaces the request asks for and is not offered to
+    the owner: (pid, pidfd) of the intermediate it becomes; None without one."""
     spare = state.spare
     if spare is None or unshare_net is None:
         return None
     if spare.unshare_net != unshare_net:
         _let_go(state, spare)  # the next spare makes this request's kind
+        return None
+    if spare.offered:
+        # The owner had no use of it for this request: it took it for another one (its request is queued in
+        # the spare already, which a shutdown leaves to be read), its offer crossed this request, or it lost
+        # the offer (out of fds). Let go, so that none stays offered for ever; the next reap replaces it.
+        _let_go(state, spare)
         return None
     try:
         messages.send(spare.sock, Fork(), [control, *stdio])
@@ -428,7 +515,7 @@ def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int,
             # Python objects of ours hold fds that are about to be closed: detach them, so that
             # nothing ever closes an fd number that the intermediate has reused.
             state.requests.detach()
-            for _, other in state.children.values():
+            for other in _channels(state):
                 other.detach()
             if state.spare is not None:
                 state.spare.sock.detach()

@@ -1,10 +1,11 @@
 """``ForkedProcess``: an intermediate forked by the fork server, followed from the runtime.
 
 It is the fork server's child, not ours, so anyio's Process cannot follow it.
-Instead: its pidfd (sent up with ``Forked``) says when it exits and signals it
-without PID reuse races; the fork server reaps it and sends its status as
-``Reaped`` on the reply channel; PIPE stdio are pipes the runtime made, read and
-written as anyio byte streams.
+Instead: its pidfd (sent up with ``Forked``, or with a spare's offer, ``Offer``)
+says when it exits and signals it without PID reuse races; the fork server reaps
+it and sends its status as ``Reaped`` on the reply channel; PIPE stdio are pipes
+the runtime made, read and written as anyio byte streams. A spare the fork server
+offered is handed its request here (``claim``), with no answer to wait for.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream
 from aiocontain import fdlimit, messages
 from aiocontain.errors import AiocontainError, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import Stdio
-from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped
+from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare
 
 if TYPE_CHECKING:
     from aiocontain.forkserver.userns import IdMapping
@@ -47,22 +48,42 @@ class ForkedProcess:
         self._channel = channel
         self._released = released
         self.exited = False
+        self.premapped = False  # a spare's: its maps were written before it was offered (no MapIds)
         self._lock = anyio.Lock()
 
     @classmethod
-    async def request(
-        cls,
-        requests: socket.socket,
-        control: socket.socket,
-        stdin: Any,
-        stdout: Any,
-        stderr: Any,
-        released: Callable[[], None],
-        unshare_net: bool | None = None,
-    ) -> ForkedProcess:
-        """Send a Fork request and wait for Forked. Shielded: once the request is sent, the answer
-        carries a pidfd that must not be lost; the fork server answers within milliseconds. unshare_net: the
-        Config's, which lets the fork server hand the request to a spare that made those namespaces ahead."""
+    def claim(
+        cls, offer: Offer, control: socket.socket, stdin: Any, stdout: Any, stderr: Any, released: Callable[[], None]
+    ) -> ForkedProcess | None:
+        """Hand an offered spare the request itself: its control socket and stdio, on the spare's own socket.
+        No answer to wait for: the offer carried its pidfd and reply channel, and its maps are written. None
+        when the spare cannot take it (it died): the offer is let go, and a Fork request serves instead."""
+        try:
+            stdio = Stdio.open(stdin, stdout, stderr)
+        except BaseException:
+            offer.let_go()
+            raise
+        try:
+            messages.send(offer.sock, Fork(), [control.fileno(), *stdio.child_fds])
+        except BaseException as exc:
+            stdio.close()
+            offer.let_go()
+            if isinstance(exc, OSError):
+                return None  # EPIPE: it died
+            raise
+        finally:
+            stdio.close_child_ends()
+        offer.sock.close()  # the spare's now: it reads the request, then closes its end
+        offer.channel.setblocking(False)
+        process = cls(offer.pid, offer.pidfd, offer.channel, stdio, released)
+        process.premapped = True
+        return process
+
+    @classmethod
+    def send_request(
+        cls, requests: socket.socket, control: socket.socket, stdin: Any, stdout: Any, stderr: Any, fork: Fork
+    ) -> tuple[socket.socket, Stdio]:
+        """Send a Fork request: (the reply channel, the stdio) for ``wait_forked``."""
         stdio = Stdio.open(stdin, stdout, stderr)
         try:
             channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -71,7 +92,7 @@ class ForkedProcess:
             stdio.close()
             raise
         try:
-            messages.send(requests, Fork(unshare_net), [theirs.fileno(), control.fileno(), *stdio.child_fds])
+            messages.send(requests, fork, [theirs.fileno(), control.fileno(), *stdio.child_fds])
         except BaseException:
             channel.close()
             stdio.close()
@@ -80,6 +101,12 @@ class ForkedProcess:
             theirs.close()
             stdio.close_child_ends()
         channel.setblocking(False)
+        return channel, stdio
+
+    @classmethod
+    async def wait_forked(cls, channel: socket.socket, stdio: Stdio, released: Callable[[], None]) -> ForkedProcess:
+        """Wait for the answer to a Fork request, Forked. Shielded: once the request is sent, the answer
+        carries a pidfd that must not be lost; the fork server answers within milliseconds."""
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(FORK_TIMEOUT):
                 message, fds = await _receive(channel)
@@ -97,6 +124,8 @@ class ForkedProcess:
     def request_map(self) -> None:
         """Ask the fork server to write the uid/gid maps of the user namespace this process has unshared
         (call it once the process said so: Unshared). ``ids_mapped`` reads the answer."""
+        if self.premapped:
+            return
         try:
             messages.send(self._channel, MapIds())
         except OSError:
@@ -104,6 +133,8 @@ class ForkedProcess:
 
     async def ids_mapped(self) -> None:
         """Wait for the answer to ``request_map``; raises AiocontainError if the kernel refused the maps."""
+        if self.premapped:
+            return
         async with self._lock:
             message, fds = await _receive(self._channel)
         messages.close_fds(fds)
@@ -143,6 +174,12 @@ class ForkedProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
+    async def forget(self) -> None:
+        """Close its streams and fds without waiting for its exit: for one that reported its container gone and
+        exits by itself (the fork server reaps it). Shielded, as ``aclose``."""
+        self.exited = True  # as good as: nothing of ours waits for it any more
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
         every path. Its status is not waited for: the fork server reaps it either way."""
@@ -159,6 +196,25 @@ class ForkedProcess:
         self._pidfd = -1
         self._channel.close()
         self._released()
+
+
+class Offer:
+    """A spare the fork server offered (``Spare``): its pid, pidfd, the socket it waits on, its reply channel."""
+
+    def __init__(self, message: Spare, fds: list[int]) -> None:
+        self.pid = message.pid
+        self.unshare_net = message.unshare_net
+        self.pidfd, sock, channel = fds
+        self.sock = socket.socket(fileno=sock)
+        self.channel = socket.socket(fileno=channel)
+
+    def let_go(self) -> None:
+        """Not taken: shut its socket down, which ends its wait (it exits; the fork server reaps it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        os.close(self.pidfd)
+        self.sock.close()
+        self.channel.close()
 
 
 async def _receive(channel: socket.socket) -> tuple[messages.Message | None, list[int]]:

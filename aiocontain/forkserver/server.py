@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiocontain.errors import AiocontainError
-    from aiocontain.forkserver.process import ForkedProcess
+    from aiocontain.forkserver.process import ForkedProcess, Offer
     from aiocontain.forkserver.userns import IdMapping
 
 UNSHARE_TIMEOUT = 10.0  # for the server's first message: a fresh interpreter's start-up under load
@@ -54,6 +54,9 @@ class ForkServer:
         self.mapping: IdMapping | None = None  # its user namespace's, once mapped (before the first fork)
         self._map_error: AiocontainError | None = None
         self._map_lock = threading.Lock()
+        # The server's offers of spares (Spare) wait in the request socket until a fork is asked for: then read,
+        # and taken or let go, under this lock (event loops in other threads may fork too).
+        self._offers_lock = threading.Lock()
         # Mapping waits for the server's start-up and runs two setuid helpers: begun at once, in a thread of
         # its own, it overlaps the owner's own start-up (the CLI's imports) instead of the first container's.
         self._mapper = threading.Thread(target=self._map_quietly, name="aiocontain-fork-server-map", daemon=True)
@@ -119,6 +122,7 @@ class ForkServer:
 
         The caller owns the returned process and must ``aclose`` it on every path.
         """
+        from aiocontain import messages
         from aiocontain.forkserver.process import ForkedProcess
 
         if self._closed:
@@ -127,12 +131,57 @@ class ForkServer:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(self._map_user_namespace)
-        process = await ForkedProcess.request(
-            self._requests, control, stdin, stdout, stderr, self._released, unshare_net
-        )
+        with self._offers_lock:
+            # A spare offered for this kind of request takes it from us directly: no hop through the server.
+            offer, other = self._read_offers(unshare_net)
+            claimed = None
+            if offer is not None:
+                claimed = ForkedProcess.claim(offer, control, stdin, stdout, stderr, self._released)
+            if claimed is None:
+                try:
+                    fork = messages.Fork(unshare_net)
+                    sent = ForkedProcess.send_request(self._requests, control, stdin, stdout, stderr, fork)
+                finally:
+                    if other is not None:
+                        other.let_go()  # after our request: the server's next spare is of its kind
+        if claimed is not None:
+            process = claimed
+        else:
+            process = await ForkedProcess.wait_forked(*sent, self._released)
         process.mapping = self.mapping
         self._active += 1
         return process
+
+    def _read_offers(self, unshare_net: bool | None) -> tuple[Offer | None, Offer | None]:
+        """The spares the server offered: (one that made the namespaces asked for, to take; one of another kind,
+        to let go once our request is sent). Every other offer read is let go (its spare exits). None for
+        unshare_net (not said): the offers wait for a request that says."""
+        from aiocontain import messages
+        from aiocontain.forkserver.process import Offer
+
+        if unshare_net is None:
+            return None, None
+        offers: list[Offer] = []
+        while _readable(self._requests.fileno(), 0):
+            try:
+                message, fds = messages.recv(self._requests)
+            except OSError:
+                break  # an offer whose fds were lost (out of fds): the server lets its spare go at our request
+            if message is None:
+                break  # the server is gone: the Fork request finds it so
+            if isinstance(message, messages.Spare) and len(fds) == 3:
+                offers.append(Offer(message, fds))
+            else:
+                messages.close_fds(fds)
+        for stale in offers[:-1]:
+            stale.let_go()  # the server offers one at a time: an older one is dead already
+        offer = offers[-1] if offers else None
+        if offer is not None and _readable(offer.pidfd, 0):
+            offer.let_go()  # dead: the server reaps it
+            offer = None
+        if offer is not None and offer.unshare_net != unshare_net:
+            return None, offer
+        return offer, None
 
     def _map_quietly(self) -> None:
         try:
