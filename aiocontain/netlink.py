@@ -1,19 +1,21 @@
 """Read rtnetlink events from a socket and tell when an interface is configured.
 
-pyroute2 decodes the address and route messages; the socket itself comes from the child, opened
-inside the container's network namespace (see ``aiocontain.child.netdev``), and
-is awaited with anyio, so readiness is learnt from the kernel, never by polling.
+The socket comes from the child, opened inside the container's network namespace
+(see ``aiocontain.child.netdev``), where a kernel filter passes only what can
+matter, and is awaited with anyio, so readiness is learnt from the kernel, never
+by polling.
 
-Link messages are read by a short attribute walk instead: each carries some
-fifty attributes (statistics, per-family settings) that pyroute2 turns into
-objects, ~250 us a message, where only the name and the MTU are needed. With
-many containers starting at once that was the runtime's biggest cost.
+pyroute2 decodes the IPv4 address and default route messages, one or two of
+each a container. Link messages, four a container, are read by a short walk of
+their fixed header and attributes instead (``aiocontain.rtnl``): each carries
+some fifty attributes that a full decode turns into objects (~250 us a
+message), where only the name, flags and MTU are needed; with many containers
+starting at once that was the runtime's biggest cost in the tap stage.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +26,8 @@ import anyio
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from aiocontain.rtnl import HEADER as _HEADER
-from aiocontain.rtnl import IFINFO as _IFINFO
 from aiocontain.rtnl import (
+    HEADER,
     IFLA_IFNAME,
     IFLA_MTU,
     RTM_NEWADDR,
@@ -35,14 +36,14 @@ from aiocontain.rtnl import (
     Ipv6State,
     attributes,
     family,
+    link,
     pending,
     split,
 )
 
-__all__ = ["InterfaceState", "attributes", "split", "update", "wait_configured"]
+__all__ = ["IFLA_IFNAME", "IFLA_MTU", "InterfaceState", "attributes", "split", "update", "wait_configured"]
 
 _IFF_UP = 0x1
-_U32 = struct.Struct("=I")
 _DST_LEN = 1  # struct rtmsg: family, then the destination's prefix length
 
 
@@ -79,25 +80,28 @@ class InterfaceState:
 
 def update(state: InterfaceState, kind: int, raw: bytes) -> None:
     """Fold one rtnetlink message into the state of the interface being watched."""
-    if state.ipv6 is not None:
-        state.ipv6.update(kind, raw)
     if kind == RTM_NEWLINK:
-        _family, _type, index, flags, _change = _IFINFO.unpack_from(raw, _HEADER.size)
-        attrs = attributes(raw, _HEADER.size + _IFINFO.size)
-        if attrs.get(IFLA_IFNAME, b"").rstrip(b"\0") == state.name.encode():
+        index, flags, name, mtu = link(raw)  # read once for both families
+        if name == state.name.encode():
             state.index = index
             state.up = bool(flags & _IFF_UP)
-            if IFLA_MTU in attrs:
-                (state.mtu,) = _U32.unpack_from(attrs[IFLA_MTU])
-    elif kind == RTM_NEWADDR and family(raw) == socket.AF_INET:
+            if mtu is not None:
+                state.mtu = mtu
+            if state.ipv6 is not None:
+                state.ipv6.index = index
+        return
+    if state.ipv6 is not None:
+        state.ipv6.update(kind, raw)
+    if kind == RTM_NEWADDR and family(raw) == socket.AF_INET:
         addr = ifaddrmsg(raw)
         addr.decode()
         if addr.get_attr("IFA_LABEL") == state.name or (state.index is not None and addr["index"] == state.index):
             state.address = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             state.prefixlen = addr["prefixlen"]
-    elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET and raw[_HEADER.size + _DST_LEN] == 0:
+    elif kind == RTM_NEWROUTE and family(raw) == socket.AF_INET and raw[HEADER.size + _DST_LEN] == 0:
         # Only a default route (destination length 0) is wanted: the others (local, broadcast, the subnet's;
-        # six of seven here) are passed over before pyroute2's decode, which costs far more than this test.
+        # six of seven here, where the kernel's filter does not drop them already) are passed over before
+        # pyroute2's decode, which costs far more than this test.
         route = rtmsg(raw)
         route.decode()
         if route.get_attr("RTA_GATEWAY"):

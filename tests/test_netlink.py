@@ -11,7 +11,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from aiocontain import netlink
+from aiocontain import netlink, rtnl
 from aiocontain.netlink import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, InterfaceState
 
 pytestmark = pytest.mark.anyio
@@ -366,6 +366,113 @@ def test_link_attributes_read_as_pyroute2_reads_them_from_real_kernel_messages()
             bool(decoded["flags"] & IFF_UP),
             decoded.get_attr("IFLA_MTU"),
         )
+        name = decoded.get_attr("IFLA_IFNAME")
+        assert rtnl.link(raw) == (decoded["index"], decoded["flags"], name.encode(), decoded.get_attr("IFLA_MTU"))
+
+
+def _dump(request_type: int, header: bytes) -> list[bytes]:
+    """Every message of one rtnetlink dump of this host's namespace (RTM_GETADDR, RTM_GETROUTE)."""
+    import struct
+
+    found: list[bytes] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(struct.pack("=IHHII", 16 + len(header), request_type, 0x301, 1, 0) + header)  # NLM_F_DUMP
+        while True:
+            messages = list(netlink.split(sock.recv(1 << 16)))
+            found += [raw for kind, raw in messages if kind not in (2, 3)]  # not NLMSG_ERROR or NLMSG_DONE
+            if any(kind == 3 for kind, _ in messages):
+                return found
+
+
+def test_ipv4_addresses_and_default_routes_folded_from_real_kernel_messages() -> None:
+    """This host's IPv4 addresses and routes, dumped by the kernel: update folds in each address of the
+    interface it watches, and a gateway from default routes only."""
+    addresses = _dump(22, bytes(8))  # RTM_GETADDR; struct ifaddrmsg, family unspecified
+    assert any(raw[16] == socket.AF_INET for raw in addresses)  # 127.0.0.1 at least
+    for raw in addresses:
+        decoded = ifaddrmsg(raw)
+        decoded.decode()
+        if decoded["family"] != socket.AF_INET:
+            continue
+        state = InterfaceState(decoded.get_attr("IFA_LABEL"))
+        netlink.update(state, RTM_NEWADDR, raw)
+        expected = decoded.get_attr("IFA_LOCAL") or decoded.get_attr("IFA_ADDRESS")
+        assert (state.address, state.prefixlen) == (expected, decoded["prefixlen"])
+    routes = _dump(26, bytes(12))  # RTM_GETROUTE; struct rtmsg
+    for raw in routes:
+        decoded = rtmsg(raw)
+        decoded.decode()
+        if decoded["family"] != socket.AF_INET:
+            continue
+        state = InterfaceState("any")
+        netlink.update(state, RTM_NEWROUTE, raw)
+        default = decoded["dst_len"] == 0 and decoded.get_attr("RTA_GATEWAY") is not None
+        assert state.gateway == (decoded.get_attr("RTA_GATEWAY") if default else None)
+
+
+# the kernel's filter on the event socket (aiocontain.child.netdev)
+
+# In a network namespace of its own: lo and a persistent tap brought up, an address, a default route and a
+# route to a subnet added, then the subnet route and the address removed. Prints, per socket, each event as
+# (type, family, destination length).
+_EVENTS_PROBE = """
+import json, os, socket, sys
+from pyroute2 import IPRoute
+from aiocontain import rtnl
+from aiocontain.child import netdev
+filtered = netdev.open_netlink()
+control = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+control.bind((0, 0x1 | 0x10 | 0x40 | 0x100 | 0x400))  # the same groups, no filter
+netdev.bring_up("lo")
+netdev.create_persistent_tap("tap0")
+with IPRoute() as ipr:
+    index = ipr.link_lookup(ifname="tap0")[0]
+    ipr.addr("add", index=index, address="10.0.2.100", prefixlen=24)
+    ipr.route("add", dst="0.0.0.0/0", gateway="10.0.2.2", oif=index)
+    ipr.route("add", dst="192.0.2.0/24", gateway="10.0.2.2", oif=index)
+    ipr.route("del", dst="192.0.2.0/24", gateway="10.0.2.2", oif=index)
+    ipr.addr("del", index=index, address="10.0.2.100", prefixlen=24)
+def events(sock):
+    sock.setblocking(False)
+    return [(kind, raw[16], raw[17]) for kind, raw in rtnl.pending(sock)]
+json.dump({"filtered": events(filtered), "control": events(control)}, sys.stdout)
+"""
+
+
+def test_the_event_socket_passes_only_link_and_address_news_and_default_routes() -> None:
+    """The kernel drops, on the tap stage's event socket, what the stage never reads (removals, routes that are
+    not default routes): the control, an unfiltered socket on the same groups, sees those events."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux unshare is not installed")
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        pytest.skip("/dev/net/tun is not usable")
+    done = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--net", sys.executable, "-c", _EVENTS_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    control = [tuple(event) for event in seen["control"]]
+    filtered = [tuple(event) for event in seen["filtered"]]
+
+    def wanted(event: tuple[int, int, int]) -> bool:
+        kind, _family, dst_len = event
+        return kind in (RTM_NEWLINK, RTM_NEWADDR) or (kind == RTM_NEWROUTE and dst_len == 0)
+
+    assert any(not wanted(event) for event in control)  # removals and other routes were there to drop
+    assert (RTM_NEWROUTE, socket.AF_INET, 0) in control
+    assert filtered == [event for event in control if wanted(event)]
 
 
 def addr6(index: int, address: str, *, flags: int = 0, scope: int = 0) -> bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
 import struct
+import sys
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -23,6 +25,48 @@ _RTMGRP_IPV4_IFADDR = 0x10
 _RTMGRP_IPV4_ROUTE = 0x40
 _RTMGRP_IPV6_IFADDR = 0x100
 _RTMGRP_IPV6_ROUTE = 0x400
+
+_SO_ATTACH_FILTER = 26
+_RTM_NEWLINK = 16
+_RTM_NEWADDR = 20
+_RTM_NEWROUTE = 24
+
+
+def _event_filter() -> tuple[ctypes.Array[ctypes.c_char], bytes]:
+    """A classic BPF program for the event socket: only link and address news and default routes pass.
+
+    The tap stage reads ~25 rtnetlink events a container, of which it uses ten: the rest are the removals
+    and the local, broadcast, multicast and subnet routes of both families. The kernel drops those here
+    (each notification is one message a datagram), so that the runtime is not woken for them. Made once, at
+    import: the child passes the buffer's address only, and never touches ctypes itself.
+    """
+
+    def insn(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("=HBBI", code, jt, jf, k)
+
+    ld_h, ld_b, jeq, ret = 0x28, 0x30, 0x15, 0x06  # BPF_LD|BPF_H|BPF_ABS, BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K
+
+    # Absolute loads read in network byte order; nlmsg_type is the host's: compare it in the order loaded.
+    def loaded(value: int) -> int:
+        return int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
+
+    program = b"".join(
+        [
+            insn(ld_h, 0, 0, 4),  # nlmsghdr.nlmsg_type
+            insn(jeq, 4, 0, loaded(_RTM_NEWLINK)),  # -> accept
+            insn(jeq, 3, 0, loaded(_RTM_NEWADDR)),  # -> accept
+            insn(jeq, 0, 3, loaded(_RTM_NEWROUTE)),  # else -> drop
+            insn(ld_b, 0, 0, 17),  # rtmsg.rtm_dst_len, after the 16-byte header and rtm_family
+            insn(jeq, 0, 1, 0),  # a default route -> accept, else -> drop
+            insn(ret, 0, 0, 0xFFFFFFFF),  # accept: the whole message
+            insn(ret, 0, 0, 0),  # drop
+        ]
+    )
+    buffer = ctypes.create_string_buffer(program, len(program))
+    return buffer, struct.pack("@HP", len(program) // 8, ctypes.addressof(buffer))  # struct sock_fprog
+
+
+_FILTER_PROGRAM, _FILTER = _event_filter()  # the program's buffer must live as long as the process
 
 
 def bring_up(name: str) -> None:
@@ -74,12 +118,14 @@ def _quick_ipv6(name: str) -> None:
 
 
 def open_netlink() -> socket.socket:
-    """A NETLINK_ROUTE socket subscribed to link, address and route events (IPv4 and IPv6).
+    """A NETLINK_ROUTE socket subscribed to link, address and route events (IPv4 and IPv6), filtered by the
+    kernel to those the tap stage uses (``_event_filter``).
 
     It is opened here, inside the new network namespace, because the unprivileged
     parent cannot setns() into it; the parent receives it over SCM_RIGHTS and
     learns from its events when the network is up, without polling.
     """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _FILTER)  # before bind: no event comes unfiltered
     sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_IFADDR | _RTMGRP_IPV6_ROUTE))
     return sock

@@ -156,7 +156,7 @@ class Pasta:
 
     async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
         if self.describe_network:
-            from aiocontain.netlink import wait_configured  # pyroute2, before the deadline starts
+            from aiocontain.netlink import wait_configured  # only where the facts are wanted
         try:
             with anyio.fail_after(self.timeout):
                 await anyio.wait_readable(self._ready_fd)

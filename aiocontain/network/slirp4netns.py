@@ -168,8 +168,7 @@ class Slirp4netns:
 
     async def wait_ready(self, netlink: socket.socket | None) -> NetworkInfo:
         if self.describe_network:
-            # Before the deadline starts: importing the decoder imports pyroute2 (100-300 ms here).
-            from aiocontain.netlink import wait_configured
+            from aiocontain.netlink import wait_configured  # only where the facts are wanted
         try:
             with anyio.fail_after(self.timeout):
                 if not self.describe_network:
