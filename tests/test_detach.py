@@ -472,3 +472,36 @@ def test_a_malformed_monitor_variable_is_one_line(rootfs):
     proc = subprocess.run(cli_argv(rootfs, "-d", "--net", "none", "/bin/true"), env=env, capture_output=True, text=True)
     assert proc.returncode == 125 and proc.stderr.count("\n") == 1, proc.stderr
     assert "is not a monitor's report pipe" in proc.stderr
+
+
+def test_a_record_names_as_monitor_the_process_that_wrote_it_forked_or_not(tmp_path, monkeypatch):
+    """The monitor's start time is read once per process: a record written by a forked child names the child
+    (its own start time), not the parent whose reading it inherited. The child starts long after this test's
+    process (the control: the two start times differ)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "_own_start", {})
+
+    def write(name: str) -> registry.Record:
+        registration = registry.register(
+            os.urandom(32).hex(), name, os.getpid(), spec={}, network={}, cgroup=None, stop_timeout=10
+        )
+        return registration.record
+
+    ours = write("parent")
+    assert (ours.monitor_pid, ours.monitor_start_time) == (os.getpid(), registry.proc.start_time(os.getpid()))
+    assert write("again").monitor_start_time == ours.monitor_start_time
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            record = write("child")
+            os.write(write_end, json.dumps([record.monitor_pid, record.monitor_start_time, os.getpid()]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        monitor_pid, monitor_start, pid = json.loads(pipe.read())
+    child_start = registry.proc.start_time(child)
+    os.waitpid(child, 0)
+    assert (monitor_pid, monitor_start) == (pid, child_start) == (child, child_start)
+    assert child_start != ours.monitor_start_time
