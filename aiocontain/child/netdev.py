@@ -126,6 +126,9 @@ def open_netlink() -> socket.socket:
     learns from its events when the network is up, without polling.
     """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _FILTER)  # before bind: no event comes unfiltered
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _FILTER)  # before bind: no event comes unfiltered
+    except OSError:
+        pass  # only a saving: the tap stage passes over the events the filter would drop, too
     sock.bind((0, _RTMGRP_LINK | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_IFADDR | _RTMGRP_IPV6_ROUTE))
     return sock
