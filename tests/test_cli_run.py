@@ -515,6 +515,18 @@ def test_tap0_is_persistent_so_that_slirp4netns_exits_without_unregistering_it(c
     assert int(result.stdout.strip(), 16) == 0x800 | 0x1000 | 0x2
 
 
+def test_tap0_skips_duplicate_address_detection_and_the_solicitation_delay(cli):
+    # Set by the child on tap0 before slirp4netns attaches (child/netdev._quick_ipv6), so that IPv6 is ready within
+    # milliseconds; the control is the namespace's default for a new device, which a tap would otherwise get.
+    settings = ("accept_dad", "router_solicitation_delay")
+    paths = [f"/proc/sys/net/ipv6/conf/{device}/{name}" for device in ("tap0", "default") for name in settings]
+    result = cli("--", "cat", *paths)
+    assert result.code == 0, result.stderr
+    tap0, default = result.stdout.split()[:2], result.stdout.split()[2:]
+    assert tap0 == ["0", "0"]
+    assert default != ["0", "0"]
+
+
 @pytest.mark.parametrize("as_init", [False, True])
 def test_pid_1_holds_no_directory_of_the_host(cli, as_init):
     # The intermediate keeps an fd of the host's root (to remove the cgroup if the runtime dies); PID 1 must never
