@@ -83,10 +83,9 @@ def namespace_error(failure: messages.Failed) -> AiocontainError:
 
 def _run_helpers(commands: list[list[str]]) -> None:
     """Run the helpers side by side; raise the first failure with its last line of stderr."""
-    running = [
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for argv in commands
-    ]
+    # Our own /dev/null, not DEVNULL: Popen leaks the one it opens when its stderr pipe then fails (out of fds).
+    with open(os.devnull, "r+b") as null:
+        running = [subprocess.Popen(argv, stdin=null, stdout=null, stderr=subprocess.PIPE) for argv in commands]
     failure: AiocontainError | None = None
     for argv, helper in zip(commands, running, strict=True):
         tool = os.path.basename(argv[0])
