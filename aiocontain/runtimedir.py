@@ -59,11 +59,29 @@ class RuntimeDir:
             os.close(fd)
 
     def remove(self) -> None:
+        """Delete it; out of fds, it waits (locked) for the next removal in this process to try again."""
+        if self not in _unremoved:
+            _unremoved.append(self)
+        for directory in list(_unremoved):
+            if directory._removed():
+                _unremoved.remove(directory)
+
+    def _removed(self) -> bool:
         if self._lock_fd < 0:
-            return
+            return True
         shutil.rmtree(self.path, ignore_errors=True)
+        if os.path.lexists(self.path):
+            # rmtree opens each directory it walks: with the process out of fds (many containers at once),
+            # it fails, and the directory would stay until the next process's sweep.
+            return False
         os.close(self._lock_fd)  # only now: a sweep must not take it while it is being removed
         self._lock_fd = -1
+        return True
+
+
+# Directories whose removal failed, still locked: each later removal retries them (the fds their own
+# containers held are free by then), and a process that exits with some leaves them to the next sweep.
+_unremoved: list[RuntimeDir] = []
 
 
 def sweep(base: str | None) -> list[str]:

@@ -39,6 +39,35 @@ def test_a_directory_whose_owner_lives_is_kept_and_a_dead_owners_is_swept(tmp_pa
     live.remove()  # idempotent
 
 
+_OUT_OF_FDS = r"""
+import os, sys
+from aiocontain.runtimedir import RuntimeDir
+first, second = (RuntimeDir.create(sys.argv[1], name) for name in ("first", "second"))
+(first.path / "etc").mkdir()
+(first.path / "etc" / "hosts").write_text("x")
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+first.remove()  # out of fds: rmtree cannot open the directory
+print("kept while out of fds:", first.path.exists())
+for fd in held:
+    os.close(fd)
+second.remove()  # the next removal in this process tries again
+print("gone after:", not first.path.exists() and not second.path.exists())
+"""
+
+
+def test_a_directory_that_could_not_be_removed_out_of_fds_is_removed_by_the_next_removal(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_FDS, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    # the first line is the control: the process really was out of fds when it first tried
+    assert done.stdout.splitlines() == ["kept while out of fds: True", "gone after: True"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_another_users_or_unrelated_directories_are_not_swept(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / f"{PREFIX}file").write_text("not a directory")
