@@ -15,6 +15,7 @@ import pytest
 
 import aiocontain
 from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.child.forkserver import SPARE_AFTER
 from aiocontain.forkserver import ForkServer
 from tests.conftest import leftovers, open_fds
 
@@ -168,7 +169,7 @@ async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediat
     # intermediate is that process, and it holds what a freshly forked one holds: its stdio, its control
     # socket, the host's root and PID 1's pidfd (no other container's channel, pidfd or pipe, nothing of the
     # server's). Closing the server retires the next spare with nothing left.
-    from aiocontain.child.forkserver import SPARE_AFTER, SPARE_NAME
+    from aiocontain.child.forkserver import SPARE_NAME
 
     def held(pid: int) -> list[str]:
         targets = (os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd"))
@@ -199,6 +200,12 @@ async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediat
     assert open_fds() == fds
 
 
+async def warm_up(server: ForkServer, rootfs: Path) -> None:
+    """Serve the requests after which the fork server keeps a spare."""
+    for _ in range(SPARE_AFTER):
+        assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+
+
 def state_of(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
@@ -214,13 +221,10 @@ async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_serv
     # the request itself: the container starts, runs and says its exit with the fork server SIGSTOPped the whole
     # time, so no step of it went through the server (a request handed through the server, as before offers,
     # waits for it: this test then fails at the fork's timeout). The server reaps it once it runs again.
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
-        for _ in range(SPARE_AFTER):
-            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        await warm_up(server, rootfs)
         [spare] = spares_of(server)
         stop(server.pid)
         try:
@@ -248,8 +252,6 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
     # Two containers alive at once, each from a spare: none of their six namespaces is shared with each other
     # or with the fork server; their id maps are a freshly forked container's; their hostname is the spec's and
     # their lo is up.
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before = leftovers()
     server = ForkServer.start()
     try:
@@ -299,13 +301,10 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
 async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
     # A spare's container gets the command's stdio with the request, and the command starts as a fresh fork's
     # does (nothing blocked or ignored, only stdio open: 3 is ls's own directory fd).
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
-        for _ in range(SPARE_AFTER):
-            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        await warm_up(server, rootfs)
         [spare] = spares_of(server)
         command = ["/bin/sh", "-c", "grep -E 'SigBlk|SigIgn' /proc/self/status; ls /proc/self/fd; cat; echo err >&2"]
         options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -327,14 +326,11 @@ async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
 async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(rootfs):
     # The spare makes the namespaces of the last request's kind. --net host then none, each way round: the
     # request that differs is forked afresh and the spare let go; the next spare is of the new kind.
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before, fds = leftovers(), open_fds()
     own_net = host_namespaces(os.getpid())["net"]
     server = ForkServer.start()
     try:
-        for _ in range(SPARE_AFTER):
-            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        await warm_up(server, rootfs)
         for network, via_spare in (("host", False), ("host", True), ("none", False), ("none", True)):
             spare = spares_of(server)
             assert len(spare) == 1
@@ -359,13 +355,10 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
     # socket, and the runtime finds it dead); so while the server is stopped, which then reaps it; or once a
     # container has run meanwhile (waiting): the next container runs (forked afresh, or handed the replacement the
     # server forked when it reaped the killed one), and a new spare follows it.
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
-        for _ in range(SPARE_AFTER):
-            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        await warm_up(server, rootfs)
         for stage in ("offered", "offered", "server stopped", "server stopped", "waiting"):
             if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
@@ -393,13 +386,10 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
 async def test_a_spare_dies_with_a_killed_fork_server(rootfs):
     # A spare holds namespaces and nothing else: a SIGKILLed server takes it (its parent-death signal),
     # whatever stage of its warm-up it is at.
-    from aiocontain.child.forkserver import SPARE_AFTER
-
     before = leftovers()
     server = ForkServer.start()
     try:
-        for _ in range(SPARE_AFTER):
-            assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+        await warm_up(server, rootfs)
         [spare] = spares_of(server)
         os.kill(server.pid, signal.SIGKILL)
         assert wait_gone(server.pid)
