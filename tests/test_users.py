@@ -310,8 +310,9 @@ def test_a_rename_elsewhere_during_the_walk_does_not_hide_the_file(fresh, tmp_pa
     directory = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         how = syscalls._OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, syscalls.RESOLVE_IN_ROOT)
+        size, name = ctypes.sizeof(how), path.encode()
         for _ in range(200_000):  # the control: the race, seen with a single try
-            fd = syscalls._libc.syscall(syscalls._SYS_OPENAT2, directory, path.encode(), ctypes.byref(how), 24)
+            fd = syscalls._libc.syscall(syscalls._SYS_OPENAT2, directory, name, ctypes.byref(how), size)
             if fd < 0 and ctypes.get_errno() == errno.EAGAIN:
                 break
             os.close(fd)
