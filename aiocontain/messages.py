@@ -30,10 +30,15 @@ STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itse
 STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
 STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)
 
+# --- PID 1's handover socket (intermediate -> PID 1): PID 1 is forked before its container is asked for (by a
+# spare, ahead of any request), so it gets the Config there, as the runtime encoded it, with the container's
+# stdin, stdout and stderr as fds. End of stream instead: no container came (the spare was let go); PID 1 exits.
+
 # --- PID 1's release pipe (runtime -> PID 1): one byte a step, no messages
 MAPPED = b"M"  # its id maps are written: become root and build the root filesystem
 RELEASE = b"R"  # the host side is ready (cgroup, network, hooks): harden and exec the command
-# End of file instead of either: the runtime went away, and PID 1 exits quietly.
+# End of file instead of either: the runtime went away, and PID 1 exits quietly. A PID 1 that finds its maps
+# written already (a spare's: written before its offer) builds at once, and MAPPED, which still comes, is skipped.
 
 
 class _Message:
@@ -393,6 +398,13 @@ _PEEKED = bytearray(1)  # what the length probe reads into: never looked at
 
 def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
     """Receive one message and any fds; (None, []) at end of stream."""
+    data, fds = recv_raw(sock)
+    return (decode(data) if data else None), fds
+
+
+def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """Receive one message as it was encoded, and any fds; (b"", []) at end of stream. The intermediate passes
+    the Config on to PID 1 this way, without encoding it again."""
     # Its length first (MSG_PEEK|MSG_TRUNC gives the whole datagram's), then a buffer of that size: one of
     # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
     size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
@@ -407,6 +419,4 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
         # The kernel dropped fds it could not install (the receiver is out of them): the message is unusable.
         close_fds(list(fds))
         raise OSError(errno.EMFILE, "file descriptors sent with a message were lost: too many open files")
-    if not data:
-        return None, list(fds)
-    return decode(data), list(fds)
+    return data, list(fds)

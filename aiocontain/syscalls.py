@@ -54,6 +54,7 @@ PROPAGATION = {
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -93,6 +94,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
@@ -179,6 +181,19 @@ _OPENAT2_TRIES = 100  # each race is one rename elsewhere during the walk: a bus
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+MADV_POPULATE_READ = 22  # Linux 5.14
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    _check(_libc.madvise(address, length, advice), "madvise")
+
+
+def set_name(name: bytes) -> None:
+    """prctl(PR_SET_NAME): the thread's name, its comm in /proc (at most 15 bytes kept)."""
+    buffer = ctypes.create_string_buffer(name[:15])
+    _check(_libc.prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0), "prctl(PR_SET_NAME)")
 
 
 def set_dumpable(dumpable: bool) -> None:
