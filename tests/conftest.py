@@ -213,19 +213,21 @@ def settle(pids: Iterable[int], timeout: float = 5.0) -> set[int]:
 
 
 def _spares(server_pid: int) -> list[int]:
-    """The fork server's spare (aiocontain.child.forkserver): a child of it that still waits under its own name."""
+    """The fork server's spare (aiocontain.child.forkserver): a child of it that still waits under its own name,
+    and the PID 1 it forked ahead, its child under the same name."""
     from aiocontain.child.forkserver import SPARE_NAME
 
-    found = []
+    named: dict[int, int] = {}  # pid -> parent
     for pid in user_processes():
         try:
             comm = Path(f"/proc/{pid}/comm").read_bytes().rstrip(b"\n")
             described = _describe(pid)
         except OSError:
             continue
-        if comm == SPARE_NAME and described is not None and described[2] == server_pid:
-            found.append(pid)
-    return found
+        if comm == SPARE_NAME and described is not None:
+            named[pid] = described[2]
+    spares = [pid for pid, parent in named.items() if parent == server_pid]
+    return spares + [pid for pid, parent in named.items() if parent in spares]
 
 
 def _describe(pid: int) -> tuple[int, str, int, str] | None:

@@ -164,16 +164,22 @@ async def read_until_end(container: Container) -> bytes:
     return output
 
 
+def held(pid: int) -> list[str]:
+    """What pid's fds are open on: a path, or the kind of a socket, pipe or anonymous inode."""
+    targets = (os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd"))
+    return sorted(target.split(":[")[0] if ":[" in target else target for target in targets)
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediate(rootfs):
     # After SPARE_AFTER requests the server keeps an intermediate forked ahead; the next container's
     # intermediate is that process, and it holds what a freshly forked one holds: its stdio, its control
     # socket, the host's root and PID 1's pidfd (no other container's channel, pidfd or pipe, nothing of the
     # server's). Closing the server retires the next spare with nothing left.
     from aiocontain.child.forkserver import SPARE_NAME
-
-    def held(pid: int) -> list[str]:
-        targets = (os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd"))
-        return sorted(target.split(":[")[0] if ":[" in target else target for target in targets)
 
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
@@ -214,6 +220,36 @@ def stop(child: int) -> None:
     """SIGSTOP a child of ours, and wait until the kernel says it has stopped (the signal is asynchronous)."""
     os.kill(child, signal.SIGSTOP)
     os.waitid(os.P_PID, child, os.WSTOPPED | os.WNOWAIT)
+
+
+async def test_a_spare_forks_its_containers_pid_1_ahead_holding_only_its_own_channels(rootfs):
+    # The spare forks PID 1 before any request. That PID 1 waits under the spare's name for its Config and
+    # stdio, holding nothing but its ends of the handover socket, the release pipe and the report socket (and
+    # the spare's /dev/null as stdio): nothing of the server's or of another container's. The next container's
+    # PID 1 is that process, and it runs with the container's own stdio.
+    from aiocontain.child.forkserver import SPARE_NAME
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        await warm_up(server, rootfs)
+        [spare] = spares_of(server)
+        [pid1] = children_of(spare)  # the spare says it is ready only once it has forked PID 1
+        assert comm(pid1) == SPARE_NAME
+        assert held(pid1) == ["/dev/null"] * 3 + ["pipe", "socket", "socket"]
+        command = spec(rootfs, "/bin/sh", "-c", "echo $$; ls /proc/self/fd", stdout=subprocess.PIPE)
+        async with Container(command, fork_server=server) as container:
+            assert container.pid == pid1
+            output = b"".join([chunk async for chunk in container.stdout])
+            assert (await container.wait()).ok
+            await container._ctx.process.wait()  # Reaped: the server forks its next spare before it says so
+        assert output.split() == [b"1", b"0", b"1", b"2", b"3"]  # PID 1 of its namespace, with only its stdio
+        [next_spare] = spares_of(server)
+        assert next_spare != spare and pid1 not in children_of(next_spare)
+    finally:
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
 
 
 async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_server_stopped(rootfs):

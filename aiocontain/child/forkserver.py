@@ -66,7 +66,7 @@ import signal
 import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import intermediate, netdev
+from aiocontain.child import intermediate, netdev, prefault
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -239,7 +239,7 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
         return
     # Named before the fork, so that it is never seen unnamed (the tests tell it from a leftover by its name).
     name = _get_comm()
-    _set_comm(SPARE_NAME)
+    syscalls.set_name(SPARE_NAME)
     try:
         pid = os.fork()
     except OSError:
@@ -250,7 +250,7 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
         for other in _channels(state):
             other.detach()
         _wait_as_spare(theirs, name, unshare_net, state.server)
-    _set_comm(name)
+    syscalls.set_name(name)
     theirs.close()
     if pid < 0:
         mine.close()
@@ -263,8 +263,9 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
 
 def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: int) -> NoReturn:
     """In the spare: hold nothing of the server's but this socket (no other container's channel or pidfd),
-    die with the server, make the namespaces (the server writes their maps once told), bring lo up, wait for
-    a request's fds, then become the intermediate as a fresh fork would, with its namespaces made."""
+    die with the server, make the namespaces, bring lo up, fork PID 1 (which waits for its handover), map our
+    code and data ahead (``prefault``), say Unshared (the server writes the maps and offers us), wait for a
+    request's fds, then become the intermediate as a fresh fork would, with its namespaces and PID 1 made."""
     try:
         syscalls.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != server:
@@ -273,12 +274,14 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
         os.closerange(3, own)
         os.closerange(own + 1, os.sysconf("SC_OPEN_MAX"))
         intermediate.unshare_namespaces(unshare_net)
-        try:
-            messages.send(sock, Unshared())
-        except OSError:
-            pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
         if unshare_net:
             netdev.bring_up("lo")
+        pid1 = intermediate.fork_init(name)
+        prefault.prefault()  # PID 1 maps its own: fork copies no file mapping's page tables
+        try:
+            messages.send(sock, Unshared())  # ready: the server writes our maps and offers us
+        except OSError:
+            pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
         try:
             message, fds = messages.recv(sock)
         except ConnectionResetError:
@@ -286,27 +289,20 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
             # so once, and what the server sent is still queued behind it.
             message, fds = messages.recv(sock)
         if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK - 1:
+            pid1.kill()
             os._exit(0)  # end of stream: the server retired it
         syscalls.set_parent_death_signal(0)  # an intermediate outlives the server, as a forked one does
-        _set_comm(name)
+        syscalls.set_name(name)
         sock.close()
     except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
-        os._exit(125)
+        os._exit(125)  # a PID 1 forked already dies with us (its parent death signal) and its namespace
     control, *stdio = fds
-    _become_intermediate(control, stdio, unshare_net)
+    _become_intermediate(control, stdio, unshare_net, pid1)
 
 
 def _get_comm() -> bytes:
     with open("/proc/self/comm", "rb") as file:
         return file.read().rstrip(b"\n")
-
-
-def _set_comm(name: bytes) -> None:
-    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, name)
-    finally:
-        os.close(fd)
 
 
 def _spare_says(state: _State, spare: _Spare) -> None:
@@ -529,21 +525,30 @@ def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int,
     return pidfd, pid, channel
 
 
-def _become_intermediate(control: int, stdio: list[int], unshare_net: bool | None) -> NoReturn:
+def _become_intermediate(
+    control: int, stdio: list[int], unshare_net: bool | None, pid1: intermediate.InitProcess | None = None
+) -> NoReturn:
     """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate (whose
-    namespaces are made already when it was a spare: unshare_net says which)."""
+    namespaces and PID 1 are made already when it was a spare: unshare_net says which, pid1 is its PID 1)."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD), so no dup2 clobbers another.
-        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, CONTROL_FD + 1) for fd in (*stdio, control)]
+        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD, then PID 1's), so no dup2
+        # clobbers another.
+        theirs = pid1.fds() if pid1 is not None else []
+        above = CONTROL_FD + 1 + len(theirs)
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in (*stdio, control, *theirs)]
         for target, fd in enumerate(kept[:3]):
             os.dup2(fd, target)  # inheritable: the container's command gets its stdio
         os.dup2(kept[3], CONTROL_FD, inheritable=False)
-        os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        for target, fd in enumerate(kept[4:], CONTROL_FD + 1):
+            os.dup2(fd, target, inheritable=False)
+        os.closerange(above, os.sysconf("SC_OPEN_MAX"))
+        if pid1 is not None:
+            pid1 = intermediate.InitProcess(pid1.pid, *range(CONTROL_FD + 1, above))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    intermediate.main(CONTROL_FD, unshare_net)
+    intermediate.main(CONTROL_FD, unshare_net, pid1)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:

@@ -1,9 +1,11 @@
-"""PID 1 of the container: build the root once mapped, wait for the release, exec the command.
+"""PID 1 of the container: take the Config, build the root once mapped, wait for the release, exec the command.
 
-It first leads a session of its own (``setsid``, as runc does), so that nothing
-inside shares the caller's session, process group or controlling terminal: a
-signal to process group 0 or TIOCSTI on an inherited terminal reaches nothing
-outside. With ``tty`` it opens the container's own terminal (child/console.py)
+It is forked before its container is asked for (by a spare, ahead of any
+request), and takes the Config and the container's stdio from the handover
+socket. It first leads a session of its own (``setsid``, as runc does), so
+that nothing inside shares the caller's session, process group or controlling
+terminal: a signal to process group 0 or TIOCSTI on an inherited terminal
+reaches nothing outside. With ``tty`` it opens the container's own terminal (child/console.py)
 and sends its master up on the report socket (Console) before the release.
 
 With ``--init`` it execs the host's static init instead (catatonit, bind-mounted
@@ -23,7 +25,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, mounts
+from aiocontain.child import console, harden, mounts, prefault
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -32,14 +34,23 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
-def main(config: Config, release_r: int, report_w: int) -> NoReturn:
+def main(handover: int, release_r: int, report_w: int, name: bytes | None = None) -> NoReturn:
+    """name: for a PID 1 forked ahead by a spare, the comm to take once handed a container (it waits under the
+    spare's); while it waits it maps its code and data (``prefault``), off the container's path."""
     try:
         os.setsid()  # before anything else: no moment inside the caller's session
         # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
         syscalls.set_parent_death_signal(signal.SIGKILL)
+        if name is not None:
+            prefault.prefault()
+        config = take_config(handover)
+        if name is not None:
+            syscalls.set_name(name)
         # Two bytes on the release pipe: MAPPED once our id maps are written (build the root meanwhile, as
-        # runc's create does), RELEASE for the release itself (the host side is ready: exec).
-        if os.read(release_r, 1) != messages.MAPPED:
+        # runc's create does), RELEASE for the release itself (the host side is ready: exec). A spare's maps are
+        # written before its offer: then build at once, and skip the MAPPED that still comes.
+        mapped = maps_written()
+        if not mapped and os.read(release_r, 1) != messages.MAPPED:
             os._exit(0)  # the runtime went away first
         become_root()
         if config.unshare_net:
@@ -53,7 +64,10 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
             os._exit(126)
         if config.tty:
             send_console(report_w, config.user[0] if config.user is not None else None)
-        if os.read(release_r, 1) != messages.RELEASE:
+        released = os.read(release_r, 1)
+        if mapped and released == messages.MAPPED:
+            released = os.read(release_r, 1)
+        if released != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
         # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
@@ -67,6 +81,34 @@ def main(config: Config, release_r: int, report_w: int) -> NoReturn:
     if config.init:
         _exec_init(config, env, report_w)
     exec_command(config.argv, env, report_w)
+
+
+def take_config(handover: int) -> Config:
+    """The Config and the container's stdin, stdout and stderr, from the intermediate; exit quietly at end of
+    stream (a spare let go: no container came)."""
+    with socket.socket(fileno=handover) as sock:
+        raw, fds = messages.recv_raw(sock)
+    if not raw:
+        os._exit(0)
+    config = messages.decode(raw)
+    if not isinstance(config, Config) or len(fds) != 3:
+        raise OSError(errno.EPROTO, "the intermediate handed over no Config and stdio")
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)  # inheritable: the command gets them
+        os.close(fd)
+    return config
+
+
+def maps_written() -> bool:
+    """Whether our user namespace's id maps are written (each is written whole, uid_map first)."""
+    for name in ("/proc/self/uid_map", "/proc/self/gid_map"):
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if not os.read(fd, 64):
+                return False
+        finally:
+            os.close(fd)
+    return True
 
 
 def send_console(report_w: int, owner: int | None) -> None:

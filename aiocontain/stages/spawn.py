@@ -2,11 +2,14 @@
 
 The child (the intermediate) is forked by this process's fork server
 (``aiocontain.forkserver``), which has the child modules imported already: only
-the first container pays for starting an interpreter. It reads the Config,
-unshares the namespaces (the fork server is asked for their id maps at once,
-``request_map``, and the idmap stage reads the answer), forks PID 1 and answers
-Ready with the init's release pipe, its report socket and the netlink socket it
-opened inside the new network namespace.
+the first container pays for starting an interpreter; or it is the fork
+server's spare, forked ahead with its namespaces and PID 1 made. The request
+goes first and the Config after it, so that the intermediate starts while the
+Config is made. It reads the Config, unshares the namespaces (the fork server is
+asked for their id maps at once, ``request_map``, and the idmap stage reads the
+answer), hands PID 1 its Config and stdio and answers Ready with the init's
+release pipe, its report socket and the netlink socket it opened inside the new
+network namespace.
 
 Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
 ``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
@@ -33,15 +36,24 @@ READY_TIMEOUT = 10.0
 
 
 async def run(ctx: StageContext) -> None:
-    ctx.runtime_dir = _make_runtime_dir(ctx)
-    etc_files = _etc_files(ctx, ctx.runtime_dir.path)
     spec = ctx.spec
-    wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
-    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
-
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.stack.callback(parent.close)
-    channel = ctx.child = ChildChannel(parent, ctx.spec.command[0], ctx.fail)
+    channel = ctx.child = ChildChannel(parent, spec.command[0], ctx.fail)
+    # The request first, the Config after: the intermediate (a spare, woken) starts while the Config is made.
+    try:
+        server = ctx.fork_server or forkserver.default()
+        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr, ctx.driver.unshare_netns)
+    finally:
+        child.close()
+    ctx.stack.callback(channel.drain)  # runs after _stop_child, once the reader has seen end of stream
+    ctx.stack.push_async_callback(_stop_child, ctx)
+    ctx.tg.start_soon(channel.read)
+
+    ctx.runtime_dir = _make_runtime_dir(ctx)
+    etc_files = _etc_files(ctx, ctx.runtime_dir.path)
+    wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
+    overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
     config = Config(
         rootfs=str(ctx.rootfs),
         argv=list(spec.command),
@@ -67,16 +79,8 @@ async def run(ctx: StageContext) -> None:
         user=None if ctx.user is None else [ctx.user.uid, ctx.user.gid, *ctx.user.groups],
         rlimits=[list(limit) for limit in ulimits.parse(spec.ulimits)],
     )
-    try:
-        channel.send_config(config)
-        server = ctx.fork_server or forkserver.default()
-        ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr, config.unshare_net)
-    finally:
-        child.close()
-    _write(etc_files)  # while the child unshares: the init reads them only once released
-    ctx.stack.callback(channel.drain)  # runs after _stop_child, once the reader has seen end of stream
-    ctx.stack.push_async_callback(_stop_child, ctx)
-    ctx.tg.start_soon(channel.read)
+    _write(etc_files)  # before the Config: a spare's PID 1, its maps written already, builds the root at once
+    channel.send_config(config)
 
     with anyio.fail_after(READY_TIMEOUT):
         await channel.wait_unshared()
