@@ -301,4 +301,6 @@ def failure_error(command: str, failure: Failed) -> AiocontainError:
         return CommandNotExecutable(
             f"the working directory {failure.message}", fix="give -w a directory, or a path that does not exist yet"
         )
+    if failure.errno in fdlimit.EXHAUSTED:  # the same limit as ours: said as our own running out is
+        return fdlimit.exhaustion_error(OSError(failure.errno, failure.message))
     return SetupError(f"container set-up failed: {failure.message}")

@@ -33,9 +33,14 @@ def raise_to_hard_limit() -> None:
         pass  # e.g. a hard limit above fs.nr_open: keep the soft one
 
 
+# ETOOMANYREFS: more fds in flight between the user's processes (sent over unix sockets, not yet received) than
+# the sender's RLIMIT_NOFILE, as a burst of containers starting at once passes them to the fork server and on.
+EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ETOOMANYREFS)
+
+
 def exhausted(exc: BaseException) -> bool:
-    """Whether exc is running out of file descriptors (the process's or the system's)."""
-    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+    """Whether exc is running out of file descriptors (the process's, the system's, or those in flight)."""
+    return isinstance(exc, OSError) and exc.errno in EXHAUSTED
 
 
 def exhaustion_error(exc: OSError) -> AiocontainError:

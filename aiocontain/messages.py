@@ -26,6 +26,7 @@ MAX_MESSAGE = 1 << 20
 # --- Failed.step: which step failed
 STEP_NAMESPACES = "namespaces"  # unshare: the fork server's user namespace, or a container's namespaces
 STEP_IDMAP = "idmap"  # the fork server writing a container's uid/gid maps
+STEP_FORK = "fork"  # the fork server forking a container's intermediate, or handing back its pidfd
 STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itself
 STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
 STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)

@@ -3,11 +3,14 @@ same one line as before (the CLI's output does not depend on the kind)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.channels import failure_error
 from aiocontain.errors import (
     AiocontainError,
     CgroupError,
@@ -40,6 +43,21 @@ def test_a_refused_unshare_is_the_hosts_and_a_later_failure_the_containers() -> 
     later = namespace_error(Failed(STEP_SETUP, "Operation not permitted: unshare mentioned", 1))
     assert type(later) is SetupError
     assert later.line() == "container set-up failed: Operation not permitted: unshare mentioned"
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ETOOMANYREFS])
+def test_a_child_out_of_fds_says_so_as_the_runtime_would(code: int) -> None:
+    """The intermediate and PID 1 share the runtime's fd limit: their running out of fds (or of fds in flight
+    between the user's processes) is the runtime's one line about the limit, not a kernel message."""
+    for error in (
+        namespace_error(Failed(STEP_SETUP, os.strerror(code), code)),
+        failure_error("/bin/true", Failed(STEP_SETUP, os.strerror(code), code)),
+    ):
+        assert type(error) is AiocontainError
+        assert error.line().startswith("too many open files (this process's limit is "), error.line()
+    # Control: any other errno of the set-up stays the container's.
+    other = failure_error("/bin/true", Failed(STEP_SETUP, os.strerror(errno.EPERM), errno.EPERM))
+    assert other.line() == "container set-up failed: Operation not permitted"
 
 
 class Refuses(Plugin):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +16,7 @@ import anyio
 import pytest
 
 import aiocontain
-from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain import Container, ContainerSpec, NetworkMode, messages
 from aiocontain.child.forkserver import SPARE_AFTER
 from aiocontain.forkserver import ForkServer
 from tests.conftest import leftovers, open_fds
@@ -548,3 +550,50 @@ async def test_a_fork_server_whose_namespace_cannot_be_mapped_refuses_every_cont
         server.close()
     assert leftovers() == before
     assert open_fds() == fds
+
+
+_IN_FLIGHT = r"""
+import array, os, resource, socket, sys
+from aiocontain import messages
+from aiocontain.child.forkserver import _reply
+from aiocontain.messages import Forked
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+sink, held = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+null = [os.open("/dev/null", os.O_RDONLY) for _ in range(8)]
+for _ in range(5):  # 40 fds in flight, more than the limit of 32: the kernel refuses more (ETOOMANYREFS)
+    sink.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", null))])
+if sys.argv[1] == "drained":  # the control: the 40 fds received (and closed) first
+    for _ in range(5):
+        messages.close_fds(messages.recv_raw(held)[1])
+ours, runtime = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+_reply(ours, Forked(1), [null[0]])
+message, fds = messages.recv(runtime)
+print(message.kind, len(fds), getattr(message, "errno", 0), getattr(message, "step", ""))
+"""
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"), [("full", f"failed 0 {errno.ETOOMANYREFS} fork"), ("drained", "forked 1 0")]
+)
+def test_a_pidfd_that_cannot_be_sent_is_a_failed_fork_not_silence(state, expected):
+    # The fork server hands each intermediate's pidfd back in Forked. When the user has more fds in flight
+    # between its processes than the limit (a burst of containers), the kernel refuses to send it: the runtime
+    # then gets Failed(fork, ETOOMANYREFS) at once, rather than nothing until its 10 s timeout.
+    done = subprocess.run([sys.executable, "-c", _IN_FLIGHT, state], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
+
+
+async def test_the_runtime_says_a_failed_fork_for_fds_in_one_line_at_once():
+    from aiocontain.errors import AiocontainError
+    from aiocontain.forkserver.process import ForkedProcess
+    from aiocontain.forkserver.stdio import Stdio
+    from aiocontain.messages import STEP_FORK, Failed
+
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with server:
+        messages.send(server, Failed(STEP_FORK, os.strerror(errno.ETOOMANYREFS), errno.ETOOMANYREFS))
+        with anyio.fail_after(5), pytest.raises(AiocontainError) as raised:  # not the fork timeout's 10 s
+            await ForkedProcess.wait_forked(ours, Stdio(), lambda: None)
+    assert raised.value.line().startswith("too many open files (this process's limit is "), raised.value.line()

@@ -518,9 +518,16 @@ def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int,
             _become_intermediate(control, stdio, None)
     for fd in (control, *stdio):
         os.close(fd)
-    if handed is None:
-        pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
     channel = socket.socket(fileno=channel_fd)
+    if handed is None:
+        try:
+            pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)  # unreaped, so certainly ours: no pidfd, no way to follow it
+            os.waitpid(pid, 0)
+            _reply(channel, Failed(messages.STEP_FORK, exc.strerror or str(exc), exc.errno or 0))
+            channel.close()
+            return None
     _reply(channel, Forked(pid), [pidfd])
     return pidfd, pid, channel
 
@@ -554,5 +561,9 @@ def _become_intermediate(
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:
     try:
         messages.send(channel, message, fds)
-    except OSError:
-        pass  # the runtime went away; the intermediate notices through its own control socket
+    except OSError as exc:
+        if fds and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ETOOMANYREFS):
+            # The fds could not go (ETOOMANYREFS: more of the user's fds in flight than our limit): say so
+            # without them, so that the runtime says it in one line at once instead of waiting.
+            _reply(channel, Failed(messages.STEP_FORK, exc.strerror or str(exc), exc.errno or 0))
+        # Otherwise the runtime went away; the intermediate notices through its own control socket.

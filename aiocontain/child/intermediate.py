@@ -216,7 +216,14 @@ def _send_or_exit(
             sock.send(message)
         else:
             messages.send(sock, message, fds)
-    except OSError:
+    except OSError as exc:
+        if fds and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ETOOMANYREFS):
+            # The fds could not go (ETOOMANYREFS: more of the user's fds in flight than our limit): say why
+            # without them, so that the runtime says it in one line.
+            try:
+                messages.send(sock, Failed(messages.STEP_SETUP, exc.strerror or str(exc), exc.errno or 0))
+            except OSError:
+                pass
         if pid:
             _kill_and_exit(pid, pidfd, cleanup=True)
         os._exit(125)

@@ -107,6 +107,7 @@ class ForkedProcess:
     async def wait_forked(cls, channel: socket.socket, stdio: Stdio, released: Callable[[], None]) -> ForkedProcess:
         """Wait for the answer to a Fork request, Forked. Shielded: once the request is sent, the answer
         carries a pidfd that must not be lost; the fork server answers within milliseconds."""
+        message: messages.Message | None = None
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(FORK_TIMEOUT):
                 message, fds = await _receive(channel)
@@ -119,6 +120,8 @@ class ForkedProcess:
             raise
         channel.close()
         stdio.close()
+        if isinstance(message, Failed) and message.errno in fdlimit.EXHAUSTED:  # its limit is ours
+            raise fdlimit.exhaustion_error(OSError(message.errno, message.message))
         raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
 
     def request_map(self) -> None:

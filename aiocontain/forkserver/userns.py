@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiocontain import messages, subids
+from aiocontain import fdlimit, messages, subids
 from aiocontain.errors import AiocontainError, HostPrerequisiteError, SetupError
 
 HELPER_TIMEOUT = 10.0
@@ -78,6 +78,8 @@ def namespace_error(failure: messages.Failed) -> AiocontainError:
             fix="enable unprivileged user namespaces: sudo sysctl -w kernel.unprivileged_userns_clone=1 "
             "user.max_user_namespaces=28633 (and kernel.apparmor_restrict_unprivileged_userns=0 where it exists)",
         )
+    if failure.errno in fdlimit.EXHAUSTED:  # the intermediate's limit is ours: said as our own running out is
+        return fdlimit.exhaustion_error(OSError(failure.errno, failure.message))
     return SetupError(f"container set-up failed: {failure.message}")
 
 
