@@ -62,7 +62,8 @@ class ChildChannel:
         self.exited: Exited | None = None  # the intermediate's report, once received: its container is gone
 
     def send_config(self, config: Config) -> None:
-        """Step 1, before the fork: the Config waits in the socket's buffer until the intermediate reads it."""
+        """Step 1, just after the Fork request: the intermediate (a spare, woken by it) reads the Config as its first
+        message; it waits in the socket's buffer until then."""
         try:
             messages.send(self._sock, config)
         except OSError as exc:

@@ -94,7 +94,6 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.inotify_init1.argtypes = [ctypes.c_int]
@@ -181,13 +180,6 @@ _OPENAT2_TRIES = 100  # each race is one rename elsewhere during the walk: a bus
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
-
-
-MADV_POPULATE_READ = 22  # Linux 5.14
-
-
-def madvise(address: int, length: int, advice: int) -> None:
-    _check(_libc.madvise(address, length, advice), "madvise")
 
 
 def set_name(name: bytes) -> None:

@@ -66,7 +66,7 @@ import signal
 import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import intermediate, netdev, prefault
+from aiocontain.child import intermediate, netdev
 from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -263,9 +263,9 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
 
 def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: int) -> NoReturn:
     """In the spare: hold nothing of the server's but this socket (no other container's channel or pidfd),
-    die with the server, make the namespaces, bring lo up, fork PID 1 (which waits for its handover), map our
-    code and data ahead (``prefault``), say Unshared (the server writes the maps and offers us), wait for a
-    request's fds, then become the intermediate as a fresh fork would, with its namespaces and PID 1 made."""
+    die with the server, make the namespaces, bring lo up, fork PID 1 (which waits for its handover), say
+    Unshared (the server writes the maps and offers us), wait for a request's fds, then become the
+    intermediate as a fresh fork would, with its namespaces and PID 1 made."""
     try:
         syscalls.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != server:
@@ -277,7 +277,6 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
         if unshare_net:
             netdev.bring_up("lo")
         pid1 = intermediate.fork_init(name)
-        prefault.prefault()  # PID 1 maps its own: fork copies no file mapping's page tables
         try:
             messages.send(sock, Unshared())  # ready: the server writes our maps and offers us
         except OSError:

@@ -25,7 +25,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, mounts, prefault
+from aiocontain.child import console, harden, mounts
 from aiocontain.messages import Config, Console, Failed
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -36,13 +36,11 @@ if TYPE_CHECKING:
 
 def main(handover: int, release_r: int, report_w: int, name: bytes | None = None) -> NoReturn:
     """name: for a PID 1 forked ahead by a spare, the comm to take once handed a container (it waits under the
-    spare's); while it waits it maps its code and data (``prefault``), off the container's path."""
+    spare's)."""
     try:
         os.setsid()  # before anything else: no moment inside the caller's session
         # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
         syscalls.set_parent_death_signal(signal.SIGKILL)
-        if name is not None:
-            prefault.prefault()
         config = take_config(handover)
         if name is not None:
             syscalls.set_name(name)
