@@ -37,6 +37,7 @@ READY_TIMEOUT = 10.0
 
 async def run(ctx: StageContext) -> None:
     spec = ctx.spec
+    base = _runtime_base()  # refused before anything starts, as any bad input
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.stack.callback(parent.close)
     channel = ctx.child = ChildChannel(parent, spec.command[0], ctx.fail)
@@ -50,7 +51,7 @@ async def run(ctx: StageContext) -> None:
     ctx.stack.push_async_callback(_stop_child, ctx)
     ctx.tg.start_soon(channel.read)
 
-    ctx.runtime_dir = _make_runtime_dir(ctx)
+    ctx.runtime_dir = _make_runtime_dir(ctx, base)
     etc_files = _etc_files(ctx, ctx.runtime_dir.path)
     wanted = [*mounts.read_only_tmpfs(spec), *spec.mounts, *ctx.mounts, *_write_plugin_files(ctx, ctx.runtime_dir.path)]
     overlay = mounts.overlay_dir(ctx.runtime_dir.path) if spec.overlay else None
@@ -95,14 +96,19 @@ async def run(ctx: StageContext) -> None:
     ctx.stack.callback(_close_pidfd, ctx)
 
 
-def _make_runtime_dir(ctx: StageContext) -> RuntimeDir:
-    base = os.environ.get("XDG_RUNTIME_DIR") or None  # unset or empty: the temporary directory, /tmp
+def _runtime_base() -> str | None:
+    """Where the runtime directory goes: XDG_RUNTIME_DIR, or None (unset or empty) for the temporary directory."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or None
     if base is not None and not (os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)):
         # podman refuses it too: falling back quietly would put the container's files where the user did not say.
         raise AiocontainError(
             f"XDG_RUNTIME_DIR {base} is not a directory this user can write",
             fix=f"fix its owner and mode (0700, the user's), or unset XDG_RUNTIME_DIR to use {tempfile.gettempdir()}",
         )
+    return base
+
+
+def _make_runtime_dir(ctx: StageContext, base: str | None) -> RuntimeDir:
     directory = RuntimeDir.create(base, ctx.spec.short_id)
     ctx.stack.callback(directory.remove)
     return directory
