@@ -237,8 +237,9 @@ def tests(session: nox.Session) -> None:
 
 def _test_stage(session: nox.Session) -> Stage:
     """The stage of `tests` and `vm`: the package and the shipped plugins, whose tests run with the runtime's."""
-    # docs: tests check docs/events.md against the code; scripts: tests check oci_suite.py's reading of TAP
-    copy = ["tests", "plugins", "docs", "scripts", "pyproject.toml", "README.md"]
+    # docs: tests check docs/events.md against the code; scripts: tests check oci_suite.py's reading of TAP;
+    # bench: tests check the report's range of resampled runs
+    copy = ["tests", "plugins", "docs", "scripts", "bench", "pyproject.toml", "README.md"]
     return _stage(session, STAGE, TEST_USER, copy, TEST_DEPS, runtime_dir=False, plugins=True)
 
 

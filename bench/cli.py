@@ -85,7 +85,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=50, help="containers in the batch cases")
     parser.add_argument(
-        "--batch-reps", type=int, default=9, help="runs of each batch case (its median moves by +-0.2 over 3)"
+        "--batch-reps", type=int, default=15, help="runs of each batch case (its rounds spread by +-0.25)"
     )
     parser.add_argument("--throughput-mb", type=int, default=128, help="MiB sent per throughput run")
     parser.add_argument("--throughput-reps", type=int, default=3)

@@ -4,6 +4,9 @@ Absolute times on a shared machine are noise; two cases measured side by side
 in the same rounds share the noise, so their ratio is the result. A target is
 met, missed, or not known (a side was not measured); missing a target is a
 finding, not a failure: the benchmark's exit status says only whether it ran.
+Beside each ratio of medians stands the range that 90% of resampled runs give
+(the rounds drawn again): a ratio whose range straddles its limit is met by one
+run and missed by the next.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
+import statistics
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +52,32 @@ class Ratio:
         if value is None or self.limit is None:
             return None
         return value >= self.limit if self.at_least else value <= self.limit
+
+    def interval(self, results: Results) -> tuple[float, float] | None:
+        """The middle 90% of the ratio of medians over resampled runs: the rounds drawn again with replacement
+        (each round's pair together, as the two sides shared its noise), the ratio of the medians taken each
+        time. Whether a ratio near its limit would be met by another run of the same length."""
+        top, bottom = results.summaries.get(self.numerator), results.summaries.get(self.denominator)
+        if top is None or bottom is None:
+            return None
+        # Samples are kept in round order, one a run: the first n of each side are the same n rounds.
+        pairs = list(zip(top.samples, bottom.samples, strict=False))
+        if len(pairs) < 5:
+            return None
+        draw = random.Random(0)  # the same report for the same samples
+        ratios = []
+        for _ in range(_RESAMPLES):
+            chosen = draw.choices(pairs, k=len(pairs))
+            below = statistics.median(b for _, b in chosen)
+            if below:
+                ratios.append(statistics.median(a for a, _ in chosen) / below)
+        if not ratios:
+            return None
+        cuts = statistics.quantiles(ratios, n=20, method="inclusive")
+        return cuts[0], cuts[-1]
+
+
+_RESAMPLES = 2000
 
 
 # What podman pays on each call besides create and start. A console script as pip writes it cannot go below
@@ -164,12 +195,18 @@ def table(results: Results, checks: list[Ratio], skipped: dict[str, str]) -> str
         cells += [_number(max(samples, default=None)), str(len(samples))]
         unit = summary.metric.unit
         lines.append(f"| {name} ({unit}) | {' | '.join(cells)} | {summary.metric.description} |")
-    lines += ["", "| ratio of medians | value | target | met |", "| --- | ---: | --- | --- |"]
+    lines += [
+        "",
+        "| ratio of medians | value | target | met | 90% of resampled runs |",
+        "| --- | ---: | --- | --- | --- |",
+    ]
     for ratio in checks:
         value = ratio.value(results)
         met = ratio.met(value)
         verdict = "" if ratio.limit is None else {True: "yes", False: "**no**", None: "not measured"}[met]
-        lines.append(f"| {ratio.label} | {_number(value)} | {ratio.target} | {verdict} |")
+        interval = ratio.interval(results)
+        spread = f"{_number(interval[0])}-{_number(interval[1])}" if interval else ""
+        lines.append(f"| {ratio.label} | {_number(value)} | {ratio.target} | {verdict} | {spread} |")
     notes = [f"- skipped {name}: {why}" for name, why in skipped.items()]
     notes += [f"- failed {name}: {error}" for name, error in results.errors.items()]
     return "\n".join([*lines, "", *notes] if notes else lines)
@@ -203,6 +240,7 @@ def document(
                 "value": ratio.value(results),
                 "target": ratio.target or None,
                 "met": ratio.met(ratio.value(results)),
+                "interval_90": ratio.interval(results),
             }
             for ratio in checks
         ],
