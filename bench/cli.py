@@ -3,7 +3,8 @@
 Cases (``--cases``, comma-separated; groups or single names):
 
 - start: ``/bin/true`` without network: cli.none (served by the run server, which the warm-up round starts),
-  cli.none_own (no run server: the command imports everything itself), embedded.none, bwrap.none, podman.none
+  cli.none_own (no run server: the command imports everything itself), embedded.none, embedded.back_to_back
+  (ten in a row, no pause between), bwrap.none, podman.none
 - net: with slirp4netns: cli.net, cli.net_own, embedded.net, podman.net, shell.net
 - overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
@@ -35,7 +36,7 @@ from bench import detach, embedded, external, oci, podman, report, throughput
 from bench.runner import Case, run_interleaved
 
 GROUPS = {
-    "start": ["cli.none", "cli.none_own", "embedded.none", "bwrap.none", "podman.none"],
+    "start": ["cli.none", "cli.none_own", "embedded.none", "embedded.back_to_back", "bwrap.none", "podman.none"],
     "net": ["cli.net", "cli.net_own", "embedded.net", "podman.net", "shell.net"],
     "overlay": ["cli.overlay", "cli.none", "podman.overlay", "podman.none"],
     "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
@@ -152,6 +153,8 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     if group == "memory":
         return embedded.MemoryCase(rootfs, args.backend, args.memory_count, args.memory_reps)
     assert worker is not None and group in IN_WORKER
+    if name == "embedded.back_to_back":
+        return embedded.back_to_back(worker, reps)
     if group == "embedded":
         return embedded.start(worker, name == "embedded.net", reps)
     return embedded.batch(worker, args.batch, name == "batch.concurrent", args.batch_reps)

@@ -95,6 +95,24 @@ def start(worker: Worker, network: bool, repetitions: int) -> WorkerCase:
     return WorkerCase(name, (metric,), repetitions, worker, "start", args, _milliseconds(name))
 
 
+BACK_TO_BACK = 10  # containers in a row in one run of embedded.back_to_back
+
+
+def back_to_back(worker: Worker, repetitions: int) -> WorkerCase:
+    """BACK_TO_BACK containers without network one after another, with no pause between: per container. Beside
+    embedded.none (a pause before each), what a start costs the next one (work left to do after a container
+    exits, a spare made ready) when containers come in a row."""
+    name = "embedded.back_to_back"
+    what = f"aiocontain.run(/bin/true) x {BACK_TO_BACK}, network none, no pause between, per container"
+    metric = Metric(name, "ms", f"{what}, {worker.backend}")
+    args = {"count": BACK_TO_BACK, "concurrent": False, "network": "none"}
+
+    def per_container(answer: dict[str, float]) -> dict[str, float]:
+        return {name: answer["seconds"] * 1000 / BACK_TO_BACK}
+
+    return WorkerCase(name, (metric,), repetitions, worker, "batch", args, per_container)
+
+
 def batch(worker: Worker, count: int, concurrent: bool, repetitions: int) -> WorkerCase:
     """count networked containers from one event loop: concurrently, or one after another."""
     name = "batch.concurrent" if concurrent else "batch.sequential"

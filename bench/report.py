@@ -95,6 +95,7 @@ def ratios(batch: int) -> list[Ratio]:
         Ratio("embedded start-to-exit, no network / bubblewrap", "embedded.none", "bwrap.none", 1.5),
         Ratio(f"{batch} networked at once / {batch} shell baselines at once", "batch.concurrent", "batch.shell", 1.2),
         Ratio("embedded with network / podman", "embedded.net", "podman.net", 0.5),
+        Ratio("embedded, back to back / with a pause before each", "embedded.back_to_back", "embedded.none"),
         Ratio("throughput, default MTU / MTU 1500", "throughput.default_mtu", "throughput.mtu1500", 4.0, True),
         Ratio("CLI with network, no run server / podman", "cli.net_own", "podman.net"),
         Ratio("CLI, no network, no run server / podman", "cli.none_own", "podman.none"),
