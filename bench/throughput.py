@@ -84,9 +84,21 @@ def receive(connection: socket.socket) -> tuple[int, float]:
         last = time.perf_counter()
     if expected is not None:
         connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        _close_gracefully(connection, buffer)
     if last <= first:
         raise RuntimeError(f"too little payload to measure ({received} bytes)")
     return received - len(chunk), last - first
+
+
+def _close_gracefully(connection: socket.socket, buffer: bytearray) -> None:
+    """Our end of the stream, then wait for the sender's: closed with anything unread, the kernel would answer
+    with a reset, which can reach wget before the 200 it has not read yet ("Connection reset by peer")."""
+    try:
+        connection.shutdown(socket.SHUT_WR)
+        while connection.recv_into(buffer):
+            pass
+    except OSError:
+        pass  # gone already: its answer was read, or it will say so in its exit status
 
 
 def _recv(connection: socket.socket, buffer: bytearray) -> bytes:
