@@ -34,10 +34,12 @@ EXITED_DURING_SETUP = "the container process exited during set-up"
 
 
 class ReadyFds(NamedTuple):
-    """What the intermediate hands up with Ready: PID 1's pid and pipe ends, and the netlink socket if asked."""
+    """What the intermediate hands up with Ready: PID 1's pid, pipe ends and pidfd, and the netlink socket if
+    asked."""
 
     init_pid: int
     init: InitChannel
+    pidfd: int
     netlink: socket.socket | None
 
 
@@ -109,16 +111,18 @@ class ChildChannel:
         raise self._setup_error(message, "Unshared")
 
     async def wait_ready(self) -> ReadyFds:
-        """Step 3: PID 1 is forked and blocked on its release pipe, whose end comes up with its report socket."""
+        """Step 3: PID 1 is forked, and waits for its release before the exec: its pipe's end comes up with its
+        report socket and its pidfd (it may have failed to build its root, and been reaped, already)."""
         message, fds = await self._receive()
         if not isinstance(message, Ready):
             close_fds(fds)
             raise self._setup_error(message, "Ready")
-        if len(fds) < 2:
+        if len(fds) < 3:
             close_fds(fds)
             raise SetupError("the container process answered Ready without PID 1's pipes")
         init = InitChannel(fds[0], fds[1], self._command)
-        return ReadyFds(message.init_pid, init, socket.socket(fileno=fds[2]) if len(fds) > 2 else None)
+        netlink = socket.socket(fileno=fds[3]) if len(fds) > 3 else None
+        return ReadyFds(message.init_pid, init, fds[2], netlink)
 
     def release(self, cgroup: str | None) -> None:
         """Step 4, just before PID 1's release: name the container's cgroup, which the intermediate removes

@@ -222,10 +222,13 @@ class Container:
                             self._register(ctx)  # before the command runs: it never runs unrecorded
                         await events.timed_stage(self._log, stage, partial(body, ctx))
                     except AiocontainError as exc:
-                        exc.stage = exc.stage or stage  # callers may catch by kind and see where
-                        raise
+                        cause = await ctx.root_cause(exc)
+                        cause.stage = cause.stage or exc.stage or stage  # callers may catch by kind and see where
+                        if cause is exc:
+                            raise
+                        raise cause from None
             if ctx.failure is not None:
-                raise ctx.failure
+                raise await ctx.root_cause(ctx.failure)
             if ctx.setup_scope.cancelled_caught:
                 raise AiocontainError("container set-up was stopped")
             if self.plugins:

@@ -234,8 +234,10 @@ class Unshared(_Message):
 
 
 class Ready(_Message):
-    """Intermediate -> runtime: the namespaces exist, the init process is blocked. Carries, in this order, the write end
-    of the init's release pipe, the runtime's end of its report socket and, if asked for, the netlink socket."""
+    """Intermediate -> runtime: the namespaces exist, the init process is forked. Carries, in this order, the write
+    end of the init's release pipe, the runtime's end of its report socket, the init's pidfd and, if asked for, the
+    netlink socket. The pidfd, not the pid: an init that finds its maps written builds its root at once, and one
+    that fails doing so may be reaped before the runtime reads Ready."""
 
     kind = "ready"
     __slots__ = ("init_pid",)

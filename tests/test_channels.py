@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -52,11 +53,16 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
         tg.start_soon(channel.read)
         messages.send(theirs, Unshared())
         await channel.wait_unshared()
-        messages.send(theirs, Ready(init_pid=42), [release_w, report_ours.fileno()])
+        pidfd = os.pidfd_open(os.getpid())  # stands for PID 1's
+        messages.send(theirs, Ready(init_pid=42), [release_w, report_ours.fileno(), pidfd])
         os.close(release_w)  # as the intermediate does: the runtime holds the only write end now
         report_ours.close()
         ready = await channel.wait_ready()
         assert ready.init_pid == 42 and ready.netlink is None
+        assert ready.pidfd != pidfd  # a copy of its own, passed with the message
+        assert f"Pid:\t{os.getpid()}" in Path(f"/proc/self/fdinfo/{ready.pidfd}").read_text()
+        os.close(pidfd)
+        os.close(ready.pidfd)
         channel.release("/sys/fs/cgroup/leaf")
         assert messages.recv(theirs)[0] == messages.Release(cgroup="/sys/fs/cgroup/leaf")
         messages.send(theirs, Exited(code=3, signal=None))

@@ -94,3 +94,38 @@ async def test_limits_without_a_cgroup_are_a_cgroup_error(rootfs: Path) -> None:
     with pytest.raises(CgroupError, match="resource limits need a cgroup"):
         async with Container(spec):
             pass  # refused before anything starts
+
+
+@pytest.mark.container
+@pytest.mark.anyio
+async def test_a_root_that_cannot_be_built_is_the_error_even_when_slirp4netns_fails_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PID 1 builds its root before its release, while the runtime sets up the host side. One that fails takes
+    # its namespaces with it (its intermediate reaps it and exits), so slirp4netns, started after that, cannot
+    # join them and fails too. The network stage here starts only once the intermediate is gone: the error is
+    # still PID 1's own line, not slirp4netns's "exited early".
+    import anyio
+
+    from aiocontain import container as container_module
+    from aiocontain.stages import StageContext
+    from tests.conftest import rootfs_with_symlinked_tmp
+
+    def after_the_intermediate(body):  # type: ignore[no-untyped-def]
+        async def run(ctx: StageContext) -> bool | None:
+            assert ctx.process is not None
+            with anyio.fail_after(10):
+                await ctx.process.wait_exit()
+            return await body(ctx)
+
+        return run
+
+    pipeline = tuple(
+        (name, after_the_intermediate(body) if name == "network" else body) for name, body in container_module.PIPELINE
+    )
+    monkeypatch.setattr(container_module, "PIPELINE", pipeline)
+    spec = ContainerSpec(["true"], rootfs=rootfs_with_symlinked_tmp(tmp_path), network=NetworkMode.SLIRP4NETNS)
+    with pytest.raises(SetupError, match="tmp in the root filesystem is a symlink") as info:
+        async with Container(spec):
+            pass
+    assert "slirp4netns" not in info.value.line()

@@ -254,6 +254,56 @@ async def test_a_spare_forks_its_containers_pid_1_ahead_holding_only_its_own_cha
     assert open_fds() == fds
 
 
+async def test_a_spares_pid_1_that_fails_and_is_reaped_before_ready_is_read_is_still_its_one_line(
+    rootfs, tmp_path, monkeypatch
+):
+    # A spare's PID 1 has its maps written, so it builds the root as soon as it is handed its Config, which may
+    # be before the runtime reads Ready; one that fails is reaped by the intermediate at once. Here the runtime
+    # reads Ready only once that reap is done, so PID 1's pid names nothing by then: the container's error is
+    # still PID 1's own line (its report), never "No such process" from a pidfd opened from that pid.
+    from aiocontain import channels
+    from aiocontain.errors import AiocontainError
+    from tests.conftest import rootfs_with_symlinked_tmp
+
+    broken = rootfs_with_symlinked_tmp(tmp_path)
+    read_ready = channels.ChildChannel.wait_ready
+    reaped: list[bool] = []
+
+    async def read_once_reaped(self: channels.ChildChannel) -> channels.ReadyFds:
+        ready = await read_ready(self)
+        reaped.append(await anyio.to_thread.run_sync(wait_reaped, ready.init_pid))
+        return ready
+
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        await warm_up(server, rootfs)
+        assert len(spares_of(server)) == 1  # the container takes it: its PID 1's maps are written already
+        monkeypatch.setattr(channels.ChildChannel, "wait_ready", read_once_reaped)
+        with pytest.raises(AiocontainError, match="tmp in the root filesystem is a symlink"):
+            async with Container(spec(broken, "/bin/true"), fork_server=server):
+                pass
+        assert reaped == [True]
+    finally:
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
+def wait_reaped(pid: int, timeout: float = 10) -> bool:
+    """Wait until pid (not our child) is reaped: its pidfd reports POLLHUP then (POLLIN already at its exit)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True  # reaped already
+    try:
+        poller = select.poll()
+        poller.register(pidfd, 0)  # POLLHUP is reported whatever the mask
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(pidfd)
+
+
 async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_server_stopped(rootfs):
     # Once ready, the spare is offered to the runtime (its pidfd, its socket, a reply channel), which hands it
     # the request itself: the container starts, runs and says its exit with the fork server SIGSTOPped the whole

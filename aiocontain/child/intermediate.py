@@ -164,7 +164,8 @@ def main(fd: int, made: bool | None = None, pid1: InitProcess | None = None) -> 
         os._exit(125)
 
     pid, pidfd = pid1.pid, pid1.pidfd
-    fds = [pid1.release_w, pid1.report_r] + ([netlink.fileno()] if netlink is not None else [])
+    # PID 1's pidfd too: one that failed to build its root may be reaped (below) before the runtime reads Ready.
+    fds = [pid1.release_w, pid1.report_r, pidfd] + ([netlink.fileno()] if netlink is not None else [])
     _send_or_exit(sock, Ready(init_pid=pid), fds, pid, pidfd)
     for fd in (pid1.release_w, pid1.report_r):
         os.close(fd)  # the runtime's now: the init sees end of file on release if the runtime dies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import socket
 from contextlib import AsyncExitStack
@@ -74,6 +75,19 @@ class StageContext:
         self.setup_scope.cancel()
         self.kill()
 
+    async def root_cause(self, error: AiocontainError) -> AiocontainError:
+        """The error to report for a set-up that failed with error. PID 1 builds its root before its release and
+        may die doing so; what fails after that (slirp4netns, which cannot join namespaces that are gone, a
+        cgroup) is its consequence, and PID 1's own report says why: that is the one line then."""
+        if self.init is None or self.pidfd is None or self.released or not _exited(self.pidfd):
+            return error
+        # Shielded: set-up may be cancelled by now (a helper's failure). Bounded: gone, PID 1's report is at its end.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_REPORT_TIMEOUT):
+            failure = await self.init.read_report()
+            if failure is not None:
+                return self.init.error(failure)
+        return error  # killed (by us, for this error), or exited saying nothing: the error stands
+
     def kill(self, signum: int = signal.SIGKILL) -> bool:
         """Signal the container's PID 1 through its pidfd (no PID reuse race); False if it is gone."""
         if self.pidfd is None:
@@ -83,3 +97,13 @@ class StageContext:
         except OSError:  # ProcessLookupError: it has exited
             return False
         return True
+
+
+_REPORT_TIMEOUT = 1.0
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process has exited: its pidfd is readable then (no wait)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))

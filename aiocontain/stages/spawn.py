@@ -8,8 +8,8 @@ goes first and the Config after it, so that the intermediate starts while the
 Config is made. It reads the Config, unshares the namespaces (the fork server is
 asked for their id maps at once, ``request_map``, and the idmap stage reads the
 answer), hands PID 1 its Config and stdio and answers Ready with the init's
-release pipe, its report socket and the netlink socket it opened inside the new
-network namespace.
+release pipe, its report socket, its pidfd and the netlink socket it opened
+inside the new network namespace.
 
 Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
 ``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
@@ -87,13 +87,11 @@ async def run(ctx: StageContext) -> None:
         await channel.wait_unshared()
         ctx.process.request_map()  # the idmap stage reads the answer: the maps are written while PID 1 is forked
         ready = await channel.wait_ready()
-    ctx.init_pid, ctx.init, ctx.netlink = ready
+    ctx.init_pid, ctx.init, ctx.pidfd, ctx.netlink = ready
     ctx.stack.callback(ready.init.close)
+    ctx.stack.callback(_close_pidfd, ctx)
     if ready.netlink is not None:
         ctx.stack.callback(ready.netlink.close)
-    # The init is blocked on its release pipe, so this pid is certainly still ours.
-    ctx.pidfd = os.pidfd_open(ready.init_pid)
-    ctx.stack.callback(_close_pidfd, ctx)
 
 
 def _runtime_base() -> str | None:
