@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -214,6 +216,22 @@ async def warm_up(server: ForkServer, rootfs: Path) -> None:
         assert (await run_and_reap(server, rootfs, "true"))[1] == 0
 
 
+@contextlib.asynccontextmanager
+async def server_with_spare(rootfs: Path) -> AsyncIterator[ForkServer]:
+    """A fork server of our own that keeps a spare (warmed up); closed after, leaving no process, runtime
+    directory, record, mount or fd of ours behind."""
+    before, fds = leftovers(), open_fds()
+    server = ForkServer.start()
+    try:
+        await warm_up(server, rootfs)
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)  # a test may have stopped it: closing waits for it
+        server.close()
+    assert leftovers() == before
+    assert open_fds() == fds
+
+
 def state_of(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
@@ -231,10 +249,7 @@ async def test_a_spare_forks_its_containers_pid_1_ahead_holding_only_its_own_cha
     # PID 1 is that process, and it runs with the container's own stdio.
     from aiocontain.child.forkserver import SPARE_NAME
 
-    before, fds = leftovers(), open_fds()
-    server = ForkServer.start()
-    try:
-        await warm_up(server, rootfs)
+    async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         [pid1] = children_of(spare)  # the spare says it is ready only once it has forked PID 1
         assert comm(pid1) == SPARE_NAME
@@ -248,10 +263,6 @@ async def test_a_spare_forks_its_containers_pid_1_ahead_holding_only_its_own_cha
         assert output.split() == [b"1", b"0", b"1", b"2", b"3"]  # PID 1 of its namespace, with only its stdio
         [next_spare] = spares_of(server)
         assert next_spare != spare and pid1 not in children_of(next_spare)
-    finally:
-        server.close()
-    assert leftovers() == before
-    assert open_fds() == fds
 
 
 async def test_a_spares_pid_1_that_fails_and_is_reaped_before_ready_is_read_is_still_its_one_line(
@@ -274,20 +285,13 @@ async def test_a_spares_pid_1_that_fails_and_is_reaped_before_ready_is_read_is_s
         reaped.append(await anyio.to_thread.run_sync(wait_reaped, ready.init_pid))
         return ready
 
-    before, fds = leftovers(), open_fds()
-    server = ForkServer.start()
-    try:
-        await warm_up(server, rootfs)
+    async with server_with_spare(rootfs) as server:
         assert len(spares_of(server)) == 1  # the container takes it: its PID 1's maps are written already
         monkeypatch.setattr(channels.ChildChannel, "wait_ready", read_once_reaped)
         with pytest.raises(AiocontainError, match="tmp in the root filesystem is a symlink"):
             async with Container(spec(broken, "/bin/true"), fork_server=server):
                 pass
         assert reaped == [True]
-    finally:
-        server.close()
-    assert leftovers() == before
-    assert open_fds() == fds
 
 
 def wait_reaped(pid: int, timeout: float = 10) -> bool:
@@ -309,10 +313,7 @@ async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_serv
     # the request itself: the container starts, runs and says its exit with the fork server SIGSTOPped the whole
     # time, so no step of it went through the server (a request handed through the server, as before offers,
     # waits for it: this test then fails at the fork's timeout). The server reaps it once it runs again.
-    before, fds = leftovers(), open_fds()
-    server = ForkServer.start()
-    try:
-        await warm_up(server, rootfs)
+    async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         stop(server.pid)
         try:
@@ -326,11 +327,6 @@ async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_serv
             os.kill(server.pid, signal.SIGCONT)
         assert wait_gone(spare)
         assert found["lo_up"] and len(found["maps"]) >= 2  # the spare's namespaces, mapped before the offer
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        server.close()
-    assert leftovers() == before
-    assert open_fds() == fds
 
 
 FACTS_COMMAND = ("/bin/sh", "-c", FACTS)
@@ -389,10 +385,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
 async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
     # A spare's container gets the command's stdio with the request, and the command starts as a fresh fork's
     # does (nothing blocked or ignored, only stdio open: 3 is ls's own directory fd).
-    before, fds = leftovers(), open_fds()
-    server = ForkServer.start()
-    try:
-        await warm_up(server, rootfs)
+    async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         command = ["/bin/sh", "-c", "grep -E 'SigBlk|SigIgn' /proc/self/status; ls /proc/self/fd; cat; echo err >&2"]
         options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -403,22 +396,15 @@ async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
             output = b"".join([chunk async for chunk in container.stdout]).decode().split()
             errors = b"".join([chunk async for chunk in container.stderr])
             assert (await container.wait()).ok
-    finally:
-        server.close()
     assert output == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "0", "1", "2", "3", "in"]
     assert errors == b"err\n"
-    assert leftovers() == before
-    assert open_fds() == fds
 
 
 async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(rootfs):
     # The spare makes the namespaces of the last request's kind. --net host then none, each way round: the
     # request that differs is forked afresh and the spare let go; the next spare is of the new kind.
-    before, fds = leftovers(), open_fds()
     own_net = host_namespaces(os.getpid())["net"]
-    server = ForkServer.start()
-    try:
-        await warm_up(server, rootfs)
+    async with server_with_spare(rootfs) as server:
         for network, via_spare in (("host", False), ("host", True), ("none", False), ("none", True)):
             spare = spares_of(server)
             assert len(spare) == 1
@@ -432,10 +418,6 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
                 await container._ctx.process.wait()
             assert (found["namespaces"]["net"] == own_net) == (network == "host"), network
             assert found["lo_up"]
-    finally:
-        server.close()
-    assert leftovers() == before
-    assert open_fds() == fds
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
