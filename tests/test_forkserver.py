@@ -150,8 +150,8 @@ NAMESPACES = ("user", "net", "pid", "mnt", "uts", "ipc")
 
 
 async def run_and_reap(server: ForkServer, rootfs: Path, *command: str, **options: object) -> tuple[bytes, int]:
-    """Run a container on server to its end, which is the server's Reaped of its PID 1: the server clones its
-    spare (when it keeps one) before it says Reaped, so the next container finds it."""
+    """Run a container on server to its end, which is the server's Reaped of its PID 1 (the server clones its
+    spare, when it keeps one, right after: ``offered`` waits for it)."""
     async with Container(spec(rootfs, *command, stdout=subprocess.PIPE, **options), fork_server=server) as container:
         output = b"".join([chunk async for chunk in container.stdout])
         code = (await container.wait()).code
@@ -186,17 +186,17 @@ async def test_a_spare_becomes_the_next_containers_pid_1(rootfs):
     try:
         kept = []
         for index in range(SPARE_AFTER + 1):
-            assert len(spares_of(server)) == (1 if index == SPARE_AFTER else 0)
-            spare = spares_of(server)
+            spare = await offered(server) if index == SPARE_AFTER else spares_of(server)
+            assert len(spare) == (1 if index == SPARE_AFTER else 0)
             async with Container(spec(rootfs, "sleep", "60", stdin=subprocess.PIPE), fork_server=server) as container:
                 assert container.pid is not None and parent_of(container.pid) == server.pid
                 assert (container.pid in spare) == (index == SPARE_AFTER)
                 assert comm(container.pid) != SPARE_NAME  # the command's now
                 kept.append(held(container.pid))
                 container.kill()
-                assert (await container.wait()).code == 137  # Reaped: the server clones its spare before it says so
+                assert (await container.wait()).code == 137  # Reaped: the server clones its next spare after it
         assert kept[0] == kept[1] == kept[2] and len(kept[0]) == 3  # stdio only
-        assert len(spares_of(server)) == 1
+        assert len(await offered(server)) == 1
     finally:
         server.close()
     assert leftovers() == before
@@ -204,9 +204,29 @@ async def test_a_spare_becomes_the_next_containers_pid_1(rootfs):
 
 
 async def warm_up(server: ForkServer, rootfs: Path) -> None:
-    """Serve the requests after which the fork server keeps a spare."""
+    """Serve the requests after which the fork server keeps a spare, and wait for its offer."""
     for _ in range(SPARE_AFTER):
         assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+    await offered(server)
+
+
+async def offered(server: ForkServer) -> list[int]:
+    """Wait until the server has a spare (cloned once a container's PID 1 is reaped) and has offered one: offers
+    wait in our end of the request socket, read at the next fork. The spare's pid, in a list.
+
+    An offer whose spare the server let go since (a request crossed it) is read here and let go, as the next
+    fork would: offers come in order, so it is read before its replacement's."""
+    from aiocontain.forkserver.process import Offer
+
+    with anyio.fail_after(10):
+        while True:
+            await anyio.wait_readable(server._requests)
+            spares = spares_of(server)
+            if spares:
+                return spares
+            message, fds = messages.recv(server._requests)
+            assert isinstance(message, messages.Spare), message
+            Offer(message, fds).let_go()
 
 
 @contextlib.asynccontextmanager
@@ -250,9 +270,9 @@ async def test_a_spare_is_a_pid_1_cloned_ahead_holding_only_its_own_socket(rootf
         async with Container(command, fork_server=server) as container:
             assert container.pid == spare
             output = b"".join([chunk async for chunk in container.stdout])
-            assert (await container.wait()).ok  # Reaped: the server clones its next spare before it says so
+            assert (await container.wait()).ok  # Reaped: the server clones its next spare after it
         assert output.split() == [b"1", b"0", b"1", b"2", b"3"]  # PID 1 of its namespace, with only its stdio
-        [next_spare] = spares_of(server)
+        [next_spare] = await offered(server)
         assert next_spare != spare
 
 
@@ -338,6 +358,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
             output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", FACTS, hostname="fresh")
             assert code == 0
             fresh.append(facts(output))
+        await offered(server)
         alive = []
         async with anyio.create_task_group() as tg:
             release = anyio.Event()
@@ -359,6 +380,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
             await first.wait()
             # A container run and reaped meanwhile makes the next spare.
             assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+            await offered(server)
             second = anyio.Event()
             tg.start_soon(hold, "second", second)
             await second.wait()
@@ -400,7 +422,7 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
     own_net = host_namespaces(os.getpid())["net"]
     async with server_with_spare(rootfs) as server:
         for network, via_spare in (("host", False), ("host", True), ("none", False), ("none", True)):
-            spare = spares_of(server)
+            spare = await offered(server)
             assert len(spare) == 1
             command = ("/bin/sh", "-c", f"{FACTS}; read line")
             options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "network": NetworkMode(network)}
@@ -414,10 +436,10 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
-    # SIGKILLed once offered (Reaped comes once the replacement is ready: its offer waits in the runtime's request
-    # socket, and the runtime finds it dead); so while the server is stopped, which then reaps it; or once a
-    # container has run meanwhile (waiting): the next container runs (forked afresh, or handed the replacement the
-    # server forked when it reaped the killed one), and a new spare follows it.
+    # SIGKILLed once offered (its offer waits in the runtime's request socket, and the runtime finds it dead); so
+    # while the server is stopped, which then reaps it; or once a container has run meanwhile (waiting): the next
+    # container runs (cloned afresh, or handed the replacement the server cloned when it reaped the killed one),
+    # and a new spare follows it.
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
@@ -425,6 +447,7 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
         for stage in ("offered", "offered", "server stopped", "server stopped", "waiting"):
             if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+                await offered(server)
             if stage == "server stopped":
                 os.kill(server.pid, signal.SIGSTOP)
             [spare] = spares_of(server)
@@ -433,7 +456,8 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
             os.kill(server.pid, signal.SIGCONT)
             output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", "echo ran")
             assert (output, code) == (b"ran\n", 0)
-            assert spare not in spares_of(server) and len(spares_of(server)) == 1
+            replacement = await offered(server)
+            assert spare not in replacement and len(replacement) == 1
         [spare] = spares_of(server)
         async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
             assert container.pid == spare

@@ -53,8 +53,8 @@ socket). A request that reaches this server while the spare is not offered yet
 goes to it, as before offers; any other gets a fresh clone, and the spare is
 let go (while offered, the owner had no use of it for this request; of another
 kind, the next one is of the new kind). The replacement is cloned when a
-container's PID 1 is reaped, when no start competes for the CPUs, and that
-Reaped is sent once it is ready, so that whoever waited for it finds the offer.
+container's PID 1 is reaped, right after its Reaped, when no start competes for
+the CPUs.
 """
 
 from __future__ import annotations
@@ -174,8 +174,6 @@ def serve(requests: socket.socket, owner: int) -> NoReturn:
                 _request(state)
             elif fd == owner and state.accepting:
                 _owner_gone(state)
-        if state.held and (state.spare is None or state.spare.ready):  # offered, or as good as
-            _say_reaped(state)
     os._exit(0)
 
 
@@ -199,7 +197,6 @@ class _State:
         self.spare: _Spare | None = None
         self.retired: dict[int, int] = {}  # pidfd -> pid of spares let go, reaped once they have exited
         self.let_go: set[int] = set()  # offered spares let go: no replacement at their reap, the next one's
-        self.held: list[tuple[socket.socket, int]] = []  # Reaped (channel, status) until the new spare is offered
 
 
 class _Spare:
@@ -211,7 +208,6 @@ class _Spare:
         self.pidfd = pidfd
         self.sock = sock
         self.unshare_net = unshare_net
-        self.ready = False  # lo is up: it can be offered
         self.offered = False  # once offered to the owner: its to hand over, and a child, reaped as any
 
 
@@ -231,26 +227,19 @@ def _reap(state: _State, pidfd: int) -> None:
         # owner handed it a request (it closed its socket on taking it), told only now, off any start's path.
         state.spare = None
         spare.sock.close()
+    os.close(pidfd)
+    _reply(channel, Reaped(status))  # first: the runtime waits for it, and it ends the container's wait
+    channel.close()
     # The spare is cloned here, when a container has ended, not when a request is served: then the runtime,
-    # the new PID 1 and this server all want the CPUs, and the spare's clone would slow
-    # that container's start. Reaped waits until it is offered (or gone), so that whoever waits for Reaped
-    # finds the offer there at its next fork.
+    # the new PID 1 and this server all want the CPUs, and the spare's clone would slow that container's
+    # start. After the Reaped, not before: it would hold up that container's end.
     if replace:
         _keep_spare(state)
-    os.close(pidfd)
-    state.held.append((channel, status))
 
 
 def _channels(state: _State) -> list[socket.socket]:
     """Every reply channel this server holds: a forked child detaches them (its closerange closes the fds)."""
-    return [channel for _, channel in state.children.values()] + [channel for channel, _ in state.held]
-
-
-def _say_reaped(state: _State) -> None:
-    for channel, status in state.held:
-        _reply(channel, Reaped(status))
-        channel.close()
-    state.held = []
+    return [channel for _, channel in state.children.values()]
 
 
 def _keep_spare(state: _State) -> None:
@@ -328,7 +317,6 @@ def _spare_says(state: _State, spare: _Spare) -> None:
         message, fds = None, []
     messages.close_fds(fds)
     if isinstance(message, Unshared):
-        spare.ready = True
         _offer(state, spare)
         return
     _let_go(state, spare)
