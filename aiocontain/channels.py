@@ -1,6 +1,6 @@
 """The runtime's ends of a container's channels, one method per step of the protocol.
 
-``ChildChannel`` is the control socket to the intermediate, ``InitChannel``
+``ChildChannel`` is the control socket to PID 1 until its Ready, ``InitChannel``
 PID 1's release pipe and report socket (the fork server's reply channel is
 ``aiocontain.forkserver.process.ForkedProcess``). The stages call these methods,
 in the order docs/architecture.md describes, and never read or write the
@@ -21,7 +21,7 @@ import anyio
 
 from aiocontain import fdlimit, messages
 from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound, SetupError, UnexpectedMessage
-from aiocontain.messages import Config, Console, Exited, Failed, Message, Ready, Release, Unshared, close_fds
+from aiocontain.messages import Config, Console, Failed, Message, Ready, Unshared, close_fds
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -34,17 +34,14 @@ EXITED_DURING_SETUP = "the container process exited during set-up"
 
 
 class ReadyFds(NamedTuple):
-    """What the intermediate hands up with Ready: PID 1's pid, pipe ends and pidfd, and the netlink socket if
-    asked."""
+    """What PID 1 hands up with Ready: its pipe ends, and the netlink socket if asked."""
 
-    init_pid: int
     init: InitChannel
-    pidfd: int
     netlink: socket.socket | None
 
 
 class ChildChannel:
-    """The runtime's end of the control socket: Config, Unshared, Ready, Release, Exited.
+    """The runtime's end of the control socket: Config, Unshared, Ready (PID 1 closes it then).
 
     A task (``read``) moves every message into an unbounded inbox as soon as it
     arrives, with no checkpoint in between, so a cancelled set-up never drops a
@@ -61,10 +58,9 @@ class ChildChannel:
         self._outbox, self._inbox = anyio.create_memory_object_stream[tuple[Message | None, list[int]]](math.inf)
         self._drained = False
         self._finished = anyio.Event()  # the reader has seen end of stream
-        self.exited: Exited | None = None  # the intermediate's report, once received: its container is gone
 
     def send_config(self, config: Config) -> None:
-        """Step 1, just after the Fork request: the intermediate (a spare, woken by it) reads the Config as its first
+        """Step 1, just after the Fork request: PID 1 (a spare, woken by it) reads the Config as its first
         message; it waits in the socket's buffer until then."""
         try:
             messages.send(self._sock, config)
@@ -103,7 +99,7 @@ class ChildChannel:
             self._finished.set()
 
     async def wait_unshared(self) -> None:
-        """Step 2: the intermediate has unshared the namespaces, so the id maps may be written."""
+        """Step 2: PID 1 has taken the Config (or Failed says why it could not start)."""
         message, fds = await self._receive()
         close_fds(fds)
         if isinstance(message, Unshared):
@@ -111,45 +107,22 @@ class ChildChannel:
         raise self._setup_error(message, "Unshared")
 
     async def wait_ready(self) -> ReadyFds:
-        """Step 3: PID 1 is forked, and waits for its release before the exec: its pipe's end comes up with its
-        report socket and its pidfd (it may have failed to build its root, and been reaped, already)."""
+        """Step 3: PID 1's namespaces are set up, and it builds its root, then waits for its release before the
+        exec: its pipe's end comes up with its report socket (it may have failed to build its root, and been
+        reaped, already)."""
         message, fds = await self._receive()
         if not isinstance(message, Ready):
             close_fds(fds)
             raise self._setup_error(message, "Ready")
-        if len(fds) < 3:
+        if len(fds) < 2:
             close_fds(fds)
-            raise SetupError("the container process answered Ready without PID 1's pipes")
+            raise SetupError("the container process answered Ready without its pipes")
         init = InitChannel(fds[0], fds[1], self._command)
-        netlink = socket.socket(fileno=fds[3]) if len(fds) > 3 else None
-        return ReadyFds(message.init_pid, init, fds[2], netlink)
-
-    def release(self, cgroup: str | None) -> None:
-        """Step 4, just before PID 1's release: name the container's cgroup, which the intermediate removes
-        should the runtime die from here on."""
-        if cgroup is None:
-            return
-        try:
-            messages.send(self._sock, Release(cgroup=cgroup))
-        except OSError:
-            pass  # the intermediate has exited: PID 1 failed to build its root, and its report says why
-
-    async def wait_exited(self) -> Exited | None:
-        """Step 5, last: how PID 1 ended, as soon as the intermediate says (it has reaped PID 1, and so every
-        process of the container); None when the intermediate ended without saying (killed: its own exit
-        status, from the fork server, then tells). Not its end of stream: that comes only once the
-        intermediate's own exit has torn down its address space and the container's namespaces, ~2 ms here."""
-        message, fds = await self._receive()
-        close_fds(fds)
-        if message is None:
-            return None
-        if not isinstance(message, Exited):
-            raise UnexpectedMessage("container process", "Exited", message)
-        self.exited = message
-        return message
+        netlink = socket.socket(fileno=fds[2]) if len(fds) > 2 else None
+        return ReadyFds(init, netlink)
 
     def shutdown(self) -> None:
-        """Teardown: end of stream for the intermediate, which then kills the container and exits."""
+        """Teardown: end of stream for PID 1, if it still reads (set-up was cut short before its Ready)."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -334,9 +334,8 @@ class Container:
             return
         if self._ctx is not None:
             self._ctx.stopping = True
-            # Early, so that the command stops before its stages are undone. Not the guarantee: that is the
-            # intermediate's, which kills PID 1 and reaps it once its control socket closes (spawn._stop_child,
-            # or the kernel when this process dies); tests/test_embedding.py tests that path alone.
+            # Early, so that the command stops before its stages are undone. spawn._stop_child kills it too, on
+            # every path that got as far as a PID 1; the fork server, when this process dies.
             self._ctx.kill()
         error: BaseException | None = None
         # Shielded: a cancelled caller still gets every stage undone, in reverse order.
@@ -461,39 +460,20 @@ class Container:
 
 
 async def _command_status(ctx: StageContext) -> tuple[int, int | None]:
-    """(code, signal) of the container's command, code 128+N when signal N killed it.
-
-    The intermediate reports PID 1's exit (Exited); when it was itself killed
-    before it could, its own exit status (from the fork server, which reaped it)
-    stands in. A helper's failure (slirp4netns exiting early) fails the wait instead.
-    """
-    assert ctx.child is not None and ctx.process is not None
-    exited = await ctx.child.wait_exited()
+    """(code, signal) of the container's command, code 128+N when signal N killed it: PID 1's exit status, from
+    the fork server, which reaped it. A helper's failure (slirp4netns exiting early) fails the wait instead."""
+    assert ctx.process is not None
+    returncode = await ctx.process.wait()
     if ctx.failure is not None:
         raise ctx.failure
-    if exited is not None and (exited.code is not None or exited.signal is not None):
-        signum = exited.signal
-        return (128 + signum if signum is not None else int(exited.code or 0)), signum
-    returncode = await ctx.process.wait()
     if returncode is None:
         raise AiocontainError(
-            "the container's monitor process ended and the fork server with it: the command's exit status is lost"
-        )
-    if returncode < 0:
-        # Killed before it could report: the command's status went with it, and PID 1 died with it.
-        raise AiocontainError(
-            f"the container's monitor process (pid {ctx.process.pid}) was killed by {_signal_name(-returncode)};"
-            " the container was killed with it and its command's exit status is lost",
+            "the fork server was killed, and the container with it: the command's exit status is lost",
             fix="do not signal aiocontain's own processes; stop the container through aiocontain",
         )
+    if returncode < 0:
+        return 128 - returncode, -returncode
     return returncode, None
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 async def run(spec: ContainerSpec) -> ExitStatus:

@@ -16,8 +16,8 @@ server of its own, none of which survive a fork; a fresh process on the ordinary
 the container exactly as a foreground run does. The price is one interpreter start-up a ``run -d``.
 
 A monitor killed with SIGKILL takes everything with it as a killed foreground run does: its fork server ends
-at the end of its request socket, the intermediate kills PID 1 and removes the cgroup at the end of its control
-socket, slirp4netns exits at the end of its exit fd, the kernel drops the name's lock; the record reads as
+at the end of its request socket (or its owner's pidfd) and kills PID 1 and removes the cgroup first,
+slirp4netns exits at the end of its exit fd, the kernel drops the name's lock; the record reads as
 exited from then on (``Record.state``).
 """
 

@@ -35,7 +35,6 @@ SIGNAL_FORWARDED = "signal.forwarded"
 KILLED = "container.killed"
 OOM = "container.oom"
 HELPER_FAILED = "helper.failed"
-CHILD_KILLED = "child.killed"
 HOOK_FINISHED = "hook.finished"
 HOOK_FAILED = "hook.failed"
 EXITED = "container.exited"
@@ -93,7 +92,6 @@ CATALOGUE: dict[str, EventSpec] = {
         ("helper", "error"),
         "a helper (slirp4netns, pasta) failed; the container is killed and the run fails with it",
     ),
-    CHILD_KILLED: EventSpec("warning", ("pid",), "the container's child process lingered at teardown and was killed"),
     HOOK_FINISHED: EventSpec("debug", ("plugin", "hook", "duration_ms"), "a plugin's hook returned"),
     HOOK_FAILED: EventSpec(
         "info/warning",

@@ -1,4 +1,4 @@
-"""Every message between the four processes: runtime, fork server, intermediate and PID 1.
+"""Every message between the three processes: runtime, fork server and PID 1.
 
 Grouped below by the channel they travel on, in the order they come (the whole
 sequence, and who holds which end: docs/architecture.md). Each channel is an
@@ -26,20 +26,17 @@ MAX_MESSAGE = 1 << 20
 # --- Failed.step: which step failed
 STEP_NAMESPACES = "namespaces"  # unshare: the fork server's user namespace, or a container's namespaces
 STEP_IDMAP = "idmap"  # the fork server writing a container's uid/gid maps
-STEP_FORK = "fork"  # the fork server forking a container's intermediate, or handing back its pidfd
+STEP_FORK = "fork"  # the fork server cloning a container's PID 1 (no process or memory left), or handing back its pidfd
 STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itself
 STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
 STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)
-
-# --- PID 1's handover socket (intermediate -> PID 1): PID 1 is forked before its container is asked for (by a
-# spare, ahead of any request), so it gets the Config there, as the runtime encoded it, with the container's
-# stdin, stdout and stderr as fds. End of stream instead: no container came (the spare was let go); PID 1 exits.
 
 # --- PID 1's release pipe (runtime -> PID 1): one byte a step, no messages
 MAPPED = b"M"  # its id maps are written: become root and build the root filesystem
 RELEASE = b"R"  # the host side is ready (cgroup, network, hooks): harden and exec the command
 # End of file instead of either: the runtime went away, and PID 1 exits quietly. A PID 1 that finds its maps
-# written already (a spare's: written before its offer) builds at once, and MAPPED, which still comes, is skipped.
+# written already (the fork server writes them as it clones it) builds at once, and MAPPED, which still comes, is
+# skipped.
 
 
 class _Message:
@@ -71,12 +68,12 @@ class _Message:
 
 
 class Fork(_Message):
-    """Runtime -> fork server: fork an intermediate. The fds ride along, in this order: the reply
-    channel (Forked, then Reaped, come back on it), the intermediate's control socket, its stdin,
-    stdout and stderr. ``unshare_net`` is the Config's: the fork server's spare, an intermediate that made
-    the namespaces ahead, takes the request if it made these and has not been offered to the runtime yet
-    (None: not said, a fresh fork). A spare gets a bare Fork with the last four fds, from the runtime (one
-    offered to it) or from the fork server."""
+    """Runtime -> fork server: clone a container's PID 1 into new namespaces. The fds ride along, in this order:
+    the reply channel (Forked, then Reaped, come back on it), PID 1's control socket, its stdin, stdout and
+    stderr. ``unshare_net`` is the Config's (None: a network namespace of its own): the fork server's spare, a
+    PID 1 cloned ahead, takes the request if it has these namespaces and has not been offered to the runtime
+    yet. A spare gets a bare Fork with the last four fds, from the runtime (one offered to it) or from the fork
+    server."""
 
     kind = "fork"
     __slots__ = ("unshare_net",)
@@ -88,8 +85,8 @@ class Fork(_Message):
 class Spare(_Message):
     """Fork server -> runtime, on the request socket: a spare is ready (its namespaces made, their maps
     written), and from now on only the runtime hands it a request. Carries, in this order, its pidfd, the
-    socket it waits on for a bare Fork, and its reply channel (Reaped comes on it; nothing else: no Forked,
-    and MapIds is never needed). ``unshare_net`` is the kind of namespaces it made. The runtime takes it for
+    socket it waits on for a bare Fork, and its reply channel (Reaped comes on it; no Forked). ``unshare_net``
+    is the kind of namespaces it has. The runtime takes it for
     a request of that kind, or shuts its socket down (it exits)."""
 
     kind = "spare"
@@ -100,12 +97,13 @@ class Spare(_Message):
         self.unshare_net = unshare_net
 
 
-# --- A reply channel: runtime <-> fork server (one per intermediate, passed with its Fork)
-# Forked first; IdsMapped (or Failed) for each MapIds; Reaped last, then the fork server closes it.
+# --- A reply channel: runtime <-> fork server (one a container, passed with its Fork)
+# Forked (or Failed) first; Release from the runtime; Reaped last, then the fork server closes it.
 
 
 class Forked(_Message):
-    """Fork server -> runtime, on the reply channel: the intermediate runs. Carries its pidfd."""
+    """Fork server -> runtime, on the reply channel: PID 1 runs, in its namespaces, their maps written. Carries
+    its pidfd."""
 
     kind = "forked"
     __slots__ = ("pid",)
@@ -114,23 +112,9 @@ class Forked(_Message):
         self.pid = pid
 
 
-class MapIds(_Message):
-    """Runtime -> fork server, on the reply channel: write the uid/gid maps of the intermediate's new user
-    namespace (nested in the fork server's, which the runtime mapped once)."""
-
-    kind = "map_ids"
-    __slots__ = ()
-
-
-class IdsMapped(_Message):
-    """Fork server -> runtime, on the reply channel: the maps are written (or Failed says why not)."""
-
-    kind = "ids_mapped"
-    __slots__ = ()
-
-
 class Reaped(_Message):
-    """Fork server -> runtime, on the reply channel, last: the intermediate exited (``waitpid`` status)."""
+    """Fork server -> runtime, on the reply channel, last: PID 1 exited, and with it the whole container
+    (``waitpid`` status)."""
 
     kind = "reaped"
     __slots__ = ("status",)
@@ -139,12 +123,12 @@ class Reaped(_Message):
         self.status = status
 
 
-# --- The control socket: runtime <-> intermediate
-# Config; then Unshared (or Failed), Ready; Release; Exited last. End of stream from the runtime: kill it all.
+# --- The control socket: runtime <-> PID 1, until its Ready
+# Config; then Unshared, Ready (or Failed). PID 1 closes it after Ready.
 
 
 class Config(_Message):
-    """Runtime -> intermediate, first: everything the child needs to build the container."""
+    """Runtime -> PID 1, first: everything it needs to build the container."""
 
     kind = "config"
     __slots__ = (
@@ -225,30 +209,26 @@ class Config(_Message):
 
 
 class Unshared(_Message):
-    """The namespaces exist: write the id maps now. Fork server -> runtime on the request socket (its own user
-    namespace, mapped once from outside), and intermediate -> runtime on the control socket (the container's,
-    which the fork server maps while the intermediate goes on to fork PID 1)."""
+    """The namespaces exist. Fork server -> runtime on the request socket: its own user namespace, to be mapped
+    once from outside. PID 1 -> runtime on the control socket: it has taken the Config (its namespaces came with
+    its clone). A spare -> the fork server on the spare's socket: it is ready to be offered."""
 
     kind = "unshared"
     __slots__ = ()
 
 
 class Ready(_Message):
-    """Intermediate -> runtime: the namespaces exist, the init process is forked. Carries, in this order, the write
-    end of the init's release pipe, the runtime's end of its report socket, the init's pidfd and, if asked for, the
-    netlink socket. The pidfd, not the pid: an init that finds its maps written builds its root at once, and one
-    that fails doing so may be reaped before the runtime reads Ready."""
+    """PID 1 -> runtime, last on the control socket: its hostname, lo and (for slirp4netns) tap0 are set up, and
+    it builds its root from now on. Carries, in this order, the write end of its release pipe, the runtime's end
+    of its report socket and, if asked for, the netlink socket it opened in its network namespace."""
 
     kind = "ready"
-    __slots__ = ("init_pid",)
-
-    def __init__(self, init_pid: int) -> None:
-        self.init_pid = init_pid
+    __slots__ = ()
 
 
 class Release(_Message):
-    """Runtime -> intermediate, just before the runtime releases the init through its pipe: ``cgroup`` is the
-    container's leaf, which the child removes if the runtime dies."""
+    """Runtime -> fork server, on the reply channel, just before the runtime releases PID 1 through its pipe:
+    ``cgroup`` is the container's leaf, which the fork server removes if the runtime dies."""
 
     kind = "release"
     __slots__ = ("cgroup",)
@@ -258,7 +238,7 @@ class Release(_Message):
 
 
 class Exited(_Message):
-    """Intermediate -> runtime, last: the container's init process ended (code, or the signal that killed it)."""
+    """An exec'd process's helper -> runtime, last: the command ended (code, or the signal that killed it)."""
 
     kind = "exited"
     __slots__ = ("code", "signal")
@@ -340,7 +320,8 @@ class Failed(_Message):
     """A step failed; ``step`` says which (the STEP_* constants), ``errno`` the kernel's reason where it gave one.
 
     On the request socket: the fork server's user namespace (STEP_NAMESPACES). On a reply channel: a container's
-    id maps (STEP_IDMAP). On the control socket: the intermediate's unshare (STEP_NAMESPACES). On the report
+    id maps (STEP_IDMAP), or the clone of PID 1 into its namespaces (STEP_NAMESPACES; STEP_FORK: out of processes
+    or memory). On the control socket: PID 1 setting up its namespaces (STEP_SETUP). On the report
     socket: PID 1 building the root or hardening itself (STEP_SETUP), entering the working directory
     (STEP_WORKDIR), or executing the command (STEP_EXEC)."""
 
@@ -353,22 +334,7 @@ class Failed(_Message):
         self.errno = errno
 
 
-Message = (
-    Config
-    | Unshared
-    | Ready
-    | Release
-    | Console
-    | Failed
-    | Exited
-    | Fork
-    | Spare
-    | Forked
-    | MapIds
-    | IdsMapped
-    | Reaped
-    | Exec
-)
+Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Spare | Forked | Reaped | Exec
 _TYPES: dict[str, type[Any]] = {t.kind: t for t in _Message.__subclasses__()}  # every message class above
 MAX_FDS = 8
 
@@ -406,8 +372,7 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
 
 
 def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """Receive one message as it was encoded, and any fds; (b"", []) at end of stream. The intermediate passes
-    the Config on to PID 1 this way, without encoding it again."""
+    """Receive one message as it was encoded, and any fds; (b"", []) at end of stream."""
     # Its length first (MSG_PEEK|MSG_TRUNC gives the whole datagram's), then a buffer of that size: one of
     # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
     size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)

@@ -8,7 +8,7 @@ exit code, until ``aiocontain rm`` (as podman keeps exited containers); its outp
 
 What is written is never trusted for the state: a container runs only while its PID 1 (pid and start time,
 from /proc, on the boot that wrote the record) and its monitor both live. A monitor killed with SIGKILL takes
-its container down (the intermediate kills PID 1 once its control socket ends), so a record whose monitor is
+its container down (its fork server kills PID 1 once the monitor is gone), so a record whose monitor is
 gone is exited at once; one from before a reboot names another boot and is exited too. A record that is not
 to be kept (a foreground run, ``--rm``) and whose monitor died without removing it is removed by the next
 listing.

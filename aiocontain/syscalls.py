@@ -177,6 +177,47 @@ def open_in_root(root: int, path: str, flags: int) -> int:
 _OPENAT2_TRIES = 100  # each race is one rename elsewhere during the walk: a busy system loses a few in a row
 
 
+class _CloneArgs(ctypes.Structure):
+    """clone3's struct clone_args, its first version (64 bytes)."""
+
+    _fields_ = tuple(
+        (name, ctypes.c_uint64)
+        for name in ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls")
+    )
+
+
+_SYS_CLONE3 = 435  # one number on every architecture
+CLONE_PIDFD = 0x00001000
+_SIGCHLD = 17  # the same number on every architecture this runs on
+# The interpreter's own calls around a fork (its locks, its thread state, os.register_at_fork's hooks), which
+# os.fork makes and a clone from Python must make too. PyDLL: the GIL stays held across the syscall, as in os.fork.
+_python = ctypes.pythonapi
+_held_libc = ctypes.PyDLL(None, use_errno=True)
+_held_libc.syscall.restype = ctypes.c_long
+_clone_pidfd = ctypes.c_int(-1)
+
+
+def clone_into_namespaces(flags: int) -> tuple[int, int]:
+    """fork(2) into new namespaces at once (clone3 with CLONE_NEWUSER, CLONE_NEWPID and the others in flags):
+    (pid, pidfd) in the parent, (0, -1) in the child, which is the first process of a new PID namespace.
+
+    Python has os.fork and os.unshare but no clone. A process cannot enter a new PID namespace itself, so without
+    this a container's PID 1 needs a process between it and its parent that unshares and forks. The pidfd comes
+    with the clone (CLONE_PIDFD): never a window in which the pid could be reused.
+    """
+    args = _CloneArgs(flags=flags | CLONE_PIDFD, pidfd=ctypes.addressof(_clone_pidfd), exit_signal=_SIGCHLD)
+    _python.PyOS_BeforeFork()
+    pid = _held_libc.syscall(_SYS_CLONE3, ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    error = ctypes.get_errno()
+    if pid == 0:
+        _python.PyOS_AfterFork_Child()
+        return 0, -1
+    _python.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(error, f"clone3: {os.strerror(error)}")
+    return int(pid), _clone_pidfd.value
+
+
 def set_parent_death_signal(signum: int) -> None:
     """prctl(PR_SET_PDEATHSIG): the kernel sends signum when the parent thread exits."""
     _check(_libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

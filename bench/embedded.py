@@ -124,16 +124,12 @@ def batch(worker: Worker, count: int, concurrent: bool, repetitions: int) -> Wor
 
 MEMORY_METRICS = {
     "memory.runtime_rss_growth": "embedding interpreter's RSS growth per running container",
-    "memory.intermediate_rss": "RSS of one intermediate (forked by the fork server)",
-    "memory.intermediate_pss": "PSS of one intermediate (shared pages divided)",
     "memory.slirp4netns_rss": "RSS of one slirp4netns",
     "memory.slirp4netns_pss": "PSS of one slirp4netns",
-    "memory.total_per_container": "runtime growth + intermediate PSS + slirp4netns PSS",
+    "memory.total_per_container": "runtime growth + slirp4netns PSS (PID 1 is the command by then: none of ours)",
 }
 _MEASURED_BY_WORKER = (
     "runtime_rss_growth",
-    "intermediate_rss",
-    "intermediate_pss",
     "slirp4netns_rss",
     "slirp4netns_pss",
 )
@@ -167,10 +163,8 @@ class MemoryCase:
             answer = worker.call("memory", count=self.count)
         finally:
             worker.close()
-        if answer["helpers_seen"] != 2 * self.count:
-            raise RuntimeError(f"expected {2 * self.count} helper processes, found {answer['helpers_seen']:g}")
+        if answer["helpers_seen"] != self.count:
+            raise RuntimeError(f"expected {self.count} helper processes, found {answer['helpers_seen']:g}")
         values = {f"memory.{key}": answer[key] / KIB_PER_MIB for key in _MEASURED_BY_WORKER}
-        values["memory.total_per_container"] = (
-            values["memory.runtime_rss_growth"] + values["memory.intermediate_pss"] + values["memory.slirp4netns_pss"]
-        )
+        values["memory.total_per_container"] = values["memory.runtime_rss_growth"] + values["memory.slirp4netns_pss"]
         return values

@@ -1,9 +1,9 @@
 """Memory and process-tree facts from /proc, for the memory case (stdlib only).
 
 RSS counts every resident page a process maps, shared or not; PSS divides
-shared pages among the processes that share them. The intermediate processes
-are Python interpreters that share libpython's pages with each other, so their
-PSS is the fairer per-container cost, and RSS the upper bound: both are reported.
+shared pages among the processes that share them: the fairer per-container
+cost of a helper (slirp4netns) whose pages its copies share, and RSS the upper
+bound. Both are reported.
 """
 
 from __future__ import annotations
@@ -27,10 +27,6 @@ def rss_kib(pid: int | str = "self") -> int:
 
 def pss_kib(pid: int | str = "self") -> int:
     return _field(f"/proc/{pid}/smaps_rollup", "Pss")
-
-
-def parent(pid: int) -> int:
-    return _field(f"/proc/{pid}/status", "PPid")
 
 
 def comm(pid: int) -> str:

@@ -48,7 +48,7 @@ def sender_script(sender: str, megabytes: int, port: int, host: str = "10.0.2.2"
     if sender == "nc":
         return f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | nc {host} {port}"
     # wget sends the file as a C string, so the payload has no NUL bytes. Not `yes | head -c`: in an
-    # aiocontain container SIGPIPE is ignored (inherited from the Python intermediate), so yes never ends.
+    # aiocontain container SIGPIPE is ignored (inherited from the Python PID 1), so yes never ends.
     payload = "/tmp/payload"
     return (
         f"dd if=/dev/zero bs=64k count={size // 65536} 2>/dev/null | tr '\\0' a >{payload}"

@@ -71,16 +71,13 @@ async def memory(rootfs: Path, count: int) -> dict[str, float]:
         containers = [await stack.enter_async_context(Container(_spec(rootfs, ["sleep", "600"]))) for _ in range(count)]
         gc.collect()
         after = procfs.rss_kib()
-        intermediates = [procfs.parent(c.pid) for c in containers if c.pid is not None]
         slirps = [pid for pid in procfs.children() if procfs.comm(pid) == "slirp4netns"]
         found = {
             "runtime_rss_growth": (after - before) / count,
-            "intermediate_rss": statistics.median(procfs.rss_kib(pid) for pid in intermediates),
-            "intermediate_pss": statistics.median(procfs.pss_kib(pid) for pid in intermediates),
             "slirp4netns_rss": statistics.median(procfs.rss_kib(pid) for pid in slirps),
             "slirp4netns_pss": statistics.median(procfs.pss_kib(pid) for pid in slirps),
             "runtime_rss": float(after),
-            "helpers_seen": float(len(intermediates) + len(slirps)),
+            "helpers_seen": float(len(slirps)),
         }
         for container in containers:
             container.kill()

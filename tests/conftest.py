@@ -50,8 +50,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def fork_server() -> Iterator[int]:
     """This process's fork server (aiocontain.forkserver), started before the first container.
 
-    It is a long-lived child of the test process that forks every container's
-    intermediate. Started here (autouse, session scope: before every function
+    It is a long-lived child of the test process that clones every container's
+    PID 1. Started here (autouse, session scope: before every function
     fixture), before any test takes its leftovers() and open_fds() snapshot, it
     is in every snapshot alike (leftovers() lists it without its changing state);
     closed at the end of the session. test_forkserver checks that closing one
@@ -213,8 +213,8 @@ def settle(pids: Iterable[int], timeout: float = 5.0) -> set[int]:
 
 
 def _spares(server_pid: int) -> list[int]:
-    """The fork server's spare (aiocontain.child.forkserver): a child of it that still waits under its own name,
-    and the PID 1 it forked ahead, its child under the same name."""
+    """The fork server's spare (aiocontain.child.forkserver): a child of it, a PID 1 cloned ahead, that still
+    waits under its own name."""
     from aiocontain.child.forkserver import SPARE_NAME
 
     named: dict[int, int] = {}  # pid -> parent
@@ -226,8 +226,7 @@ def _spares(server_pid: int) -> list[int]:
             continue
         if comm == SPARE_NAME and described is not None:
             named[pid] = described[2]
-    spares = [pid for pid, parent in named.items() if parent == server_pid]
-    return spares + [pid for pid, parent in named.items() if parent in spares]
+    return [pid for pid, parent in named.items() if parent == server_pid]
 
 
 def _describe(pid: int) -> tuple[int, str, int, str] | None:
@@ -281,7 +280,7 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
     - processes: every process of the user but this test process and its session fork server (listed by pid
       alone: it forks and sleeps) and podman's pause process. A process that is exiting is waited for through
       its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
-      (the fork server reaps its intermediates after their exit, as init does orphans: in its own time);
+      (the fork server reaps its containers' PID 1 after their exit, as init does orphans: in its own time);
     - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
     - records: the files of the user's container records (aiocontain.registry: records and detached logs),
       once those of dead foreground runs are removed as any listing removes them;
@@ -298,8 +297,8 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
         keep.add(server_pid)
 
     def others() -> set[int]:
-        # The server's spare, its intermediate forked ahead, holds nothing of a container. It is forked when an
-        # intermediate is reaped, which may be now: looked for after the listing (it is named from its fork on).
+        # The server's spare, a PID 1 cloned ahead, holds nothing of a container. It is cloned when a PID 1 is
+        # reaped, which may be now: looked for after the listing (it is named from its clone on).
         found = user_processes(keep)
         return found - set(_spares(server_pid)) if server_pid is not None else found
 

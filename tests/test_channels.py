@@ -13,7 +13,6 @@ import os
 import resource
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -24,10 +23,9 @@ from aiocontain.errors import (
     AiocontainError,
     CommandNotExecutable,
     CommandNotFound,
-    HostPrerequisiteError,
     SetupError,
 )
-from aiocontain.messages import STEP_EXEC, STEP_NAMESPACES, STEP_SETUP, Console, Exited, Failed, Ready, Unshared
+from aiocontain.messages import STEP_EXEC, STEP_SETUP, Console, Failed, Ready, Unshared
 from tests.conftest import open_fds
 
 pytestmark = pytest.mark.anyio
@@ -53,21 +51,14 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
         tg.start_soon(channel.read)
         messages.send(theirs, Unshared())
         await channel.wait_unshared()
-        pidfd = os.pidfd_open(os.getpid())  # stands for PID 1's
-        messages.send(theirs, Ready(init_pid=42), [release_w, report_ours.fileno(), pidfd])
-        os.close(release_w)  # as the intermediate does: the runtime holds the only write end now
+        messages.send(theirs, Ready(), [release_w, report_ours.fileno()])
+        os.close(release_w)  # as PID 1 does: the runtime holds the only write end now
         report_ours.close()
+        theirs.shutdown(socket.SHUT_WR)  # PID 1 closes the control socket after Ready
         ready = await channel.wait_ready()
-        assert ready.init_pid == 42 and ready.netlink is None
-        assert ready.pidfd != pidfd  # a copy of its own, passed with the message
-        assert f"Pid:\t{os.getpid()}" in Path(f"/proc/self/fdinfo/{ready.pidfd}").read_text()
-        os.close(pidfd)
-        os.close(ready.pidfd)
-        channel.release("/sys/fs/cgroup/leaf")
-        assert messages.recv(theirs)[0] == messages.Release(cgroup="/sys/fs/cgroup/leaf")
-        messages.send(theirs, Exited(code=3, signal=None))
-        theirs.shutdown(socket.SHUT_WR)
-        assert await channel.wait_exited() == Exited(code=3, signal=None)
+        assert ready.netlink is None
+        with anyio.fail_after(10):
+            await channel.wait_closed()
     ready.init.mapped()
     ready.init.release()
     assert os.read(release_r, 2) == messages.MAPPED + messages.RELEASE
@@ -78,26 +69,9 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
     os.close(release_r)
 
 
-async def test_the_exit_is_read_from_the_report_not_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
-    """The intermediate's Exited is its last word: the runtime takes it at once, not once the intermediate's own
-    exit (its address space and the container's namespaces torn down) closes the socket."""
-    ours, theirs = pair
-    channel = await child_steps(ours)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(channel.read)
-        messages.send(theirs, Exited(code=None, signal=9))
-        with anyio.fail_after(10):  # theirs stays open: reading to its end would never return
-            assert await channel.wait_exited() == Exited(code=None, signal=9)
-        assert channel.exited == Exited(code=None, signal=9)
-        channel.shutdown()
-        with anyio.fail_after(10):
-            await channel.wait_closed()  # our own shutdown ends the reader, with theirs still open
-    channel.drain()
-
-
 @pytest.mark.parametrize(
     ("step", "wrong", "expected"),
-    [("wait_unshared", Ready(init_pid=1), "Unshared"), ("wait_ready", Exited(code=0, signal=None), "Ready")],
+    [("wait_unshared", Ready(), "Unshared"), ("wait_ready", Console(), "Ready")],
 )
 async def test_an_unexpected_message_names_what_came_and_what_was_expected(
     pair: tuple[socket.socket, socket.socket], step: str, wrong: messages.Message, expected: str
@@ -124,15 +98,10 @@ async def test_an_unexpected_message_names_what_came_and_what_was_expected(
 @pytest.mark.parametrize(
     ("failure", "kind", "line"),
     [
-        (
-            Failed(STEP_NAMESPACES, "unshare: Operation not permitted", 1),
-            HostPrerequisiteError,
-            "cannot create the container's namespaces: unshare: Operation not permitted",
-        ),
         (Failed(STEP_SETUP, "tap0: No such device", 19), SetupError, "container set-up failed: tap0: No such device"),
     ],
 )
-async def test_a_failed_intermediate_is_the_error_of_its_step(
+async def test_a_pid_1_that_fails_its_namespaces_set_up_is_the_error_of_its_step(
     pair: tuple[socket.socket, socket.socket], failure: Failed, kind: type[AiocontainError], line: str
 ) -> None:
     ours, theirs = pair
@@ -146,7 +115,7 @@ async def test_a_failed_intermediate_is_the_error_of_its_step(
     assert info.value.message == line
 
 
-async def test_an_intermediate_gone_before_ready_is_one_line(pair: tuple[socket.socket, socket.socket]) -> None:
+async def test_a_pid_1_gone_before_ready_is_one_line(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
     channel = await child_steps(ours)
     async with anyio.create_task_group() as tg:
@@ -212,7 +181,7 @@ async def test_pid1s_report_is_the_error_with_podmans_exit_code(
 
 async def test_pid1s_report_refuses_what_it_never_sends(init_channel: tuple[InitChannel, int, socket.socket]) -> None:
     channel, _release_r, theirs = init_channel
-    messages.send(theirs, Ready(init_pid=1))
+    messages.send(theirs, Ready())
     with pytest.raises(UnexpectedMessage, match="sent Ready where Failed or the end of its report was expected"):
         await channel.read_report()
 
@@ -272,7 +241,7 @@ async def test_running_out_of_descriptors_mid_message_is_said_and_the_reader_goe
     async with anyio.create_task_group() as tg:
         tg.start_soon(channel.read)
         with no_free_descriptor():
-            messages.send(theirs, Ready(init_pid=42), [stray_w])
+            messages.send(theirs, Ready(), [stray_w])
             with anyio.fail_after(10):
                 await said.wait()
         assert [error.message.split(" (")[0] for error in lost] == ["too many open files"], lost
@@ -286,7 +255,7 @@ async def test_running_out_of_descriptors_mid_message_is_said_and_the_reader_goe
 
 
 async def test_the_reader_stops_at_end_of_stream(pair: tuple[socket.socket, socket.socket]) -> None:
-    """The intermediate's end of stream ends the reader (and closes the inbox) without teardown's help."""
+    """PID 1's end of stream ends the reader (and closes the inbox) without teardown's help."""
     ours, theirs = pair
     channel = await child_steps(ours)
     messages.send(theirs, Unshared())
@@ -306,7 +275,7 @@ async def test_the_fds_of_a_message_after_teardown_are_closed(pair: tuple[socket
     release_r, release_w = os.pipe()
     before = open_fds()
     channel.drain()
-    messages.send(theirs, Ready(init_pid=42), [release_r, release_w])
+    messages.send(theirs, Ready(), [release_r, release_w])
     theirs.shutdown(socket.SHUT_WR)
     with anyio.fail_after(10):
         await channel.read()

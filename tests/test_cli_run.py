@@ -347,9 +347,8 @@ int main(int argc, char **argv) {
 
 def test_invoking_uid_outside(rootfs):
     with _start(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
-        (server,) = _children(proc.pid)  # the CLI's fork server, which forked the intermediate
-        (intermediate,) = _children(server)
-        (init,) = _children(intermediate)
+        (server,) = _children(proc.pid)  # the CLI's fork server, which cloned PID 1
+        (init,) = _children(server)
         status = Path(f"/proc/{init}/status").read_text()
         fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
         assert fields["Uid"].split() == [str(os.getuid())] * 4  # root inside is the invoking user outside
@@ -424,13 +423,12 @@ def test_killing_aiocontain_takes_the_container_and_slirp4netns_with_it(rootfs):
         children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)}
         (slirp,) = [pid for pid, cmdline in children.items() if cmdline.split(b"\0")[0].endswith(b"slirp4netns")]
         (server,) = [pid for pid in children if pid != slirp]  # the CLI's fork server, forked from it at start-up
-        (intermediate,) = _children(server)
-        (init,) = _children(intermediate)
-        pidfds = [os.pidfd_open(pid) for pid in (server, intermediate, init, slirp)]
+        (init,) = _children(server)
+        pidfds = [os.pidfd_open(pid) for pid in (server, init, slirp)]
         # "ready" can come before the runtime has removed its directory (it does once it learns the command
         # runs): wait for that, so that the kill comes after and nothing of the run may be left.
         _wait_removed(before["runtime_dirs"])
-        proc.kill()  # no teardown runs: the container's child and slirp4netns must notice on their own
+        proc.kill()  # no teardown runs: the fork server and slirp4netns must notice on their own
         proc.wait()
     try:
         import select
@@ -529,9 +527,9 @@ def test_tap0_skips_duplicate_address_detection_and_the_solicitation_delay(cli):
 
 @pytest.mark.parametrize("as_init", [False, True])
 def test_pid_1_holds_no_directory_of_the_host(cli, as_init):
-    # The intermediate keeps an fd of the host's root (to remove the cgroup if the runtime dies); PID 1 must never
-    # inherit it: with --init it stays PID 1, and /proc/1/fd is open to the container's root. (With --init, PID 1
-    # may still hold its exec pipes for a moment while the command runs: pipes, never directories.)
+    # PID 1 must never hold a directory of the host's (the fork server's working directory is the host's root):
+    # with --init it stays PID 1, and /proc/1/fd is open to the container's root. (With --init, PID 1 may still
+    # hold its exec pipes for a moment while the command runs: pipes, never directories.)
     command = 'ls /proc/1/fd/0 >/dev/null && for f in /proc/1/fd/*; do [ -d "$f" ] && echo "$f"; done; true'
     result = cli(*(["--init"] if as_init else []), "--net", "none", "--", "/bin/sh", "-c", command)
     assert (result.code, result.stdout) == (0, ""), result.stderr

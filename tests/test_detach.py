@@ -221,7 +221,7 @@ def test_sigkill_of_the_monitor_leaves_nothing(cli, fifo, cleanup):
     pid = details["State"]["Pid"]  # type: ignore[index]
     os.kill(monitor_pid("orphan"), signal.SIGKILL)
     assert ps() == []  # at once: a container whose monitor is gone is not running, whatever is left of it
-    wait_gone(pid)  # the intermediate kills PID 1 once its control socket ends
+    wait_gone(pid)  # the fork server kills PID 1 once the monitor is gone
     assert without_records(leftovers(), result.stdout.strip()) == without_records(before)
     (row,) = ps("-a")
     assert (row["State"], row["ExitCode"], row["Status"]) == ("exited", None, "Exited (unknown)")

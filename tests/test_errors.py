@@ -47,7 +47,7 @@ def test_a_refused_unshare_is_the_hosts_and_a_later_failure_the_containers() -> 
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.ETOOMANYREFS])
 def test_a_child_out_of_fds_says_so_as_the_runtime_would(code: int) -> None:
-    """The intermediate and PID 1 share the runtime's fd limit: their running out of fds (or of fds in flight
+    """The fork server and PID 1 share the runtime's fd limit: their running out of fds (or of fds in flight
     between the user's processes) is the runtime's one line about the limit, not a kernel message."""
     for error in (
         namespace_error(Failed(STEP_SETUP, os.strerror(code), code)),
@@ -102,16 +102,16 @@ async def test_a_root_that_cannot_be_built_is_the_error_even_when_slirp4netns_fa
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # PID 1 builds its root before its release, while the runtime sets up the host side. One that fails takes
-    # its namespaces with it (its intermediate reaps it and exits), so slirp4netns, started after that, cannot
-    # join them and fails too. The network stage here starts only once the intermediate is gone: the error is
-    # still PID 1's own line, not slirp4netns's "exited early".
+    # its namespaces with it (the fork server reaps it), so slirp4netns, started after that, cannot join them
+    # and fails too. The network stage here starts only once PID 1 is gone: the error is still PID 1's own
+    # line, not slirp4netns's "exited early".
     import anyio
 
     from aiocontain import container as container_module
     from aiocontain.stages import StageContext
     from tests.conftest import rootfs_with_symlinked_tmp
 
-    def after_the_intermediate(body):  # type: ignore[no-untyped-def]
+    def after_pid_1(body):  # type: ignore[no-untyped-def]
         async def run(ctx: StageContext) -> bool | None:
             assert ctx.process is not None
             with anyio.fail_after(10):
@@ -121,7 +121,7 @@ async def test_a_root_that_cannot_be_built_is_the_error_even_when_slirp4netns_fa
         return run
 
     pipeline = tuple(
-        (name, after_the_intermediate(body) if name == "network" else body) for name, body in container_module.PIPELINE
+        (name, after_pid_1(body) if name == "network" else body) for name, body in container_module.PIPELINE
     )
     monkeypatch.setattr(container_module, "PIPELINE", pipeline)
     spec = ContainerSpec(["true"], rootfs=rootfs_with_symlinked_tmp(tmp_path), network=NetworkMode.SLIRP4NETNS)

@@ -57,7 +57,7 @@ async def test_many_containers_from_one_fork_server(rootfs, fork_server):
         command = ("/bin/sh", "-c", f"read line; exit {i}")
         async with Container(spec(rootfs, *command, stdin=subprocess.PIPE)) as container:
             assert container.pid is not None
-            parents.add(parent_of(parent_of(container.pid)))  # init -> intermediate -> fork server
+            parents.add(parent_of(container.pid))  # PID 1 -> fork server, with nothing between
             await container.stdin.send(b"go\n")
             assert (await container.wait()).code == i
 
@@ -72,7 +72,7 @@ async def test_many_containers_from_one_fork_server(rootfs, fork_server):
 
 
 async def test_the_command_starts_clean(rootfs):
-    # a forked intermediate must leave the command as clean as a fresh process would: nothing blocked
+    # a PID 1 cloned from the fork server must leave the command as clean as a fresh process would: nothing blocked
     # or ignored, and only stdio open (3 is ls's own directory fd)
     found = []
     for command in (["grep", "-E", "SigBlk|SigIgn", "/proc/self/status"], ["ls", "/proc/self/fd"]):
@@ -99,7 +99,7 @@ async def test_closing_a_fork_server_leaves_nothing(rootfs):
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
-        assert container.pid is not None and parent_of(parent_of(container.pid)) == server.pid
+        assert container.pid is not None and parent_of(container.pid) == server.pid
         with pytest.raises(RuntimeError, match="still open"):
             server.close()  # its container still runs
         container.kill()
@@ -150,14 +150,11 @@ NAMESPACES = ("user", "net", "pid", "mnt", "uts", "ipc")
 
 
 async def run_and_reap(server: ForkServer, rootfs: Path, *command: str, **options: object) -> tuple[bytes, int]:
-    """Run a container on server to its end, and wait for the server's Reaped of its intermediate: the server
-    forks its spare (when it keeps one) before it says Reaped, so the next container finds it."""
+    """Run a container on server to its end, which is the server's Reaped of its PID 1 (the server clones its
+    spare, when it keeps one, right after: ``offered`` waits for it)."""
     async with Container(spec(rootfs, *command, stdout=subprocess.PIPE, **options), fork_server=server) as container:
         output = b"".join([chunk async for chunk in container.stdout])
         code = (await container.wait()).code
-        process = container._ctx.process  # the runtime itself never waits for Reaped: only its status tells
-        assert process is not None
-        await process.wait()
     return output, code
 
 
@@ -178,11 +175,10 @@ def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediate(rootfs):
-    # After SPARE_AFTER requests the server keeps an intermediate forked ahead; the next container's
-    # intermediate is that process, and it holds what a freshly forked one holds: its stdio, its control
-    # socket, the host's root and PID 1's pidfd (no other container's channel, pidfd or pipe, nothing of the
-    # server's). Closing the server retires the next spare with nothing left.
+async def test_a_spare_becomes_the_next_containers_pid_1(rootfs):
+    # After SPARE_AFTER requests the server keeps a PID 1 cloned ahead; the next container's PID 1 is that
+    # process, a child of the server as a fresh one is, and its command holds what a fresh one's holds (its
+    # stdio only). Closing the server retires the next spare with nothing left.
     from aiocontain.child.forkserver import SPARE_NAME
 
     before, fds = leftovers(), open_fds()
@@ -190,20 +186,17 @@ async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediat
     try:
         kept = []
         for index in range(SPARE_AFTER + 1):
-            assert len(spares_of(server)) == (1 if index == SPARE_AFTER else 0)
-            spare = spares_of(server)
+            spare = await offered(server) if index == SPARE_AFTER else spares_of(server)
+            assert len(spare) == (1 if index == SPARE_AFTER else 0)
             async with Container(spec(rootfs, "sleep", "60", stdin=subprocess.PIPE), fork_server=server) as container:
-                assert container.pid is not None
-                intermediate = parent_of(container.pid)
-                assert comm(intermediate) != SPARE_NAME  # an intermediate, under the server's own name
-                assert (intermediate in spare) == (index == SPARE_AFTER)
-                kept.append(held(intermediate))
+                assert container.pid is not None and parent_of(container.pid) == server.pid
+                assert (container.pid in spare) == (index == SPARE_AFTER)
+                assert comm(container.pid) != SPARE_NAME  # the command's now
+                kept.append(held(container.pid))
                 container.kill()
-                assert (await container.wait()).code == 137
-                await container._ctx.process.wait()  # Reaped: the server forks its spare before it says so
-        assert kept[0] == kept[1] == kept[2]  # the spare's intermediate holds what fresh ones held
-        assert "socket" in kept[2] and "anon_inode" in kept[2]  # the probe sees sockets and pidfds
-        assert len(spares_of(server)) == 1
+                assert (await container.wait()).code == 137  # Reaped: the server clones its next spare after it
+        assert kept[0] == kept[1] == kept[2] and len(kept[0]) == 3  # stdio only
+        assert len(await offered(server)) == 1
     finally:
         server.close()
     assert leftovers() == before
@@ -211,9 +204,29 @@ async def test_a_spare_holds_nothing_and_becomes_the_next_containers_intermediat
 
 
 async def warm_up(server: ForkServer, rootfs: Path) -> None:
-    """Serve the requests after which the fork server keeps a spare."""
+    """Serve the requests after which the fork server keeps a spare, and wait for its offer."""
     for _ in range(SPARE_AFTER):
         assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+    await offered(server)
+
+
+async def offered(server: ForkServer) -> list[int]:
+    """Wait until the server has a spare (cloned once a container's PID 1 is reaped) and has offered one: offers
+    wait in our end of the request socket, read at the next fork. The spare's pid, in a list.
+
+    An offer whose spare the server let go since (a request crossed it) is read here and let go, as the next
+    fork would: offers come in order, so it is read before its replacement's."""
+    from aiocontain.forkserver.process import Offer
+
+    with anyio.fail_after(10):
+        while True:
+            await anyio.wait_readable(server._requests)
+            spares = spares_of(server)
+            if spares:
+                return spares
+            message, fds = messages.recv(server._requests)
+            assert isinstance(message, messages.Spare), message
+            Offer(message, fds).let_go()
 
 
 @contextlib.asynccontextmanager
@@ -242,36 +255,34 @@ def stop(child: int) -> None:
     os.waitid(os.P_PID, child, os.WSTOPPED | os.WNOWAIT)
 
 
-async def test_a_spare_forks_its_containers_pid_1_ahead_holding_only_its_own_channels(rootfs):
-    # The spare forks PID 1 before any request. That PID 1 waits under the spare's name for its Config and
-    # stdio, holding nothing but its ends of the handover socket, the release pipe and the report socket (and
-    # the spare's /dev/null as stdio): nothing of the server's or of another container's. The next container's
-    # PID 1 is that process, and it runs with the container's own stdio.
+async def test_a_spare_is_a_pid_1_cloned_ahead_holding_only_its_own_socket(rootfs):
+    # The spare is PID 1 of its namespaces before any request. It waits under the spare's name for its request,
+    # holding nothing but its socket to the server (and the server's /dev/null as stdio): nothing of the
+    # server's or of another container's, and no process of its own. The next container's PID 1 is that process,
+    # and it runs with the container's own stdio.
     from aiocontain.child.forkserver import SPARE_NAME
 
     async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
-        [pid1] = children_of(spare)  # the spare says it is ready only once it has forked PID 1
-        assert comm(pid1) == SPARE_NAME
-        assert held(pid1) == ["/dev/null"] * 3 + ["pipe", "socket", "socket"]
+        assert comm(spare) == SPARE_NAME and children_of(spare) == []
+        assert held(spare) == ["/dev/null"] * 3 + ["socket"]
         command = spec(rootfs, "/bin/sh", "-c", "echo $$; ls /proc/self/fd", stdout=subprocess.PIPE)
         async with Container(command, fork_server=server) as container:
-            assert container.pid == pid1
+            assert container.pid == spare
             output = b"".join([chunk async for chunk in container.stdout])
-            assert (await container.wait()).ok
-            await container._ctx.process.wait()  # Reaped: the server forks its next spare before it says so
+            assert (await container.wait()).ok  # Reaped: the server clones its next spare after it
         assert output.split() == [b"1", b"0", b"1", b"2", b"3"]  # PID 1 of its namespace, with only its stdio
-        [next_spare] = spares_of(server)
-        assert next_spare != spare and pid1 not in children_of(next_spare)
+        [next_spare] = await offered(server)
+        assert next_spare != spare
 
 
 async def test_a_spares_pid_1_that_fails_and_is_reaped_before_ready_is_read_is_still_its_one_line(
     rootfs, tmp_path, monkeypatch
 ):
-    # A spare's PID 1 has its maps written, so it builds the root as soon as it is handed its Config, which may
-    # be before the runtime reads Ready; one that fails is reaped by the intermediate at once. Here the runtime
-    # reads Ready only once that reap is done, so PID 1's pid names nothing by then: the container's error is
-    # still PID 1's own line (its report), never "No such process" from a pidfd opened from that pid.
+    # A spare's PID 1 has its maps written, so it builds the root as soon as it has said Ready, which may be
+    # before the runtime reads it; one that fails is reaped by the fork server at once. Here the runtime reads
+    # Ready only once that reap is done, so PID 1's pid names nothing by then: the container's error is still
+    # PID 1's own line (its report), never "No such process" from a pidfd opened from that pid.
     from aiocontain import channels
     from aiocontain.errors import AiocontainError
     from tests.conftest import rootfs_with_symlinked_tmp
@@ -282,11 +293,11 @@ async def test_a_spares_pid_1_that_fails_and_is_reaped_before_ready_is_read_is_s
 
     async def read_once_reaped(self: channels.ChildChannel) -> channels.ReadyFds:
         ready = await read_ready(self)
-        reaped.append(await anyio.to_thread.run_sync(wait_reaped, ready.init_pid))
+        reaped.append(await anyio.to_thread.run_sync(wait_reaped, spare))
         return ready
 
     async with server_with_spare(rootfs) as server:
-        assert len(spares_of(server)) == 1  # the container takes it: its PID 1's maps are written already
+        [spare] = spares_of(server)  # the container takes it: its PID 1, whose maps are written already
         monkeypatch.setattr(channels.ChildChannel, "wait_ready", read_once_reaped)
         with pytest.raises(AiocontainError, match="tmp in the root filesystem is a symlink"):
             async with Container(spec(broken, "/bin/true"), fork_server=server):
@@ -310,19 +321,22 @@ def wait_reaped(pid: int, timeout: float = 10) -> bool:
 
 async def test_an_offered_spare_takes_its_request_from_the_runtime_with_the_server_stopped(rootfs):
     # Once ready, the spare is offered to the runtime (its pidfd, its socket, a reply channel), which hands it
-    # the request itself: the container starts, runs and says its exit with the fork server SIGSTOPped the whole
-    # time, so no step of it went through the server (a request handed through the server, as before offers,
-    # waits for it: this test then fails at the fork's timeout). The server reaps it once it runs again.
+    # the request itself: the container is set up and runs with the fork server SIGSTOPped the whole time, so
+    # no step of its start went through the server (a request handed through the server, as before offers,
+    # waits for it: this test then fails at the fork's timeout). Its exit status is the server's Reaped, once
+    # it runs again.
     async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         stop(server.pid)
         try:
             assert state_of(server.pid) == "T"
-            async with Container(spec(rootfs, *FACTS_COMMAND, stdout=subprocess.PIPE), fork_server=server) as container:
-                assert container.pid is not None and parent_of(container.pid) == spare
+            command = spec(rootfs, *FACTS_COMMAND, stdout=subprocess.PIPE)
+            async with Container(command, fork_server=server) as container:
+                assert container.pid == spare
                 found = facts(await read_until_end(container))
+                assert state_of(server.pid) == "T"  # stopped throughout
+                os.kill(server.pid, signal.SIGCONT)
                 assert (await container.wait()).ok
-            assert state_of(server.pid) == "T"  # stopped throughout
         finally:
             os.kill(server.pid, signal.SIGCONT)
         assert wait_gone(spare)
@@ -344,6 +358,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
             output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", FACTS, hostname="fresh")
             assert code == 0
             fresh.append(facts(output))
+        await offered(server)
         alive = []
         async with anyio.create_task_group() as tg:
             release = anyio.Event()
@@ -353,7 +368,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
                 options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "hostname": name}
                 spare = spares_of(server)
                 async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
-                    assert container.pid is not None and spare == [parent_of(container.pid)]
+                    assert container.pid is not None and spare == [container.pid]
                     alive.append(facts(await read_until_end(container)))
                     started.set()
                     await release.wait()
@@ -365,6 +380,7 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
             await first.wait()
             # A container run and reaped meanwhile makes the next spare.
             assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+            await offered(server)
             second = anyio.Event()
             tg.start_soon(hold, "second", second)
             await second.wait()
@@ -390,7 +406,7 @@ async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):
         command = ["/bin/sh", "-c", "grep -E 'SigBlk|SigIgn' /proc/self/status; ls /proc/self/fd; cat; echo err >&2"]
         options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
-            assert container.pid is not None and parent_of(container.pid) == spare
+            assert container.pid == spare
             await container.stdin.send(b"in\n")
             await container.stdin.aclose()
             output = b"".join([chunk async for chunk in container.stdout]).decode().split()
@@ -406,25 +422,24 @@ async def test_a_request_for_other_namespaces_than_the_spares_gets_a_fresh_fork(
     own_net = host_namespaces(os.getpid())["net"]
     async with server_with_spare(rootfs) as server:
         for network, via_spare in (("host", False), ("host", True), ("none", False), ("none", True)):
-            spare = spares_of(server)
+            spare = await offered(server)
             assert len(spare) == 1
             command = ("/bin/sh", "-c", f"{FACTS}; read line")
             options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "network": NetworkMode(network)}
             async with Container(spec(rootfs, *command, **options), fork_server=server) as container:
-                assert container.pid is not None and (parent_of(container.pid) in spare) == via_spare
+                assert container.pid is not None and (container.pid in spare) == via_spare
                 found = facts(await read_until_end(container))
                 await container.stdin.send(b"go\n")
                 assert (await container.wait()).ok
-                await container._ctx.process.wait()
             assert (found["namespaces"]["net"] == own_net) == (network == "host"), network
             assert found["lo_up"]
 
 
 async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
-    # SIGKILLed once offered (Reaped comes once the replacement is ready: its offer waits in the runtime's request
-    # socket, and the runtime finds it dead); so while the server is stopped, which then reaps it; or once a
-    # container has run meanwhile (waiting): the next container runs (forked afresh, or handed the replacement the
-    # server forked when it reaped the killed one), and a new spare follows it.
+    # SIGKILLed once offered (its offer waits in the runtime's request socket, and the runtime finds it dead); so
+    # while the server is stopped, which then reaps it; or once a container has run meanwhile (waiting): the next
+    # container runs (cloned afresh, or handed the replacement the server cloned when it reaped the killed one),
+    # and a new spare follows it.
     before, fds = leftovers(), open_fds()
     server = ForkServer.start()
     try:
@@ -432,6 +447,7 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
         for stage in ("offered", "offered", "server stopped", "server stopped", "waiting"):
             if stage == "waiting":
                 assert (await run_and_reap(server, rootfs, "true"))[1] == 0
+                await offered(server)
             if stage == "server stopped":
                 os.kill(server.pid, signal.SIGSTOP)
             [spare] = spares_of(server)
@@ -440,10 +456,11 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
             os.kill(server.pid, signal.SIGCONT)
             output, code = await run_and_reap(server, rootfs, "/bin/sh", "-c", "echo ran")
             assert (output, code) == (b"ran\n", 0)
-            assert spare not in spares_of(server) and len(spares_of(server)) == 1
+            replacement = await offered(server)
+            assert spare not in replacement and len(replacement) == 1
         [spare] = spares_of(server)
         async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as container:
-            assert container.pid is not None and parent_of(container.pid) == spare
+            assert container.pid == spare
             container.kill()
             assert (await container.wait()).code == 137
     finally:
@@ -454,8 +471,8 @@ async def test_a_killed_spare_is_replaced_and_the_next_container_runs(rootfs):
 
 
 async def test_a_spare_dies_with_a_killed_fork_server(rootfs):
-    # A spare holds namespaces and nothing else: a SIGKILLed server takes it (its parent-death signal),
-    # whatever stage of its warm-up it is at.
+    # A spare holds namespaces and nothing else: a SIGKILLed server takes it (its parent-death signal, as
+    # every PID 1's), whatever stage of its warm-up it is at.
     before = leftovers()
     server = ForkServer.start()
     try:
@@ -510,13 +527,37 @@ def test_fork_server_and_container_die_with_a_sigkilled_owner(rootfs, network):
     line = owner.stdout.readline().split()
     assert len(line) == 2, "the owner did not start its container"
     server, init = (int(pid) for pid in line)
-    intermediate = parent_of(init)
-    assert parent_of(intermediate) == server and parent_of(server) == owner.pid
+    assert parent_of(init) == server and parent_of(server) == owner.pid
     owner.kill()
     owner.wait()
     assert wait_gone(server)
-    assert wait_gone(intermediate)
     assert wait_gone(init)
+
+
+def test_a_forked_copy_of_the_owners_request_socket_does_not_keep_the_containers_alive(rootfs):
+    # The owner forks (a program embedding aiocontain may): the copy holds the request socket open, so its end
+    # of stream never comes. The server watches the owner's own pidfd too: the owner's death still ends the
+    # container and the server, while the copy lives on.
+    code = OWNER.replace(
+        "print(forkserver.default().pid, container.pid, flush=True)",
+        "import os, time\n        if os.fork() == 0:\n            time.sleep(600)\n            os._exit(0)\n"
+        "        print(forkserver.default().pid, container.pid, flush=True)",
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, str(rootfs), "none"], stdout=subprocess.PIPE)
+    assert owner.stdout is not None
+    line = owner.stdout.readline().split()
+    assert len(line) == 2, "the owner did not start its container"
+    server, init = (int(pid) for pid in line)
+    (copy,) = [pid for pid in children_of(owner.pid) if pid != server]  # it holds every fd of the owner's
+    try:
+        owner.kill()
+        owner.wait()
+        assert wait_gone(server)
+        assert wait_gone(init)
+        assert Path(f"/proc/{copy}").exists()
+    finally:
+        os.kill(copy, signal.SIGKILL)
+        wait_gone(copy)
 
 
 def test_fork_server_exits_when_its_owner_exits_without_closing_it(rootfs):
@@ -527,17 +568,24 @@ def test_fork_server_exits_when_its_owner_exits_without_closing_it(rootfs):
     assert wait_gone(server)
 
 
-async def test_killing_the_fork_server_spares_running_containers(rootfs):
+async def test_killing_the_fork_server_kills_its_containers_and_says_the_status_is_lost(rootfs):
+    # PID 1 is the fork server's child, and dies with it (its parent death signal): a container never outlives
+    # both. The runtime says the command's status is lost, in one line, never a made-up code.
+    from aiocontain.errors import AiocontainError
+
+    before = leftovers()
     server = ForkServer.start()
-    async with Container(
-        spec(rootfs, "/bin/sh", "-c", "read line; exit 7", stdin=subprocess.PIPE), fork_server=server
-    ) as c:
-        os.kill(server.pid, signal.SIGKILL)
-        assert wait_gone(server.pid)
-        await c.stdin.send(b"go\n")
-        status = await c.wait()  # the intermediate still reports the exit (Exited) on its own socket
-    assert status.code == 7
-    server.close()
+    try:
+        with pytest.raises(AiocontainError, match="the fork server was killed, and the container with it"):
+            async with Container(spec(rootfs, "sleep", "60"), fork_server=server) as c:
+                assert c.pid is not None
+                os.kill(server.pid, signal.SIGKILL)
+                assert wait_gone(server.pid)
+                assert wait_gone(c.pid)
+                await c.wait()
+    finally:
+        server.close()
+    assert leftovers() == before
 
 
 async def test_a_dead_default_fork_server_is_replaced_and_reaped_after_its_last_container(rootfs):
@@ -545,15 +593,15 @@ async def test_a_dead_default_fork_server_is_replaced_and_reaped_after_its_last_
 
     fds = open_fds()
     old = forkserver.default()
-    async with Container(spec(rootfs, "/bin/sh", "-c", "read line", stdin=subprocess.PIPE)) as first:
-        os.kill(old.pid, signal.SIGKILL)
-        assert wait_gone(old.pid)
-        async with Container(spec(rootfs, "true")) as second:  # a new default serves the next container
-            assert (await second.wait()).ok
-        new = forkserver.current()
-        assert new is not None and new.pid != old.pid
-        await first.stdin.send(b"go\n")
-        assert (await first.wait()).ok
+    with pytest.raises(aiocontain.AiocontainError, match="the fork server was killed"):
+        async with Container(spec(rootfs, "/bin/sh", "-c", "read line", stdin=subprocess.PIPE)) as first:
+            os.kill(old.pid, signal.SIGKILL)
+            assert wait_gone(old.pid)
+            async with Container(spec(rootfs, "true")) as second:  # a new default serves the next container
+                assert (await second.wait()).ok
+            new = forkserver.current()
+            assert new is not None and new.pid != old.pid
+            await first.wait()  # killed with the old server
     # the dead one was reaped (no zombie) and its fds closed once its last container was: the new one
     # holds as many (its request socket and pidfd) as the old one did before
     assert not Path(f"/proc/{old.pid}").exists()
@@ -609,7 +657,7 @@ print(message.kind, len(fds), getattr(message, "errno", 0), getattr(message, "st
     ("state", "expected"), [("full", f"failed 0 {errno.ETOOMANYREFS} fork"), ("drained", "forked 1 0")]
 )
 def test_a_pidfd_that_cannot_be_sent_is_a_failed_fork_not_silence(state, expected):
-    # The fork server hands each intermediate's pidfd back in Forked. When the user has more fds in flight
+    # The fork server hands each PID 1's pidfd back in Forked. When the user has more fds in flight
     # between its processes than the limit (a burst of containers), the kernel refuses to send it: the runtime
     # then gets Failed(fork, ETOOMANYREFS) at once, rather than nothing until its 10 s timeout.
     done = subprocess.run([sys.executable, "-c", _IN_FLIGHT, state], capture_output=True, text=True, timeout=60)
@@ -629,3 +677,61 @@ async def test_the_runtime_says_a_failed_fork_for_fds_in_one_line_at_once():
         with anyio.fail_after(5), pytest.raises(AiocontainError) as raised:  # not the fork timeout's 10 s
             await ForkedProcess.wait_forked(ours, Stdio(), lambda: None)
     assert raised.value.line().startswith("too many open files (this process's limit is "), raised.value.line()
+
+
+@pytest.mark.parametrize(
+    ("failure", "line"),
+    [
+        (
+            messages.Failed(messages.STEP_NAMESPACES, "clone3: No space left on device", errno.ENOSPC),
+            "cannot create the container's namespaces: clone3: No space left on device",
+        ),
+        (
+            messages.Failed(messages.STEP_IDMAP, "Operation not permitted", errno.EPERM),
+            "cannot map the container's user namespace: Operation not permitted",
+        ),
+    ],
+)
+async def test_a_clone_or_maps_the_kernel_refused_are_one_line(failure, line):
+    # Instead of Forked: a refused clone is the host's user namespaces (a limit reached: ENOSPC), refused maps
+    # the container's set-up.
+    from aiocontain.errors import AiocontainError
+    from aiocontain.forkserver.process import ForkedProcess
+    from aiocontain.forkserver.stdio import Stdio
+
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with server:
+        messages.send(server, failure)
+        with anyio.fail_after(5), pytest.raises(AiocontainError) as raised:
+            await ForkedProcess.wait_forked(ours, Stdio(), lambda: None)
+    assert raised.value.message == line
+
+
+_CLONE = r"""
+import os, signal, socket
+from aiocontain import syscalls
+flags = syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWPID | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWNS
+r, w = os.pipe()
+pid, pidfd = syscalls.clone_into_namespaces(flags)
+if pid == 0:
+    socket.sethostname("cloned")  # root of its new user namespace, which owns its UTS namespace
+    os.write(w, f"{os.getpid()} {socket.gethostname()}".encode())
+    os._exit(7)
+os.close(w)
+print(os.read(r, 100).decode(), socket.gethostname() != "cloned")
+print(f"Pid:\t{pid}" in open(f"/proc/self/fdinfo/{pidfd}").read())
+os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+try:
+    syscalls.clone_into_namespaces(0x80000000 | 0x00010000)  # CLONE_IO | CLONE_THREAD without CLONE_VM: refused
+except OSError as exc:
+    print(exc.errno, exc.strerror)
+"""
+
+
+def test_clone_into_namespaces_makes_pid_1_of_its_own_namespaces_with_a_pidfd():
+    done = subprocess.run([sys.executable, "-c", _CLONE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, second, third = done.stdout.splitlines()
+    assert first == "1 cloned True"  # PID 1 of its namespace; its hostname is its own
+    assert second == "True"  # the pidfd names the child
+    assert third == f"{errno.EINVAL} clone3: {os.strerror(errno.EINVAL)}"

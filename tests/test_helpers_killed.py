@@ -21,15 +21,16 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_a_killed_monitor_process_is_named_not_taken_for_the_commands_end(rootfs):
+def test_a_pid_1_killed_from_outside_is_the_commands_end_by_that_signal(rootfs):
+    # The command is PID 1: SIGKILLed from the host it ends as podman's does, 128+9, with nothing to say.
     before = leftovers()
     with _start(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60") as proc:
         (server,) = _children(proc.pid)
-        (intermediate,) = _children(server)
-        os.kill(intermediate, signal.SIGKILL)
-        assert proc.wait(timeout=30) == 125
-        line = _one_error_line(proc.stderr.read())
-    assert line.startswith("aiocontain: the container's monitor process") and "killed by SIGKILL" in line
+        (init,) = _children(server)
+        os.kill(init, signal.SIGKILL)
+        assert proc.wait(timeout=30) == 137
+        stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "aiocontain:" not in stderr, stderr
     assert leftovers() == before
 
 
@@ -45,14 +46,16 @@ def test_a_killed_slirp4netns_is_one_line_naming_the_signal(rootfs):
     assert leftovers() == before
 
 
-def test_a_killed_fork_server_leaves_the_running_container_and_its_status_alone(rootfs):
-    # The intermediate reports the command's status on its own control socket, not through the fork server.
+def test_a_killed_fork_server_takes_its_container_and_says_the_status_is_lost(rootfs):
+    # PID 1 is the fork server's child and dies with it; the command's status went with the server, which
+    # would have reaped it: one line, exit 125, never a made-up code, and nothing left.
     before = leftovers()
     argv = cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", "echo ready; read line; exit 3")
     with started(argv, stdin=subprocess.PIPE) as proc:
         (server,) = _children(proc.pid)
         os.kill(server, signal.SIGKILL)
-        _, stderr = proc.communicate("go\n", timeout=30)  # only now may the command end
-    assert proc.returncode == 3, stderr
-    assert "Traceback" not in stderr
+        _, stderr = proc.communicate("go\n", timeout=30)
+    assert proc.returncode == 125, stderr
+    line = _one_error_line(stderr)
+    assert line.startswith("aiocontain: the fork server was killed, and the container with it"), line
     assert leftovers() == before

@@ -18,8 +18,6 @@ from aiocontain.messages import (
     Failed,
     Fork,
     Forked,
-    IdsMapped,
-    MapIds,
     Ready,
     Reaped,
     Release,
@@ -63,7 +61,7 @@ ALL_MESSAGES: list[messages.Message] = [
         want_netlink=False,
     ),
     Unshared(),
-    Ready(init_pid=4242),
+    Ready(),
     Release(),
     Release(cgroup="/sys/fs/cgroup/user.slice/aiocontain/0123456789ab"),
     Console(),
@@ -75,8 +73,6 @@ ALL_MESSAGES: list[messages.Message] = [
     Fork(unshare_net=True),
     Spare(pid=4242, unshare_net=False),
     Forked(pid=4243),
-    MapIds(),
-    IdsMapped(),
     Reaped(status=9),
     Reaped(status=3 << 8),
     Exec(pid=42, start_time=None, argv=["true"], env={}, workdir="/", hostname="box"),
@@ -170,9 +166,9 @@ def test_send_recv_passes_a_real_fd(pair: tuple[socket.socket, socket.socket]) -
     a, b = pair
     read_end, write_end = os.pipe()
     try:
-        messages.send(a, Ready(init_pid=77), [write_end])
+        messages.send(a, Ready(), [write_end])
         received, fds = messages.recv(b)
-        assert received == Ready(init_pid=77)
+        assert received == Ready()
         assert len(fds) == 1
         passed = fds[0]
         try:

@@ -108,7 +108,7 @@ def test_the_run_dies_with_its_client(served, rootfs):
     argv = cli_argv(rootfs, "--", "/bin/sh", "-c", "echo ready; exec sleep 60")  # with slirp4netns, a helper too
     with started(argv, env=served) as proc:
         run = user_processes() - before - {proc.pid}
-        assert len(run) >= 4  # the run's process, its fork server, the intermediate, PID 1, slirp4netns
+        assert len(run) >= 4  # the run's process, its fork server, PID 1, slirp4netns
         proc.kill()
         proc.wait()
     assert settle(run, 10) == set()  # every one of them ended, as with the command's own run

@@ -153,9 +153,9 @@ class Leaf:
     async def remove(self) -> None:
         """Kill whatever is left (cgroup.kill), wait until the group is empty, remove it.
 
-        The one other place that removes a container's cgroup is the intermediate, when the runtime died
-        (``aiocontain.child.intermediate._remove_cgroup``): the same three steps, but stdlib-only, blocking
-        (poll's POLLPRI instead of inotify through the event loop) and relative to an fd of the host's root.
+        The one other place that removes a container's cgroup is the fork server, when the runtime died
+        (``aiocontain.child.cgroup.remove``): the same three steps, but stdlib-only and blocking (poll's POLLPRI
+        instead of inotify through the event loop).
         """
         with FileWatch(self.path / "cgroup.events") as watch, anyio.move_on_after(EMPTY_TIMEOUT):
             if self.populated():

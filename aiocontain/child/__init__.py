@@ -1,19 +1,21 @@
 """The container's side: the processes that run inside the new namespaces.
 
-Three processes, each in its own module, with typed messages between them
-(``aiocontain.messages``):
+Two processes, each in its own module, with typed messages between them and
+the runtime (``aiocontain.messages``):
 
 - ``forkserver``: the fork server process (its runtime-side handle is
   ``aiocontain.forkserver``); holds the user namespace the runtime mapped once,
-  forks each intermediate and writes its container's id maps.
-- ``intermediate``: forked by the fork server; unshares the namespaces (and creates
-  the persistent tap0 for slirp4netns, ``netdev``), forks the init, hands the
-  init's release pipe and report socket up to the runtime, and reports the init's exit
-  status. It stays outside the new PID namespace, which is what lets it fork the
-  namespace's PID 1.
-- ``init``: PID 1 of the container; once its id maps are written builds the
-  root filesystem (``mounts``), then waits for the release and execs the
+  clones each container's PID 1 into its new namespaces, writes their id maps,
+  reaps PID 1 and reports its status; kills the containers and removes their
+  cgroups (``cgroup``) once the runtime is gone.
+- ``init``: PID 1 of the container; sets its namespaces up (the hostname, ``lo``
+  and the persistent tap0 for slirp4netns, ``netdev``), hands its release pipe
+  and report socket up to the runtime, builds the root filesystem (``mounts``)
+  once its id maps are written, then waits for the release and execs the
   command, or with ``--init`` catatonit, which stays PID 1 and reaps.
+
+``join`` is not a fork of the fork server: the helper that ``exec`` starts to
+join a running container.
 
 Stdlib-only and import-light: this is on the start-up hot path.
 """

@@ -1,58 +1,60 @@
-"""The fork server process (a zygote): forks a container's intermediate process on request.
+"""The fork server process (a zygote): clones a container's PID 1 into its new namespaces on request.
 
 The runtime's handle on it, which starts it and sends it requests, is ``aiocontain.forkserver``.
 
 Starting a Python interpreter and importing the child modules costs a container
 tens of milliseconds and most of its CPU. This process pays that once: it has
-``aiocontain.child.intermediate`` imported, and for each ``Fork`` request it
-forks a child that becomes the intermediate, as clean as a fresh process (only
-its control socket and stdio open, default signal dispositions, an empty signal
-mask). Single-threaded and stdlib-only, so forking it is safe.
+``aiocontain.child.init`` imported, and for each ``Fork`` request it clones a
+child straight into new user, mount, PID, UTS, IPC and (unless the container
+shares the host's) network namespaces (``syscalls.clone_into_namespaces``):
+the container's PID 1, as clean as a fresh process (only its control socket
+and stdio open, default signal dispositions, an empty signal mask).
+Single-threaded and stdlib-only, so forking it is safe.
 
 It lives in a user namespace of its own, which the owner maps once, the way
 podman's pause process holds its user namespace: 0 to the user and, where the
 user has subordinate ids, 1..N to them (newuidmap/newgidmap). Each container's
-user namespace is created by its intermediate inside this one, and this server,
-root of the parent namespace, writes its maps: the identity over the ids mapped
-here. So a container costs no setuid helper, and still has a user namespace of
-its own (its root holds no capability over the fork server or other containers).
+user namespace is created inside this one by the clone, and this server, root
+of the parent namespace, writes its maps at once: the identity over the ids
+mapped here. So a container costs no setuid helper, and still has a user
+namespace of its own (its root holds no capability over the fork server or
+other containers).
 
 The request socket (SOCK_SEQPACKET) first carries, from the server, ``Unshared``
 (or ``Failed``) once its user namespace exists; then, from the owner, ``Fork``
-with five fds: a reply channel, the intermediate's control socket, its stdin,
-stdout and stderr. On the channel go ``Forked`` (with the intermediate's pidfd);
-``IdsMapped`` (or ``Failed``) for each ``MapIds`` the owner sends once the
-intermediate has unshared; and, once the kernel says it exited (its pidfd is
-readable) and it is reaped, ``Reaped`` with its status; then the channel is
-closed. The intermediate is never left a zombie.
+with five fds: a reply channel, PID 1's control socket, its stdin, stdout and
+stderr. On the channel go ``Forked`` (with PID 1's pidfd, its maps written) or
+``Failed``; from the owner ``Release``, naming the container's cgroup; and, once
+the kernel says PID 1 exited (its pidfd is readable) and it is reaped, ``Reaped``
+with its status; then the channel is closed. No PID 1 is ever left a zombie.
 
-When the request socket reaches end of stream (the owner closed it or died) the
-server takes no more requests and exits as soon as its last child is reaped:
-those end by themselves, as their control sockets reach end of stream too.
+When the request socket reaches end of stream, or the owner's process exits
+(its pidfd, from ``prepare``), the server takes no more requests, kills every
+container (its PID 1: the PID namespace ends with it), reaps them, removes the
+cgroups the owner named and exits. Each PID 1 dies with the server (its parent
+death signal), so no container outlives both.
 
 Once it has served two requests (an embedding program that runs container after
-container, not a CLI run's one), it keeps one intermediate forked ahead: a spare
-that holds no fd but its own socket, makes the namespaces of the kind the last
-request asked for (user, mount, pid, uts, ipc, and net unless the request shares
-the host's) and brings their lo up, says Unshared, so that this server writes
-their id maps at once, and then waits there for a request's fds. So the fork, the
-child's start, the unshare and the maps are off the container's path.
+container, not a CLI run's one), it keeps one PID 1 cloned ahead: a spare that
+holds no fd but its own socket, has the namespaces of the kind the last request
+asked for and their maps, brings their lo up, says Unshared, and then waits
+there for a request's fds. So the clone, the child's start and the maps are off
+the container's path.
 
-Once its maps are written the spare is offered to the owner (``Spare`` on the
-request socket, with its pidfd, a copy of this server's end of its socket and a
-reply channel): the owner hands it a request of that kind itself, a bare Fork on
-that socket, and the container's start takes no hop through this server (no
-Forked, no MapIds). The owner shuts the socket down for a spare it does not take
-(of another kind, which this server then lets go once the owner's Fork of the
-new kind comes). From its offer the spare is a child like any intermediate, reaped
-with its Reaped; whether the owner took it is seen when a child is reaped (it
-closed its socket). A request that reaches this server while the spare is not
-offered yet goes to it, as before offers; any other gets a fresh fork, and the
-spare is let go (while offered, the owner had no use of it for this request; of
-another kind, the next one is of the new kind). The replacement is forked when a
-container's intermediate is reaped, when no start competes for the CPUs, and that
-Reaped is sent once it is ready, so that whoever waited for it finds the offer.
-The spare dies with the server and exits at end of stream, like the server itself.
+Once ready the spare is offered to the owner (``Spare`` on the request socket,
+with its pidfd, a copy of this server's end of its socket and a reply channel):
+the owner hands it a request of that kind itself, a bare Fork on that socket,
+and the container's start takes no hop through this server (no Forked). The
+owner shuts the socket down for a spare it does not take (of another kind,
+which this server then lets go once the owner's Fork of the new kind comes).
+From its offer the spare is a child like any PID 1, reaped with its Reaped;
+whether the owner took it is seen when a child is reaped (it closed its
+socket). A request that reaches this server while the spare is not offered yet
+goes to it, as before offers; any other gets a fresh clone, and the spare is
+let go (while offered, the owner had no use of it for this request; of another
+kind, the next one is of the new kind). The replacement is cloned when a
+container's PID 1 is reaped, right after its Reaped, when no start competes for
+the CPUs.
 """
 
 from __future__ import annotations
@@ -66,25 +68,33 @@ import signal
 import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import intermediate, netdev
-from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare, Unshared
+from aiocontain.child import cgroup, init, netdev
+from aiocontain.messages import Failed, Fork, Forked, Reaped, Release, Spare, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
     from typing import NoReturn
 
-CONTROL_FD = 3  # where the intermediate finds its control socket
+CONTROL_FD = 3  # where PID 1 finds its control socket
 _FDS_PER_FORK = 5  # channel, control, stdin, stdout, stderr
 SPARE_AFTER = 2  # requests served before a spare is kept forked ahead
 SPARE_NAME = b"aiocontain-spar"  # its comm (15 bytes at most) while it waits: tests tell it from a leftover
+# A container's namespaces, made by the clone of its PID 1 (and the network namespace unless it shares the host's).
+NAMESPACES = (
+    syscalls.CLONE_NEWUSER
+    | syscalls.CLONE_NEWNS
+    | syscalls.CLONE_NEWPID
+    | syscalls.CLONE_NEWUTS
+    | syscalls.CLONE_NEWIPC
+)
 
 
 def main(fd: int) -> NoReturn:
     """Entry point of ``python -I -S`` with the request socket at fd."""
-    prepare(os.getppid())
+    owner = prepare(os.getppid())
     requests = socket.socket(fileno=fd)
     own_user_namespace(requests)
-    serve(requests)
+    serve(requests, owner)
 
 
 def own_user_namespace(requests: socket.socket) -> None:
@@ -100,16 +110,21 @@ def own_user_namespace(requests: socket.socket) -> None:
         os._exit(0)  # the owner is gone
 
 
-def prepare(owner: int) -> None:
-    """Detach from the owner's session, terminal signals and stdio; die with the owner.
+def prepare(owner: int) -> int:
+    """Detach from the owner's session, terminal signals and stdio; return a pidfd of the owner, which says
+    when it has exited.
 
-    A session of its own (which the intermediates it forks inherit): a signal the
-    caller's shell sends to its process group (``kill -- -PGID``, ``timeout``, a
-    ^C) is the owner's to handle, and reaches neither this server nor a container's
-    intermediate, whose exit statuses would be lost with them. SIGINT is ignored
-    too, for a server started in a session of the owner's own. Its stdio is
-    /dev/null, so that it never holds the owner's pipes open (a caller reading
-    them to end of file).
+    A session of its own: a signal the caller's shell sends to its process group
+    (``kill -- -PGID``, ``timeout``, a ^C) is the owner's to handle, and reaches
+    neither this server nor a container's PID 1, whose exit statuses would be lost
+    with them. SIGINT is ignored too, for a server started in a session of the
+    owner's own. Its stdio is /dev/null, so that it never holds the owner's pipes
+    open (a caller reading them to end of file).
+
+    The owner's pidfd, not a parent death signal: once the owner is gone this
+    server still has work to do (kill its containers and remove their cgroups,
+    ``serve``), and a copy of the request socket that a fork of the owner's keeps
+    open must not keep it alive.
     """
     try:
         os.setsid()
@@ -117,24 +132,28 @@ def prepare(owner: int) -> None:
         pass  # already a process group leader (started as a session's first process): nothing to leave
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the command holds its stop signals: not ours to hold
-    syscalls.set_parent_death_signal(signal.SIGKILL)
+    try:
+        pidfd = os.pidfd_open(owner)
+    except OSError:
+        os._exit(0)  # gone already
     if os.getppid() != owner:
-        os._exit(0)  # the owner died before the death signal was set
+        os._exit(0)  # the owner died, and its pid may be another's, before the pidfd was opened
     null = os.open(os.devnull, os.O_RDWR)
     for target in (0, 1, 2):
         os.dup2(null, target)
     os.close(null)
     os.chdir("/")  # never keep a directory of the owner's busy
+    return pidfd
 
 
-def serve(requests: socket.socket) -> NoReturn:
-    """Fork on request and reap, until end of stream and no child left."""
+def serve(requests: socket.socket, owner: int) -> NoReturn:
+    """Clone on request and reap, until end of stream (or the owner's exit, its pidfd) and no child left."""
     # Everything imported so far is shared with every child: frozen, no collection in a child walks
     # (and so copies) those pages. The CLI's command held collection off for its start-up (aiocontain.command):
     # this process and its children live as long as their containers, so they collect again.
     gc.freeze()
     gc.enable()
-    state = _State(requests)
+    state = _State(requests, owner)
     while state.accepting or state.children or state.spare or state.retired:
         # The request last: a fork opens fds, which may take the numbers of ones closed earlier in this round.
         for fd, _event in sorted(state.poller.poll(), key=lambda item: item[0] == requests.fileno()):
@@ -153,22 +172,24 @@ def serve(requests: socket.socket) -> NoReturn:
                 _reap(state, fd)
             elif fd == requests.fileno() and state.accepting:
                 _request(state)
-        if state.held and (state.spare is None or state.spare.pid in state.mapped):  # ready (offered or not)
-            _say_reaped(state)
+            elif fd == owner and state.accepting:
+                _owner_gone(state)
     os._exit(0)
 
 
 class _State:
     """The server's bookkeeping: its poller, children, their reply channels, and the spare."""
 
-    def __init__(self, requests: socket.socket) -> None:
+    def __init__(self, requests: socket.socket, owner: int) -> None:
         self.requests = requests
+        self.owner = owner
         self.server = os.getpid()
         self.poller = select.poll()
         self.poller.register(requests, select.POLLIN)
+        self.poller.register(owner, select.POLLIN)
         self.children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, reply channel)
         self.channels: dict[int, int] = {}  # reply channel fd -> pidfd, while the owner may still send on it
-        self.mapped: set[int] = set()  # children whose maps are written already (as spares): MapIds needs nothing
+        self.cgroups: dict[int, str] = {}  # pid -> its container's cgroup (Release), removed if the owner is gone
         self.maps = _NestedMaps()
         self.accepting = True
         self.served = 0
@@ -176,12 +197,11 @@ class _State:
         self.spare: _Spare | None = None
         self.retired: dict[int, int] = {}  # pidfd -> pid of spares let go, reaped once they have exited
         self.let_go: set[int] = set()  # offered spares let go: no replacement at their reap, the next one's
-        self.held: list[tuple[socket.socket, int]] = []  # Reaped (channel, status) until the new spare is offered
 
 
 class _Spare:
-    """An intermediate forked ahead: it makes the namespaces a request of the kind last served asks for, and
-    then waits for a request's fds on its socket."""
+    """A PID 1 cloned ahead, into the namespaces a request of the kind last served asks for: it brings lo up,
+    says it is ready, and then waits for a request's fds on its socket."""
 
     def __init__(self, pid: int, pidfd: int, sock: socket.socket, unshare_net: bool) -> None:
         self.pid = pid
@@ -197,7 +217,9 @@ def _reap(state: _State, pidfd: int) -> None:
     if state.channels.pop(channel.fileno(), None) is not None:
         state.poller.unregister(channel)
     _, status = os.waitpid(pid, 0)
-    state.mapped.discard(pid)
+    leaf = state.cgroups.pop(pid, None)
+    if leaf is not None and not state.accepting:
+        cgroup.remove(leaf)  # the owner, who removes it otherwise, is gone
     spare, replace = state.spare, pid not in state.let_go
     state.let_go.discard(pid)
     if spare is not None and spare.offered and (spare.pidfd == pidfd or _claimed(spare)):
@@ -205,26 +227,19 @@ def _reap(state: _State, pidfd: int) -> None:
         # owner handed it a request (it closed its socket on taking it), told only now, off any start's path.
         state.spare = None
         spare.sock.close()
-    # The spare is forked here, when a container has ended, not when a request is served: then the runtime,
-    # the new intermediate and this server all want the CPUs, and the spare's fork and unshare would slow
-    # that container's start. Reaped waits until it is offered (or gone), so that whoever waits for Reaped
-    # finds the offer there at its next fork.
+    os.close(pidfd)
+    _reply(channel, Reaped(status))  # first: the runtime waits for it, and it ends the container's wait
+    channel.close()
+    # The spare is cloned here, when a container has ended, not when a request is served: then the runtime,
+    # the new PID 1 and this server all want the CPUs, and the spare's clone would slow that container's
+    # start. After the Reaped, not before: it would hold up that container's end.
     if replace:
         _keep_spare(state)
-    os.close(pidfd)
-    state.held.append((channel, status))
 
 
 def _channels(state: _State) -> list[socket.socket]:
     """Every reply channel this server holds: a forked child detaches them (its closerange closes the fds)."""
-    return [channel for _, channel in state.children.values()] + [channel for channel, _ in state.held]
-
-
-def _say_reaped(state: _State) -> None:
-    for channel, status in state.held:
-        _reply(channel, Reaped(status))
-        channel.close()
-    state.held = []
+    return [channel for _, channel in state.children.values()]
 
 
 def _keep_spare(state: _State) -> None:
@@ -237,46 +252,37 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except OSError:
         return
-    # Named before the fork, so that it is never seen unnamed (the tests tell it from a leftover by its name).
+    # Named before the clone, so that it is never seen unnamed (the tests tell it from a leftover by its name).
     name = _get_comm()
     syscalls.set_name(SPARE_NAME)
     try:
-        pid = os.fork()
-    except OSError:
+        pid, pidfd = _clone(state, unshare_net)
+    except _CloneFailed:
         pid = -1
     if pid == 0:
-        state.requests.detach()
         mine.detach()
-        for other in _channels(state):
-            other.detach()
-        _wait_as_spare(theirs, name, unshare_net, state.server)
+        _wait_as_spare(theirs, name, unshare_net)
     syscalls.set_name(name)
     theirs.close()
     if pid < 0:
         mine.close()
         return
-    pidfd = os.pidfd_open(pid)
     state.poller.register(pidfd, select.POLLIN)
     state.poller.register(mine, select.POLLIN)
     state.spare = _Spare(pid, pidfd, mine, unshare_net)
 
 
-def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: int) -> NoReturn:
-    """In the spare: hold nothing of the server's but this socket (no other container's channel or pidfd),
-    die with the server, make the namespaces, bring lo up, fork PID 1 (which waits for its handover), say
-    Unshared (the server writes the maps and offers us), wait for a request's fds, then become the
-    intermediate as a fresh fork would, with its namespaces and PID 1 made."""
+def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoReturn:
+    """In the spare, PID 1 of its namespaces: hold nothing of the server's but this socket (no other container's
+    channel or pidfd), bring lo up, say Unshared (the server writes the maps and offers us), wait for a
+    request's fds, then go on as a fresh clone would, with lo up."""
     try:
-        syscalls.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != server:
-            os._exit(0)  # the server died before the death signal was set
+        _start_init()
         own = sock.fileno()
         os.closerange(3, own)
         os.closerange(own + 1, os.sysconf("SC_OPEN_MAX"))
-        intermediate.unshare_namespaces(unshare_net)
         if unshare_net:
             netdev.bring_up("lo")
-        pid1 = intermediate.fork_init(name)
         try:
             messages.send(sock, Unshared())  # ready: the server writes our maps and offers us
         except OSError:
@@ -288,15 +294,13 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool, server: 
             # so once, and what the server sent is still queued behind it.
             message, fds = messages.recv(sock)
         if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK - 1:
-            pid1.kill()
             os._exit(0)  # end of stream: the server retired it
-        syscalls.set_parent_death_signal(0)  # an intermediate outlives the server, as a forked one does
         syscalls.set_name(name)
         sock.close()
     except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
-        os._exit(125)  # a PID 1 forked already dies with us (its parent death signal) and its namespace
+        os._exit(125)
     control, *stdio = fds
-    _become_intermediate(control, stdio, unshare_net, pid1)
+    _become_init(control, stdio, unshare_net, spare=True)
 
 
 def _get_comm() -> bytes:
@@ -305,22 +309,16 @@ def _get_comm() -> bytes:
 
 
 def _spare_says(state: _State, spare: _Spare) -> None:
-    """The spare's Unshared: write its maps now, off any container's path, and offer it to the owner.
-    Anything else: it is gone."""
+    """The spare's Unshared: it is ready (its maps were written at its clone, its lo is up); offer it to the
+    owner. Anything else: it is gone."""
     try:
         message, fds = messages.recv(spare.sock)
     except OSError:
         message, fds = None, []
     messages.close_fds(fds)
     if isinstance(message, Unshared):
-        try:
-            state.maps.write(spare.pid)
-            state.mapped.add(spare.pid)
-        except OSError:
-            _kill(spare)  # its namespaces are of no use
-        else:
-            _offer(state, spare)
-            return
+        _offer(state, spare)
+        return
     _let_go(state, spare)
 
 
@@ -342,7 +340,7 @@ def _offer(state: _State, spare: _Spare) -> None:
     finally:
         theirs.close()
     spare.offered = True
-    # A child from now on, reaped as any intermediate (Reaped on its channel). Its socket says nothing more:
+    # A child from now on, reaped as any PID 1 (Reaped on its channel). Its socket says nothing more:
     # whether the owner handed it a request (it closes the socket then) is looked at when a child is reaped.
     state.poller.unregister(spare.sock)
     state.poller.register(ours, select.POLLIN)
@@ -379,13 +377,12 @@ def _let_go(state: _State, spare: _Spare) -> None:
         return
     state.poller.unregister(spare.sock)
     spare.sock.close()
-    state.mapped.discard(spare.pid)
     state.retired[spare.pidfd] = spare.pid
 
 
 def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio: list[int]) -> tuple[int, int] | None:
     """Give a request's fds to the spare if it made the namespaces the request asks for and is not offered to
-    the owner: (pid, pidfd) of the intermediate it becomes; None without one."""
+    the owner: (pid, pidfd) of the PID 1 it becomes; None without one."""
     spare = state.spare
     if spare is None or unshare_net is None:
         return None
@@ -422,10 +419,7 @@ def _request(state: _State) -> None:
         message, fds = None, []
     if message is None:
         messages.close_fds(fds)
-        poller.unregister(requests)
-        state.accepting = False
-        if state.spare is not None:
-            _let_go(state, state.spare)  # it exits, and its pidfd says so
+        _owner_gone(state)
         return
     state.served += 1
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
@@ -433,7 +427,7 @@ def _request(state: _State) -> None:
         return
     if message.unshare_net is not None:
         state.unshare_net = message.unshare_net
-    forked = _fork(state, message.unshare_net, fds)
+    forked = _fork(state, True if message.unshare_net is None else message.unshare_net, fds)
     if forked is not None:
         pidfd, pid, channel = forked
         poller.register(pidfd, select.POLLIN)
@@ -442,8 +436,24 @@ def _request(state: _State) -> None:
         state.channels[channel.fileno()] = pidfd
 
 
+def _owner_gone(state: _State) -> None:
+    """The owner closed its end of the request socket, or exited: take no more requests, and kill every
+    container, which nobody follows any more (its PID 1, and with it its PID namespace). Each is reaped as it
+    exits, and its cgroup removed."""
+    state.accepting = False
+    state.poller.unregister(state.requests)
+    state.poller.unregister(state.owner)
+    if state.spare is not None:
+        _let_go(state, state.spare)  # it exits, and its pidfd says so
+    for pidfd in state.children:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited already: reaped in its turn
+
+
 def _answer(state: _State, child: tuple[int, socket.socket]) -> None:
-    """A request on a child's reply channel: MapIds, or end of stream (the owner let it go)."""
+    """A message on a child's reply channel: Release (its cgroup), or end of stream (the owner let it go)."""
     pid, channel = child
     try:
         message, fds = messages.recv(channel)
@@ -453,14 +463,8 @@ def _answer(state: _State, child: tuple[int, socket.socket]) -> None:
     if message is None:
         del state.channels[channel.fileno()]
         state.poller.unregister(channel)
-    elif isinstance(message, MapIds):
-        try:
-            if pid not in state.mapped:  # a spare's were written as soon as it said Unshared
-                state.maps.write(pid)
-                state.mapped.add(pid)
-            _reply(channel, IdsMapped())
-        except OSError as exc:
-            _reply(channel, Failed(messages.STEP_IDMAP, exc.strerror or str(exc), exc.errno or 0))
+    elif isinstance(message, Release) and message.cgroup:
+        state.cgroups[pid] = message.cgroup
 
 
 class _NestedMaps:
@@ -493,68 +497,89 @@ def _identity(path: str) -> bytes:
     return b"".join(b"%s %s %s\n" % (inside, inside, count) for inside, _outside, count in ranges)
 
 
-def _fork(state: _State, unshare_net: bool | None, fds: list[int]) -> tuple[int, int, socket.socket] | None:
-    """Fork one intermediate (or hand the request to the spare); None when the kernel refused (the runtime
-    sees its channel close)."""
+def _fork(state: _State, unshare_net: bool, fds: list[int]) -> tuple[int, int, socket.socket] | None:
+    """Clone one PID 1 into new namespaces and write their id maps (or hand the request to the spare); None
+    when the kernel refused (the runtime gets the reason, or sees its channel close)."""
     channel_fd, control, *stdio = fds
     handed = _hand_to_spare(state, unshare_net, control, stdio)
     if handed is not None:
         pid, pidfd = handed
     else:
         try:
-            pid = os.fork()
-        except OSError:
-            messages.close_fds(fds)
+            pid, pidfd = _clone(state, unshare_net)
+        except _CloneFailed as failed:
+            messages.close_fds([control, *stdio])
+            with socket.socket(fileno=channel_fd) as channel:
+                _reply(channel, failed.failure)
             return None
         if pid == 0:
-            # Python objects of ours hold fds that are about to be closed: detach them, so that
-            # nothing ever closes an fd number that the intermediate has reused.
-            state.requests.detach()
-            for other in _channels(state):
-                other.detach()
-            if state.spare is not None:
-                state.spare.sock.detach()
-            _become_intermediate(control, stdio, None)
+            _become_init(control, stdio, unshare_net)
     for fd in (control, *stdio):
         os.close(fd)
     channel = socket.socket(fileno=channel_fd)
-    if handed is None:
-        try:
-            pidfd = os.pidfd_open(pid)  # before any waitpid: the pid cannot have been reused
-        except OSError as exc:
-            os.kill(pid, signal.SIGKILL)  # unreaped, so certainly ours: no pidfd, no way to follow it
-            os.waitpid(pid, 0)
-            _reply(channel, Failed(messages.STEP_FORK, exc.strerror or str(exc), exc.errno or 0))
-            channel.close()
-            return None
     _reply(channel, Forked(pid), [pidfd])
     return pidfd, pid, channel
 
 
-def _become_intermediate(
-    control: int, stdio: list[int], unshare_net: bool | None, pid1: intermediate.InitProcess | None = None
-) -> NoReturn:
-    """In the forked child: start as clean as ``python -I -S`` would, then run the intermediate (whose
-    namespaces and PID 1 are made already when it was a spare: unshare_net says which, pid1 is its PID 1)."""
+class _CloneFailed(Exception):
+    def __init__(self, failure: Failed) -> None:
+        self.failure = failure
+
+
+def _clone(state: _State, unshare_net: bool) -> tuple[int, int]:
+    """Clone PID 1 of new namespaces and write their id maps: (pid, pidfd) here, (0, -1) in it, which holds no
+    object of ours that owns an fd (its closerange closes them: nothing may ever close a number PID 1 has
+    reused). The maps are written before anyone hears of PID 1, so it never waits for them for long."""
     try:
+        pid, pidfd = syscalls.clone_into_namespaces(NAMESPACES | (syscalls.CLONE_NEWNET if unshare_net else 0))
+    except OSError as exc:
+        step = messages.STEP_FORK if exc.errno in (errno.EAGAIN, errno.ENOMEM) else messages.STEP_NAMESPACES
+        raise _CloneFailed(Failed(step, exc.strerror or str(exc), exc.errno or 0)) from None
+    if pid == 0:
+        state.requests.detach()
+        for other in _channels(state):
+            other.detach()
+        if state.spare is not None:
+            state.spare.sock.detach()
+        return pid, pidfd
+    try:
+        state.maps.write(pid)
+    except OSError as exc:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # unreaped, so certainly ours: of no use unmapped
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        raise _CloneFailed(Failed(messages.STEP_IDMAP, exc.strerror or str(exc), exc.errno or 0)) from None
+    return pid, pidfd
+
+
+def _start_init() -> None:
+    """First thing in a PID 1: a session of its own (as runc does), so that nothing inside shares the caller's
+    session, process group or controlling terminal (a signal to process group 0, TIOCSTI on an inherited
+    terminal); and death with this server, its parent, which is single-threaded, so the signal comes only then.
+    A server that died before the signal was set has closed its end of every socket PID 1 waits on: it exits."""
+    os.setsid()
+    syscalls.set_parent_death_signal(signal.SIGKILL)
+
+
+def _become_init(control: int, stdio: list[int], unshare_net: bool, spare: bool = False) -> NoReturn:
+    """In the cloned child: start as clean as ``python -I -S`` would, with the control socket at CONTROL_FD and
+    the container's stdio at 0-2, then run PID 1 (unshare_net: whether it has a network namespace of its own;
+    spare: it was one, and brought its lo up already)."""
+    try:
+        if not spare:
+            _start_init()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD, then PID 1's), so no dup2
-        # clobbers another.
-        theirs = pid1.fds() if pid1 is not None else []
-        above = CONTROL_FD + 1 + len(theirs)
-        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in (*stdio, control, *theirs)]
+        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD), so no dup2 clobbers another.
+        above = CONTROL_FD + 1
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in (*stdio, control)]
         for target, fd in enumerate(kept[:3]):
             os.dup2(fd, target)  # inheritable: the container's command gets its stdio
         os.dup2(kept[3], CONTROL_FD, inheritable=False)
-        for target, fd in enumerate(kept[4:], CONTROL_FD + 1):
-            os.dup2(fd, target, inheritable=False)
         os.closerange(above, os.sysconf("SC_OPEN_MAX"))
-        if pid1 is not None:
-            pid1 = intermediate.InitProcess(pid1.pid, *range(CONTROL_FD + 1, above))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    intermediate.main(CONTROL_FD, unshare_net, pid1)
+    init.main(CONTROL_FD, unshare_net, lo_up=spare)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:
@@ -565,4 +590,4 @@ def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | N
             # The fds could not go (ETOOMANYREFS: more of the user's fds in flight than our limit): say so
             # without them, so that the runtime says it in one line at once instead of waiting.
             _reply(channel, Failed(messages.STEP_FORK, exc.strerror or str(exc), exc.errno or 0))
-        # Otherwise the runtime went away; the intermediate notices through its own control socket.
+        # Otherwise the runtime went away: its pidfd, or the request socket's end, says so here too.

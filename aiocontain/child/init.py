@@ -1,12 +1,16 @@
-"""PID 1 of the container: take the Config, build the root once mapped, wait for the release, exec the command.
+"""PID 1 of the container: take the Config, set its namespaces up, build the root, wait for the release, exec.
 
-It is forked before its container is asked for (by a spare, ahead of any
-request), and takes the Config and the container's stdio from the handover
-socket. It first leads a session of its own (``setsid``, as runc does), so
-that nothing inside shares the caller's session, process group or controlling
-terminal: a signal to process group 0 or TIOCSTI on an inherited terminal
-reaches nothing outside. With ``tty`` it opens the container's own terminal (child/console.py)
-and sends its master up on the report socket (Console) before the release.
+The fork server clones it straight into the container's new namespaces (a
+spare ahead of any request), with the control socket at fd 3 and the
+container's stdio at 0-2; it leads a session of its own from its first step
+(``child.forkserver``), as runc's init does, so that nothing inside shares the
+caller's session, process group or controlling terminal: a signal to process
+group 0 or TIOCSTI on an inherited terminal reaches nothing outside. It reads
+the Config, sets the hostname, ``lo`` and tap0 up, and hands its release pipe,
+report socket and netlink socket up (Ready); then it builds the root once its
+id maps are written. With ``tty`` it opens the container's own terminal
+(child/console.py) and sends its master up on the report socket (Console)
+before the release.
 
 With ``--init`` it execs the host's static init instead (catatonit, bind-mounted
 read-only at ``mounts.INIT_PATH``), like ``podman run --init``: that stays PID 1,
@@ -25,8 +29,8 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, mounts
-from aiocontain.messages import Config, Console, Failed
+from aiocontain.child import console, harden, mounts, netdev
+from aiocontain.messages import Config, Console, Failed, Message, Ready, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -34,19 +38,66 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
-def main(handover: int, release_r: int, report_w: int, name: bytes | None = None) -> NoReturn:
-    """name: for a PID 1 forked ahead by a spare, the comm to take once handed a container (it waits under the
-    spare's)."""
+def main(fd: int, unshare_net: bool, lo_up: bool = False) -> NoReturn:
+    """PID 1, cloned by the fork server into the container's namespaces, with the control socket at fd and the
+    container's stdio at 0-2. unshare_net: whether it has a network namespace of its own; lo_up: it was a spare,
+    which brought lo up already."""
+    sock = socket.socket(fileno=fd)
     try:
-        os.setsid()  # before anything else: no moment inside the caller's session
-        # Our parent (the intermediate) is single-threaded, so this fires only when it dies.
-        syscalls.set_parent_death_signal(signal.SIGKILL)
-        config = take_config(handover)
-        if name is not None:
-            syscalls.set_name(name)
+        config, _ = messages.recv(sock)
+    except (OSError, ValueError):
+        config = None  # the runtime went away before we started
+    if not isinstance(config, Config):
+        os._exit(125)
+    _send_or_exit(sock, Unshared())  # the Config is taken: the runtime goes on with its own steps
+    try:
+        if unshare_net != config.unshare_net:
+            raise OSError(errno.EINVAL, "the namespaces made are not the ones asked for")
+        socket.sethostname(config.hostname)
+        if config.unshare_net and not lo_up:
+            netdev.bring_up("lo")
+        if config.tap:
+            netdev.create_persistent_tap(config.tap)  # before the root is built: it needs the host's /dev/net/tun
+        netlink = netdev.open_netlink() if config.want_netlink else None
+        release_r, release_w = os.pipe()
+        # Sockets, not pipes: the Console carries the pty's master. Close-on-exec, as the pipe is: the report
+        # socket's end of stream says that the command runs.
+        report_r, report_w = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+    except OSError as exc:
+        _send_or_exit(sock, Failed(messages.STEP_SETUP, exc.strerror or str(exc), exc.errno or 0))
+        os._exit(125)
+    _send_or_exit(sock, Ready(), [release_w, report_r] + ([netlink.fileno()] if netlink is not None else []))
+    # The runtime's now; holding none of them, we see end of file on the release pipe if the runtime dies.
+    for end in (release_w, report_r):
+        os.close(end)
+    if netlink is not None:
+        netlink.close()
+    sock.close()
+    build_and_exec(config, release_r, report_w)
+
+
+def _send_or_exit(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
+    """Send to the runtime. If it is gone (a cancelled set-up), leave quietly, never with a traceback on the
+    container's stderr."""
+    try:
+        messages.send(sock, message, fds)
+    except OSError as exc:
+        if fds and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ETOOMANYREFS):
+            # The fds could not go (ETOOMANYREFS: more of the user's fds in flight than our limit): say why
+            # without them, so that the runtime says it in one line.
+            try:
+                messages.send(sock, Failed(messages.STEP_SETUP, exc.strerror or str(exc), exc.errno or 0))
+            except OSError:
+                pass
+        os._exit(125)
+
+
+def build_and_exec(config: Config, release_r: int, report_w: int) -> NoReturn:
+    """Build the root once the id maps are written, wait for the release, harden, exec."""
+    try:
         # Two bytes on the release pipe: MAPPED once our id maps are written (build the root meanwhile, as
-        # runc's create does), RELEASE for the release itself (the host side is ready: exec). A spare's maps are
-        # written before its offer: then build at once, and skip the MAPPED that still comes.
+        # runc's create does), RELEASE for the release itself (the host side is ready: exec). The fork server
+        # writes the maps as it clones us: then build at once, and skip the MAPPED that still comes.
         mapped = maps_written()
         if not mapped and os.read(release_r, 1) != messages.MAPPED:
             os._exit(0)  # the runtime went away first
@@ -79,22 +130,6 @@ def main(handover: int, release_r: int, report_w: int, name: bytes | None = None
     if config.init:
         _exec_init(config, env, report_w)
     exec_command(config.argv, env, report_w)
-
-
-def take_config(handover: int) -> Config:
-    """The Config and the container's stdin, stdout and stderr, from the intermediate; exit quietly at end of
-    stream (a spare let go: no container came)."""
-    with socket.socket(fileno=handover) as sock:
-        raw, fds = messages.recv_raw(sock)
-    if not raw:
-        os._exit(0)
-    config = messages.decode(raw)
-    if not isinstance(config, Config) or len(fds) != 3:
-        raise OSError(errno.EPROTO, "the intermediate handed over no Config and stdio")
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)  # inheritable: the command gets them
-        os.close(fd)
-    return config
 
 
 def maps_written() -> bool:

@@ -1,16 +1,16 @@
 """The runtime's side of the fork server, whose own code is ``aiocontain.child.forkserver``.
 
-Every container needs an intermediate process: the one that unshares the
-namespaces and forks the container's PID 1. Starting a Python interpreter for
-each costs tens of milliseconds of CPU; the fork server starts once and forks
-each intermediate on request, so only the first container pays for it.
+Every container's PID 1 is a Python process until it execs the command: it sets
+its namespaces up and builds the root. Starting a Python interpreter for each
+costs tens of milliseconds of CPU; the fork server starts once and clones each
+PID 1 into its new namespaces on request, so only the first container pays for it.
 
 - ``server``: ``ForkServer`` (start one, ask it to fork, close it) and the
   process-wide default that ``Container`` uses.
-- ``process``: ``ForkedProcess``, one intermediate: its pid and pidfd, its exit
+- ``process``: ``ForkedProcess``, one PID 1: its pid and pidfd, its exit
   status (from the fork server, which reaps it), kill, and its stdio streams.
-- ``stdio``: the intermediate's stdin, stdout and stderr as fds to pass, and
-  anyio byte streams for the runtime's ends of pipes.
+- ``stdio``: PID 1's stdin, stdout and stderr as fds to pass, and anyio byte
+  streams for the runtime's ends of pipes.
 
 Import-light (no anyio here): the CLI imports this before anything else, to fork
 its fork server while only the standard library is loaded.

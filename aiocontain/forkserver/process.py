@@ -1,4 +1,4 @@
-"""``ForkedProcess``: an intermediate forked by the fork server, followed from the runtime.
+"""``ForkedProcess``: a container's PID 1, cloned by the fork server, followed from the runtime.
 
 It is the fork server's child, not ours, so anyio's Process cannot follow it.
 Instead: its pidfd (sent up with ``Forked``, or with a spare's offer, ``Offer``)
@@ -21,9 +21,9 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from aiocontain import fdlimit, messages
-from aiocontain.errors import AiocontainError, SetupError, UnexpectedMessage
+from aiocontain.errors import AiocontainError, SetupError
 from aiocontain.forkserver.stdio import Stdio
-from aiocontain.messages import Failed, Fork, Forked, IdsMapped, MapIds, Reaped, Spare
+from aiocontain.messages import Failed, Fork, Forked, Reaped, Release, Spare
 
 if TYPE_CHECKING:
     from aiocontain.forkserver.userns import IdMapping
@@ -48,7 +48,6 @@ class ForkedProcess:
         self._channel = channel
         self._released = released
         self.exited = False
-        self.premapped = False  # a spare's: its maps were written before it was offered (no MapIds)
         self._lock = anyio.Lock()
 
     @classmethod
@@ -75,9 +74,7 @@ class ForkedProcess:
             stdio.close_child_ends()
         offer.sock.close()  # the spare's now: it reads the request, then closes its end
         offer.channel.setblocking(False)
-        process = cls(offer.pid, offer.pidfd, offer.channel, stdio, released)
-        process.premapped = True
-        return process
+        return cls(offer.pid, offer.pidfd, offer.channel, stdio, released)
 
     @classmethod
     def send_request(
@@ -120,33 +117,17 @@ class ForkedProcess:
             raise
         channel.close()
         stdio.close()
-        if isinstance(message, Failed) and message.errno in fdlimit.EXHAUSTED:  # its limit is ours
-            raise fdlimit.exhaustion_error(OSError(message.errno, message.message))
+        if isinstance(message, Failed):
+            raise _clone_error(message)
         raise AiocontainError("the fork server did not start the container's process", fix="aiocontain doctor")
 
-    def request_map(self) -> None:
-        """Ask the fork server to write the uid/gid maps of the user namespace this process has unshared
-        (call it once the process said so: Unshared). ``ids_mapped`` reads the answer."""
-        if self.premapped:
-            return
+    def name_cgroup(self, cgroup: str) -> None:
+        """Just before the release: tell the fork server the container's cgroup, which it removes should this
+        process die (it kills the container then)."""
         try:
-            messages.send(self._channel, MapIds())
+            messages.send(self._channel, Release(cgroup=cgroup))
         except OSError:
-            pass  # the fork server is gone: ids_mapped finds its channel closed and says so
-
-    async def ids_mapped(self) -> None:
-        """Wait for the answer to ``request_map``; raises AiocontainError if the kernel refused the maps."""
-        if self.premapped:
-            return
-        async with self._lock:
-            message, fds = await _receive(self._channel)
-        messages.close_fds(fds)
-        if isinstance(message, Failed):
-            raise SetupError(f"cannot map the container's user namespace: {message.message}")
-        if message is None:
-            raise SetupError("the fork server exited while mapping the container's user namespace")
-        if not isinstance(message, IdsMapped):
-            raise UnexpectedMessage("fork server", "IdsMapped", message)
+            pass  # the fork server is gone, and the container with it: its exit status says so
 
     async def wait_exit(self) -> None:
         """Wait until it has exited: the kernel says so through the pidfd (the fork server reaps it)."""
@@ -168,7 +149,6 @@ class ForkedProcess:
                     self.returncode = os.waitstatus_to_exitcode(message.status)
                 elif message is None:
                     self.status_lost = True
-                # else: the answer to a MapIds that nobody read (set-up failed or was cancelled)
         return self.returncode
 
     def kill(self) -> None:
@@ -177,11 +157,9 @@ class ForkedProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
-    async def forget(self) -> None:
-        """Close its streams and fds without waiting for its exit: for one that reported its container gone and
-        exits by itself (the fork server reaps it). Shielded, as ``aclose``."""
-        self.exited = True  # as good as: nothing of ours waits for it any more
-        await self.aclose()
+    def dup_pidfd(self) -> int:
+        """A pidfd of its own for the caller to close, which outlives ``aclose``."""
+        return os.dup(self._pidfd)
 
     async def aclose(self) -> None:
         """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
@@ -218,6 +196,15 @@ class Offer:
         os.close(self.pidfd)
         self.sock.close()
         self.channel.close()
+
+
+def _clone_error(failure: Failed) -> AiocontainError:
+    """The one line for the fork server's Failed instead of Forked."""
+    from aiocontain.forkserver.userns import namespace_error
+
+    if failure.step == messages.STEP_IDMAP:
+        return SetupError(f"cannot map the container's user namespace: {failure.message}")
+    return namespace_error(failure)  # STEP_NAMESPACES: the host's; out of fds: said as ours; else the set-up's
 
 
 async def _receive(channel: socket.socket) -> tuple[messages.Message | None, list[int]]:

@@ -1,10 +1,11 @@
 """``ForkServer``: one fork server process, owned by the process that started it.
 
-The owner holds one end of a SOCK_SEQPACKET pair; the server holds the other
-and exits once that reaches end of stream (``close``, or the owner's death)
-and its last intermediate is reaped. It also gets PR_SET_PDEATHSIG, so it dies
-with the owner's thread that started it even if a forked copy of the owner's
-socket end lingers. The owner reaps it in ``close``: no zombie is left.
+The owner holds one end of a SOCK_SEQPACKET pair; the server holds the other.
+Once that reaches end of stream (``close``, or the owner's death), or the
+owner's process exits (the server holds its pidfd: a forked copy of the
+owner's socket end may linger), the server kills the containers it cloned,
+reaps them, removes their cgroups if the owner had named them, and exits. The
+owner reaps it in ``close``: no zombie is left.
 
 Two ways to start one:
 
@@ -40,7 +41,7 @@ _BOOT = "import sys;sys.path.insert(0,{root!r});from aiocontain.child.forkserver
 
 
 class ForkServer:
-    """A running fork server. ``fork`` gives an intermediate; ``close`` ends the server and reaps it."""
+    """A running fork server. ``fork`` gives a container's PID 1; ``close`` ends the server and reaps it."""
 
     def __init__(self, pid: int, requests: socket.socket, popen: subprocess.Popen[bytes] | None = None) -> None:
         self.pid = pid
@@ -50,7 +51,7 @@ class ForkServer:
         self._pidfd = os.pidfd_open(pid)
         self._active = 0
         self._closed = False
-        self._retired = False  # died and replaced while its intermediates were open: closed after the last
+        self._retired = False  # died and replaced while its containers were open: closed after the last
         self.mapping: IdMapping | None = None  # its user namespace's, once mapped (before the first fork)
         self._map_error: AiocontainError | None = None
         self._map_lock = threading.Lock()
@@ -95,10 +96,10 @@ class ForkServer:
                 os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
                 from aiocontain.child import forkserver
 
-                forkserver.prepare(owner)
+                owner_pidfd = forkserver.prepare(owner)
                 requests = socket.socket(fileno=fd)
                 forkserver.own_user_namespace(requests)
-                forkserver.serve(requests)
+                forkserver.serve(requests, owner_pidfd)
             finally:
                 os._exit(70)
         child.close()
@@ -115,10 +116,11 @@ class ForkServer:
         stdin: Any = None,
         stdout: Any = None,
         stderr: Any = None,
-        unshare_net: bool | None = None,
+        unshare_net: bool = True,
     ) -> ForkedProcess:
-        """Fork an intermediate with control (its end of the control socket) and stdio as for ``anyio.open_process``.
-        unshare_net is the Config's (None: not said, and no spare made ahead takes it).
+        """Clone a container's PID 1, with control (its end of the control socket) and stdio as for
+        ``anyio.open_process``, into new namespaces: a network namespace of its own if unshare_net (the
+        Config's must say the same).
 
         The caller owns the returned process and must ``aclose`` it on every path.
         """
@@ -152,15 +154,12 @@ class ForkServer:
         self._active += 1
         return process
 
-    def _read_offers(self, unshare_net: bool | None) -> tuple[Offer | None, Offer | None]:
-        """The spares the server offered: (one that made the namespaces asked for, to take; one of another kind,
-        to let go once our request is sent). Every other offer read is let go (its spare exits). None for
-        unshare_net (not said): the offers wait for a request that says."""
+    def _read_offers(self, unshare_net: bool) -> tuple[Offer | None, Offer | None]:
+        """The spares the server offered: (one that has the namespaces asked for, to take; one of another kind,
+        to let go once our request is sent). Every other offer read is let go (its spare exits)."""
         from aiocontain import messages
         from aiocontain.forkserver.process import Offer
 
-        if unshare_net is None:
-            return None, None
         offers: list[Offer] = []
         while _readable(self._requests.fileno(), 0):
             try:
@@ -229,7 +228,7 @@ class ForkServer:
             self.close()  # reap it and close its pidfd: nobody else holds it any more
 
     def close(self) -> None:
-        """End the server and reap it. Refused while intermediates it forked are still open."""
+        """End the server and reap it. Refused while containers it cloned are still open."""
         if self._closed:
             return
         if self._active:
@@ -270,7 +269,7 @@ def default() -> ForkServer:
             return server
         if server is not None and server.owner == os.getpid():
             if server._active:
-                server._retired = True  # it died: reaped once its last intermediate is closed
+                server._retired = True  # it died: reaped once its last container is closed
             else:
                 server.close()  # it died: reap it
         _default = ForkServer.start()

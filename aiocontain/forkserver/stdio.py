@@ -1,4 +1,4 @@
-"""The intermediate's stdin, stdout and stderr: fds to pass to the fork server, and the runtime's streams.
+"""PID 1's stdin, stdout and stderr: fds to pass to the fork server, and the runtime's streams.
 
 A spec's stdio is what ``anyio.open_process`` takes: None (this process's own),
 ``subprocess.DEVNULL``, ``subprocess.PIPE``, ``subprocess.STDOUT`` (stderr only),
@@ -29,7 +29,7 @@ _CHUNK = 65536
 
 @dataclass
 class Stdio:
-    """child_fds: the intermediate's stdin, stdout, stderr; the PIPE streams are the runtime's ends."""
+    """child_fds: PID 1's stdin, stdout, stderr; the PIPE streams are the runtime's ends."""
 
     child_fds: list[int] = field(default_factory=list)
     stdin: FdSendStream | None = None

@@ -70,15 +70,17 @@ def map_from_outside(pid: int) -> IdMapping:
 
 
 def namespace_error(failure: messages.Failed) -> AiocontainError:
-    """The one line for a Failed from the fork server or a container's intermediate before Ready: a refused
-    unshare (STEP_NAMESPACES) is this host's user namespaces; anything else, the container's set-up."""
+    """The one line for a Failed from the fork server or a container's PID 1 before Ready: a refused unshare or
+    clone (STEP_NAMESPACES) is this host's user namespaces; anything else, the container's set-up."""
     if failure.step == messages.STEP_NAMESPACES:
         return HostPrerequisiteError(
             f"cannot create the container's namespaces: {failure.message}",
             fix="enable unprivileged user namespaces: sudo sysctl -w kernel.unprivileged_userns_clone=1 "
             "user.max_user_namespaces=28633 (and kernel.apparmor_restrict_unprivileged_userns=0 where it exists)",
         )
-    if failure.errno in fdlimit.EXHAUSTED:  # the intermediate's limit is ours: said as our own running out is
+    if (
+        failure.errno in fdlimit.EXHAUSTED
+    ):  # the fork server's and PID 1's limit is ours: said as our own running out is
         return fdlimit.exhaustion_error(OSError(failure.errno, failure.message))
     return SetupError(f"container set-up failed: {failure.message}")
 

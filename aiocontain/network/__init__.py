@@ -2,7 +2,7 @@
 
 A driver says whether the container gets a network namespace of its own, what
 its /etc/resolv.conf and /etc/hosts say, and whether it needs the netlink socket
-the intermediate can open in the new namespace. ``start`` is given what it may
+PID 1 can open in its new namespace. ``start`` is given what it may
 use (``NetworkHost``: the process whose namespaces to join, the runtime
 directory, a task group for its supervisor, a failure callback and the event
 log) and returns a cleanup, or None when there is nothing to start;

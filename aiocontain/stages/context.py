@@ -55,8 +55,8 @@ class StageContext:
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # from prepare hooks: target -> content, mode
     setup_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     runtime_dir: RuntimeDir | None = None  # removed once the command runs (its files are bind-mounted by then)
-    process: ForkedProcess | None = None  # the intermediate, and the fork server's reply channel about it
-    child: ChildChannel | None = None  # the control socket to the intermediate
+    process: ForkedProcess | None = None  # PID 1, and the fork server's reply channel about it
+    child: ChildChannel | None = None  # the control socket to PID 1, until its Ready
     init: InitChannel | None = None  # PID 1's release pipe and report socket
     init_pid: int | None = None
     pidfd: int | None = None

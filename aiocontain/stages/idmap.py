@@ -6,10 +6,10 @@ to the user and 1..N to the subordinate ids where the user has them, otherwise
 the user alone. The fork server, root of that parent namespace, writes the
 container's maps: the same ids, with no setuid helper per container.
 
-The spawn stage asked for them as soon as the intermediate said its namespaces
-exist, so they are written while it forks PID 1; this stage waits for the fork
-server's answer (raising its error) and then tells PID 1 (``mapped``), which
-builds the container's root while the other stages run.
+The fork server writes them as it clones PID 1, before it answers the spawn
+stage (a spare's before its offer): this stage tells PID 1 (``mapped``), which
+builds the container's root while the other stages run. PID 1 nearly always
+finds them written first, and builds without waiting for this.
 
 Reads ``process`` and ``init``; sets nothing.
 """
@@ -22,7 +22,6 @@ from aiocontain.stages.context import StageContext
 
 async def run(ctx: StageContext) -> None:
     assert ctx.process is not None and ctx.init is not None
-    await ctx.process.ids_mapped()
     ctx.init.mapped()
     mapping = ctx.process.mapping
     if mapping is not None:

@@ -1,8 +1,8 @@
 """Stage 4, network: start the network driver's host side (slirp4netns) against the child.
 
-Reads ``driver``, ``process`` (the intermediate, whose namespaces the helper
-joins) and ``runtime_dir`` (for the helper's API socket); pushes the driver's
-cleanup on ``stack``. A helper that exits early fails the run (``fail``),
+Reads ``driver``, ``process`` (PID 1, whose namespaces the helper joins) and
+``runtime_dir`` (for the helper's API socket); pushes the driver's cleanup on
+``stack``. A helper that exits early fails the run (``fail``),
 unless the container is being stopped anyway.
 """
 

@@ -2,8 +2,8 @@
 
 PID 1 has built its root since the idmap stage's ``mapped``. With ``tty`` its
 pty's master is taken first, and the window size set, so that the command reads
-the right size from its start. The intermediate is told the container's cgroup
-(``release``), then PID 1 gets its release byte; its report socket then says
+the right size from its start. The fork server is told the container's cgroup
+(``name_cgroup``), then PID 1 gets its release byte; its report socket then says
 whether the command was executed: a command that cannot be raises here with
 podman's codes (127 not found, 126 not executable).
 
@@ -18,14 +18,15 @@ from aiocontain.stages.context import StageContext
 
 
 async def run(ctx: StageContext) -> None:
-    assert ctx.child is not None and ctx.init is not None and ctx.init_pid is not None
+    assert ctx.process is not None and ctx.init is not None and ctx.init_pid is not None
     if ctx.spec.tty:
         ctx.console = await ctx.init.take_console()
         ctx.stack.callback(ctx.console.close_fd)
         if ctx.spec.tty_size is not None:
             ctx.console.resize(*ctx.spec.tty_size)
-    # First, so that the intermediate knows the leaf to remove should we die right after the release.
-    ctx.child.release(str(ctx.cgroup.path) if ctx.cgroup is not None else None)
+    # First, so that the fork server knows the leaf to remove should we die right after the release.
+    if ctx.cgroup is not None:
+        ctx.process.name_cgroup(str(ctx.cgroup.path))
     ctx.init.release()
     ctx.released = True
     ctx.log.info(events.RELEASED, pid=ctx.init_pid)

@@ -1,15 +1,13 @@
-"""Stage 1, spawn: start the container's first process, blocked until the release.
+"""Stage 1, spawn: start the container's PID 1, blocked until the release.
 
-The child (the intermediate) is forked by this process's fork server
-(``aiocontain.forkserver``), which has the child modules imported already: only
-the first container pays for starting an interpreter; or it is the fork
-server's spare, forked ahead with its namespaces and PID 1 made. The request
-goes first and the Config after it, so that the intermediate starts while the
-Config is made. It reads the Config, unshares the namespaces (the fork server is
-asked for their id maps at once, ``request_map``, and the idmap stage reads the
-answer), hands PID 1 its Config and stdio and answers Ready with the init's
-release pipe, its report socket, its pidfd and the netlink socket it opened
-inside the new network namespace.
+PID 1 is cloned into its new namespaces by this process's fork server
+(``aiocontain.forkserver``), which has the child modules imported already (only
+the first container pays for starting an interpreter) and writes the id maps
+before it answers; or it is the fork server's spare, cloned ahead. The request
+goes first and the Config after it, so that PID 1 starts while the Config is
+made. It reads the Config, sets its hostname, lo and tap0 up, and answers Ready
+with its release pipe, its report socket and the netlink socket it opened
+inside its network namespace; then it builds its root.
 
 Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
 ``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import etcfiles, events, forkserver, mounts, ulimits, users
+from aiocontain import etcfiles, forkserver, mounts, ulimits, users
 from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config
@@ -41,7 +39,7 @@ async def run(ctx: StageContext) -> None:
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.stack.callback(parent.close)
     channel = ctx.child = ChildChannel(parent, spec.command[0], ctx.fail)
-    # The request first, the Config after: the intermediate (a spare, woken) starts while the Config is made.
+    # The request first, the Config after: PID 1 (a spare, woken) starts while the Config is made.
     try:
         server = ctx.fork_server or forkserver.default()
         ctx.process = await server.fork(child, spec.stdin, spec.stdout, spec.stderr, ctx.driver.unshare_netns)
@@ -83,13 +81,14 @@ async def run(ctx: StageContext) -> None:
     _write(etc_files)  # before the Config: a spare's PID 1, its maps written already, builds the root at once
     channel.send_config(config)
 
+    ctx.init_pid = ctx.process.pid
+    ctx.pidfd = ctx.process.dup_pidfd()
+    ctx.stack.callback(_close_pidfd, ctx)
     with anyio.fail_after(READY_TIMEOUT):
         await channel.wait_unshared()
-        ctx.process.request_map()  # the idmap stage reads the answer: the maps are written while PID 1 is forked
         ready = await channel.wait_ready()
-    ctx.init_pid, ctx.init, ctx.pidfd, ctx.netlink = ready
+    ctx.init, ctx.netlink = ready
     ctx.stack.callback(ready.init.close)
-    ctx.stack.callback(_close_pidfd, ctx)
     if ready.netlink is not None:
         ctx.stack.callback(ready.netlink.close)
 
@@ -158,25 +157,14 @@ def _write_plugin_files(ctx: StageContext, directory: Path) -> list[mounts.Mount
 
 
 async def _stop_child(ctx: StageContext) -> None:
-    """Closing the control socket makes the child kill the container and reap it before it exits: the one kill
-    that every path has (the kernel closes the socket when the runtime dies). Kill the child if it lingers;
-    PID 1's parent-death signal then ends the container.
-
-    A child that said Exited has reaped PID 1, and with it the container's last process, and is exiting: its
-    own exit (its address space and the container's namespaces torn down, ~2 ms here) is not waited for. The
-    fork server reaps it."""
+    """Kill PID 1, and with it the whole container, if it still runs, and wait for its exit: teardown has killed
+    it already (``StageContext.kill``), this covers a set-up cut short before its pidfd was ours. Were this
+    process to die instead, the fork server would kill it."""
     process, channel = ctx.process, ctx.child
     assert process is not None and channel is not None
     channel.shutdown()
-    if channel.exited is not None:
-        with anyio.move_on_after(5):
-            await channel.wait_closed()  # our own shutdown: the reader is done with the socket before it closes
-        await process.forget()
-        return
     with anyio.move_on_after(5):
-        await process.wait_exit()
-    if not process.exited:
-        ctx.log.warning(events.CHILD_KILLED, pid=process.pid)
+        await channel.wait_closed()  # our own shutdown: the reader is done with the socket before it closes
     await process.aclose()  # kills it if it still runs
 
 

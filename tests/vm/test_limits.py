@@ -214,10 +214,9 @@ def test_sigkill_of_aiocontain_still_removes_the_leaf(rootfs, containers_dir):
     )
     _started(proc)
     (leaf,) = leaves(containers_dir) - before
-    (server,) = _children(proc.pid)  # the CLI's fork server; the container's intermediate is its child
-    (intermediate,) = _children(server)
-    pidfd = os.pidfd_open(intermediate)
-    proc.kill()  # no teardown in the runtime: the container's child removes the leaf on its way out
+    (server,) = _children(proc.pid)  # the CLI's fork server; the container's PID 1 is its child
+    pidfd = os.pidfd_open(server)
+    proc.kill()  # no teardown in the runtime: the fork server kills PID 1 and removes the leaf before it exits
     proc.wait()
     try:
         assert select.select([pidfd], [], [], 30)[0] == [pidfd]
