@@ -193,9 +193,17 @@ class Engine:
         return found
 
     def close(self) -> None:
-        assert self.process.stdin is not None
+        """End of its requests: it exits. One that does not within 30 s is killed, and its pipes closed here,
+        so that a failure stays in its own test (a pipe left to the collector closes in a later test's)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.close()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.process.stdout.close()
 
 
 @pytest.fixture

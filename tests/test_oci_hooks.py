@@ -120,7 +120,9 @@ def test_deleting_a_container_stuck_in_a_hook_ends_the_hook(engine: Engine, root
     for force in (True, False):
         (tmp_path / "in").unlink(missing_ok=True)
         os.mkfifo(tmp_path / "in")
-        script = f"sleep 100 & echo $$ $! > {tmp_path}/hook; echo in-hook > {tmp_path}/in; wait"
+        # The state on stdin first: create writes it once it has recorded the hook (which a kill of create
+        # must find), and the test must not kill create before that.
+        script = f"cat >/dev/null; sleep 100 & echo $$ $! > {tmp_path}/hook; echo in-hook > {tmp_path}/in; wait"
         hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
         bundle = make_bundle(tmp_path / f"b{force}", rootfs, ["/bin/true"], hooks=hooks)
         command = f"{RUNTIME} --root {engine.root} create --bundle {bundle} stuck >{tmp_path}/out 2>&1 &"
