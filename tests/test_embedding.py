@@ -234,8 +234,8 @@ async def test_the_spawn_stages_undoing_is_what_kills_the_container_when_the_run
     """Which kill guarantees that nothing of a container outlives its teardown: the spawn stage's undoing.
 
     Teardown SIGKILLs PID 1 through its pidfd first (``StageContext.kill``), so that the command stops before its
-    stages are undone; but that kill is made only once PID 1's pidfd is the context's. The spawn stage's undoing
-    (``_stop_child``) kills PID 1 on every path that cloned one, and waits for its exit. Here the early kill is
+    stages are undone; the guarantee is the spawn stage's undoing (``_stop_child``), which kills PID 1 on every
+    path that cloned one, and waits for its exit. Here the early kill is
     skipped: teardown still ends with PID 1 gone. (A runtime that dies leaves it to the fork server:
     test_forkserver's owner tests.)
     """

@@ -380,11 +380,11 @@ def _let_go(state: _State, spare: _Spare) -> None:
     state.retired[spare.pidfd] = spare.pid
 
 
-def _hand_to_spare(state: _State, unshare_net: bool | None, control: int, stdio: list[int]) -> tuple[int, int] | None:
-    """Give a request's fds to the spare if it made the namespaces the request asks for and is not offered to
+def _hand_to_spare(state: _State, unshare_net: bool, control: int, stdio: list[int]) -> tuple[int, int] | None:
+    """Give a request's fds to the spare if it has the namespaces the request asks for and is not offered to
     the owner: (pid, pidfd) of the PID 1 it becomes; None without one."""
     spare = state.spare
-    if spare is None or unshare_net is None:
+    if spare is None:
         return None
     if spare.unshare_net != unshare_net:
         _let_go(state, spare)  # the next spare makes this request's kind
@@ -425,9 +425,8 @@ def _request(state: _State) -> None:
     if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK:
         messages.close_fds(fds)
         return
-    if message.unshare_net is not None:
-        state.unshare_net = message.unshare_net
-    forked = _fork(state, True if message.unshare_net is None else message.unshare_net, fds)
+    state.unshare_net = True if message.unshare_net is None else message.unshare_net  # None: a network of its own
+    forked = _fork(state, state.unshare_net, fds)
     if forked is not None:
         pidfd, pid, channel = forked
         poller.register(pidfd, select.POLLIN)

@@ -29,7 +29,7 @@ import socket
 import stat
 
 from aiocontain import messages, syscalls
-from aiocontain.child import console, harden, mounts, netdev
+from aiocontain.child import console, harden, mounts
 from aiocontain.messages import Config, Console, Failed, Message, Ready, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
@@ -42,6 +42,10 @@ def main(fd: int, unshare_net: bool, lo_up: bool = False) -> NoReturn:
     """PID 1, cloned by the fork server into the container's namespaces, with the control socket at fd and the
     container's stdio at 0-2. unshare_net: whether it has a network namespace of its own; lo_up: it was a spare,
     which brought lo up already."""
+    # Here, not at the top: the fork server has it imported already, and exec's helper (child/join.py), which
+    # imports this module for the exec, never sets a network up.
+    from aiocontain.child import netdev
+
     sock = socket.socket(fileno=fd)
     try:
         config, _ = messages.recv(sock)

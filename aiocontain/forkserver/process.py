@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 from collections.abc import Callable
@@ -151,15 +152,27 @@ class ForkedProcess:
                     self.status_lost = True
         return self.returncode
 
+    def send_signal(self, signum: int) -> bool:
+        """Signal it through its pidfd (no PID reuse race); False once it is gone or closed."""
+        if self._pidfd < 0:
+            return False
+        try:
+            signal.pidfd_send_signal(self._pidfd, signum)
+        except OSError:  # ProcessLookupError: it has exited
+            return False
+        return True
+
     def kill(self) -> None:
         """SIGKILL, through the pidfd; nothing if it has exited."""
-        if self._pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
 
-    def dup_pidfd(self) -> int:
-        """A pidfd of its own for the caller to close, which outlives ``aclose``."""
-        return os.dup(self._pidfd)
+    def has_exited(self) -> bool:
+        """Whether it has exited, now (its pidfd is readable then): no wait."""
+        if self.exited or self._pidfd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     async def aclose(self) -> None:
         """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import signal
 import socket
 from contextlib import AsyncExitStack
@@ -59,7 +58,6 @@ class StageContext:
     child: ChildChannel | None = None  # the control socket to PID 1, until its Ready
     init: InitChannel | None = None  # PID 1's release pipe and report socket
     init_pid: int | None = None
-    pidfd: int | None = None
     console: PtyStream | None = None  # tty: the master of the container's pty
     netlink: socket.socket | None = None
     network: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +77,7 @@ class StageContext:
         """The error to report for a set-up that failed with error. PID 1 builds its root before its release and
         may die doing so; what fails after that (slirp4netns, which cannot join namespaces that are gone, a
         cgroup) is its consequence, and PID 1's own report says why: that is the one line then."""
-        if self.init is None or self.pidfd is None or self.released or not _exited(self.pidfd):
+        if self.init is None or self.process is None or self.released or not self.process.has_exited():
             return error
         # Shielded: set-up may be cancelled by now (a helper's failure). Bounded: gone, PID 1's report is at its end.
         with anyio.CancelScope(shield=True), anyio.move_on_after(_REPORT_TIMEOUT):
@@ -90,20 +88,7 @@ class StageContext:
 
     def kill(self, signum: int = signal.SIGKILL) -> bool:
         """Signal the container's PID 1 through its pidfd (no PID reuse race); False if it is gone."""
-        if self.pidfd is None:
-            return False
-        try:
-            signal.pidfd_send_signal(self.pidfd, signum)
-        except OSError:  # ProcessLookupError: it has exited
-            return False
-        return True
+        return self.process is not None and self.process.send_signal(signum)
 
 
 _REPORT_TIMEOUT = 1.0
-
-
-def _exited(pidfd: int) -> bool:
-    """Whether the process has exited: its pidfd is readable then (no wait)."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))

@@ -10,7 +10,7 @@ with its release pipe, its report socket and the netlink socket it opened
 inside its network namespace; then it builds its root.
 
 Reads the spec, the driver, the prepare hooks' env, mounts and files; sets
-``runtime_dir``, ``child``, ``process``, ``init_pid``, ``init``, ``netlink``, ``pidfd``.
+``runtime_dir``, ``child``, ``process`` (PID 1, whose pidfd signals it), ``init_pid``, ``init``, ``netlink``.
 """
 
 from __future__ import annotations
@@ -82,8 +82,6 @@ async def run(ctx: StageContext) -> None:
     channel.send_config(config)
 
     ctx.init_pid = ctx.process.pid
-    ctx.pidfd = ctx.process.dup_pidfd()
-    ctx.stack.callback(_close_pidfd, ctx)
     with anyio.fail_after(READY_TIMEOUT):
         await channel.wait_unshared()
         ready = await channel.wait_ready()
@@ -157,18 +155,12 @@ def _write_plugin_files(ctx: StageContext, directory: Path) -> list[mounts.Mount
 
 
 async def _stop_child(ctx: StageContext) -> None:
-    """Kill PID 1, and with it the whole container, if it still runs, and wait for its exit: teardown has killed
-    it already (``StageContext.kill``), this covers a set-up cut short before its pidfd was ours. Were this
-    process to die instead, the fork server would kill it."""
+    """Kill PID 1, and with it the whole container, if it still runs, and wait for its exit: the kill every path
+    that cloned a PID 1 ends with (teardown's early ``StageContext.kill`` only stops the command sooner). Were
+    this process to die instead, the fork server would kill it."""
     process, channel = ctx.process, ctx.child
     assert process is not None and channel is not None
     channel.shutdown()
     with anyio.move_on_after(5):
         await channel.wait_closed()  # our own shutdown: the reader is done with the socket before it closes
     await process.aclose()  # kills it if it still runs
-
-
-def _close_pidfd(ctx: StageContext) -> None:
-    if ctx.pidfd is not None:
-        os.close(ctx.pidfd)
-        ctx.pidfd = None
