@@ -59,12 +59,10 @@ class RuntimeDir:
             os.close(fd)
 
     def remove(self) -> None:
-        """Delete it; out of fds, it waits (locked) for the next removal in this process to try again."""
+        """Delete it; out of fds, it waits (locked) for the next try in this process (``retry_unremoved``)."""
         if self not in _unremoved:
             _unremoved.append(self)
-        for directory in list(_unremoved):
-            if directory._removed():
-                _unremoved.remove(directory)
+        retry_unremoved()
 
     def _removed(self) -> bool:
         if self._lock_fd < 0:
@@ -82,6 +80,14 @@ class RuntimeDir:
 # Directories whose removal failed, still locked: each later removal retries them (the fds their own
 # containers held are free by then), and a process that exits with some leaves them to the next sweep.
 _unremoved: list[RuntimeDir] = []
+
+
+def retry_unremoved() -> None:
+    """Try again every removal that failed for want of fds. A container's teardown calls it last, once its own
+    fds are closed: the last container of a burst to end then removes what the others could not."""
+    for directory in list(_unremoved):
+        if directory._removed():
+            _unremoved.remove(directory)
 
 
 def sweep(base: str | None) -> list[str]:

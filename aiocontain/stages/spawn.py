@@ -22,11 +22,10 @@ from pathlib import Path
 
 import anyio
 
-from aiocontain import etcfiles, forkserver, mounts, ulimits, users
+from aiocontain import etcfiles, forkserver, mounts, runtimedir, ulimits, users
 from aiocontain.channels import ChildChannel
 from aiocontain.errors import AiocontainError
 from aiocontain.messages import Config
-from aiocontain.runtimedir import RuntimeDir
 from aiocontain.security import paths
 from aiocontain.stages.context import StageContext
 
@@ -36,6 +35,9 @@ READY_TIMEOUT = 10.0
 async def run(ctx: StageContext) -> None:
     spec = ctx.spec
     base = _runtime_base()  # refused before anything starts, as any bad input
+    # Undone last, with every fd of this container's closed: runtime directories whose removal ran out of fds
+    # (this one's, or another container's) are removed then.
+    ctx.stack.callback(runtimedir.retry_unremoved)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ctx.stack.callback(parent.close)
     channel = ctx.child = ChildChannel(parent, spec.command[0], ctx.fail)
@@ -103,8 +105,8 @@ def _runtime_base() -> str | None:
     return base
 
 
-def _make_runtime_dir(ctx: StageContext, base: str | None) -> RuntimeDir:
-    directory = RuntimeDir.create(base, ctx.spec.short_id)
+def _make_runtime_dir(ctx: StageContext, base: str | None) -> runtimedir.RuntimeDir:
+    directory = runtimedir.RuntimeDir.create(base, ctx.spec.short_id)
     ctx.stack.callback(directory.remove)
     return directory
 
