@@ -32,7 +32,9 @@ CAPS = "grep -e CapPrm -e CapEff -e CapBnd -e Seccomp: /proc/self/status"
 KILL_ZERO = 'trap "" USR1; kill -USR1 0; echo sent=$?'
 PID_PROBE = "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep '^[0-9]'"
 # The fds of a child of the exec'd shell (busybox runs ls inside the shell itself, so not the shell's own).
-FDS_PROBE = "sleep 100 & ls /proc/$!/fd; kill $!"
+# The shell's own fds, listed by a child while the shell waits for it. (A background job's were racy: the
+# shell closes and reopens its stdin on /dev/null after the fork, and ls could find fd 0 gone.)
+FDS_PROBE = "ls /proc/$$/fd; true"  # "; true": not the last command, which the shell would exec in its place
 SESSION_PROBE = "cut -d' ' -f6 /proc/self/stat; echo $$"  # the session id, then the pid: equal when it leads one
 
 
