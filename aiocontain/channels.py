@@ -21,7 +21,7 @@ import anyio
 
 from aiocontain import fdlimit, messages
 from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound, SetupError, UnexpectedMessage
-from aiocontain.messages import Config, Console, Failed, Message, Ready, Unshared, close_fds
+from aiocontain.messages import Config, Console, Failed, Message, Ready, close_fds
 
 if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -41,7 +41,7 @@ class ReadyFds(NamedTuple):
 
 
 class ChildChannel:
-    """The runtime's end of the control socket: Config, Unshared, Ready (PID 1 closes it then).
+    """The runtime's end of the control socket: Config, then Ready (PID 1 closes it then).
 
     A task (``read``) moves every message into an unbounded inbox as soon as it
     arrives, with no checkpoint in between, so a cancelled set-up never drops a
@@ -98,16 +98,8 @@ class ChildChannel:
             self._outbox.close()
             self._finished.set()
 
-    async def wait_unshared(self) -> None:
-        """Step 2: PID 1 has taken the Config (or Failed says why it could not start)."""
-        message, fds = await self._receive()
-        close_fds(fds)
-        if isinstance(message, Unshared):
-            return
-        raise self._setup_error(message, "Unshared")
-
     async def wait_ready(self) -> ReadyFds:
-        """Step 3: PID 1's namespaces are set up, and it builds its root, then waits for its release before the
+        """Step 2: PID 1's namespaces are set up, and it builds its root, then waits for its release before the
         exec: its pipe's end comes up with its report socket (it may have failed to build its root, and been
         reaped, already)."""
         message, fds = await self._receive()
@@ -163,7 +155,7 @@ class ChildChannel:
 class InitChannel:
     """PID 1's release pipe (write end) and report socket (read end), as handed up with Ready.
 
-    Two bytes on the pipe: ``mapped`` (build the root now) and ``release`` (exec).
+    One byte on the pipe: ``release`` (exec).
     On the socket: with a terminal, its master first (``take_console``); then
     ``read_report`` to its end: nothing once the command is executed
     (close-on-exec), else the Failed that says why not.
@@ -173,10 +165,6 @@ class InitChannel:
         self._release_w: int | None = release_w
         self._report_r: int | None = report_r
         self._command = command
-
-    def mapped(self) -> None:
-        """Its id maps are written: it becomes root and builds its root filesystem while the host side is set up."""
-        self._write(messages.MAPPED)
 
     async def take_console(self) -> PtyStream:
         """With a terminal: the pty's master, which PID 1 sends once its root is built, before the release."""

@@ -4,7 +4,7 @@ Grouped below by the channel they travel on, in the order they come (the whole
 sequence, and who holds which end: docs/architecture.md). Each channel is an
 AF_UNIX SOCK_SEQPACKET socket pair carrying JSON, one datagram a message, so no
 framing is needed, and file descriptors ride along as SCM_RIGHTS; PID 1's
-release pipe carries single bytes (MAPPED, RELEASE). Stdlib-only: the child
+release pipe carries one byte (RELEASE). Stdlib-only: the child
 imports this on the start-up hot path.
 """
 
@@ -31,12 +31,9 @@ STEP_SETUP = "setup"  # PID 1 building the root, its terminal, or hardening itse
 STEP_WORKDIR = "workdir"  # PID 1 entering the working directory, which is not a directory (podman's 126)
 STEP_EXEC = "exec"  # PID 1 executing the command (errno: ENOENT/ENOTDIR not found, else not executable)
 
-# --- PID 1's release pipe (runtime -> PID 1): one byte a step, no messages
-MAPPED = b"M"  # its id maps are written: become root and build the root filesystem
+# --- PID 1's release pipe (runtime -> PID 1): one byte, no messages
 RELEASE = b"R"  # the host side is ready (cgroup, network, hooks): harden and exec the command
-# End of file instead of either: the runtime went away, and PID 1 exits quietly. A PID 1 that finds its maps
-# written already (the fork server writes them as it clones it) builds at once, and MAPPED, which still comes, is
-# skipped.
+# End of file instead: the runtime went away, and PID 1 exits quietly.
 
 
 class _Message:
@@ -124,7 +121,7 @@ class Reaped(_Message):
 
 
 # --- The control socket: runtime <-> PID 1, until its Ready
-# Config; then Unshared, Ready (or Failed). PID 1 closes it after Ready.
+# Config; then Ready (or Failed). PID 1 closes it after Ready.
 
 
 class Config(_Message):
@@ -210,8 +207,7 @@ class Config(_Message):
 
 class Unshared(_Message):
     """The namespaces exist. Fork server -> runtime on the request socket: its own user namespace, to be mapped
-    once from outside. PID 1 -> runtime on the control socket: it has taken the Config (its namespaces came with
-    its clone). A spare -> the fork server on the spare's socket: it is ready to be offered."""
+    once from outside. A spare -> the fork server on the spare's socket: it is ready to be offered."""
 
     kind = "unshared"
     __slots__ = ()

@@ -49,8 +49,6 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
     channel = await child_steps(ours)
     async with anyio.create_task_group() as tg:
         tg.start_soon(channel.read)
-        messages.send(theirs, Unshared())
-        await channel.wait_unshared()
         messages.send(theirs, Ready(), [release_w, report_ours.fileno()])
         os.close(release_w)  # as PID 1 does: the runtime holds the only write end now
         report_ours.close()
@@ -59,9 +57,8 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
         assert ready.netlink is None
         with anyio.fail_after(10):
             await channel.wait_closed()
-    ready.init.mapped()
     ready.init.release()
-    assert os.read(release_r, 2) == messages.MAPPED + messages.RELEASE
+    assert os.read(release_r, 2) == messages.RELEASE
     assert os.read(release_r, 1) == b""  # the release closes the pipe: PID 1 sees end of file after it
     report_theirs.close()
     assert await ready.init.read_report() is None  # end of stream: the command was executed
@@ -69,12 +66,9 @@ async def test_the_child_channel_takes_each_step_in_order(pair: tuple[socket.soc
     os.close(release_r)
 
 
-@pytest.mark.parametrize(
-    ("step", "wrong", "expected"),
-    [("wait_unshared", Ready(), "Unshared"), ("wait_ready", Console(), "Ready")],
-)
+@pytest.mark.parametrize("wrong", [Console(), Unshared()])
 async def test_an_unexpected_message_names_what_came_and_what_was_expected(
-    pair: tuple[socket.socket, socket.socket], step: str, wrong: messages.Message, expected: str
+    pair: tuple[socket.socket, socket.socket], wrong: messages.Message
 ) -> None:
     ours, theirs = pair
     stray_r, stray_w = os.pipe()
@@ -84,13 +78,13 @@ async def test_an_unexpected_message_names_what_came_and_what_was_expected(
         before = open_fds()
         messages.send(theirs, wrong, [stray_w])
         with pytest.raises(UnexpectedMessage) as info:
-            await getattr(channel, step)()
+            await channel.wait_ready()
         assert open_fds() == before  # the fd that came with it was closed, not leaked
         tg.cancel_scope.cancel()
     assert info.value.line() == (
-        f"the container process sent {type(wrong).__name__} where {expected} was expected (this is a bug)"
+        f"the container process sent {type(wrong).__name__} where Ready was expected (this is a bug)"
     )
-    assert isinstance(info.value, SetupError) and info.value.expected == expected and info.value.got == wrong
+    assert isinstance(info.value, SetupError) and info.value.expected == "Ready" and info.value.got == wrong
     os.close(stray_r)
     os.close(stray_w)
 
@@ -110,7 +104,7 @@ async def test_a_pid_1_that_fails_its_namespaces_set_up_is_the_error_of_its_step
         tg.start_soon(channel.read)
         messages.send(theirs, failure)
         with pytest.raises(kind) as info:
-            await channel.wait_unshared()
+            await channel.wait_ready()
         tg.cancel_scope.cancel()
     assert info.value.message == line
 
@@ -120,9 +114,7 @@ async def test_a_pid_1_gone_before_ready_is_one_line(pair: tuple[socket.socket, 
     channel = await child_steps(ours)
     async with anyio.create_task_group() as tg:
         tg.start_soon(channel.read)
-        messages.send(theirs, Unshared())
         theirs.shutdown(socket.SHUT_WR)
-        await channel.wait_unshared()
         with pytest.raises(SetupError, match=r"^the container process exited during set-up$"):
             await channel.wait_ready()
 
@@ -245,9 +237,9 @@ async def test_running_out_of_descriptors_mid_message_is_said_and_the_reader_goe
             with anyio.fail_after(10):
                 await said.wait()
         assert [error.message.split(" (")[0] for error in lost] == ["too many open files"], lost
-        messages.send(theirs, Unshared())
-        with anyio.fail_after(10):
-            await channel.wait_unshared()  # the next message still comes through
+        messages.send(theirs, Failed(STEP_SETUP, "tap0: No such device", 19))
+        with anyio.fail_after(10), pytest.raises(SetupError, match="tap0: No such device"):
+            await channel.wait_ready()  # the next message still comes through
         tg.cancel_scope.cancel()
     assert open_fds() == before  # nothing of the lost message was left open
     os.close(stray_r)
@@ -258,11 +250,9 @@ async def test_the_reader_stops_at_end_of_stream(pair: tuple[socket.socket, sock
     """PID 1's end of stream ends the reader (and closes the inbox) without teardown's help."""
     ours, theirs = pair
     channel = await child_steps(ours)
-    messages.send(theirs, Unshared())
     theirs.shutdown(socket.SHUT_WR)
     with anyio.fail_after(10):
         await channel.read()  # returns by itself
-    await channel.wait_unshared()
     with pytest.raises(SetupError, match=r"^the container process exited during set-up$"):
         await channel.wait_ready()
 

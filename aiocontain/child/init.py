@@ -30,7 +30,7 @@ import stat
 
 from aiocontain import messages, syscalls
 from aiocontain.child import console, harden, mounts
-from aiocontain.messages import Config, Console, Failed, Message, Ready, Unshared
+from aiocontain.messages import Config, Console, Failed, Message, Ready
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ def main(fd: int, unshare_net: bool, lo_up: bool = False) -> NoReturn:
         config = None  # the runtime went away before we started
     if not isinstance(config, Config):
         os._exit(125)
-    _send_or_exit(sock, Unshared())  # the Config is taken: the runtime goes on with its own steps
     try:
         if unshare_net != config.unshare_net:
             raise OSError(errno.EINVAL, "the namespaces made are not the ones asked for")
@@ -97,14 +96,9 @@ def _send_or_exit(sock: socket.socket, message: Message, fds: list[int] | None =
 
 
 def build_and_exec(config: Config, release_r: int, report_w: int) -> NoReturn:
-    """Build the root once the id maps are written, wait for the release, harden, exec."""
+    """Build the root, wait for the release, harden, exec. Our id maps are written: the fork server wrote them
+    before anyone heard of us, so before the Config could come."""
     try:
-        # Two bytes on the release pipe: MAPPED once our id maps are written (build the root meanwhile, as
-        # runc's create does), RELEASE for the release itself (the host side is ready: exec). The fork server
-        # writes the maps as it clones us: then build at once, and skip the MAPPED that still comes.
-        mapped = maps_written()
-        if not mapped and os.read(release_r, 1) != messages.MAPPED:
-            os._exit(0)  # the runtime went away first
         become_root()
         if config.unshare_net:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
@@ -117,10 +111,7 @@ def build_and_exec(config: Config, release_r: int, report_w: int) -> NoReturn:
             os._exit(126)
         if config.tty:
             send_console(report_w, config.user[0] if config.user is not None else None)
-        released = os.read(release_r, 1)
-        if mapped and released == messages.MAPPED:
-            released = os.read(release_r, 1)
-        if released != messages.RELEASE:
+        if os.read(release_r, 1) != messages.RELEASE:
             os._exit(0)  # the runtime went away before releasing us
         os.close(release_r)
         # Now that the runtime has moved us into the container's cgroup, make it our cgroup namespace's root.
@@ -134,18 +125,6 @@ def build_and_exec(config: Config, release_r: int, report_w: int) -> NoReturn:
     if config.init:
         _exec_init(config, env, report_w)
     exec_command(config.argv, env, report_w)
-
-
-def maps_written() -> bool:
-    """Whether our user namespace's id maps are written (each is written whole, uid_map first)."""
-    for name in ("/proc/self/uid_map", "/proc/self/gid_map"):
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if not os.read(fd, 64):
-                return False
-        finally:
-            os.close(fd)
-    return True
 
 
 def send_console(report_w: int, owner: int | None) -> None:

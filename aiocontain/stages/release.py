@@ -1,6 +1,6 @@
 """Stage 7, release: let PID 1 exec the command, and learn that it runs.
 
-PID 1 has built its root since the idmap stage's ``mapped``. With ``tty`` its
+PID 1 has built its root since its Ready (spawn stage). With ``tty`` its
 pty's master is taken first, and the window size set, so that the command reads
 the right size from its start. The fork server is told the container's cgroup
 (``name_cgroup``), then PID 1 gets its release byte; its report socket then says

@@ -85,7 +85,6 @@ async def run(ctx: StageContext) -> None:
 
     ctx.init_pid = ctx.process.pid
     with anyio.fail_after(READY_TIMEOUT):
-        await channel.wait_unshared()
         ready = await channel.wait_ready()
     ctx.init, ctx.netlink = ready
     ctx.stack.callback(ready.init.close)
