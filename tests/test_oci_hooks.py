@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,44 @@ def test_deleting_a_container_stuck_in_a_hook_ends_the_hook(engine: Engine, root
             assert engine.oci("delete", "stuck").code == 0
         assert settle(started, 10) == set()
         assert list(engine.root.iterdir()) == []
+
+
+# create's side of a hook, killed while it records the hook's pid: the moment a plain delete cannot cover.
+_KILLED_WHILE_RECORDING = """
+import os, signal, sys
+from aiocontain.oci import hooks
+
+def running(pid):
+    if pid:
+        with open(sys.argv[2], "w") as said:
+            said.write(str(pid))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+hook = {"path": "/bin/sh", "args": ["sh", "-c", "echo ran > " + sys.argv[1]]}
+hooks.run({"createRuntime": [hook]}, "createRuntime", b"{}", running)
+"""
+
+
+def test_a_create_killed_before_it_recorded_a_hook_leaves_no_hook_run(tmp_path: Path) -> None:
+    """The hook is executed only once create has recorded it: killed before, it leaves no hook behind that
+    delete could not find (the hook's first program sees its gate end, and exits without running it)."""
+    ran, recorded = tmp_path / "ran", tmp_path / "pid"
+    result = subprocess.run([sys.executable, "-c", _KILLED_WHILE_RECORDING, str(ran), str(recorded)], check=False)
+    assert result.returncode == -signal.SIGKILL
+    assert settle([int(recorded.read_text())], 10) == set()
+    assert not ran.exists()
+
+
+def test_a_recorded_hook_that_cannot_be_executed_says_so(tmp_path: Path) -> None:
+    """Through the gate, a hook that is not there is still "cannot run", as without it."""
+    from aiocontain.oci import hooks
+    from aiocontain.oci.errors import OciError
+
+    pids: list[int] = []
+    missing = {"createRuntime": [{"path": str(tmp_path / "none")}]}
+    with pytest.raises(OciError, match=r"^createRuntime hook .*/none cannot run: No such file or directory$"):
+        hooks.run(missing, "createRuntime", b"{}", pids.append)  # type: ignore[arg-type]
+    assert pids[-1] == 0 and len(pids) == 2
 
 
 def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:

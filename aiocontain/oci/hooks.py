@@ -54,6 +54,8 @@ def run(
     would otherwise outlive it, holding its stderr pipe and so this wait, for ever. (What a hook that succeeded
     leaves running is its own business, as a daemon a network hook starts.) ``running`` is told the
     leader's pid while it runs, and 0 after (create records it, so that delete can end a hook stuck in it).
+    With ``running``, the hook is executed only once it has returned (``_GATE``): a create killed before its
+    record leaves no hook that nobody can find.
     """
     entries = (hooks or {}).get(kind, [])
     if not entries:
@@ -66,22 +68,42 @@ def run(
         args = [str(arg) for arg in entry.get("args") or [path]]  # type: ignore[attr-defined]
         env = [str(item) for item in entry.get("env") or []]  # type: ignore[attr-defined]
         timeout = entry.get("timeout")
+        gate_r = gate_w = -1
+        kept: tuple[int, ...] = ()
+        if running is None:
+            argv, executable, environment = args, path, dict(item.partition("=")[::2] for item in env)
+        else:
+            import sys
+
+            gate_r, gate_w = os.pipe()
+            argv = [sys.executable, "-I", "-S", "-c", _GATE, str(gate_r), path, str(len(env)), *env, *args]
+            executable, environment, kept = sys.executable, {}, (gate_r,)
         try:
             process = subprocess.Popen(
-                args,
-                executable=path,
+                argv,
+                executable=executable,
                 stdin=subprocess.PIPE,
-                env=dict(item.partition("=")[::2] for item in env),
+                env=environment,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 close_fds=True,
+                pass_fds=kept,
                 process_group=0,
             )
         except OSError as exc:
+            if gate_w >= 0:
+                os.close(gate_w)
             raise OciError(f"{kind} hook {path} cannot run: {exc.strerror}") from None
+        finally:
+            if gate_r >= 0:
+                os.close(gate_r)
         try:
             if running is not None:
-                running(process.pid)
+                try:
+                    running(process.pid)
+                    os.write(gate_w, b"g")
+                finally:
+                    os.close(gate_w)
             try:
                 _, stderr = process.communicate(state, timeout=timeout if isinstance(timeout, int) else None)
             except subprocess.TimeoutExpired:
@@ -95,10 +117,35 @@ def run(
                 process.communicate()  # every writer of its stderr is gone now: end of file
             if running is not None:
                 running(0)
+        if process.returncode == _GATE_EXEC_FAILED and stderr.startswith(_GATE_SAYS):
+            reason = stderr[len(_GATE_SAYS) :].decode(errors="replace").strip()
+            raise OciError(f"{kind} hook {path} cannot run: {reason}")
         if process.returncode != 0:
             said = stderr.decode(errors="replace").strip().splitlines()
             detail = f": {said[-1]}" if said else ""
             raise OciError(f"{kind} hook {path} failed with exit status {process.returncode}{detail}")
+
+
+# The hook's first program while create records its pid: it waits for a byte on the gate pipe, then executes
+# the hook with the hook's own argv and environment. End of file instead (create died before its record): it
+# exits without running the hook. argv: the gate's fd, the path, the number of env entries, them, the args.
+_GATE_EXEC_FAILED = 127
+_GATE_SAYS = b"aiocontain-hook-gate: "
+_GATE = f"""
+import os, sys
+a = sys.argv
+gate = int(a[1])
+if os.read(gate, 1) != b"g":
+    os._exit(125)
+os.close(gate)
+n = int(a[3])
+env = dict(item.partition("=")[::2] for item in a[4 : 4 + n])
+try:
+    os.execve(a[2], a[4 + n :], env)
+except OSError as exc:
+    os.write(2, {_GATE_SAYS!r} + (exc.strerror or str(exc)).encode())
+    os._exit({_GATE_EXEC_FAILED})
+"""
 
 
 def run_recorded(container: ContainerState, kind: str, status: str) -> None:
