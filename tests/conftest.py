@@ -274,6 +274,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+_first_listing = [True]  # the current test has not listed leftovers yet
+
+
+@pytest.fixture(autouse=True)
+def earlier_runtime_dirs_swept_at_first_listing() -> None:
+    """Each test's first ``leftovers`` sweeps the runtime directories whose runtime died in an earlier test
+    (aiocontain.runtimedir), as any new runtime's first container would. Otherwise a run in this test could sweep
+    them and make its before-and-after count differ by what it never made."""
+    _first_listing[0] = True
+
+
 def leftovers(timeout: float = 5.0) -> dict[str, object]:
     """What containers could leave behind, counted over everything the test user owns.
 
@@ -281,7 +292,8 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
       alone: it forks and sleeps) and podman's pause process. A process that is exiting is waited for through
       its pidfd, up to timeout (never polled); a zombie counts only when this process should have reaped it
       (the fork server reaps its containers' PID 1 after their exit, as init does orphans: in its own time);
-    - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp;
+    - runtime_dirs: the user's runtime directories (aiocontain-*) in XDG_RUNTIME_DIR and /tmp (a test's first
+      listing sweeps those an earlier test's dead runtime left: see earlier_runtime_dirs_swept_at_first_listing);
     - records: the files of the user's container records (aiocontain.registry: records and detached logs),
       once those of dead foreground runs are removed as any listing removes them;
     - mounts: the user's own mounts (their root is the user's) in the mount namespaces of this process and
@@ -316,6 +328,12 @@ def leftovers(timeout: float = 5.0) -> dict[str, object]:
         processes.append((server_pid, "fork server", ""))
     dirs: list[str] = []
     uid = os.getuid()
+    if _first_listing[0]:
+        _first_listing[0] = False
+        from aiocontain import runtimedir
+
+        for base in {os.environ.get("XDG_RUNTIME_DIR") or None, None}:
+            runtimedir.sweep(base)  # unlocked ones only: a live runtime's are kept, and counted below
     for base in {os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp"}:
         if os.path.isdir(base):
             for name in os.listdir(base):
