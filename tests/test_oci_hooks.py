@@ -180,6 +180,28 @@ def test_a_recorded_hook_that_cannot_be_executed_says_so(tmp_path: Path) -> None
     assert pids[-1] == 0 and len(pids) == 2
 
 
+def test_a_recorded_hooks_environment_is_never_on_a_command_line(tmp_path: Path) -> None:
+    """The gate gets the hook's environment through its pipe: /proc/PID/cmdline, which every user reads, never
+    shows it, and the hook still gets it whole."""
+    from aiocontain.oci import hooks
+
+    seen: list[bytes] = []
+
+    def running(pid: int) -> None:
+        if pid:
+            seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+
+    said = tmp_path / "said"
+    hook = {
+        "path": "/bin/sh",
+        "args": ["sh", "-c", f'echo "$TOKEN|$EMPTY|$#" > {said}'],
+        "env": ["TOKEN=s3cret=1", "EMPTY="],
+    }
+    hooks.run({"createRuntime": [hook]}, "createRuntime", b"{}", running)
+    assert said.read_text() == "s3cret=1||0\n"
+    assert len(seen) == 1 and b"s3cret" not in seen[0] and b"sh\0-c\0" in seen[0]
+
+
 def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """Every poststart and poststop hook runs even after one fails (a warning), from what config.json said
     at create: rewriting it afterwards changes nothing."""

@@ -76,7 +76,7 @@ def run(
             import sys
 
             gate_r, gate_w = os.pipe()
-            argv = [sys.executable, "-I", "-S", "-c", _GATE, str(gate_r), path, str(len(env)), *env, *args]
+            argv = [sys.executable, "-I", "-S", "-c", _GATE, str(gate_r), path, *args]
             executable, environment, kept = sys.executable, {}, (gate_r,)
         try:
             process = subprocess.Popen(
@@ -101,7 +101,7 @@ def run(
             if running is not None:
                 try:
                     running(process.pid)
-                    os.write(gate_w, b"g")
+                    _open_gate(gate_w, env)
                 finally:
                     os.close(gate_w)
             try:
@@ -126,22 +126,35 @@ def run(
             raise OciError(f"{kind} hook {path} failed with exit status {process.returncode}{detail}")
 
 
-# The hook's first program while create records its pid: it waits for a byte on the gate pipe, then executes
-# the hook with the hook's own argv and environment. End of file instead (create died before its record): it
-# exits without running the hook. argv: the gate's fd, the path, the number of env entries, them, the args.
+def _open_gate(gate_w: int, env: list[str]) -> None:
+    """Let the hook run: "g", then its environment, NUL-separated, to the end of the pipe. Through the pipe, not
+    the gate's argv, which every user on the host can read in /proc (a hook's env may hold secrets)."""
+    data = memoryview(b"g" + b"\0".join(os.fsencode(item) for item in env))
+    try:
+        while data:
+            data = data[os.write(gate_w, data) :]
+    except BrokenPipeError:
+        pass  # the gate is gone (killed): its exit status says so
+
+
+# The hook's first program while create records its pid: it reads the gate pipe to its end, then executes the
+# hook with the hook's own argv and the environment that came through the pipe. Without the "g" that starts it
+# (create died before its record) it exits without running the hook. argv: the gate's fd, the path, the args.
 _GATE_EXEC_FAILED = 127
 _GATE_SAYS = b"aiocontain-hook-gate: "
 _GATE = f"""
 import os, sys
 a = sys.argv
 gate = int(a[1])
-if os.read(gate, 1) != b"g":
+data = b""
+while chunk := os.read(gate, 65536):
+    data += chunk
+if data[:1] != b"g":
     os._exit(125)
 os.close(gate)
-n = int(a[3])
-env = dict(item.partition("=")[::2] for item in a[4 : 4 + n])
+env = dict(item.partition(b"=")[::2] for item in data[1:].split(b"\\0") if item)
 try:
-    os.execve(a[2], a[4 + n :], env)
+    os.execve(a[2], a[3:], env)
 except OSError as exc:
     os.write(2, {_GATE_SAYS!r} + (exc.strerror or str(exc)).encode())
     os._exit({_GATE_EXEC_FAILED})
