@@ -63,6 +63,8 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "memory limit": ({"linux": {"resources": {"memory": {"limit": 64 << 20}}}}, "linux.resources.memory"),
     "no such program": ({"process": {"args": ["nothere"]}}, 'exec: "nothere": executable file not found in $PATH'),
     "no such path": ({"process": {"args": ["/no/where"]}}, 'exec: "/no/where": stat /no/where: no such file'),
+    "hook args": ({"hooks": {"prestart": [{"path": "/bin/true", "args": ["true", "a\0b"]}]}}, "args hold a NUL byte"),
+    "hook env": ({"hooks": {"createRuntime": [{"path": "/bin/true", "env": ["A=\0"]}]}}, "env hold a NUL byte"),
 }
 
 

@@ -35,11 +35,16 @@ def check(hooks: object) -> None:
         for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
                 raise OciError(f"config.json: every hook in hooks.{kind} needs a path")
+            if "\0" in entry["path"]:
+                raise OciError(f"config.json: hook path {entry['path']!r} holds a NUL byte")
             if not os.path.isabs(entry["path"]):
                 raise OciError(f"config.json: hook path {entry['path']!r} is not absolute")
             timeout = entry.get("timeout")
             if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
                 raise OciError(f"config.json: hook {entry['path']}: timeout must be a positive integer")
+            for field in ("args", "env"):
+                if any("\0" in str(item) for item in entry.get(field) or []):
+                    raise OciError(f"config.json: hook {entry['path']}: {field} hold a NUL byte")
 
 
 def run(
