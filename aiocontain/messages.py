@@ -213,6 +213,14 @@ class Unshared(_Message):
     __slots__ = ()
 
 
+class Mapped(_Message):
+    """Fork server -> a spare, first on the spare's socket: its id maps are written, so it may build what it
+    can ahead (child/prebuilt.py)."""
+
+    kind = "mapped"
+    __slots__ = ()
+
+
 class Ready(_Message):
     """PID 1 -> runtime, last on the control socket: its hostname, lo and (for slirp4netns) tap0 are set up, and
     it builds its root from now on. Carries, in this order, the write end of its release pipe, the runtime's end
@@ -330,7 +338,9 @@ class Failed(_Message):
         self.errno = errno
 
 
-Message = Config | Unshared | Ready | Release | Console | Failed | Exited | Fork | Spare | Forked | Reaped | Exec
+Message = (
+    Config | Unshared | Mapped | Ready | Release | Console | Failed | Exited | Fork | Spare | Forked | Reaped | Exec
+)
 _TYPES: dict[str, type[Any]] = {t.kind: t for t in _Message.__subclasses__()}  # every message class above
 MAX_FDS = 8
 

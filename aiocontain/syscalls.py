@@ -40,6 +40,14 @@ MS_STRICTATIME = 0x1000000
 
 MNT_DETACH = 0x2
 
+# The new mount API (Linux 5.2): one number on every architecture, as openat2's.
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_OPEN_TREE_CLONE = 0x1
+_AT_RECURSIVE = 0x8000
+_AT_FDCWD = -100
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
 # mount(8)'s propagation options as mount(2) flags (the spec's -v options and OCI mounts alike)
 PROPAGATION = {
     "private": MS_PRIVATE,
@@ -142,6 +150,23 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
 def umount2(target: str, flags: int = 0) -> None:
     """umount2(2)."""
     _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def clone_tree(path: str) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount at path and every mount
+    under it, held by the returned fd (close-on-exec) until it is attached (``attach_tree``) or closed."""
+    fd: int = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, _b(path), _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC)
+    if fd < 0:
+        _check(fd, f"open_tree {path}")
+    return fd
+
+
+def attach_tree(tree: int, target: str) -> None:
+    """move_mount(2): attach a detached mount tree (``clone_tree``'s fd) at target."""
+    _check(
+        _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, _b(target), _MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount to {target}",
+    )
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

@@ -265,7 +265,8 @@ async def test_a_spare_is_a_pid_1_cloned_ahead_holding_only_its_own_socket(rootf
     async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         assert comm(spare) == SPARE_NAME and children_of(spare) == []
-        assert held(spare) == ["/dev/null"] * 3 + ["socket"]
+        # Its socket and its own /proc, /sys and /dev, built ahead and held detached (child/prebuilt.py).
+        assert held(spare) == ["/", "/", "/"] + ["/dev/null"] * 3 + ["socket"]
         command = spec(rootfs, "/bin/sh", "-c", "echo $$; ls /proc/self/fd", stdout=subprocess.PIPE)
         async with Container(command, fork_server=server) as container:
             assert container.pid == spare
@@ -396,6 +397,56 @@ async def test_a_spares_container_has_namespaces_of_its_own_mapped_and_set_up_as
     finally:
         server.close()
     assert leftovers() == before
+
+
+def mount_table(mountinfo: bytes) -> list[tuple[str, ...]]:
+    """A container's mounts as (mount point, options, fs type, source, super options), sorted: what is mounted
+    where and how, without the ids, which differ from one container to the next."""
+    table = []
+    for line in mountinfo.decode().splitlines():
+        mine, theirs = line.split(" - ")
+        table.append((*mine.split()[4:6], *theirs.split()))
+    return sorted(table)
+
+
+KERNEL_FILES_PROBE = (
+    "echo keys $(wc -c < /proc/keys) firmware $(ls /sys/firmware | wc -l) >&2;"
+    " (echo 1 > /proc/sys/net/ipv4/ip_forward) 2>/dev/null && echo ip_forward-written >&2;"
+    " cat /proc/self/mountinfo; echo end"
+)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+async def test_a_spares_container_has_the_mounts_of_a_fresh_ones(rootfs, privileged):
+    # A spare builds its /proc (with the masked and read-only paths), /sys and /dev before any request and
+    # attaches them in the root once it has one: the container then has exactly the mounts of a container cloned
+    # afresh (run while the spare's still runs, so that no spare is there for it), and the same masks hold. A
+    # --privileged Config, which the spare's /proc and /sys do not fit (no masks), gets a fresh one's.
+    options = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "privileged": privileged}
+    tables, probes = [], []
+    async with server_with_spare(rootfs) as server:
+        [spare] = spares_of(server)
+        probe = ("/bin/sh", "-c", KERNEL_FILES_PROBE + "; read line")
+        async with Container(spec(rootfs, *probe, **options), fork_server=server) as from_spare:
+            assert from_spare.pid == spare
+            async with Container(spec(rootfs, *probe, **options), fork_server=server) as fresh:
+                assert fresh.pid != spare and spares_of(server) == []
+                for container in (from_spare, fresh):
+                    tables.append(mount_table((await read_until_end(container)).removesuffix(b"end\n")))
+                    await container.stdin.send(b"go\n")
+                    probes.append(b"".join([chunk async for chunk in container.stderr]).decode())
+                    assert (await container.wait()).ok
+    spare_table, fresh_table = tables
+    assert spare_table == fresh_table
+    points = [entry[0] for entry in fresh_table]
+    masked = ["/proc/keys", "/sys/firmware", "/proc/sys"]
+    if privileged:
+        assert not set(masked) & set(points)
+        for probe in probes:  # /proc/keys lists each container's own session keyring: its size differs
+            assert probe.startswith("keys ") and "firmware 0" not in probe and "ip_forward-written" in probe
+    else:
+        assert set(masked) <= set(points) and "/dev/pts" in points
+        assert probes == ["keys 0 firmware 0\n"] * 2
 
 
 async def test_a_spares_container_starts_clean_with_its_own_stdio(rootfs):

@@ -37,9 +37,10 @@ death signal), so no container outlives both.
 Once it has served two requests (an embedding program that runs container after
 container, not a CLI run's one), it keeps one PID 1 cloned ahead: a spare that
 holds no fd but its own socket, has the namespaces of the kind the last request
-asked for and their maps, brings their lo up, says Unshared, and then waits
-there for a request's fds. So the clone, the child's start and the maps are off
-the container's path.
+asked for and their maps, brings their lo up, builds its /proc, /sys and /dev
+once told its maps are written (Mapped; child/prebuilt.py), says Unshared, and
+then waits there for a request's fds. So the clone, the child's start, the maps
+and most of the root's mounts are off the container's path.
 
 Once ready the spare is offered to the owner (``Spare`` on the request socket,
 with its pidfd, a copy of this server's end of its socket and a reply channel):
@@ -68,8 +69,8 @@ import signal
 import socket
 
 from aiocontain import messages, syscalls
-from aiocontain.child import cgroup, init, netdev
-from aiocontain.messages import Failed, Fork, Forked, Reaped, Release, Spare, Unshared
+from aiocontain.child import cgroup, init, mounts, netdev, prebuilt
+from aiocontain.messages import Failed, Fork, Forked, Mapped, Reaped, Release, Spare, Unshared
 
 TYPE_CHECKING = False  # typing is a heavy import for the child
 if TYPE_CHECKING:
@@ -267,6 +268,10 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
     if pid < 0:
         mine.close()
         return
+    try:
+        messages.send(mine, Mapped())  # _clone wrote its maps: it may build ahead now
+    except OSError:
+        pass  # it died: its pidfd says so
     state.poller.register(pidfd, select.POLLIN)
     state.poller.register(mine, select.POLLIN)
     state.spare = _Spare(pid, pidfd, mine, unshare_net)
@@ -275,7 +280,8 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
 def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoReturn:
     """In the spare, PID 1 of its namespaces: hold nothing of the server's but this socket (no other container's
     channel or pidfd), bring lo up, say Unshared (the server writes the maps and offers us), wait for a
-    request's fds, then go on as a fresh clone would, with lo up."""
+    request's fds, then go on as a fresh clone would, with lo up and its /proc, /sys and /dev built once the
+    server says its maps are written (child/prebuilt.py)."""
     try:
         _start_init()
         own = sock.fileno()
@@ -283,6 +289,10 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoRet
         os.closerange(own + 1, os.sysconf("SC_OPEN_MAX"))
         if unshare_net:
             netdev.bring_up("lo")
+        message, fds = messages.recv(sock)
+        if not isinstance(message, Mapped) or fds:
+            os._exit(0)  # end of stream: the server is gone
+        trees = prebuilt.build(unshare_net)
         try:
             messages.send(sock, Unshared())  # ready: the server writes our maps and offers us
         except OSError:
@@ -300,7 +310,7 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoRet
     except BaseException:  # noqa: BLE001 - nothing to report to: the server reaps it, the runtime sees no Forked
         os._exit(125)
     control, *stdio = fds
-    _become_init(control, stdio, unshare_net, spare=True)
+    _become_init(control, stdio, unshare_net, spare=True, trees=trees)
 
 
 def _get_comm() -> bytes:
@@ -560,25 +570,33 @@ def _start_init() -> None:
     syscalls.set_parent_death_signal(signal.SIGKILL)
 
 
-def _become_init(control: int, stdio: list[int], unshare_net: bool, spare: bool = False) -> NoReturn:
+def _become_init(
+    control: int, stdio: list[int], unshare_net: bool, spare: bool = False, trees: mounts.Trees | None = None
+) -> NoReturn:
     """In the cloned child: start as clean as ``python -I -S`` would, with the control socket at CONTROL_FD and
-    the container's stdio at 0-2, then run PID 1 (unshare_net: whether it has a network namespace of its own;
-    spare: it was one, and brought its lo up already)."""
+    the container's stdio at 0-2 (a spare's prebuilt trees right after), then run PID 1 (unshare_net: whether it
+    has a network namespace of its own; spare: it was one, and brought its lo up already)."""
     try:
         if not spare:
             _start_init()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD), so no dup2 clobbers another.
-        above = CONTROL_FD + 1
-        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in (*stdio, control)]
+        tree_fds = trees.fds if trees is not None else []
+        # Kept fds are first moved above the ones being set up (0 to CONTROL_FD and the trees'), so no dup2
+        # clobbers another.
+        above = CONTROL_FD + 1 + len(tree_fds)
+        kept = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in (*stdio, control, *tree_fds)]
         for target, fd in enumerate(kept[:3]):
             os.dup2(fd, target)  # inheritable: the container's command gets its stdio
         os.dup2(kept[3], CONTROL_FD, inheritable=False)
+        for target, fd in enumerate(kept[4:], CONTROL_FD + 1):
+            os.dup2(fd, target, inheritable=False)
         os.closerange(above, os.sysconf("SC_OPEN_MAX"))
+        if trees is not None:
+            trees = trees.moved(list(range(CONTROL_FD + 1, above)))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    init.main(CONTROL_FD, unshare_net, lo_up=spare)
+    init.main(CONTROL_FD, unshare_net, lo_up=spare, trees=trees)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:

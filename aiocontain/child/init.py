@@ -37,11 +37,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import NoReturn
 
+    from aiocontain.child.mounts import Trees
 
-def main(fd: int, unshare_net: bool, lo_up: bool = False) -> NoReturn:
+
+def main(fd: int, unshare_net: bool, lo_up: bool = False, trees: Trees | None = None) -> NoReturn:
     """PID 1, cloned by the fork server into the container's namespaces, with the control socket at fd and the
     container's stdio at 0-2. unshare_net: whether it has a network namespace of its own; lo_up: it was a spare,
-    which brought lo up already."""
+    which brought lo up already; trees: the /proc, /sys and /dev such a spare built ahead."""
     # Here, not at the top: the fork server has it imported already, and exec's helper (child/join.py), which
     # imports this module for the exec, never sets a network up.
     from aiocontain.child import netdev
@@ -76,7 +78,7 @@ def main(fd: int, unshare_net: bool, lo_up: bool = False) -> NoReturn:
     if netlink is not None:
         netlink.close()
     sock.close()
-    build_and_exec(config, release_r, report_w)
+    build_and_exec(config, release_r, report_w, trees)
 
 
 def _send_or_exit(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
@@ -95,14 +97,14 @@ def _send_or_exit(sock: socket.socket, message: Message, fds: list[int] | None =
         os._exit(125)
 
 
-def build_and_exec(config: Config, release_r: int, report_w: int) -> NoReturn:
+def build_and_exec(config: Config, release_r: int, report_w: int, trees: Trees | None = None) -> NoReturn:
     """Build the root, wait for the release, harden, exec. Our id maps are written: the fork server wrote them
     before anyone heard of us, so before the Config could come."""
     try:
         become_root()
         if config.unshare_net:
             harden.allow_ping()  # the network namespace's own sysctl, while the host's /proc is still ours
-        mounts.build(config)
+        mounts.build(config, trees)
         env = dict(config.env)
         try:
             enter_workdir(config.workdir)

@@ -16,6 +16,7 @@ import stat
 
 from aiocontain import syscalls as sc
 from aiocontain.messages import Config
+from aiocontain.security import paths
 
 # --init's PID 1, bound read-only in the container's own /dev tmpfs: nothing is written into the rootfs on disk.
 INIT_PATH = "/dev/init"
@@ -28,7 +29,41 @@ DEV_LINKS = {
 }
 
 
-def build(config: Config) -> None:
+class Trees:
+    """A spare's /proc, /sys and /dev, built ahead (child/prebuilt.py) as detached trees, fds (close-on-exec):
+    proc and sys, or -1 where they were not built; dev."""
+
+    def __init__(self, proc: int, sys: int, dev: int) -> None:
+        self.proc, self.sys, self.dev = proc, sys, dev
+
+    @property
+    def fds(self) -> list[int]:
+        return [fd for fd in (self.proc, self.sys, self.dev) if fd >= 0]
+
+    def fits(self, config: Config) -> bool:
+        """Whether the proc and sys trees are the ones this Config asks for (the /dev tree always is)."""
+        return (
+            self.proc >= 0
+            and self.sys >= 0
+            and config.unshare_net
+            and config.masked_paths == list(paths.MASKED)
+            and config.readonly_paths == list(paths.READONLY)
+        )
+
+    def moved(self, fds: list[int]) -> Trees:
+        """The same trees at other fd numbers (``fds``, in ``self.fds``'s order)."""
+        found = iter(fds)
+        return Trees(*(next(found) if fd >= 0 else -1 for fd in (self.proc, self.sys, self.dev)))
+
+    def close(self) -> None:
+        """A tree attached stays where it is; one never attached goes with its fd."""
+        for fd in self.fds:
+            os.close(fd)
+        self.proc = self.sys = self.dev = -1
+
+
+def build(config: Config, trees: Trees | None = None) -> None:
+    """trees: a spare's /proc, /sys and /dev, built ahead (child/prebuilt.py), attached rather than built."""
     # The runtime resolved the rootfs (Container): its path has no symlink in it, so no realpath here. Every
     # target below is root + a path: one lstat each says whether it is there and not a symlink.
     root = config.rootfs
@@ -38,12 +73,20 @@ def build(config: Config) -> None:
         _mount_overlay(root, config.overlay)  # also makes the root a mount point
     else:
         mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
-    mount("proc", _top_dir(root, "proc"), "proc", _PROC_FLAGS)
-    mount_sys(_top_dir(root, "sys"))
-    mask(root, config.masked_paths)
-    for path in config.readonly_paths:
-        readonly(root, path)
-    _mount_dev(_top_dir(root, "dev"))
+    if trees is not None and trees.fits(config):
+        sc.attach_tree(trees.proc, _top_dir(root, "proc"))  # with the masked and read-only paths
+        sc.attach_tree(trees.sys, _top_dir(root, "sys"))
+    else:
+        mount("proc", _top_dir(root, "proc"), "proc", PROC_FLAGS)
+        mount_sys(_top_dir(root, "sys"))
+        mask(root, config.masked_paths)
+        for path in config.readonly_paths:
+            readonly(root, path)
+    if trees is not None:
+        sc.attach_tree(trees.dev, _top_dir(root, "dev"))
+        trees.close()
+    else:
+        mount_dev(_top_dir(root, "dev"))
     if config.init_binary:
         _mount_init(root + INIT_PATH, config.init_binary)
     mount("tmpfs", _top_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
@@ -61,8 +104,8 @@ def build(config: Config) -> None:
     os.chdir("/")
 
 
-_PROC_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-_HIDDEN_FLAGS = sc.MS_RDONLY | _PROC_FLAGS
+PROC_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+_HIDDEN_FLAGS = sc.MS_RDONLY | PROC_FLAGS
 
 
 def _mount_overlay(root: str, holder: str) -> None:
@@ -198,7 +241,7 @@ def readonly(root: str, path: str) -> None:
     _remount_readonly(target)
 
 
-def _mount_dev(dev: str) -> None:
+def mount_dev(dev: str) -> None:
     mount = sc.mount
     mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     for name in DEVICES:
@@ -209,9 +252,9 @@ def _mount_dev(dev: str) -> None:
     mount("devpts", dev + "/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
     os.symlink("pts/ptmx", dev + "/ptmx")
     os.mkdir(dev + "/shm", 0o1777)
-    mount("shm", dev + "/shm", "tmpfs", _PROC_FLAGS, "mode=1777,size=65536k")
+    mount("shm", dev + "/shm", "tmpfs", PROC_FLAGS, "mode=1777,size=65536k")
     os.mkdir(dev + "/mqueue", 0o755)
-    mount("mqueue", dev + "/mqueue", "mqueue", _PROC_FLAGS)
+    mount("mqueue", dev + "/mqueue", "mqueue", PROC_FLAGS)
     for name, target in DEV_LINKS.items():
         os.symlink(target, dev + "/" + name)
 
