@@ -163,3 +163,37 @@ def test_overlay_read_only_and_mounts_plan(tmp_path, monkeypatch):
     assert [c[1] for c in binds] == ["/src", None, None]
     assert binds[1][4] & sc.MS_REMOUNT | sc.MS_RDONLY and binds[2][4] == sc.MS_SHARED
     assert calls[-3][:3] == ("mount", None, r) and calls[-3][4] & sc.MS_RDONLY  # the root, last
+
+
+@pytest.mark.parametrize(
+    ("built", "privileged"),
+    [("all", False), ("all", True), ("dev only", False)],
+)
+def test_a_spares_prebuilt_trees_are_attached_where_the_config_fits_them(tmp_path, monkeypatch, built, privileged):
+    # A spare's /proc (its masks and read-only paths in it) and /sys are attached for the default masks; the
+    # /dev tree for any Config. What was not built (a request came first), or does not fit (--privileged: no
+    # masks), is mounted as a fresh clone's. The trees' fds are closed either way.
+    from aiocontain.security import paths
+
+    root = tmp_path / "root"
+    root.mkdir()
+    fake = RecordingSyscalls()
+    fake.attach_tree = lambda fd, target: fake.calls.append(("attach", fd, target))  # type: ignore[attr-defined]
+    monkeypatch.setattr(mounts, "sc", fake)
+    monkeypatch.setattr(mounts.os, "chdir", lambda path: None)
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+    proc, sys_, dev = fds if built == "all" else (-1, -1, fds[2])
+    masks = {} if privileged else {"masked_paths": list(paths.MASKED), "readonly_paths": list(paths.READONLY)}
+    trees = mounts.Trees(proc, sys_, dev)
+    mounts.build(config_for(root, **masks), trees)
+    attached = [call[2] for call in fake.calls if call[0] == "attach"]
+    fresh = {call[3] for call in fake.calls if call[0] == "mount"} & {"proc", "sysfs"}
+    r = str(root)
+    if built == "all" and not privileged:
+        assert attached == [r + "/proc", r + "/sys", r + "/dev"] and not fresh
+    else:
+        assert attached == [r + "/dev"] and fresh == {"proc", "sysfs"}
+    assert not any(call[0] == "mount" and call[2] == r + "/dev" for call in fake.calls)
+    assert trees.fds == []
+    for fd in fds[:2] if built != "all" else []:
+        os.close(fd)  # never handed over: ours to close

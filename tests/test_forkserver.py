@@ -265,7 +265,7 @@ async def test_a_spare_is_a_pid_1_cloned_ahead_holding_only_its_own_socket(rootf
     async with server_with_spare(rootfs) as server:
         [spare] = spares_of(server)
         assert comm(spare) == SPARE_NAME and children_of(spare) == []
-        # Its socket and its own /proc, /sys and /dev, built ahead and held detached (child/prebuilt.py).
+        # Its socket and its own /proc, /sys and /dev, built before its offer and held detached (child/prebuilt.py).
         assert held(spare) == ["/", "/", "/"] + ["/dev/null"] * 3 + ["socket"]
         command = spec(rootfs, "/bin/sh", "-c", "echo $$; ls /proc/self/fd", stdout=subprocess.PIPE)
         async with Container(command, fork_server=server) as container:

@@ -280,8 +280,8 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
 def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoReturn:
     """In the spare, PID 1 of its namespaces: hold nothing of the server's but this socket (no other container's
     channel or pidfd), bring lo up, say Unshared (the server writes the maps and offers us), wait for a
-    request's fds, then go on as a fresh clone would, with lo up and its /proc, /sys and /dev built once the
-    server says its maps are written (child/prebuilt.py)."""
+    request's fds, then go on as a fresh clone would, with lo up and what of its /proc, /sys and /dev it built
+    while it waited (child/prebuilt.py), once the server said its maps are written."""
     try:
         _start_init()
         own = sock.fileno()
@@ -292,9 +292,11 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoRet
         message, fds = messages.recv(sock)
         if not isinstance(message, Mapped) or fds:
             os._exit(0)  # end of stream: the server is gone
-        trees = prebuilt.build(unshare_net)
+        # Part by part while nothing comes: a request the server hands us first (a container started back to
+        # back) waits for one part at most. Offered only once built, so an offered spare has every part.
+        trees = prebuilt.build(unshare_net, lambda: _readable(sock))
         try:
-            messages.send(sock, Unshared())  # ready: the server writes our maps and offers us
+            messages.send(sock, Unshared())  # ready: the server offers us
         except OSError:
             pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
         try:
@@ -311,6 +313,13 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoRet
         os._exit(125)
     control, *stdio = fds
     _become_init(control, stdio, unshare_net, spare=True, trees=trees)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether sock has something to read (or its end) now: no wait."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _get_comm() -> bytes:

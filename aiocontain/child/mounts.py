@@ -31,7 +31,7 @@ DEV_LINKS = {
 
 class Trees:
     """A spare's /proc, /sys and /dev, built ahead (child/prebuilt.py) as detached trees, fds (close-on-exec):
-    proc and sys, or -1 where they were not built; dev."""
+    each -1 where it was not built (a request came first, or the spare has the host's network namespace)."""
 
     def __init__(self, proc: int, sys: int, dev: int) -> None:
         self.proc, self.sys, self.dev = proc, sys, dev
@@ -82,11 +82,12 @@ def build(config: Config, trees: Trees | None = None) -> None:
         mask(root, config.masked_paths)
         for path in config.readonly_paths:
             readonly(root, path)
-    if trees is not None:
+    if trees is not None and trees.dev >= 0:
         sc.attach_tree(trees.dev, _top_dir(root, "dev"))
-        trees.close()
     else:
         mount_dev(_top_dir(root, "dev"))
+    if trees is not None:
+        trees.close()
     if config.init_binary:
         _mount_init(root + INIT_PATH, config.init_binary)
     mount("tmpfs", _top_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")

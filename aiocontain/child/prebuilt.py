@@ -5,7 +5,9 @@ mapped. Three parts of a root are the same for every container with a network
 namespace of its own and the default masks, whatever its Config says: a proc of
 its PID namespace with the masked and read-only paths, a sysfs of its network
 namespace with its masked paths, and the /dev tmpfs with its device nodes, pts,
-shm and mqueue. The spare builds them then, each over the host's /proc in its own
+shm and mqueue. The spare builds them then, part by part while no request has
+come (before it is offered: a request the server hands it first waits for one
+part at most), each over the host's /proc in its own
 mount namespace (a path no rootfs, volume or device source lies under), copies
 each as a detached tree (open_tree) and unmounts it again, so its view of the host
 is as before. ``mounts.build`` then attaches the trees in the root (move_mount):
@@ -29,21 +31,24 @@ if TYPE_CHECKING:
 _SCRATCH = "/proc"  # mounted over while each part is built, then uncovered again
 
 
-def build(unshare_net: bool) -> mounts.Trees | None:
-    """In a spare, mapped: the trees, or None where any part cannot be built here (the root is then built as a
-    fresh clone's). Raises only if the scratch place could not be uncovered: the spare must not go on then."""
+def build(unshare_net: bool, asked: Callable[[], bool]) -> mounts.Trees | None:
+    """In a spare, mapped: the trees, each part only while asked() says no request has come (one that comes
+    waits for the part under way at most: what is not built then, PID 1 builds as a fresh clone's);
+    None where a part cannot be built here. Raises only if the scratch place could not be uncovered: the spare
+    must not go on then."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing done here propagates to the host
-    proc = sys = dev = -1
+    parts = [mounts.mount_dev, *((_proc, _sys) if unshare_net else ())]  # a sysfs needs a netns of its own
+    built: list[int] = []
     try:
-        if unshare_net:  # a sysfs of its own needs a network namespace of its own
-            proc = _built(_proc)
-            sys = _built(_sys)
-        dev = _built(mounts.mount_dev)
+        for make in parts:
+            if asked():
+                break
+            built.append(_built(make))
     except OSError:
-        for fd in (proc, sys, dev):
-            if fd >= 0:
-                os.close(fd)
+        for fd in built:
+            os.close(fd)
         return None
+    dev, proc, sys = [*built, -1, -1, -1][:3]
     return mounts.Trees(proc, sys, dev)
 
 
