@@ -59,10 +59,19 @@ def _built(make: Callable[[str], None]) -> int:
         make(_SCRATCH)
         return sc.clone_tree(_SCRATCH)
     finally:
-        if os.stat(_SCRATCH).st_dev != host:  # something of ours covers it, whatever failed
-            sc.umount2(_SCRATCH, sc.MNT_DETACH)  # with every mount under it
-            if os.stat(_SCRATCH).st_dev != host:
-                raise RuntimeError(f"{_SCRATCH} is still covered after the prebuilt trees")
+        _uncover(host)
+
+
+def _uncover(host: int) -> None:
+    """Take off whatever of ours covers the scratch place (with every mount under it), whatever failed."""
+    try:
+        if os.stat(_SCRATCH).st_dev != host:
+            sc.umount2(_SCRATCH, sc.MNT_DETACH)
+        covered = os.stat(_SCRATCH).st_dev != host
+    except OSError:
+        covered = True
+    if covered:  # PID 1 would see the wrong /proc: the spare must not go on
+        raise RuntimeError(f"{_SCRATCH} is still covered after the prebuilt trees")
 
 
 def _proc(target: str) -> None:
