@@ -279,9 +279,9 @@ def _fork_spare(state: _State, unshare_net: bool) -> None:
 
 def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoReturn:
     """In the spare, PID 1 of its namespaces: hold nothing of the server's but this socket (no other container's
-    channel or pidfd), bring lo up, say Unshared (the server writes the maps and offers us), wait for a
-    request's fds, then go on as a fresh clone would, with lo up and what of its /proc, /sys and /dev it built
-    while it waited (child/prebuilt.py), once the server said its maps are written."""
+    channel or pidfd), bring lo up, build what it can of its /proc, /sys and /dev once the server says its maps
+    are written (Mapped; child/prebuilt.py), say Unshared (the server offers us), wait for a request's fds, then
+    go on as a fresh clone would, with lo up and those trees."""
     try:
         _start_init()
         own = sock.fileno()
