@@ -16,15 +16,18 @@ from aiocontain.child import mounts, prebuilt
 class Boundary:
     """Stands in for aiocontain.syscalls: the same constants; mounts recorded, each clone an fd of /dev/null."""
 
-    def __init__(self, fail_clone: int | None = None) -> None:
+    def __init__(self, fail_clone: int | None = None, fail_private: bool = False) -> None:
         for name in dir(syscalls):
             if name.isupper():
                 setattr(self, name, getattr(syscalls, name))
         self.mounted: list[str | None] = []
         self.clones: list[int] = []
         self.fail_clone = fail_clone
+        self.fail_private = fail_private
 
     def mount(self, source, target, fstype, flags=0, data=None):
+        if self.fail_private and flags & syscalls.MS_PRIVATE:
+            raise OSError(1, "mount: Operation not permitted")
         self.mounted.append(fstype)
 
     def umount2(self, target, flags=0):
@@ -86,3 +89,10 @@ def test_a_part_that_cannot_be_built_gives_none_and_keeps_no_fd(boundary):
     fake = boundary(fail_clone=1)
     assert prebuilt.build(True, lambda: False) is None
     assert len(fake.clones) == 1 and open_fds() == before  # the part built is closed again
+
+
+def test_a_mount_namespace_it_cannot_make_private_gives_none(boundary):
+    # Nothing is built where it could propagate to the host: PID 1 builds its root as a fresh clone's then.
+    fake = boundary(fail_private=True)
+    assert prebuilt.build(True, lambda: False) is None
+    assert fake.clones == [] and fake.mounted == []

@@ -36,10 +36,10 @@ def build(unshare_net: bool, asked: Callable[[], bool]) -> mounts.Trees | None:
     waits for the part under way at most: what is not built then, PID 1 builds as a fresh clone's);
     None where a part cannot be built here. Raises only if the scratch place could not be uncovered: the spare
     must not go on then."""
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing done here propagates to the host
     parts = [mounts.mount_dev, *((_proc, _sys) if unshare_net else ())]  # a sysfs needs a netns of its own
     built: list[int] = []
     try:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing done here propagates to the host
         for make in parts:
             if asked():
                 break
