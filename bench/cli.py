@@ -8,7 +8,8 @@ Cases (``--cases``, comma-separated; groups or single names):
 - net: with slirp4netns: cli.net, cli.net_own, embedded.net, podman.net, shell.net
 - overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
-  batch.shell (as many shell baselines at once: the floor for the concurrent batch)
+  batch.shell (as many shell baselines at once: the floor for the concurrent batch); batch.concurrent.cpu and
+  batch.shell.cpu, the whole machine's CPU time per container in those two (bench/machinecpu.py)
 - throughput: throughput.default_mtu and throughput.mtu1500
 - pasta: pasta against slirp4netns, each at its default MTU: cli.pasta beside cli.net (and cli.net4, slirp4netns
   without IPv6), throughput.pasta beside throughput.default_mtu (container -> host loopback), and
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import detach, embedded, external, oci, podman, report, throughput
+from bench import detach, embedded, external, machinecpu, oci, podman, report, throughput
 from bench.runner import Case, run_interleaved
 
 GROUPS = {
@@ -147,7 +148,7 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
     if group == "podman":
         return external.podman_run(rootfs, name == "podman.net", reps, overlay=name == "podman.overlay")
     if name == "batch.shell":
-        return external.shell_batch(rootfs, args.batch, args.batch_reps)
+        return machinecpu.CpuPerContainer(external.shell_batch(rootfs, args.batch, args.batch_reps), args.batch)
     if group == "shell":
         return external.shell_baseline(rootfs, reps)
     if name == "throughput.pasta":
@@ -167,7 +168,8 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
         return embedded.back_to_back(worker, reps)
     if group == "embedded":
         return embedded.start(worker, name == "embedded.net", reps)
-    return embedded.batch(worker, args.batch, name == "batch.concurrent", args.batch_reps)
+    batch = embedded.batch(worker, args.batch, name == "batch.concurrent", args.batch_reps)
+    return machinecpu.CpuPerContainer(batch, args.batch) if name == "batch.concurrent" else batch
 
 
 def main(argv: Sequence[str] | None = None) -> int:

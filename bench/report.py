@@ -104,6 +104,11 @@ def ratios(batch: int) -> list[Ratio]:
         Ratio("CLI, --privileged / default isolation", "cli.privileged", "cli.none"),
         Ratio("CLI, the seccomp cache empty / the default filter from the cache", "cli.seccomp_cold", "cli.none"),
         Ratio("CLI, -t (a terminal, relayed) / none", "cli.tty", "cli.none"),
+        Ratio(
+            f"{batch} networked at once / {batch} shell baselines at once, the machine's CPU per container",
+            "batch.concurrent.cpu",
+            "batch.shell.cpu",
+        ),
         Ratio(f"{batch} concurrent / one networked container", "batch.concurrent", "embedded.net"),
         Ratio("CLI, --rootfs DIR:O / plain rootfs", "cli.overlay", "cli.none"),
         Ratio("podman, --rootfs DIR:O / plain rootfs", "podman.overlay", "podman.none"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,3 +51,46 @@ def test_the_table_shows_the_range_beside_the_ratio() -> None:
     results = _results(a=[150.0, 160.0, 140.0, 150.0, 155.0], b=[100.0] * 5)
     row = next(line for line in table(results, [Ratio("a / b", "a", "b", 1.2)], {}).splitlines() if "a / b" in line)
     assert row.startswith("| a / b | 1.5 | <= 1.2 | **no** | 1.4-1.6")
+
+
+def test_a_batchs_cpu_per_container_is_the_machines_busy_time_over_the_run_and_its_tail() -> None:
+    from bench import machinecpu
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice: only user, nice, system, irq and softirq count
+    stats = iter(
+        [
+            "cpu  100 10 50 9000 30 5 5 70 40 0\ncpu0 1 2 3\n",
+            f"cpu  {100 + 3 * ticks} 10 {50 + ticks} {9000 + 50 * ticks} {30 + ticks} 5 {5 + ticks} {70 + ticks} 40 0",
+        ]
+    )
+    waited: list[float] = []
+
+    class Batch:
+        name = "batch.concurrent"
+        metrics = (Metric("batch.concurrent", "ms", "wall"),)
+        repetitions = 3
+
+        def run(self) -> dict[str, float]:
+            return {"batch.concurrent": 420.0}
+
+    case = machinecpu.CpuPerContainer(Batch(), 50, read_stat=lambda: next(stats), wait=waited.append)
+    assert [metric.name for metric in case.metrics] == ["batch.concurrent", "batch.concurrent.cpu"]
+    assert case.name == "batch.concurrent" and case.repetitions == 3
+    sample = case.run()
+    # 3 s of user, 1 of system and 1 of softirq over 50 containers; the idle, iowait and steal seconds do not count.
+    assert sample == {"batch.concurrent": 420.0, "batch.concurrent.cpu": pytest.approx(100.0)}
+    assert waited == [machinecpu.TAIL]
+
+
+def test_the_busy_time_is_read_from_this_machines_proc_stat() -> None:
+    from bench import machinecpu
+
+    with open("/proc/stat") as stat:
+        first = machinecpu.busy_seconds(stat.read())
+    sum(range(3_000_000))  # busy for a moment
+    with open("/proc/stat") as stat:
+        second = machinecpu.busy_seconds(stat.read())
+    assert 0 < first <= second
+    with pytest.raises(ValueError):
+        machinecpu.busy_seconds("intr 1 2 3\n")
