@@ -207,6 +207,34 @@ def test_a_recorded_hooks_environment_is_never_on_a_command_line(
     assert not any("s3cret" in arg for arg in argvs[0])
 
 
+def test_the_gate_runs_the_hook_only_with_its_whole_environment(tmp_path: Path) -> None:
+    """A create killed while it writes a long environment to the gate leaves only the start of its message in
+    the pipe: the gate then exits without running the hook, never runs it with part of its environment."""
+    from aiocontain.oci import hooks
+
+    said = tmp_path / "said"
+    env = ["FIRST=1", "LONG=" + "x" * 100_000, "LAST=2"]  # more than a pipe holds, less than one exec string
+    message = hooks._gate_message(env)
+
+    def gate(sent: bytes) -> int:
+        gate_r, gate_w = os.pipe()
+        script = f'echo "$FIRST|${{#LONG}}|$LAST" > {said}'
+        argv = [sys.executable, "-I", "-S", "-c", hooks._GATE, str(gate_r), "/bin/sh", "sh", "-c", script]
+        process = subprocess.Popen(argv, env={}, pass_fds=(gate_r,))
+        os.close(gate_r)
+        view = memoryview(sent)
+        while view:  # more than a pipe holds: the gate reads meanwhile
+            view = view[os.write(gate_w, view) :]
+        os.close(gate_w)  # as the kernel closes it for a create killed here
+        return process.wait(timeout=30)
+
+    for cut in (1, len(message) // 2, len(message) - 1):
+        assert gate(message[:cut]) == 125
+        assert not said.exists()
+    assert gate(message) == 0
+    assert said.read_text() == "1|100000|2\n"
+
+
 def test_poststart_and_poststop_failures_are_warnings(engine: Engine, rootfs: Path, tmp_path: Path) -> None:
     """Every poststart and poststop hook runs even after one fails (a warning), from what config.json said
     at create: rewriting it afterwards changes nothing."""

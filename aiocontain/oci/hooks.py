@@ -132,9 +132,11 @@ def run(
 
 
 def _open_gate(gate_w: int, env: list[str]) -> None:
-    """Let the hook run: "g", then its environment, NUL-separated, to the end of the pipe. Through the pipe, not
-    the gate's argv, which every user on the host can read in /proc (a hook's env may hold secrets)."""
-    data = memoryview(b"g" + b"\0".join(os.fsencode(item) for item in env))
+    """Let the hook run: "g" and the length of its environment, a newline, then the environment, NUL-separated.
+    Through the pipe, not the gate's argv, which every user on the host can read in /proc (a hook's env may hold
+    secrets). The length: a create killed halfway through a long environment leaves a message the gate refuses,
+    never a hook run with part of its environment."""
+    data = memoryview(_gate_message(env))
     try:
         while data:
             data = data[os.write(gate_w, data) :]
@@ -142,9 +144,15 @@ def _open_gate(gate_w: int, env: list[str]) -> None:
         pass  # the gate is gone (killed): its exit status says so
 
 
+def _gate_message(env: list[str]) -> bytes:
+    body = b"\0".join(os.fsencode(item) for item in env)
+    return b"g%d\n" % len(body) + body
+
+
 # The hook's first program while create records its pid: it reads the gate pipe to its end, then executes the
-# hook with the hook's own argv and the environment that came through the pipe. Without the "g" that starts it
-# (create died before its record) it exits without running the hook. argv: the gate's fd, the path, the args.
+# hook with the hook's own argv and the environment that came through the pipe. Without the whole message
+# (create died before its record, or while it wrote) it exits without running the hook. argv: the gate's fd, the
+# path, the args.
 _GATE_EXEC_FAILED = 127
 _GATE_SAYS = b"aiocontain-hook-gate: "
 _GATE = f"""
@@ -154,10 +162,11 @@ gate = int(a[1])
 data = b""
 while chunk := os.read(gate, 65536):
     data += chunk
-if data[:1] != b"g":
+head, _, body = data.partition(b"\\n")
+if head[:1] != b"g" or not head[1:].isdigit() or int(head[1:]) != len(body):
     os._exit(125)
 os.close(gate)
-env = dict(item.partition(b"=")[::2] for item in data[1:].split(b"\\0") if item)
+env = dict(item.partition(b"=")[::2] for item in body.split(b"\\0") if item)
 try:
     os.execve(a[2], a[3:], env)
 except OSError as exc:
