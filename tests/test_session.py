@@ -18,6 +18,7 @@ import termios
 import pytest
 
 from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.plugins import Plugin, PrestartContext
 from tests.conftest import cli_argv, leftovers, started
 from tests.test_terminal import Terminal
 
@@ -211,3 +212,33 @@ async def test_an_embedded_container_leads_a_session_of_its_own(rootfs, anyio_ba
         assert os.getpgid(container.pid) == container.pid
         await container.stdin.send(b"\n")
         assert (await container.wait()).ok
+
+
+class _SignalsPid1(Plugin):
+    """Sends signals from the host to PID 1 while it waits for its release, where it still runs our code."""
+
+    name = "signals-pid1"
+
+    def __init__(self, signums: list[int]) -> None:
+        self.signums = signums
+
+    async def prestart(self, context: PrestartContext) -> None:
+        for signum in self.signums:
+            os.kill(context.pid, signum)
+
+
+@pytest.mark.anyio
+async def test_a_host_signal_to_pid_1_during_set_up_is_dropped_as_by_any_init(rootfs, anyio_backend, tmp_path):
+    """PID 1 handles no signal before its exec, so the kernel drops what the host sends it (as for an init
+    without handlers): no Python handler runs in it, so nothing raises into the fork server's code it was cloned
+    from, and no traceback reaches the container's stderr. The command then runs as if nothing had come."""
+    err = tmp_path / "err"
+    spec = ContainerSpec(["/bin/sh", "-c", "echo ran"], rootfs=rootfs, network=NetworkMode.NONE)
+    signums = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT]
+    with err.open("wb") as stderr:
+        spec.stdout, spec.stderr = subprocess.PIPE, stderr
+        async with Container(spec, [_SignalsPid1(signums)]) as container:
+            assert container.stdout is not None
+            out = b"".join([chunk async for chunk in container.stdout])
+            status = await container.wait()
+    assert (status.code, out, err.read_bytes()) == (0, b"ran\n", b"")

@@ -588,7 +588,10 @@ def _become_init(
     try:
         if not spare:
             _start_init()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # what a fresh interpreter has
+        # No handler, not the fresh interpreter's KeyboardInterrupt: the kernel drops a signal that the host
+        # sends an init without a handler for it, where Python's would unwind PID 1 into this server's code,
+        # print its traceback on the container's stderr and end the container (130).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         tree_fds = trees.fds if trees is not None else []
         # Kept fds are first moved above the ones being set up (0 to CONTROL_FD and the trees'), so no dup2
@@ -605,7 +608,10 @@ def _become_init(
             trees = trees.moved(list(range(CONTROL_FD + 1, above)))
     except BaseException:  # noqa: BLE001 - nothing to report to: the runtime sees the control socket close
         os._exit(125)
-    init.main(CONTROL_FD, unshare_net, lo_up=spare, trees=trees)
+    try:
+        init.main(CONTROL_FD, unshare_net, lo_up=spare, trees=trees)
+    except BaseException:  # noqa: BLE001 - never back into the server's frames: main reports what it can itself
+        os._exit(125)
 
 
 def _reply(channel: socket.socket, message: messages.Message, fds: list[int] | None = None) -> None:
