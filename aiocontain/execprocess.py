@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from aiocontain import fdlimit, messages, proc, registry, ulimits, users
+from aiocontain import fdlimit, messages, proc, processes, registry, ulimits, users
 from aiocontain.channels import failure_error
 from aiocontain.errors import AiocontainError, CommandNotExecutable, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import PtyStream, Stdio
@@ -330,7 +330,7 @@ def _spawn(fds: list[int]) -> int:
         return os.posix_spawn(
             sys.executable,
             [sys.executable, "-I", "-S", "-c", _BOOT.format(root=_PACKAGE_ROOT)],
-            os.environ,
+            processes.environment(),
             file_actions=actions,
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT),
             setsigmask=(),

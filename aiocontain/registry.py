@@ -264,8 +264,9 @@ def plain(value: Any, skip: Sequence[str] = ()) -> Any:
     """value as JSON data (a record's spec and network): dataclasses as objects, enums as their values."""
     if type(value) in _SCALARS:
         return value  # most of a spec's values: before the slower checks (Mapping's is an ABC's)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in skip}
+    names = _field_names(type(value))
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names if name not in skip}
     if isinstance(value, enum.Enum):
         return plain(value.value)
     if isinstance(value, Mapping):
@@ -278,6 +279,18 @@ def plain(value: Any, skip: Sequence[str] = ()) -> Any:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """A dataclass's field names, None for any other type; looked up once a type (a record's spec has some
+    sixty values, and ``dataclasses.fields`` builds its tuple anew each call)."""
+    try:
+        return _FIELD_NAMES[kind]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else None
+        _FIELD_NAMES[kind] = names
+        return names
 
 
 def now() -> str:
