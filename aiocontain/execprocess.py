@@ -333,7 +333,7 @@ def _spawn(fds: list[int]) -> int:
             processes.environment(),
             file_actions=actions,
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT),
-            setsigmask=(),
+            setsigmask=(signal.SIGINT,),  # held through the interpreter's start, until join.main unblocks it
             setsid=True,
         )
     finally:

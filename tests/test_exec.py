@@ -170,6 +170,31 @@ async def test_a_container_that_is_gone_is_one_clear_error(rootfs):
             await container.exec(["true"])
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_an_exec_helper_killed_by_a_host_signal_is_one_line_and_no_traceback(rootfs, tmp_path, signum):
+    """The exec helper (outside the container, the command's parent) killed from the host, by SIGINT as by
+    SIGTERM: the default action, with no KeyboardInterrupt traceback on the command's stderr; the wait says so in
+    one line, and the command, killed with it, leaves nothing."""
+    err = tmp_path / "err"
+    before = leftovers()
+    async with Container(spec(rootfs)) as container:
+        with err.open("wb") as stderr:
+            process = await container.exec(["sleep", "1000"], stderr=stderr)
+        async with process:
+            stat = Path(f"/proc/{process.pid}/stat").read_text()
+            helper = int(stat[stat.rindex(")") + 2 :].split()[1])  # the command's parent, on the host
+            os.kill(helper, signum)
+            with pytest.raises(AiocontainError) as caught:
+                await process.wait()
+        assert caught.value.message == (
+            f"the exec helper (pid {helper}) was killed: the command was killed with it and its exit status is lost"
+        )
+        assert err.read_bytes() == b""
+        container.kill()
+        await container.wait()
+    assert leftovers() == before
+
+
 async def test_cancelled_wait_kills_the_exec_and_leaves_nothing(rootfs):
     before = leftovers()
     async with Container(spec(rootfs)) as container:

@@ -187,7 +187,13 @@ def become(
 def main(fd: int) -> NoReturn:
     """The exec helper (``python -I -S`` with stdio for the command and its control socket at fd): read Exec, run
     it in the container, answer Console (tty) and Forked, or Failed; Exited last, and exit with the same code.
-    End of stream on the control socket (the runtime went away or cancelled it) kills the command."""
+    End of stream on the control socket (the runtime went away or cancelled it) kills the command.
+
+    SIGINT is blocked from our first instruction (``execprocess``): no KeyboardInterrupt, which would print its
+    traceback on the command's stderr. Here it gets its default action, as SIGTERM has, and is let through: a
+    helper killed from the host is one line of the runtime's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.set_inheritable(fd, False)
     os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))  # anything the runtime left inheritable is not ours
     sock = socket.socket(fileno=fd)
