@@ -40,7 +40,7 @@ GROUPS = {
     "start": ["cli.none", "cli.none_own", "embedded.none", "embedded.back_to_back", "bwrap.none", "podman.none"],
     "net": ["cli.net", "cli.net_own", "embedded.net", "podman.net", "shell.net"],
     "overlay": ["cli.overlay", "cli.none", "podman.overlay", "podman.none"],
-    "batch": ["batch.concurrent", "batch.sequential", "batch.shell"],
+    "batch": ["batch.concurrent", "batch.sequential", "batch.shell", "batch.shell_sandboxed"],
     "throughput": ["throughput.default_mtu", "throughput.mtu1500"],
     "memory": ["memory"],
     "isolation": ["cli.none", "cli.unconfined", "cli.privileged", "cli.seccomp_cold", "cli.tty"],
@@ -63,6 +63,7 @@ TOOLS = {
     "podman.overlay": ("podman", "runc"),
     "shell.net": ("unshare", "slirp4netns"),
     "batch.shell": ("unshare", "slirp4netns"),
+    "batch.shell_sandboxed": ("unshare", "slirp4netns"),
     "cli.pasta": ("pasta",),
     "throughput.pasta": ("pasta",),
     "published.pasta": ("pasta",),
@@ -147,8 +148,9 @@ def build(name: str, args: argparse.Namespace, worker: embedded.Worker | None) -
         return external.bwrap(rootfs, reps)
     if group == "podman":
         return external.podman_run(rootfs, name == "podman.net", reps, overlay=name == "podman.overlay")
-    if name == "batch.shell":
-        return machinecpu.CpuPerContainer(external.shell_batch(rootfs, args.batch, args.batch_reps), args.batch)
+    if name in ("batch.shell", "batch.shell_sandboxed"):
+        floor = external.shell_batch(rootfs, args.batch, args.batch_reps, sandboxed=name == "batch.shell_sandboxed")
+        return machinecpu.CpuPerContainer(floor, args.batch)
     if group == "shell":
         return external.shell_baseline(rootfs, reps)
     if name == "throughput.pasta":

@@ -174,11 +174,13 @@ def shell_baseline(rootfs: Path, repetitions: int) -> CommandCase:
     return CommandCase("shell.net", argv, "unshare + slirp4netns --ready-fd (sh)", repetitions)
 
 
-def shell_batch(rootfs: Path, count: int, repetitions: int) -> CommandCase:
-    """count shell baselines at once: the floor for count networked starts at once on this machine."""
-    argv = ["sh", str(SHELL_BASELINE), str(rootfs), *TRUE]
-    what = f"{count} shell baselines (unshare + slirp4netns --ready-fd) at once, until all exited"
-    return CommandCase("batch.shell", argv, what, repetitions, copies=count)
+def shell_batch(rootfs: Path, count: int, repetitions: int, sandboxed: bool = False) -> CommandCase:
+    """count shell baselines at once: the floor for count networked starts at once on this machine. sandboxed:
+    their slirp4netns confines itself as aiocontain's does (batch.shell_sandboxed, information only)."""
+    argv = ["sh", str(SHELL_BASELINE), *(["--sandbox"] if sandboxed else []), str(rootfs), *TRUE]
+    options = " --enable-sandbox --enable-seccomp" if sandboxed else ""
+    what = f"{count} shell baselines (unshare + slirp4netns{options} --ready-fd) at once, until all exited"
+    return CommandCase("batch.shell_sandboxed" if sandboxed else "batch.shell", argv, what, repetitions, copies=count)
 
 
 def missing(*tools: str) -> list[str]:

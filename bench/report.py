@@ -109,6 +109,16 @@ def ratios(batch: int) -> list[Ratio]:
             "batch.concurrent.cpu",
             "batch.shell.cpu",
         ),
+        Ratio(
+            f"{batch} networked at once / {batch} shell baselines whose slirp4netns confines itself as ours does",
+            "batch.concurrent",
+            "batch.shell_sandboxed",
+        ),
+        Ratio(
+            "the same, the machine's CPU per container",
+            "batch.concurrent.cpu",
+            "batch.shell_sandboxed.cpu",
+        ),
         Ratio(f"{batch} concurrent / one networked container", "batch.concurrent", "embedded.net"),
         Ratio("CLI, --rootfs DIR:O / plain rootfs", "cli.overlay", "cli.none"),
         Ratio("podman, --rootfs DIR:O / plain rootfs", "podman.overlay", "podman.none"),

@@ -4,8 +4,16 @@
 # slirp4netns configures tap0 (MTU 65520, no host loopback: aiocontain's defaults). The command
 # starts only once slirp4netns has reported tap0 configured (--ready-fd).
 #
-# usage: slirp_baseline.sh ROOTFS CMD [ARGS...]    exit status: the command's
+# With --sandbox, slirp4netns also confines itself (--enable-sandbox --enable-seccomp), as it does under
+# aiocontain and podman: the same floor with the isolation slirp4netns adds (information beside the target).
+#
+# usage: slirp_baseline.sh [--sandbox] ROOTFS CMD [ARGS...]    exit status: the command's
 set -eu
+sandbox=
+if [ "$1" = --sandbox ]; then
+    sandbox="--enable-sandbox --enable-seccomp"
+    shift
+fi
 rootfs=$1
 shift
 dir=$(mktemp -d "${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/bench-slirp.XXXXXX")
@@ -30,7 +38,8 @@ unshare --user --map-root-user --mount --pid --uts --ipc --net --fork --kill-chi
 container=$!
 read -r _ <"$dir/unshared"
 
-slirp4netns --configure --mtu 65520 --disable-host-loopback --ready-fd 3 "$container" tap0 \
+# shellcheck disable=SC2086 # $sandbox: none, or two options
+slirp4netns --configure --mtu 65520 --disable-host-loopback $sandbox --ready-fd 3 "$container" tap0 \
     3>"$dir/ready" >/dev/null 2>"$dir/slirp.err" &
 slirp=$!
 ready=
