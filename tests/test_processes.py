@@ -89,3 +89,18 @@ async def test_cancelled_helper_is_killed_and_reaped():
     assert helper.returncode == -9
     assert leftovers() == before  # no child left, not even a zombie
     assert open_fds() == fds
+
+
+async def test_a_helper_gets_this_processs_environment_as_it_is_now(monkeypatch):
+    """As os.environ says at the spawn, changes made through it included (posix_spawn gets the bytes dict it keeps
+    in step with putenv, not a copy taken earlier)."""
+    monkeypatch.setenv("AIOCONTAIN_PROBE", "set now")
+    monkeypatch.setenv("AIOCONTAIN_GONE", "set, then unset")
+    monkeypatch.delenv("AIOCONTAIN_GONE")
+    script = 'echo "$AIOCONTAIN_PROBE ${AIOCONTAIN_GONE-unset} $HOME" >&2'
+    helper = processes.Helper.spawn(["/bin/sh", "-c", script])
+    try:
+        assert await _stderr(helper) == f"set now unset {os.environ['HOME']}\n".encode()
+        assert await helper.wait() == 0
+    finally:
+        await helper.aclose()
