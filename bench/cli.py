@@ -8,8 +8,9 @@ Cases (``--cases``, comma-separated; groups or single names):
 - net: with slirp4netns: cli.net, cli.net_own, embedded.net, podman.net, shell.net
 - overlay: ``--rootfs DIR:O`` without network: cli.overlay, podman.overlay (against cli.none, podman.none)
 - batch: batch.concurrent and batch.sequential (``--batch`` networked containers), and
-  batch.shell (as many shell baselines at once: the floor for the concurrent batch); batch.concurrent.cpu and
-  batch.shell.cpu, the whole machine's CPU time per container in those two (bench/machinecpu.py)
+  batch.shell (as many shell baselines at once: the floor for the concurrent batch); batch.shell_sandboxed, the
+  same with its slirp4netns confined as ours is (information); and each one's .cpu, the whole machine's CPU time
+  per container (bench/machinecpu.py)
 - throughput: throughput.default_mtu and throughput.mtu1500
 - pasta: pasta against slirp4netns, each at its default MTU: cli.pasta beside cli.net (and cli.net4, slirp4netns
   without IPv6), throughput.pasta beside throughput.default_mtu (container -> host loopback), and
