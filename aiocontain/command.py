@@ -18,6 +18,10 @@ while importing them only walks them again and again (~3% of the start). The
 CLI takes collection back, frozen past those objects, once the container's
 command runs (``aiocontain.cli``); the fork server once it serves.
 
+A closed stdin, stdout or stderr is filled with /dev/null before anything else
+(``aiocontain.stdfds``): no fd of aiocontain's may take its number, or a
+container given the caller's stdio would be given that fd.
+
 ``run`` goes to the user's run server where there is one that can stand in for
 this process (``aiocontain.runserver``): then this process only sends it the
 run, forwards the stop signals and exits with the run's code.
@@ -41,6 +45,18 @@ def main() -> NoReturn:
     import os
     import sys
 
+    from aiocontain import stdfds
+
+    try:
+        stdfds.fill(python_streams=True)  # before any fd of ours can take a closed one's number
+    except OSError as exc:
+        try:
+            os.write(
+                2, f"aiocontain: a standard fd is closed and {os.devnull} cannot stand in: {exc.strerror}\n".encode()
+            )
+        except OSError:
+            pass  # stderr is the closed one: the exit code says it
+        os._exit(125)
     if sys.argv[1:2] == ["run"]:
         from aiocontain.runserver import client
 

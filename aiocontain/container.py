@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream, ByteStream, TaskGroup
 
-from aiocontain import events, fdlimit, registry
+from aiocontain import events, fdlimit, registry, stdfds
 from aiocontain.cgroups import Placement
 from aiocontain.errors import AiocontainError
 from aiocontain.events import Event
@@ -173,6 +173,7 @@ class Container:
 
     async def _enter(self) -> Container:
         try:
+            stdfds.ensure()  # before any fd of ours: none may take a closed stdio fd's number (aiocontain.stdfds)
             rootfs, driver, placement, init_binary = self._check()
             seccomp = self._seccomp()
             user = self._user(rootfs)

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from aiocontain import fdlimit, messages, proc, processes, registry, ulimits, users
+from aiocontain import fdlimit, messages, proc, processes, registry, stdfds, ulimits, users
 from aiocontain.channels import failure_error
 from aiocontain.errors import AiocontainError, CommandNotExecutable, SetupError, UnexpectedMessage
 from aiocontain.forkserver.stdio import PtyStream, Stdio
@@ -171,6 +171,7 @@ class ExecProcess:
         the command's stdio."""
         if message.tty:
             stdin = stdout = stderr = subprocess.DEVNULL
+        stdfds.ensure()  # this process's stdio is the command's, never an fd of ours on a closed one's number
         stdio = Stdio.open(stdin, stdout, stderr)
         try:
             control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

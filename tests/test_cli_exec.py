@@ -215,3 +215,16 @@ def test_without_t_the_callers_terminal_is_relayed_never_handed_over(box):
     lines = output.decode(errors="replace").split()
     assert lines[:3] == [line for line in lines[:3] if line.startswith("pipe:")] and len(lines) >= 4, lines
     assert "/dev/pts" not in output.decode(errors="replace"), output
+
+
+@pytest.mark.parametrize("closed", ["stdin", "all three"])
+def test_a_closed_standard_fd_of_the_exec_caller_is_dev_null_inside(box, closed):
+    """As for run (tests/test_stdfds.py): a closed one must not be taken by an fd of the CLI's (its socket to
+    the exec helper) and handed to the command, but be /dev/null."""
+    from tests.test_stdfds import CLOSED, PROBE
+
+    redirection, fds = CLOSED[closed]
+    argv = [sys.executable, "-m", "aiocontain", "exec", box, "/bin/sh", "-c", PROBE, "sh", *fds]
+    shell = ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv]
+    proc = subprocess.run(shell, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc

@@ -225,3 +225,23 @@ def test_a_created_container_holds_none_of_the_callers_other_fds(engine: Engine,
     assert len(targets) == 4 and sum("exec.fifo" in target for target in targets) == 1, targets  # 0-2, the fifo
     assert engine.oci("delete", "--force", "fds").code == 0
     assert engine.wait(pid) == 128 + 9
+
+
+@pytest.mark.parametrize("closed", ["<&-", "<&- >&- 2>&-"], ids=["stdin", "all three"])
+def test_an_engine_with_closed_stdio_gives_the_container_dev_null_not_a_socket_of_ours(
+    engine: Engine, rootfs: Path, tmp_path: Path, closed: str
+) -> None:
+    """The container's stdio is the runtime's own 0-2 (as runc's): a closed one must not have been taken by an
+    fd of the runtime's by then (a socket the container could talk to), but be /dev/null (aiocontain.stdfds)."""
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/bin/true"])
+    create = f"{_runtime()} --root {engine.root} create --bundle {bundle} --pid-file {tmp_path}/pid closed"
+    output = tmp_path / "output"  # a file, as conmon's: a pipe read to its end would wait for the container
+    reply = engine.request({"argv": ["/bin/sh", "-c", f"exec {create} {closed}"], "timeout": 60, "output": str(output)})
+    assert reply["code"] == 0, output.read_text()
+    pid = int((tmp_path / "pid").read_text())
+    null = os.stat(os.devnull)
+    for fd in range(3 if ">&-" in closed else 1):
+        found = os.stat(f"/proc/{pid}/fd/{fd}")
+        assert (found.st_dev, found.st_ino) == (null.st_dev, null.st_ino), (fd, os.readlink(f"/proc/{pid}/fd/{fd}"))
+    assert engine.oci("delete", "--force", "closed").code == 0
+    assert engine.wait(pid) == 128 + 9

@@ -29,6 +29,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiocontain import stdfds
+
 if TYPE_CHECKING:
     from aiocontain.errors import AiocontainError
     from aiocontain.forkserver.process import ForkedProcess, Offer
@@ -66,6 +68,7 @@ class ForkServer:
     @classmethod
     def start(cls) -> ForkServer:
         """Start a fork server as a fresh ``python -I -S`` (isolated, stdlib only)."""
+        stdfds.ensure()  # its socket must not take a closed stdio fd's number: a container would be given it
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             popen = subprocess.Popen(
@@ -85,6 +88,7 @@ class ForkServer:
     @classmethod
     def fork_here(cls) -> ForkServer:
         """Fork a fork server from this process. Call it single-threaded, before heavy imports."""
+        stdfds.ensure()  # as start's
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         owner = os.getpid()
         pid = os.fork()

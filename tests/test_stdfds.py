@@ -1,0 +1,152 @@
+"""A caller with stdin, stdout or stderr closed: the container gets /dev/null there, never an fd of the runtime's.
+
+A process started with a standard fd closed gives that number to the next fd it opens. Before the fix, the
+runtime's own fds took it: the CLI's fork server request socket sat at 0 and a container started with the
+caller's stdin got it as its own, from where it could ask the fork server for a PID 1 of its own Config. Each
+probe closes the caller's fds, then checks from inside that each standard fd is /dev/null and no socket. The
+shell's ``[`` is a builtin: /proc/self is the shell itself, whose fds are the container's. The same probe runs
+under podman, which gives a container /dev/null for a stdin its caller does not have.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from aiocontain import stdfds
+from tests.conftest import cli_argv, leftovers
+
+pytestmark = pytest.mark.container
+
+# Of the fds given as arguments: exit 10+N at the first that is not /dev/null (20+N: a socket), else 0; with a
+# listing of the shell's fds on stderr, for the failure's message (where stderr is still the test's pipe).
+PROBE = (
+    'for n in "$@"; do'
+    " [ -S /proc/self/fd/$n ] && { ls -l /proc/self/fd/ >&2; exit 2$n; };"
+    " [ /proc/self/fd/$n -ef /dev/null ] || { ls -l /proc/self/fd/ >&2; exit 1$n; };"
+    " done"
+)
+
+# Each as a shell redirection of the caller, and the fds it closes.
+CLOSED = {
+    "stdin": ("<&-", ["0"]),
+    "stdout": (">&-", ["1"]),
+    "stderr": ("2>&-", ["2"]),
+    "all three": ("<&- >&- 2>&-", ["0", "1", "2"]),
+}
+
+
+def _closed(argv: list[str], redirection: str, **options: object) -> subprocess.CompletedProcess[str]:
+    """argv run with the caller's fds closed as redirection says (a shell does the closing, as a user's would)."""
+    shell = ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh", *argv]
+    return subprocess.run(shell, capture_output=True, text=True, timeout=60, **options)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("served", ["1", "0"], ids=["run server", "own run"])
+@pytest.mark.parametrize("closed", CLOSED)
+def test_a_closed_standard_fd_of_the_caller_is_dev_null_inside(rootfs, closed, served, monkeypatch):
+    before = leftovers()
+    monkeypatch.setenv("AIOCONTAIN_RUN_SERVER", served)
+    redirection, fds = CLOSED[closed]
+    result = _closed(cli_argv(rootfs, "--net", "none", "--", "/bin/sh", "-c", PROBE, "sh", *fds), redirection)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert leftovers() == before
+
+
+def test_with_stdin_closed_cat_ends_at_once_with_nothing_read(rootfs):
+    # Before: cat read the runtime's fork server socket and waited for ever.
+    result = _closed(cli_argv(rootfs, "--net", "none", "--", "cat"), "<&-")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_podman_gives_dev_null_for_a_closed_stdin_too(rootfs, podman):
+    # (With stdout or stderr closed, podman itself fails: 126, nothing said.)
+    redirection, fds = CLOSED["stdin"]
+    closing = ["/bin/sh", "-c", f'exec "$@" {redirection}', "sh"]
+    result = podman("--network", "none", "/bin/sh", "-c", PROBE, "sh", *fds, prefix=closing)
+    assert result.code == 0, result
+
+
+EMBEDDED = textwrap.dedent(
+    """
+    import os
+    import anyio
+    from aiocontain import Container, ContainerSpec, NetworkMode, run
+
+    ROOTFS, CLOSED, WHEN, STATUS = {rootfs!r}, {closed!r}, {when!r}, {status_fd}
+    PROBE = ["/bin/sh", "-c", {probe!r}, "sh", *map(str, CLOSED)]
+
+    def close():
+        for fd in CLOSED:
+            os.close(fd)  # the event loop's own fds are open already: the next fds opened are the runtime's
+
+    async def main():
+        if WHEN == "before the first container":
+            close()
+            status = await run(ContainerSpec(PROBE, rootfs=ROOTFS, network=NetworkMode.NONE))
+        elif WHEN == "between two containers":
+            await run(ContainerSpec(["true"], rootfs=ROOTFS, network=NetworkMode.NONE))  # the fork server is up
+            close()
+            status = await run(ContainerSpec(PROBE, rootfs=ROOTFS, network=NetworkMode.NONE))
+        else:  # execs into a running container, the probe's while another runs (and holds its sockets)
+            async with Container(ContainerSpec(["sleep", "60"], rootfs=ROOTFS, network=NetworkMode.NONE)) as box:
+                close()
+                await box.exec(["sleep", "60"])
+                status = await (await box.exec(PROBE)).wait()
+                box.kill()
+        os.write(STATUS, str(getattr(status, "code", status)).encode())
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["before the first container", "between two containers", "between two execs"])
+@pytest.mark.parametrize("closed", [(0,), (1,), (0, 1, 2)], ids=["stdin", "stdout", "all three"])
+def test_an_embedding_program_with_closed_standard_fds_hands_none_of_the_runtimes(rootfs, closed, when):
+    """A program that closed its stdio (as a careless daemon does), then runs a container or an exec with the
+    default stdio, its own: every fd the runtime opens after that (its fork server's socket, a container's
+    sockets, an exec's) must stay off 0-2. (What the program itself opens there is its own stdio as far as the
+    runtime can tell, as for subprocess.)"""
+    before = leftovers()
+    read, write = os.pipe()
+    try:
+        script = EMBEDDED.format(closed=closed, when=when, probe=PROBE, rootfs=str(rootfs), status_fd=write)
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, pass_fds=(write,)
+        )
+        os.close(write)
+        write = -1
+        code = os.read(read, 16).decode()
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+    assert (proc.returncode, code) == (0, "0"), (proc.returncode, code, proc.stderr)
+    assert leftovers() == before
+
+
+def test_fill_leaves_open_fds_alone_and_fills_only_the_closed():
+    """The boundary itself, in a child process: 1 closed, 0 and 2 kept; 1 becomes /dev/null, nothing else moves."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        keep0, keep2 = os.fstat(0), os.fstat(2)
+        os.close(1)
+        from aiocontain import stdfds
+        stdfds.fill(python_streams=True)
+        same = lambda a, b: (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        null = os.stat(os.devnull)
+        ok = same(os.fstat(0), keep0) and same(os.fstat(2), keep2) and same(os.fstat(1), null)
+        print("printed into /dev/null")  # sys.stdout is a stream again, not None
+        os.write(2, b"ok" if ok else b"bad")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, "ok"), proc.stderr
+    assert stdfds.fill() is None  # here all three are open: nothing to do
