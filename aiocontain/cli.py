@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from aiocontain import stdfds
+
 if TYPE_CHECKING:
     from aiocontain.plugins import Installed, Plugin
 
@@ -39,6 +41,7 @@ exit codes (as podman's):
   125     an error of aiocontain itself: one line on stderr saying what and how to fix it
   126     the command cannot be executed
   127     the command does not exist in the container
+  141     what aiocontain printed found no reader (a closed pipe), as SIGPIPE ends any tool
 
 example:
   aiocontain run --net none -m 64m -e GREETING=hi -- /bin/sh -c 'echo $GREETING from $(hostname)'
@@ -336,6 +339,16 @@ def entry(after: Callable[[], None] | None = None) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None, *, fork_server: bool = False) -> int:
     """Run the command line; fork_server: for ``run``, fork the fork server first (only a fresh process may)."""
+    try:
+        return _dispatch(argv, fork_server)
+    except BrokenPipeError:
+        # Printing (--help, ps, inspect) into a pipe whose reader has gone: quiet, as SIGPIPE would end a tool.
+        if not stdfds.output_broken():
+            raise
+        return stdfds.silence_output()
+
+
+def _dispatch(argv: Sequence[str] | None, fork_server: bool) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     from aiocontain import cli_containers
 
@@ -401,6 +414,8 @@ def _main(argv: Sequence[str]) -> int:
             traceback.print_exc()
         while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]  # task groups wrap what they raise
+        if isinstance(exc, BrokenPipeError) and stdfds.output_broken():
+            return stdfds.silence_output()  # what we print had no reader left (doctor | head -1): not a bug
         from aiocontain import fdlimit
 
         if isinstance(exc, OSError) and fdlimit.exhausted(exc):
@@ -421,9 +436,11 @@ def _error_line(args: argparse.Namespace, line: str, message: str, fix: str | No
 
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = {"event": "aiocontain.error", "level": "error", "timestamp": stamp, "message": message, "fix": fix}
-        print(json.dumps(record), file=sys.stderr)
-        return
-    print(f"aiocontain: {line}", file=sys.stderr)
+        text = json.dumps(record)
+    else:
+        text = f"aiocontain: {line}"
+    with contextlib.suppress(BrokenPipeError):  # no reader left: the exit code still says it
+        print(text, file=sys.stderr)
 
 
 def _import(source: Path, dest: Path, platform: str | None) -> int:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import anyio
 
@@ -169,10 +169,35 @@ def _structlog() -> Any:
                 renderer,
             ],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.lower()]),
-            logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+            logger_factory=structlog.PrintLoggerFactory(file=cast("TextIO", _Output(stream or sys.stderr))),
             cache_logger_on_first_use=False,
         )
     return structlog
+
+
+class _Output:
+    """The stream aiocontain's own structlog set-up prints events to. Once its reader has gone (a broken pipe:
+    ``aiocontain run --log-level info ... 2>&1 | head``), events are dropped there instead of raised into the
+    run: a container does not fail because nobody reads its log any more."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._broken = True
 
 
 def _structlog_logger(**context: Any) -> Any:
@@ -186,7 +211,7 @@ def _structlog_logger(**context: Any) -> Any:
     if structlog.is_configured():
         return structlog.get_logger("aiocontain").bind(**context)
     return structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
+        structlog.PrintLogger(_Output(sys.stderr)),
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     ).bind(**context)

@@ -1,4 +1,4 @@
-"""Standard fds 0, 1 and 2 are never left closed: a closed one is filled with /dev/null (stdlib only).
+"""Standard fds 0, 1 and 2: never left closed, and a broken stdout or stderr ends a command quietly (stdlib only).
 
 A process started with stdin, stdout or stderr closed gives that number to the
 next fd it opens. In aiocontain, that would be one of its own fds, such as the fork
@@ -10,6 +10,12 @@ as sshd does and as glibc does for setuid programs. The runtime fills them again
 before each container or exec that takes the caller's stdio. A container then gets
 /dev/null for a stream its caller did not have, as podman gives a container
 /dev/null for stdin.
+
+A command whose stdout or stderr is a pipe that its reader has closed
+(``aiocontain ps | head -1``, ``aiocontain --help | true``) stops saying
+anything and exits 141, as a Unix tool that SIGPIPE ends would, rather than
+print a traceback or call it a bug. Python ignores SIGPIPE, so it raises
+BrokenPipeError instead.
 """
 
 from __future__ import annotations
@@ -56,3 +62,27 @@ def ensure() -> None:
             f" it: {exc.strerror}",
             fix="start the program with its standard fds open, or pass stdin, stdout and stderr explicitly",
         ) from None
+
+
+# What a shell reports for a command that SIGPIPE ended, as a broken pipe ends any Unix tool.
+BROKEN_PIPE_EXIT = 128 + 13
+
+
+def output_broken() -> bool:
+    """Whether stdout or stderr is a pipe or socket whose reader has gone (poll says POLLERR or POLLHUP on it)."""
+    import select
+
+    poller = select.poll()
+    for fd in (1, 2):
+        poller.register(fd, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
+def silence_output() -> int:
+    """After a broken stdout or stderr: point both at /dev/null, so that nothing more (no flush at exit, no
+    traceback) fails on them, and give the exit code a shell would show (``BROKEN_PIPE_EXIT``)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return BROKEN_PIPE_EXIT

@@ -6,6 +6,9 @@ caller's stdin got it as its own, from where it could ask the fork server for a 
 probe closes the caller's fds, then checks from inside that each standard fd is /dev/null and no socket. The
 shell's ``[`` is a builtin: /proc/self is the shell itself, whose fds are the container's. The same probe runs
 under podman, which gives a container /dev/null for a stdin its caller does not have.
+
+Then the other way round: a stdout or stderr whose reader has gone (`aiocontain --help | head -1`) ends a command
+quietly with 141, and does not stop a run whose events it carried.
 """
 
 from __future__ import annotations
@@ -150,3 +153,47 @@ def test_fill_leaves_open_fds_alone_and_fills_only_the_closed():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (0, "ok"), proc.stderr
     assert stdfds.fill() is None  # here all three are open: nothing to do
+
+
+def _broken_pipe() -> int:
+    """The write end of a pipe whose reader has gone: the first write to it fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["run", "--help"], ["doctor"], ["rootfs", "--help"]],
+    ids=lambda args: " ".join(args),
+)
+def test_printing_into_a_pipe_with_no_reader_ends_quietly_with_141(args):
+    """`aiocontain ... | head -1` whose head has exited: quiet, 128+SIGPIPE, as any Unix tool ended by SIGPIPE;
+    before, --help printed a traceback and doctor called it a bug."""
+    broken = _broken_pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "aiocontain", *args], stdout=broken, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(broken)
+    assert (proc.returncode, proc.stderr) == (stdfds.BROKEN_PIPE_EXIT, "")
+
+
+def test_a_run_whose_log_reader_has_gone_runs_to_its_end_with_its_own_exit_code(rootfs, tmp_path):
+    """`aiocontain run --log-level info ... 2>&1 | head -1`: the events that find no reader are dropped; the
+    container is not stopped for it (before, the run failed at its first event, exit 1)."""
+    before = leftovers()
+    out = tmp_path / "out"
+    out.mkdir()
+    broken = _broken_pipe()
+    try:
+        argv = cli_argv(
+            rootfs, "--log-level", "info", "-v", f"{out}:/out", "--", "/bin/sh", "-c", "touch /out/ran; exit 3"
+        )
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=broken, stdin=subprocess.DEVNULL, timeout=60)
+    finally:
+        os.close(broken)
+    assert proc.returncode == 3
+    assert (out / "ran").exists()
+    assert leftovers() == before
