@@ -37,9 +37,10 @@ def fill(python_streams: bool = False) -> None:
         return  # all open, nearly always: three system calls
     except OSError:
         pass
-    # Each open takes the lowest free number, so the holes among 0-2 fill in order.
+    # Each open takes the lowest free number, so the holes among 0-2 fill in order. Inheritable, as stdio is:
+    # a process this one starts with its stdio gets /dev/null there too, not a closed fd again.
     while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:
-        pass
+        os.set_inheritable(fd, True)
     os.close(fd)
     if python_streams:
         for name, number, mode in _STREAMS:

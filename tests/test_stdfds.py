@@ -135,22 +135,23 @@ def test_an_embedding_program_with_closed_standard_fds_hands_none_of_the_runtime
 
 
 def test_fill_leaves_open_fds_alone_and_fills_only_the_closed():
-    """The boundary itself, in a child process: 1 closed, 0 and 2 kept; 1 becomes /dev/null, nothing else moves."""
+    """The boundary itself, in a child started with stdout closed (so Python made sys.stdout None): 1 becomes
+    /dev/null, inheritable as stdio is, with a stream on it again; 0 and 2 stay what they were."""
     script = textwrap.dedent(
         """
         import os, sys
+        started_without = sys.stdout is None
         keep0, keep2 = os.fstat(0), os.fstat(2)
-        os.close(1)
         from aiocontain import stdfds
         stdfds.fill(python_streams=True)
         same = lambda a, b: (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-        null = os.stat(os.devnull)
-        ok = same(os.fstat(0), keep0) and same(os.fstat(2), keep2) and same(os.fstat(1), null)
-        print("printed into /dev/null")  # sys.stdout is a stream again, not None
+        ok = same(os.fstat(0), keep0) and same(os.fstat(2), keep2) and same(os.fstat(1), os.stat(os.devnull))
+        ok = ok and os.get_inheritable(1) and started_without and sys.stdout is not None
+        print("into /dev/null", flush=True)
         os.write(2, b"ok" if ok else b"bad")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    proc = _closed([sys.executable, "-c", script], ">&-")
     assert (proc.returncode, proc.stderr) == (0, "ok"), proc.stderr
     assert stdfds.fill() is None  # here all three are open: nothing to do
 
