@@ -92,6 +92,17 @@ EMBEDDED = textwrap.dedent(
         if WHEN == "before the first container":
             close()
             status = await run(ContainerSpec(PROBE, rootfs=ROOTFS, network=NetworkMode.NONE))
+        elif WHEN == "before a fork server of its own":
+            from aiocontain.forkserver import ForkServer
+
+            close()
+            server = ForkServer.start()
+            try:
+                spec = ContainerSpec(PROBE, rootfs=ROOTFS, network=NetworkMode.NONE)
+                async with Container(spec, fork_server=server) as box:
+                    status = await box.wait()
+            finally:
+                server.close()
         elif WHEN == "between two containers":
             await run(ContainerSpec(["true"], rootfs=ROOTFS, network=NetworkMode.NONE))  # the fork server is up
             close()
@@ -109,7 +120,10 @@ EMBEDDED = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("when", ["before the first container", "between two containers", "between two execs"])
+@pytest.mark.parametrize(
+    "when",
+    ["before the first container", "before a fork server of its own", "between two containers", "between two execs"],
+)
 @pytest.mark.parametrize("closed", [(0,), (1,), (0, 1, 2)], ids=["stdin", "stdout", "all three"])
 def test_an_embedding_program_with_closed_standard_fds_hands_none_of_the_runtimes(rootfs, closed, when):
     """A program that closed its stdio (as a careless daemon does), then runs a container or an exec with the
