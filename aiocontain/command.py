@@ -57,6 +57,9 @@ def main() -> NoReturn:
         except OSError:
             pass  # stderr is the closed one: the exit code says it
         os._exit(125)
+    from aiocontain import umask
+
+    umask.keep_owner_access()  # our own files stay ours to use: umask 777 is taken as 077 (aiocontain.umask)
     if sys.argv[1:2] == ["run"]:
         from aiocontain.runserver import client
 
