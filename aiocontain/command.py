@@ -47,16 +47,7 @@ def main() -> NoReturn:
 
     from aiocontain import stdfds
 
-    try:
-        stdfds.fill(python_streams=True)  # before any fd of ours can take a closed one's number
-    except OSError as exc:
-        try:
-            os.write(
-                2, f"aiocontain: a standard fd is closed and {os.devnull} cannot stand in: {exc.strerror}\n".encode()
-            )
-        except OSError:
-            pass  # stderr is the closed one: the exit code says it
-        os._exit(125)
+    stdfds.fill_for_command("aiocontain", 125)  # before any fd of ours can take a closed one's number
     from aiocontain import umask
 
     umask.keep_owner_access()  # our own files stay ours to use: umask 777 is taken as 077 (aiocontain.umask)

@@ -50,6 +50,21 @@ def fill(python_streams: bool = False) -> None:
                 setattr(sys, f"__{name}__", stream)
 
 
+def fill_for_command(program: str, code: int) -> None:
+    """``fill`` first of all in our commands (with Python's streams): where a closed fd cannot be filled, one
+    line (on stderr, if that is not the closed one) and exit code, before anything else has started."""
+    try:
+        fill(python_streams=True)
+    except OSError as exc:
+        try:
+            os.write(
+                2, f"{program}: a standard fd is closed and {os.devnull} cannot stand in: {exc.strerror}\n".encode()
+            )
+        except OSError:
+            pass  # stderr is the closed one: the exit code says it
+        os._exit(code)
+
+
 def ensure() -> None:
     """``fill`` for the runtime, before a container or an exec takes this process's stdio and before the fork
     server's socket is made: refused in one line where a closed fd cannot be filled."""

@@ -11,7 +11,6 @@ subcommands (start, state, kill, delete, list) import only what they use: no any
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -187,17 +186,9 @@ def dispatch(argv: list[str]) -> int:
 
 def main() -> None:
     """The console script: run, print an OciError as one line (stderr and --log), exit 1."""
-    try:
-        # First of all: no fd of ours may take a closed stdio fd's number, or the container, whose stdio is
-        # ours, would be given it (aiocontain.stdfds).
-        stdfds.fill(python_streams=True)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.write(
-                2,
-                f"aiocontain-oci: a standard fd is closed and {os.devnull} cannot stand in: {exc.strerror}\n".encode(),
-            )
-        os._exit(1)
+    # First of all: no fd of ours may take a closed stdio fd's number, or the container, whose stdio is ours,
+    # would be given it (aiocontain.stdfds).
+    stdfds.fill_for_command("aiocontain-oci", 1)
     argv = sys.argv[1:]
     options: Options | None = None
     try:
