@@ -48,9 +48,9 @@ def main() -> NoReturn:
     from aiocontain import stdfds
 
     stdfds.fill_for_command("aiocontain", 125)  # before any fd of ours can take a closed one's number
-    from aiocontain import umask
-
-    umask.keep_owner_access()  # our own files stay ours to use: umask 777 is taken as 077 (aiocontain.umask)
+    # Our own files stay ours to use: a umask that denies the owner keeps only its other bits, umask 777 is
+    # taken as 077 (aiocontain.umask says why; not imported here, on every command's cold start).
+    os.umask(os.umask(0o022) & 0o077)
     if sys.argv[1:2] == ["run"]:
         from aiocontain.runserver import client
 

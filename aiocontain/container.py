@@ -169,6 +169,11 @@ class Container:
             # set-up undone by _enter as for any other failure.
             if fdlimit.exhausted(exc):
                 raise fdlimit.exhaustion_error(exc) from None
+            if isinstance(exc, PermissionError):
+                from aiocontain import umask  # only here: a refusal costs nothing on the way in
+
+                if (refusal := umask.refusal()) is not None:
+                    raise refusal from None  # our own directory, made under a umask that denies its owner
             raise
 
     async def _enter(self) -> Container:

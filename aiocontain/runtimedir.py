@@ -44,10 +44,8 @@ class RuntimeDir:
                 fd = os.open(path, _FLAGS)
             except FileNotFoundError:
                 continue  # swept between mkdtemp and open
-            except BaseException as exc:
+            except BaseException:
                 os.rmdir(path)  # e.g. out of fds: an unlocked directory must not stay behind
-                if isinstance(exc, PermissionError):
-                    _refuse_owner_denying_umask()
                 raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,16 +120,3 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False  # its owner lives
     return True
-
-
-def _refuse_owner_denying_umask() -> None:
-    """A directory of ours that we cannot open: one line where the umask is why (aiocontain.umask)."""
-    from aiocontain import umask
-
-    mask = umask.denies_owner()
-    if mask is not None:
-        from aiocontain.errors import AiocontainError
-
-        raise AiocontainError(
-            f"this process's umask {mask:04o} denies its owner the runtime's own files", fix="use umask 077 or less"
-        )

@@ -37,7 +37,9 @@ def test_the_command_runs_under_any_umask_and_passes_on_what_leaves_the_owner_al
     assert leftovers() == before
 
 
-def test_an_embedding_program_under_an_owner_denying_umask_is_refused_in_one_line(rootfs):
+@pytest.mark.parametrize("name", [None, "umask-named"])
+def test_an_embedding_program_under_an_owner_denying_umask_is_refused_in_one_line(rootfs, name):
+    """Whichever directory of ours comes first: the runtime directory, or with a name the names' locks."""
     before = leftovers()
     script = textwrap.dedent(
         f"""
@@ -47,7 +49,7 @@ def test_an_embedding_program_under_an_owner_denying_umask_is_refused_in_one_lin
 
         os.umask(0o777)
         try:
-            anyio.run(run, ContainerSpec(["true"], rootfs={str(rootfs)!r}, network=NetworkMode.NONE))
+            anyio.run(run, ContainerSpec(["true"], rootfs={str(rootfs)!r}, network=NetworkMode.NONE, name={name!r}))
         except AiocontainError as exc:
             print(exc)
         """
