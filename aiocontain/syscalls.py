@@ -47,6 +47,7 @@ _OPEN_TREE_CLONE = 0x1
 _AT_RECURSIVE = 0x8000
 _AT_FDCWD = -100
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOVE_MOUNT_T_SYMLINKS = 0x10
 
 # mount(8)'s propagation options as mount(2) flags (the spec's -v options and OCI mounts alike)
 PROPAGATION = {
@@ -152,19 +153,23 @@ def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {target}")
 
 
-def clone_tree(path: str) -> int:
-    """open_tree(2) with OPEN_TREE_CLONE | AT_RECURSIVE: a detached copy of the mount at path and every mount
-    under it, held by the returned fd (close-on-exec) until it is attached (``attach_tree``) or closed."""
-    fd: int = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, _b(path), _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC)
+def clone_tree(path: str, recursive: bool = True) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE (and AT_RECURSIVE): a detached copy of the mount at path (and of every
+    mount under it), held by the returned fd (close-on-exec) until it is attached (``attach_tree``) or closed.
+    Once attached, the fd still names that mount's root: a remount through its /proc/self/fd path reaches it."""
+    flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    fd: int = _libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, _b(path), flags)
     if fd < 0:
         _check(fd, f"open_tree {path}")
     return fd
 
 
 def attach_tree(tree: int, target: str) -> None:
-    """move_mount(2): attach a detached mount tree (``clone_tree``'s fd) at target."""
+    """move_mount(2): attach a detached mount tree (``clone_tree``'s fd) at target, a symlink at its end
+    followed as mount(2) follows it (an fd's /proc/self/fd path names that fd's file)."""
+    flags = _MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_SYMLINKS
     _check(
-        _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, _b(target), _MOVE_MOUNT_F_EMPTY_PATH),
+        _libc.syscall(_SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, _b(target), flags),
         f"move_mount to {target}",
     )
 

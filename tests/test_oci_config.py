@@ -7,6 +7,7 @@ the test shows the setting made the difference.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,28 @@ def test_devices_and_tmpcopyup(engine: Engine, rootfs: Path, tmp_path: Path) -> 
     assert {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm"} <= set(lines)
     if devices:
         assert "fuse" in lines
+
+
+def test_an_image_whose_dev_is_a_symlink_gets_its_dev_inside_the_root(
+    engine: Engine, rootfs: Path, tmp_path: Path
+) -> None:
+    """An image's /dev that is a symlink to a host directory: /dev's tmpfs, devices and links are made where
+    the link leads inside the root, as the container sees it, never in the host directory (runc 1.1's
+    setup of /dev's links made them there, and podman here runs it). The control: the
+    container's /dev is the link, and its devices and links work through it."""
+    image = tmp_path / "image"
+    shutil.copytree(rootfs, image, symlinks=True)
+    host = tmp_path / "host"
+    host.mkdir()
+    shutil.rmtree(image / "dev")
+    (image / "dev").symlink_to(host)
+    # No /tmp tmpfs: it would cover the link's target inside the root, and /dev with it.
+    mounts = [entry for entry in CONFIG["mounts"] if entry["destination"] != "/tmp"]
+    script = "readlink /dev; echo x > /dev/null && echo null-ok; test -L /dev/fd && ls /dev/fd/ > /dev/null && echo fd"
+    status, output = _run(engine, tmp_path, image, script, mounts=mounts)
+    assert status == 0 and output.split() == [str(host), "null-ok", "fd"], output
+    assert os.listdir(host) == []
+    assert (image / host.relative_to("/")).is_dir()  # the /dev tmpfs's mount point, made inside the root
 
 
 def test_a_session_keyring_of_its_own(engine: Engine, rootfs: Path, tmp_path: Path) -> None:

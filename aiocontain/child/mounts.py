@@ -15,6 +15,7 @@ import os
 import stat
 
 from aiocontain import syscalls as sc
+from aiocontain.child import inroot
 from aiocontain.messages import Config
 from aiocontain.security import paths
 
@@ -64,8 +65,9 @@ class Trees:
 
 def build(config: Config, trees: Trees | None = None) -> None:
     """trees: a spare's /proc, /sys and /dev, built ahead (child/prebuilt.py), attached rather than built."""
-    # The runtime resolved the rootfs (Container): its path has no symlink in it, so no realpath here. Every
-    # target below is root + a path: one lstat each says whether it is there and not a symlink.
+    # The runtime resolved the rootfs (Container): its path has no symlink in it, so no realpath here. The
+    # top directories are root + a name, each refused if a symlink; every other target is opened inside the
+    # root (child/inroot.py) and mounted on through its fd.
     root = config.rootfs
     mount = sc.mount
     mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing we do here propagates to the host
@@ -91,14 +93,20 @@ def build(config: Config, trees: Trees | None = None) -> None:
     if config.init_binary:
         _mount_init(root + INIT_PATH, config.init_binary)
     mount("tmpfs", _top_dir(root, "tmp"), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
-    if config.etc_files:
-        _bind_etc_files(root, config.etc_files)
-    for spec in config.mounts:
-        _mount_one(root, spec)
-    if config.read_only:
-        with contextlib.suppress(OSError):  # as podman, -w is made first; a failure is init's to report
-            os.makedirs(resolve(root, config.workdir), 0o755, exist_ok=True)
-        _remount_readonly(root)  # the root mount alone: what is mounted on it keeps its own mode
+    if config.etc_files or config.mounts or config.read_only:
+        root_fd = inroot.open_root(root)
+        try:
+            if config.etc_files:
+                _bind_etc_files(root_fd, config.etc_files)
+            for spec in config.mounts:
+                _mount_one(root_fd, spec)
+            if config.read_only:
+                with contextlib.suppress(OSError):  # as podman, -w is made first; a failure is init's to report
+                    inroot.open_path(root_fd, config.workdir, "dir").close()
+        finally:
+            os.close(root_fd)
+        if config.read_only:
+            _remount_readonly(root)  # the root mount alone: what is mounted on it keeps its own mode
     os.chdir(root)
     sc.pivot_root(".", ".")  # the old root now sits under the new one, at the same place
     sc.umount2(".", sc.MNT_DETACH)
@@ -124,52 +132,39 @@ def _mount_overlay(root: str, holder: str) -> None:
     sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work},userxattr")
 
 
-def _mount_one(root: str, spec: dict[str, object]) -> None:
-    """One of -v, --mount, --tmpfs or a plugin's, at its target resolved inside the root (symlinks stay in it)."""
-    path = resolve(root, str(spec["target"]))
-    if spec["dir"]:
-        if not os.path.isdir(path):
-            os.makedirs(path, 0o755, exist_ok=True)
-    elif not os.path.lexists(path):
-        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+def _mount_one(root: int, spec: dict[str, object]) -> None:
+    """One of -v, --mount, --tmpfs or a plugin's, at its target inside the root (root: its fd)."""
     flags = int(spec["flags"])  # type: ignore[call-overload]
-    if spec["type"] == "tmpfs":
-        sc.mount("tmpfs", path, "tmpfs", flags & ~sc.MS_RDONLY, spec["data"])  # type: ignore[arg-type]
-    else:
-        sc.mount(str(spec["source"]), path, None, sc.MS_BIND | sc.MS_REC)
-    if flags:
-        remount(path, flags)
-    if spec["propagation"]:
-        sc.mount(None, path, None, int(spec["propagation"]))  # type: ignore[call-overload]
+    propagation = int(spec["propagation"])  # type: ignore[call-overload]
+    with inroot.open_path(root, str(spec["target"]), "dir" if spec["dir"] else "file") as target:
+        if spec["type"] == "tmpfs":
+            sc.mount("tmpfs", target.path, "tmpfs", flags, spec["data"])  # type: ignore[arg-type]
+            if propagation:
+                mounted = target.mounted()
+                try:
+                    sc.mount(None, inroot.at(mounted), None, propagation)
+                finally:
+                    os.close(mounted)
+        else:
+            bind(str(spec["source"]), target.path, flags, propagation=propagation)
 
 
-def resolve(root: str, target: str) -> str:
-    """target's host path under root, following symlinks as the container will see them: an absolute link
-    starts again at root, and '..' never climbs above it (as securejoin does for runc)."""
-    parts = [p for p in target.split("/") if p]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        path = os.path.join(root, *resolved, part)
-        if os.path.islink(path):
-            links += 1
-            if links > 40:
-                raise OSError(0, f"{target} in the root filesystem: too many levels of symbolic links")
-            link = os.readlink(path)
-            if link.startswith("/"):
-                resolved = []
-            parts = [p for p in link.split("/") if p] + parts
-            continue
-        resolved.append(part)
-    return os.path.join(root, *resolved)
+def bind(source: str, target: str, flags: int = 0, recursive: bool = True, propagation: int = 0) -> None:
+    """Bind source (a host path) at target (a path, or an fd's /proc/self/fd path), then remount it with flags
+    (ro, nosuid, ...) and give it propagation. Through a copy of source's mount held by an fd (``clone_tree``):
+    that fd, not target's path, names the new mount, so no path is looked up again to reach it."""
+    if not flags and not propagation:  # nothing to reach the new mount for: one mount(2)
+        sc.mount(source, target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
+        return
+    tree = sc.clone_tree(source, recursive)
+    try:
+        sc.attach_tree(tree, target)
+        if flags:
+            remount(inroot.at(tree), flags)
+        if propagation:
+            sc.mount(None, inroot.at(tree), None, propagation)
+    finally:
+        os.close(tree)
 
 
 def mount_cgroup() -> None:
@@ -185,9 +180,13 @@ def mount_sys(target: str) -> None:
         sc.mount("sysfs", target, "sysfs", flags)
     except PermissionError:
         # Sharing the host's network namespace: a new sysfs is not ours to mount; bind the host's read-only.
-        sc.mount("/sys", target, None, sc.MS_BIND | sc.MS_REC)
-        with contextlib.suppress(OSError):
-            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+        tree = sc.clone_tree("/sys")
+        try:
+            sc.attach_tree(tree, target)
+            with contextlib.suppress(OSError):
+                sc.mount(None, inroot.at(tree), None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+        finally:
+            os.close(tree)
 
 
 # statvfs flags a bind remount must keep: the kernel refuses to drop a locked one in a user namespace
@@ -283,34 +282,56 @@ def _top_dir(root: str, name: str) -> str:
     return path
 
 
-def _bind_etc_files(root: str, files: dict[str, str]) -> None:
-    """Bind each of the runtime's files at /etc/NAME. A symlink that stays inside the root and ends at a file
-    is bound through (as the container will open it), so the rootfs on disk keeps it; any other symlink is
-    replaced by the file (e.g. etc/resolv.conf -> a host path). A symlinked /etc itself is refused."""
-    etc = root + "/etc"
+def _bind_etc_files(root: int, files: dict[str, str]) -> None:
+    """Bind each of the runtime's files at /etc/NAME (root: the root's fd). A symlink that stays inside the
+    root and ends at a file is bound through (as the container will open it), so the rootfs on disk keeps it;
+    any other symlink is replaced by the file (e.g. etc/resolv.conf -> a host path). A symlinked /etc itself
+    is refused."""
     try:
-        etc_mode: int | None = os.lstat(etc).st_mode
+        etc = os.open("etc", _DIR | os.O_NOFOLLOW, dir_fd=root)
     except FileNotFoundError:
-        etc_mode = None
-    for name, source in files.items():
-        if etc_mode is not None and stat.S_ISLNK(etc_mode):
-            raise OSError(0, f"etc/{name} in the root filesystem is a symlink; refusing to mount over it")
-        target = etc + "/" + name
+        os.mkdir("etc", 0o755, dir_fd=root)
+        etc = os.open("etc", _DIR | os.O_NOFOLLOW, dir_fd=root)
+    except OSError as exc:
+        if stat.S_ISLNK(os.stat("etc", dir_fd=root, follow_symlinks=False).st_mode):
+            raise OSError(0, "etc in the root filesystem is a symlink; refusing to mount over it") from None
+        raise exc from None
+    try:
+        for name, source in files.items():
+            _bind_etc_file(root, etc, name, source)
+    finally:
+        os.close(etc)
+
+
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _bind_etc_file(root: int, etc: int, name: str, source: str) -> None:
+    try:
+        mode: int | None = os.stat(name, dir_fd=etc, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
         try:
-            mode: int | None = os.lstat(target).st_mode
-        except FileNotFoundError:
-            mode = None
-        if mode is not None and stat.S_ISLNK(mode):
-            resolved = resolve(root, "/etc/" + name)
-            if os.path.isfile(resolved):
-                sc.mount(source, resolved, None, sc.MS_BIND)
-                continue
-            os.unlink(target)
-            mode = None
-        if mode is None:
-            os.makedirs(etc, 0o755, exist_ok=True)
-            etc_mode = stat.S_IFDIR
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
-        elif not stat.S_ISREG(mode):
+            through = inroot.open_path(root, "/etc/" + name)
+        except OSError:
+            through = None  # dangling, a loop, or not below directories
+        if through is not None:
+            with through:
+                if stat.S_ISREG(through.mode):
+                    bind(source, through.path, recursive=False)
+                    return
+        os.unlink(name, dir_fd=etc)
+        mode = None
+    if mode is None:
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        os.close(os.open(name, flags, 0o644, dir_fd=etc))
+    elif not stat.S_ISREG(mode):
+        raise OSError(0, f"etc/{name} in the root filesystem is not a regular file")
+    target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=etc)
+    try:
+        if not stat.S_ISREG(os.fstat(target).st_mode):
             raise OSError(0, f"etc/{name} in the root filesystem is not a regular file")
-        sc.mount(source, target, None, sc.MS_BIND)
+        bind(source, inroot.at(target), recursive=False)
+    finally:
+        os.close(target)

@@ -1,10 +1,11 @@
 """The container's root filesystem as config.json describes it, built by its init in its mount namespace.
 
 ``mount_all`` (before pivot_root, host paths still visible): the root bound onto itself, every entry of
-``mounts`` in order at its destination resolved inside the root (symlinks stay in it, as runc's securejoin),
-the devices, /dev's links. ``pivot`` swaps the root. ``finish`` (after pivot_root, paths are the container's):
-masked and read-only paths, the read-only root. Rootless, so mknod is impossible: devices are the host's
-nodes bound in, as runc does in a user namespace. Reuses child/mounts.py's resolving, remounting and masking.
+``mounts`` in order at its destination opened inside the root and mounted on through its fd (symlinks stay
+in it, and nothing swapped in meanwhile can lead out: child/inroot.py), the devices, /dev's links. ``pivot``
+swaps the root. ``finish`` (after pivot_root, paths are the container's): masked and read-only paths, the
+read-only root. Rootless, so mknod is impossible: devices are the host's nodes bound in, as runc does in a
+user namespace. Reuses child/mounts.py's binding, remounting and masking.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import stat
 
 from aiocontain import syscalls as sc
+from aiocontain.child import inroot
 from aiocontain.child import mounts as base
 
 TYPE_CHECKING = False
@@ -28,42 +30,62 @@ def mount_all(plan: Plan) -> None:
     # pivot_root refuses a shared root, and a bind of an unbindable tree fails (as runc's does; crun's order).
     sc.mount(None, "/", None, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs the new root to be a mount point
-    for entry in plan.mounts:
-        _mount(root, entry)
-    _devices(root, plan)
+    root_fd = inroot.open_root(root)
+    try:
+        for entry in plan.mounts:
+            with inroot.open_path(root_fd, entry.destination, _kind_of_target(entry)) as target:
+                _mount(target, entry)
+        _devices(root_fd, plan)
+    finally:
+        os.close(root_fd)
 
 
-def _mount(root: str, entry: Mount) -> None:
-    target = base.resolve(root, entry.destination)
-    _make_target(target, entry)
+def _mount(target: inroot.Target, entry: Mount) -> None:
     flags = entry.flags & ~sc.MS_REMOUNT
     if entry.is_bind:
-        sc.mount(entry.source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
-        if flags & ~(sc.MS_BIND | sc.MS_REC):
-            try:
-                _remount_bind(target, flags & ~(sc.MS_BIND | sc.MS_REC))
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"bind mount of {entry.source} on {entry.destination}: {exc.strerror}"
-                ) from None
-    elif entry.kind == "cgroup" or entry.kind == "cgroup2":
-        _mount_cgroup(target, flags)
+        try:
+            _bind(target.path, entry, flags)
+        except OSError as exc:
+            raise OSError(exc.errno, f"bind mount of {entry.source} on {entry.destination}: {exc.strerror}") from None
+        return
+    if entry.kind == "cgroup" or entry.kind == "cgroup2":
+        _mount_cgroup(target.path, flags)
     elif entry.kind == "sysfs":
         try:
-            sc.mount("sysfs", target, "sysfs", flags, entry.data or None)
+            sc.mount("sysfs", target.path, "sysfs", flags, entry.data or None)
         except PermissionError:
-            base.mount_sys(target)  # the host's network namespace: bind the host's /sys read-only
+            base.mount_sys(target.path)  # the host's network namespace: bind the host's /sys read-only
     elif entry.kind == "mqueue":
         try:
-            sc.mount("mqueue", target, "mqueue", flags, entry.data or None)
+            sc.mount("mqueue", target.path, "mqueue", flags, entry.data or None)
         except PermissionError:  # the host's ipc namespace: its mqueue, as runc does rootless
-            sc.mount("/dev/mqueue", target, None, sc.MS_BIND | sc.MS_REC)
+            base.bind("/dev/mqueue", target.path, propagation=entry.propagation)
+            return
     elif entry.copy_up:
         _tmpfs_copy_up(target, entry, flags)
     else:
-        sc.mount(entry.source, target, entry.kind, flags, entry.data or None)
+        sc.mount(entry.source, target.path, entry.kind, flags, entry.data or None)
     if entry.propagation:
-        sc.mount(None, target, None, entry.propagation)
+        mounted = target.mounted()  # the file system just mounted; the target's fd names what it covers
+        try:
+            sc.mount(None, inroot.at(mounted), None, entry.propagation)
+        finally:
+            os.close(mounted)
+
+
+def _bind(target: str, entry: Mount, flags: int) -> None:
+    """A bind mount and its options, through base.bind's fd; where the kernel refuses to change locked atime
+    flags, retried without them (``_remount_bind``)."""
+    options = flags & ~(sc.MS_BIND | sc.MS_REC)
+    tree = sc.clone_tree(entry.source, bool(flags & sc.MS_REC))
+    try:
+        sc.attach_tree(tree, target)
+        if options:
+            _remount_bind(inroot.at(tree), options)
+        if entry.propagation:
+            sc.mount(None, inroot.at(tree), None, entry.propagation)
+    finally:
+        os.close(tree)
 
 
 # The atime flags: a user namespace may not change those the kernel locked on a mount made outside it.
@@ -82,14 +104,10 @@ def _remount_bind(target: str, flags: int) -> None:
         base.remount(target, flags & ~_ATIME)
 
 
-def _make_target(target: str, entry: Mount) -> None:
-    """A directory for a file system or a bound directory; an empty file for a bound file."""
-    if entry.is_bind and not os.path.isdir(entry.source):
-        if not os.path.lexists(target):
-            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-    elif not os.path.isdir(target):
-        os.makedirs(target, 0o755, exist_ok=True)
+def _kind_of_target(entry: Mount) -> str:
+    """What to make where the destination is missing: a directory for a file system or a bound directory; an
+    empty file for a bound file."""
+    return "file" if entry.is_bind and not os.path.isdir(entry.source) else "dir"
 
 
 def _mount_cgroup(target: str, flags: int) -> None:
@@ -100,55 +118,66 @@ def _mount_cgroup(target: str, flags: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EBUSY, errno.EINVAL, errno.ENOENT):
             raise
-        sc.mount("/sys/fs/cgroup", target, None, sc.MS_BIND | sc.MS_REC)
-        base.remount(target, sc.MS_RDONLY | (flags & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)))
+        base.bind("/sys/fs/cgroup", target, sc.MS_RDONLY | (flags & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)))
 
 
-def _tmpfs_copy_up(target: str, entry: Mount, flags: int) -> None:
+def _tmpfs_copy_up(target: inroot.Target, entry: Mount, flags: int) -> None:
     """A tmpfs that starts with what the image has at its place (the tmpcopyup option): the old directory
-    stays reachable through an fd opened before the mount covers it."""
+    stays reachable through the target's fd, which names the directory the mount covers."""
     import shutil  # here only: before pivot_root, and most containers have no such mount
 
-    below = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    sc.mount(entry.source, target.path, entry.kind, flags, entry.data or None)
+    mounted = target.mounted()
     try:
-        sc.mount(entry.source, target, entry.kind, flags, entry.data or None)
-        shutil.copytree(f"/proc/self/fd/{below}", target, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(target.path, inroot.at(mounted), symlinks=True, dirs_exist_ok=True)
     finally:
-        os.close(below)
+        os.close(mounted)
 
 
-def _devices(root: str, plan: Plan) -> None:
+def _devices(root: int, plan: Plan) -> None:
     """runc's default devices and linux.devices, as the host's nodes bound in (no mknod in a user
-    namespace); /dev's standard links where the config's /dev left them out."""
-    dev = os.path.join(root, "dev")
-    if not os.path.isdir(dev):
-        return
-    paths = ["/dev/" + name for name in base.DEVICES]
-    paths += [str(device["path"]) for device in plan.devices if str(device["path"]) not in paths]
-    for path in paths:
-        target = base.resolve(root, path)
-        if os.path.lexists(target) and _is_device(target):
-            continue
-        if not os.path.exists(path):
-            raise OSError(errno.ENOENT, f"device {path} does not exist on the host")
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        if not os.path.lexists(target):
-            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
-        sc.mount(path, target, None, sc.MS_BIND)
-    for name, link in {**base.DEV_LINKS, "ptmx": "pts/ptmx"}.items():
-        path = os.path.join(dev, name)
-        if name == "ptmx" and not os.path.isdir(os.path.join(dev, "pts")):
-            continue
-        if not os.path.lexists(path):
-            os.symlink(link, path)
-
-
-def _is_device(path: str) -> bool:
+    namespace); /dev's standard links where the config's /dev left them out. /dev is the container's, found
+    inside the root (root: its fd) like any mount's destination: an image whose /dev is a symlink to a host
+    directory gets its links in the root, never in that directory."""
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
+        dev = inroot.open_path(root, "/dev")
+    except FileNotFoundError:
+        return
+    with dev:
+        if not stat.S_ISDIR(dev.mode):
+            return
+        paths = ["/dev/" + name for name in base.DEVICES]
+        paths += [str(device["path"]) for device in plan.devices if str(device["path"]) not in paths]
+        for path in paths:
+            if not os.path.exists(path):
+                raise OSError(errno.ENOENT, f"device {path} does not exist on the host")
+            with inroot.open_path(root, path, "file") as target:
+                if not _is_device(target.mode):
+                    base.bind(path, target.path, recursive=False)
+        for name, link in {**base.DEV_LINKS, "ptmx": "pts/ptmx"}.items():
+            if name == "ptmx" and not _is_dir(dev.fd, "pts"):
+                continue
+            if not _exists(dev.fd, name):
+                os.symlink(link, name, dir_fd=dev.fd)
+
+
+def _is_device(mode: int) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _is_dir(directory: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _exists(directory: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def pivot(plan: Plan, no_pivot: bool) -> None:
