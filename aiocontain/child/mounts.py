@@ -19,6 +19,10 @@ from aiocontain.child import inroot
 from aiocontain.messages import Config
 from aiocontain.security import paths
 
+TYPE_CHECKING = False  # typing is a heavy import for the child
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # --init's PID 1, bound read-only in the container's own /dev tmpfs: nothing is written into the rootfs on disk.
 INIT_PATH = "/dev/init"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -149,10 +153,18 @@ def _mount_one(root: int, spec: dict[str, object]) -> None:
             bind(str(spec["source"]), target.path, flags, propagation=propagation)
 
 
-def bind(source: str, target: str, flags: int = 0, recursive: bool = True, propagation: int = 0) -> None:
+def bind(
+    source: str,
+    target: str,
+    flags: int = 0,
+    recursive: bool = True,
+    propagation: int = 0,
+    remount_with: Callable[[str, int], None] | None = None,
+) -> None:
     """Bind source (a host path) at target (a path, or an fd's /proc/self/fd path), then remount it with flags
-    (ro, nosuid, ...) and give it propagation. Through a copy of source's mount held by an fd (``clone_tree``):
-    that fd, not target's path, names the new mount, so no path is looked up again to reach it."""
+    (ro, nosuid, ...; through ``remount_with``, else ``remount``) and give it propagation. Through a copy of
+    source's mount held by an fd (``clone_tree``): that fd, not target's path, names the new mount, so no path
+    is looked up again to reach it."""
     if not flags and not propagation:  # nothing to reach the new mount for: one mount(2)
         sc.mount(source, target, None, sc.MS_BIND | (sc.MS_REC if recursive else 0))
         return
@@ -160,7 +172,7 @@ def bind(source: str, target: str, flags: int = 0, recursive: bool = True, propa
     try:
         sc.attach_tree(tree, target)
         if flags:
-            remount(inroot.at(tree), flags)
+            (remount_with or remount)(inroot.at(tree), flags)
         if propagation:
             sc.mount(None, inroot.at(tree), None, propagation)
     finally:

@@ -74,18 +74,10 @@ def _mount(target: inroot.Target, entry: Mount) -> None:
 
 
 def _bind(target: str, entry: Mount, flags: int) -> None:
-    """A bind mount and its options, through base.bind's fd; where the kernel refuses to change locked atime
-    flags, retried without them (``_remount_bind``)."""
+    """A bind mount and its options (base.bind), where the kernel refuses to change locked atime flags retried
+    without them (``_remount_bind``)."""
     options = flags & ~(sc.MS_BIND | sc.MS_REC)
-    tree = sc.clone_tree(entry.source, bool(flags & sc.MS_REC))
-    try:
-        sc.attach_tree(tree, target)
-        if options:
-            _remount_bind(inroot.at(tree), options)
-        if entry.propagation:
-            sc.mount(None, inroot.at(tree), None, entry.propagation)
-    finally:
-        os.close(tree)
+    base.bind(entry.source, target, options, bool(flags & sc.MS_REC), entry.propagation, _remount_bind)
 
 
 # The atime flags: a user namespace may not change those the kernel locked on a mount made outside it.
