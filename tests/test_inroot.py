@@ -3,6 +3,7 @@ mounted on through their fd, so that a directory swapped for a symlink meanwhile
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -76,6 +77,17 @@ def test_no_fd_is_left_open(root: Path) -> None:
         except OSError:
             pass
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_directory_removed_each_time_it_is_made_fails_rather_than_loops(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A co-tenant deleting what is made as fast as it is made: the set-up fails with one reason, never spins."""
+    made: list[str] = []
+    monkeypatch.setattr(inroot.os, "mkdir", lambda name, mode, dir_fd: made.append(name))  # made, then gone
+    with pytest.raises(OSError, match="removed each time it was made") as failed:
+        opened(root, "/a/new/deeper", "dir")
+    assert failed.value.errno == errno.EAGAIN and made == ["new"] * 10
 
 
 # Run in a user and mount namespace of the test user's: a co-tenant's swap, at the worst moment for us (just

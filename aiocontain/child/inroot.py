@@ -122,8 +122,9 @@ def open_path(root: int, path: str, make: str | None = None) -> Target:
 
 
 def _open_or_make(parent: int, name: str, make: str | None) -> int:
-    """name in parent, not followed if a symlink; made first if missing and make says what as."""
-    while True:
+    """name in parent, not followed if a symlink; made first if missing and make says what as. Bounded: a
+    co-tenant that keeps removing what is made fails the set-up rather than holding PID 1 in a loop."""
+    for _ in range(_MAKE_TRIES):
         try:
             return os.open(name, _OPEN, dir_fd=parent)
         except FileNotFoundError:
@@ -137,3 +138,7 @@ def _open_or_make(parent: int, name: str, make: str | None) -> int:
                 os.mkdir(name, 0o755, dir_fd=parent)
         except FileExistsError:
             pass  # made meanwhile: open what is there now
+    raise OSError(errno.EAGAIN, "it was removed each time it was made", name)
+
+
+_MAKE_TRIES = 10
