@@ -221,3 +221,11 @@ def test_a_spares_prebuilt_trees_are_attached_where_the_config_fits_them(tmp_pat
     assert trees.fds == []
     for fd in fds[:2] if built != "all" else []:
         os.close(fd)  # never handed over: ours to close
+
+
+def test_moved_trees_keep_their_places():
+    # The fork server moves a spare's tree fds to fixed numbers in PID 1; a tree that was not built stays -1,
+    # so the others keep their places (a /dev tree alone must not be taken for /proc).
+    assert vars(mounts.Trees(5, -1, 7).moved([10, 11])) == {"proc": 10, "sys": -1, "dev": 11}
+    assert vars(mounts.Trees(-1, -1, 7).moved([10])) == {"proc": -1, "sys": -1, "dev": 10}
+    assert vars(mounts.Trees(3, 4, 5).moved([10, 11, 12])) == {"proc": 10, "sys": 11, "dev": 12}

@@ -112,13 +112,16 @@ MASKED_PROBE = (
     "echo keys $(wc -c < /proc/keys); echo firmware $(ls -A /sys/firmware | wc -l);"
     " for f in /proc/kcore /proc/keys /proc/timer_list; do [ -e $f ] && echo $f $(stat -c %t:%T $f); done;"
     " echo 1 > /proc/sys/net/ipv4/ip_forward && echo sys-written; echo 1 > /proc/sysrq-trigger && echo sysrq-written;"
+    " touch /sys/firmware/probe && echo firmware-written;"
+    " echo firmware-mount $(grep ' /sys/firmware ' /proc/self/mounts | cut -d' ' -f3,4 | tr , ' ');"
     " true"
 )
 
 
 def test_kernel_paths_are_masked_and_read_only(cli, podman):
-    """/proc/keys reads empty, /sys/firmware lists nothing, masked files are /dev/null (1:3), and /proc/sys
-    refuses a write even to a sysctl of the container's own network namespace."""
+    """/proc/keys reads empty, /sys/firmware lists nothing and takes no file (a read-only tmpfs), masked files
+    are /dev/null (1:3), and /proc/sys refuses a write even to a sysctl of the container's own network
+    namespace."""
     for run, net in ((cli, "--net"), (podman, "--network")):
         result = run(net, "none", "/bin/sh", "-c", MASKED_PROBE)
         lines = result.stdout.splitlines()
@@ -126,7 +129,12 @@ def test_kernel_paths_are_masked_and_read_only(cli, podman):
         devices = [line for line in lines[2:] if line.startswith("/proc/")]
         assert devices and all(line.endswith(" 1:3") for line in devices), (run, result)
         assert "sys-written" not in lines and "sysrq-written" not in lines, (run, result)
+        assert "firmware-written" not in lines, (run, result)
         assert "Read-only file system" in result.stderr, (run, result)
+        [mount] = [line.split()[1:] for line in lines if line.startswith("firmware-mount ")]
+        assert mount[:2] == ["tmpfs", "ro"], (run, result)
+        if run is cli:  # stricter than runc's masks (read-only alone): nothing set-uid, no device, no program
+            assert {"nosuid", "nodev", "noexec"} <= set(mount), result
 
 
 DEV_MOUNTS_PROBE = "grep -E ' /dev/(shm|pts|mqueue) ' /proc/self/mounts"

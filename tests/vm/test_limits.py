@@ -28,6 +28,7 @@ pytestmark = pytest.mark.container
 MIB = 1 << 20
 NONE = NetworkMode.NONE  # the network is not what these tests are about, and slirp4netns is slow under TCG
 FILES = ("memory.max", "memory.swap.max", "pids.max", "cpu.max")
+MOUNT = "grep ' /sys/fs/cgroup ' /proc/self/mounts"
 
 
 def delegated() -> Path:
@@ -115,7 +116,7 @@ def test_an_oom_kill_inside_a_surviving_container_is_reported_as_it_happens(root
 def test_limits_hold_the_values_asked_for_inside_and_out(rootfs, containers_dir):
     async def main() -> None:
         spec = ContainerSpec(
-            ["/bin/sh", "-c", f"cd /sys/fs/cgroup && cat /proc/self/cgroup {' '.join(FILES)}; read line"],
+            ["/bin/sh", "-c", f"cd /sys/fs/cgroup && cat /proc/self/cgroup {' '.join(FILES)}; {MOUNT}; read line"],
             rootfs=rootfs,
             network=NONE,
             memory="2m",
@@ -137,6 +138,10 @@ def test_limits_hold_the_values_asked_for_inside_and_out(rootfs, containers_dir)
         assert host_side == {"memory.max": str(2 * MIB), "pids.max": "10", "cpu.max": "50000 100000"}
         # its own cgroup namespace, rooted at the leaf: the same values, at the root of its /sys/fs/cgroup
         assert output[:5] == ["0::/", str(2 * MIB), str(4 * MIB), "10", "50000 100000"]
+        # read-only, as podman mounts it, and nothing set-uid, no device, no program on it
+        _source, point, kind, options = output[5].split()[:4]
+        assert (point, kind) == ("/sys/fs/cgroup", "cgroup2")
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(options.split(",")), output[5]
         assert status.ok and status.usage is not None
         assert status.usage.memory_peak is not None and 0 < status.usage.memory_peak <= 2 * MIB
         assert status.usage.cpu_usec is not None and status.usage.cpu_usec > 0
