@@ -273,7 +273,11 @@ def vm(session: nox.Session) -> None:
     stage = _test_stage(session)
 
     # The command goes in a file: virtme-ng passes --exec on the kernel command line (2 KiB at most).
-    pytest = stage.pytest("-o", "testpaths=tests/vm", *session.posargs, env=["AIOCONTAIN_VM=1", "TMPDIR=/tmp"])
+    # A test still running 30 s past pytest-timeout's 120 s (whose SIGALRM a thread blocked in the kernel, or
+    # another thread taking the signal, can miss) dumps every thread's stack and ends the guest's tests, rather
+    # than the guest going quiet until the whole boot's timeout.
+    options = ["-o", "testpaths=tests/vm", "-o", "faulthandler_timeout=150", "-o", "faulthandler_exit_on_timeout=true"]
+    pytest = stage.pytest(*options, *session.posargs, env=["AIOCONTAIN_VM=1", "TMPDIR=/tmp"])
     command_file = stage.work / "vm-command"
     command_file.write_text(shlex.join(pytest) + "\n")
     # virtme-ng's own choices, overridden: nested KVM fails or hangs here (TCG instead); probing for a
