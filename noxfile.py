@@ -283,6 +283,9 @@ def vm(session: nox.Session) -> None:
     # virtme-ng's own choices, overridden: nested KVM fails or hangs here (TCG instead); probing for a
     # virtiofsd costs seconds before it falls back to 9p anyway.
     vng = ["vng", "--run", str(kernel), "--disable-kvm", "--force-9p", "--memory", VM_MEMORY]
+    # The guest kernel's console in the output, errors and worse only (loglevel=4): a guest whose kernel locks
+    # up says where (soft lockups and RCU stalls print every CPU's backtrace), where a Python dump cannot.
+    vng += ["--verbose", "--append", "loglevel=4 softlockup_all_cpu_backtrace=1"]
     vng += ["--append", "modprobe.blacklist=" + ",".join(VM_UNNEEDED_MODULES), "--cwd", str(stage.work)]
     vng += ["--exec", shlex.join(["sh", "tests/vm/guest.sh", TEST_USER, str(command_file)])]
     env = {**os.environ, "PATH": f"{session.bin}{os.pathsep}{os.environ['PATH']}"}  # vng runs virtme-run by name
