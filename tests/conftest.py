@@ -137,11 +137,21 @@ def started(argv: Sequence[str], marker: str = "ready", **options: Any) -> Itera
 @pytest.fixture
 def loopback_server() -> Iterator[tuple[int, bytes]]:
     """A TCP server on the host's 127.0.0.1 that answers every connection with a token, then closes."""
+    yield from _token_server(socket.AF_INET, "127.0.0.1")
+
+
+@pytest.fixture
+def loopback6_server() -> Iterator[tuple[int, bytes]]:
+    """The same on the host's ::1, which slirp4netns's IPv6 gateway (fd00::2) reaches when loopback is allowed."""
+    yield from _token_server(socket.AF_INET6, "::1")
+
+
+def _token_server(family: socket.AddressFamily, address: str) -> Iterator[tuple[int, bytes]]:
     import threading
 
     token = os.urandom(8).hex().encode()
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server = socket.socket(family)
+    server.bind((address, 0))
     server.listen(16)
     stop_r, stop_w = os.pipe()  # written to stop the server: select wakes on it, no polling
 

@@ -45,3 +45,26 @@ def test_ipv6_matches_podman_slirp4netns(podman):
     off = podman("--network", "slirp4netns:enable_ipv6=false", *PROBE)
     assert off.code == 0, off.stderr
     assert _global_and_default(off.stdout) == ([], [])
+
+
+def _fetch6(port: int) -> list[str]:
+    return ["/bin/sh", "-c", f"nc -w 3 fd00::2 {port} </dev/null"]
+
+
+def test_host_loopback_over_ipv6_only_when_allowed(cli, loopback6_server):
+    # The IPv6 gateway is the host's ::1 as 10.0.2.2 is its 127.0.0.1: denied unless --allow-host-loopback.
+    port, token = loopback6_server
+    denied = cli("--", *_fetch6(port))
+    assert denied.code != 0 and token.decode() not in denied.stdout, denied
+    allowed = cli("--allow-host-loopback", "--", *_fetch6(port))
+    assert allowed.code == 0, allowed.stderr
+    assert allowed.stdout.strip() == token.decode()
+
+
+def test_podman_denies_host_loopback_over_ipv6_too(podman, loopback6_server):
+    port, token = loopback6_server
+    denied = podman("--network", "slirp4netns", *_fetch6(port))
+    assert denied.code != 0 and token.decode() not in denied.stdout, denied
+    allowed = podman("--network", "slirp4netns:allow_host_loopback=true", *_fetch6(port))
+    assert allowed.code == 0, allowed.stderr
+    assert allowed.stdout.strip() == token.decode()

@@ -60,6 +60,22 @@ def test_pasta_reaches_host_loopback_only_when_allowed(cli, loopback_server):
     assert also_denied.code != 0 and token.decode() not in also_denied.stdout
 
 
+def test_pasta_reaches_host_ipv6_loopback_through_the_gateway_only(cli, loopback6_server):
+    # The same over IPv6, where the host has it: with --allow-host-loopback the IPv6 gateway reaches ::1, and
+    # ::1 inside still does not (-T none covers IPv6 too). Without it the gateway is the real one, not contacted
+    # here: --no-map-gw is checked in pasta's options below.
+    port, token = loopback6_server
+    gateway = "$(ip -6 route | awk '/^default/ {print $3}')"
+    probe = f'[ -n "{gateway}" ] || exit 77; timeout 10 nc -w 3 {gateway} {port} </dev/null | head -n 1'
+    allowed = cli("--net", "pasta", "--allow-host-loopback", "--", "/bin/sh", "-c", probe)
+    if allowed.code == 77:
+        pytest.skip("the host has no IPv6 route for pasta to copy")
+    assert allowed.code == 0, allowed.stderr
+    assert allowed.stdout.strip() == token.decode()
+    inside = cli("--net", "pasta", "--allow-host-loopback", "--", "/bin/sh", "-c", f"nc -w 3 ::1 {port} </dev/null")
+    assert inside.code != 0 and token.decode() not in inside.stdout
+
+
 def test_pasta_is_started_with_podmans_isolation_options():
     # The part the loopback test cannot show without contacting the real gateway: --no-map-gw by default.
     def argv(**kw: object) -> list[str]:
