@@ -118,6 +118,33 @@ async def test_cancelling_the_caller_tears_the_container_down(rootfs):
     assert open_fds() == fds
 
 
+async def test_the_teardown_ends_only_once_pid_1_is_reaped(rootfs):
+    """Exited is not gone: until the fork server reaps it, the killed PID 1 is a zombie whose pid is still
+    there. With the fork server held stopped, the teardown is seen waiting for that reap, not only the exit."""
+    ended = anyio.Event()
+    seen: list[object] = []
+
+    async def watch(pidfd: int, pid: int, server: int) -> None:
+        try:
+            with anyio.fail_after(30):
+                await anyio.wait_readable(pidfd)  # killed by the teardown: exited, and not reaped
+            await anyio.wait_all_tasks_blocked()
+            seen.extend([Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0], ended.is_set()])
+        finally:
+            os.kill(server, signal.SIGCONT)
+            os.close(pidfd)
+
+    async with anyio.create_task_group() as tg:
+        async with Container(spec(rootfs, "sleep", "60", network=NetworkMode.NONE)) as container:
+            pid, server = container.pid, forkserver.current()
+            assert pid is not None and server is not None
+            tg.start_soon(watch, os.pidfd_open(pid), pid, server.pid)
+            os.kill(server.pid, signal.SIGSTOP)
+        ended.set()
+    assert seen == ["Z", False]  # a zombie, and the teardown still waiting for the fork server's word
+    assert not Path(f"/proc/{pid}").exists()
+
+
 async def test_stop_sends_sigterm_then_kills(rootfs):
     command = "trap 'exit 9' TERM; echo ready; sleep 60 & wait"
     async with Container(spec(rootfs, "/bin/sh", "-c", command, stdout=subprocess.PIPE)) as container:

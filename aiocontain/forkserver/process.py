@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from aiocontain.forkserver.userns import IdMapping
 
 FORK_TIMEOUT = 10.0
+REAP_TIMEOUT = 5.0
 
 
 class ForkedProcess:
@@ -175,14 +176,16 @@ class ForkedProcess:
         return bool(poller.poll(0))
 
     async def aclose(self) -> None:
-        """Kill it if it still runs, wait for its exit, close its streams and fds. Shielded: it runs on
-        every path. Its status is not waited for: the fork server reaps it either way."""
+        """Kill it if it still runs, wait until the fork server has reaped it, close its streams and fds.
+        Shielded: it runs on every path. Reaped, not only exited: until then it is a zombie with a pid, which
+        a caller who saw the teardown end would find still there."""
         if self._pidfd < 0:
             return
         with anyio.CancelScope(shield=True):
             if not self.exited:
                 self.kill()
-                await self.wait_exit()
+            with anyio.move_on_after(REAP_TIMEOUT):  # a fork server that stopped answering ends its own way
+                await self.wait()
             for stream in (self.stdin, self.stdout, self.stderr):
                 if stream is not None:
                     await stream.aclose()
