@@ -66,6 +66,20 @@ TESTS: dict[str, list[str]] = {
     "child/join.py": ["exec", "cli_exec", "oci_exec"],
     "channels.py": ["channels", "embedding", "cli_run", "bad_input", "helpers_killed", "terminal"],
     "processes.py": ["helper_fds", "helpers_killed", "pasta"],
+    "network/slirp4netns.py": [
+        "slirp4netns",
+        "init",
+        "cli_run",
+        "embedding",
+        "helpers_killed",
+        "ipv6",
+        "env_options",
+        "bad_input",
+    ],
+    "network/pasta.py": ["pasta"],
+    "seccomp/profile.py": ["seccomp", "hardening"],
+    "security/capabilities.py": ["hardening", "seccomp", "users", "exec"],
+    "terminal.py": ["terminal", "session", "cli_exec"],
 }
 
 

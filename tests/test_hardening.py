@@ -43,6 +43,7 @@ def every_capability() -> int:
         (("--cap-add", "NET_RAW"), DEFAULT_SET | NET_RAW),
         (("--cap-add", "cap_net_admin"), DEFAULT_SET | NET_ADMIN),
         (("--cap-drop", "CHOWN"), DEFAULT_SET & ~CHOWN),
+        (("--cap-drop", "SYS_ADMIN,NET_ADMIN"), DEFAULT_SET),  # not in the default set: dropped, never added
         (("--cap-drop", "all", "--cap-add", "Cap_Chown,kill"), CHOWN | KILL),
         (("--privileged",), None),
     ],
@@ -94,6 +95,10 @@ def test_capability_rules_follow_podman():
     )
     assert capabilities.kept(cap_drop=["ALL"], cap_add=["setuid", "CAP_SETGID"]) == [6, 7]
     assert capabilities.kept(privileged=True) is None
+    assert capabilities.kept(cap_drop=["SYS_ADMIN"]) == default  # one the default lacks stays out
+    assert capabilities.kept(cap_add=["NET_RAW"], cap_drop=["SYS_ADMIN", "KILL"]) == sorted(
+        set(default) - {capabilities.NUMBERS["KILL"]} | {capabilities.NUMBERS["NET_RAW"]}
+    )
     for add, drop in ((["ALL"], ["ALL"]), (["NET_RAW"], ["cap_net_raw"])):
         with pytest.raises(capabilities.AiocontainError):
             capabilities.kept(cap_add=add, cap_drop=drop)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aiocontain.network import pasta as pasta_module
 from aiocontain.network.pasta import Pasta
 from tests.conftest import cli_argv, leftovers, user_processes
 from tests.test_cli_run import _start
@@ -214,3 +215,19 @@ def test_an_mtu_pasta_cannot_take_is_one_line(cli):
         "aiocontain: invalid MTU 65521 for pasta (fix: use a value from 68 to 65520)\n",
     )
     assert leftovers() == before
+
+
+def test_the_hosts_loopback_resolvers_are_left_out(monkeypatch, tmp_path):
+    # Inside, 127.0.0.53 or ::1 would be the container's own loopback: only resolvers pasta can reach stay.
+    host = tmp_path / "resolv.conf"
+    kept = ["search example.test", "nameserver 192.0.2.53", "nameserver fd00::53", "# nameserver 127.0.0.1"]
+    left_out = ["nameserver 127.0.0.53", "nameserver ::1", "nameserver 127.0.0.1 # local", "  nameserver 127.1.2.3"]
+    host.write_text("\n".join([*left_out[:2], kept[0], left_out[2], *kept[1:], left_out[3]]) + "\n")
+    real_open = open
+    monkeypatch.setattr(
+        pasta_module,
+        "open",
+        lambda path, *a: real_open(host if path == "/etc/resolv.conf" else path, *a),
+        raising=False,
+    )
+    assert Pasta(mtu=65520, allow_host_loopback=False, timeout=1).resolv_conf() == "".join(f"{line}\n" for line in kept)

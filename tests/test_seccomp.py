@@ -291,6 +291,8 @@ def test_min_kernel():
     data = json.dumps(profile).encode()
     assert set(rule_names(resolve(data, "p", (), "x86_64", "5.10.0-28-amd64"))) == {"new_call"}
     assert set(rule_names(resolve(data, "p", (), "x86_64", "4.19.0"))) == {"old_call"}
+    # "5.8" is 5.8.0: a kernel of exactly that version has the call
+    assert set(rule_names(resolve(data, "p", (), "x86_64", "5.8.0-1-amd64"))) == {"new_call"}
 
 
 def test_args_and_actions():
@@ -337,6 +339,10 @@ def test_args_and_actions():
     assert (rules["uname"][0].action, rules["kill"][0].action) == (libseccomp.ACT_LOG, libseccomp.ACT_TRAP)
 
 
+def _with_arg(arg: dict[str, object]) -> dict[str, object]:
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"], "action": "SCMP_ACT_KILL", "args": [arg]}]}
+
+
 @pytest.mark.parametrize(
     "profile, needle",
     [
@@ -349,6 +355,9 @@ def test_args_and_actions():
             },
             "argument index 6",
         ),
+        (_with_arg({"index": 0, "op": "SCMP_CMP_EQ", "value": 2**64}), f"argument value {2**64}"),
+        (_with_arg({"index": 0, "op": "SCMP_CMP_EQ", "valueTwo": 2**64}), f"argument valueTwo {2**64}"),
+        (_with_arg({"index": 0, "op": "SCMP_CMP_EQ", "value": -1}), "argument value -1"),
         ({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 70000}, "invalid errnoRet 70000"),
         ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": "mkdir", "action": "SCMP_ACT_KILL"}]}, "names"),
     ],
@@ -357,6 +366,14 @@ def test_bad_profiles_are_refused(profile, needle):
     with pytest.raises(ProfileError) as raised:
         resolve(json.dumps(profile).encode(), "the.json", (), "x86_64", "6.1")
     assert needle in raised.value.line() and "the.json" in raised.value.line()
+
+
+def test_argument_bounds_are_the_kernels():
+    # seccomp compares 64-bit arguments: index 0-5, values 0 to 2**64 - 1, each end accepted as it is.
+    top = 2**64 - 1
+    profile = _with_arg({"index": 5, "op": "SCMP_CMP_MASKED_EQ", "value": top, "valueTwo": top})
+    rules = rule_names(resolve(json.dumps(profile).encode(), "the.json", (), "x86_64", "6.1"))
+    assert [r.comparisons for r in rules["x"]] == [((5, libseccomp.CMP_MASKED_EQ, top, top),)]
 
 
 def test_the_profile_sees_the_containers_own_capability_set():

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -23,6 +24,7 @@ import anyio
 import pytest
 
 from aiocontain import Container, ContainerSpec, NetworkMode
+from aiocontain.terminal import Relay
 
 pytestmark = pytest.mark.container
 
@@ -240,6 +242,29 @@ def test_tty_with_a_pipe_as_stdin(rootfs):
     )
     assert proc.returncode == 0, proc.stderr
     assert b"/dev/pts/0\r\n" in proc.stdout and b"got-abc\r\n" in proc.stdout, proc.stdout
+
+
+def test_tty_with_a_pipe_as_stdin_takes_the_window_size_from_stdout(rootfs):
+    inner = shlex.join(run_argv(rootfs, "-t", "/bin/sh", "-c", "read x; echo got-$x $(stty size)"))
+    with Terminal(["/bin/sh", "-c", f"echo abc | {inner}"], size=(33, 101)) as term:
+        term.expect(b"got-abc 33 101")
+        assert term.wait() == 0, term.seen
+
+
+def test_the_relay_writes_through_a_non_blocking_description_of_its_own():
+    """A full pipe or a stopped terminal then waits in the event loop (resizes and stdin still go through)
+    rather than in write(2); and the caller's own file description, which its shell shares, stays blocking."""
+    r, w = os.pipe()
+    relay = Relay.__new__(Relay)  # only its fds: no container needed for the reopen
+    relay._fds = []
+    try:
+        own = relay._reopen(w, os.O_WRONLY)
+        assert own != w and relay._fds == [own]
+        assert fcntl.fcntl(own, fcntl.F_GETFL) & os.O_NONBLOCK
+        assert not fcntl.fcntl(w, fcntl.F_GETFL) & os.O_NONBLOCK
+    finally:
+        for fd in (r, w, *relay._fds):
+            os.close(fd)
 
 
 def test_tty_with_dev_null_as_stdin(rootfs):
