@@ -80,6 +80,10 @@ TESTS: dict[str, list[str]] = {
     "seccomp/profile.py": ["seccomp", "hardening"],
     "security/capabilities.py": ["hardening", "seccomp", "users", "exec"],
     "terminal.py": ["terminal", "session", "cli_exec"],
+    "forkserver/userns.py": ["subids", "users", "forkserver", "errors", "cli_run"],
+    "stdfds.py": ["stdfds"],
+    "runtimedir.py": ["runtimedir", "cli_run", "helpers_killed"],
+    "cgroups/hierarchy.py": ["cgroup_hierarchy", "cgroup_limits", "doctor"],
 }
 
 

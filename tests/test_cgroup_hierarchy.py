@@ -169,3 +169,22 @@ def test_cgroup_parent_checks(tree: Path, tmp_path: Path) -> None:
         with pytest.raises(AiocontainError) as caught:
             place(MEMORY, parent)
         assert needle in caught.value.line(), caught.value.line()
+
+
+def test_mounts_read_escaped_paths_and_the_deepest_mount_holds_a_directory(tmp_path: Path, monkeypatch) -> None:
+    # mountinfo escapes a space as \040; a cgroup2 mount nested in another (a container's own view) is the one
+    # a directory below it lies in, whichever line comes first.
+    set_mounts(
+        tmp_path,
+        monkeypatch,
+        "50 40 0:40 /deleg /srv/my\\040cgroups/inner rw - cgroup2 cgroup2 rw\n"
+        "41 23 0:38 / /srv/my\\040cgroups rw - cgroup2 cgroup2 rw\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+    )
+    found = hierarchy.mounts()
+    outer, inner = Path("/srv/my cgroups"), Path("/srv/my cgroups/inner")
+    assert [(m.point, m.root) for m in found] == [(inner, "/deleg"), (outer, "/")]
+    for order in (found, found[::-1]):
+        assert hierarchy.mount_of(inner / "leaf", order) == found[0]
+        assert hierarchy.mount_of(outer / "other", order) == found[1]
+    assert hierarchy.mount_of(Path("/sys/fs/cgroup/memory"), found) is None

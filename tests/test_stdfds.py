@@ -170,6 +170,60 @@ def test_fill_leaves_open_fds_alone_and_fills_only_the_closed():
     assert stdfds.fill() is None  # here all three are open: nothing to do
 
 
+def test_fill_for_the_runtime_never_touches_an_embedding_programs_sys():
+    """``ensure``'s fill: fd 1 gets /dev/null, but the program's own sys.stdout stays as Python left it."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from aiocontain import stdfds
+        stdfds.ensure()
+        same = lambda a, b: (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        ok = same(os.fstat(1), os.stat(os.devnull)) and sys.stdout is None
+        os.write(2, b"ok" if ok else b"bad")
+        """
+    )
+    proc = _closed([sys.executable, "-c", script], ">&-")
+    assert (proc.returncode, proc.stderr) == (0, "ok"), proc.stderr
+
+
+@pytest.mark.parametrize("broken", [(), (1,), (2,), (1, 2)])
+def test_output_is_broken_only_where_a_reader_has_gone_and_silenced_on_both(broken):
+    """After a BrokenPipeError: which of stdout and stderr lost its reader decides whether the command ends
+    quietly (141); a live pipe never counts. Silenced, both then write into /dev/null."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from aiocontain import stdfds
+        verdict = stdfds.output_broken()
+        stdfds.silence_output()
+        null = os.stat(os.devnull)
+        silenced = all((os.fstat(fd).st_dev, os.fstat(fd).st_ino) == (null.st_dev, null.st_ino) for fd in (1, 2))
+        os.write({report}, b"%d %d" % (verdict, silenced))
+        """
+    )
+    ends = [_broken_pipe() if fd in broken else None for fd in (1, 2)]
+    live_r, live_w = os.pipe()
+    report_r, report_w = os.pipe()
+    try:
+        out, err = (live_w if end is None else end for end in ends)
+        proc = subprocess.run(
+            [sys.executable, "-c", script.format(report=report_w)],
+            stdout=out,
+            stderr=err,
+            pass_fds=(report_w,),
+            timeout=60,
+        )
+        os.close(report_w)
+        report_w = -1
+        assert proc.returncode == 0
+        assert os.read(report_r, 16) == (b"1 1" if broken else b"0 1")
+    finally:
+        for fd in (live_r, live_w, report_r, *(end for end in ends if end is not None)):
+            os.close(fd)
+        if report_w >= 0:
+            os.close(report_w)
+
+
 def _broken_pipe() -> int:
     """The write end of a pipe whose reader has gone: the first write to it fails with EPIPE."""
     read, write = os.pipe()
@@ -192,7 +246,7 @@ def test_printing_into_a_pipe_with_no_reader_ends_quietly_with_141(args):
         )
     finally:
         os.close(broken)
-    assert (proc.returncode, proc.stderr) == (stdfds.BROKEN_PIPE_EXIT, "")
+    assert (proc.returncode, proc.stderr) == (141, "")  # 128 + SIGPIPE, what a shell shows
 
 
 def test_a_run_whose_log_reader_has_gone_runs_to_its_end_with_its_own_exit_code(rootfs, tmp_path):

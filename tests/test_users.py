@@ -195,6 +195,9 @@ def test_without_subordinate_ids_only_root_exists(rootfs):
     assert result.returncode == 125, result.stderr
     assert result.stderr.count("\n") == 1
     assert "uid 1000 not mapped" in result.stderr and "without subordinate ids" in result.stderr
+    group = subprocess.run([*base, "--user", "0:1", "/bin/true"], capture_output=True, text=True, timeout=60)
+    assert (group.returncode, group.stderr.count("\n")) == (125, 1), group.stderr
+    assert "gid 1 not mapped" in group.stderr  # uid 0 is there, gid 1 is not: refused by the same rule
     # control: root, and root's own group added, still run there (setgroups is denied, gid 0 is all there is)
     ok = subprocess.run(
         [*base, "--user", "0:0", "--group-add", "root", "/bin/sh", "-c", "id -u; id -G"],
