@@ -84,6 +84,9 @@ TESTS: dict[str, list[str]] = {
     "stdfds.py": ["stdfds"],
     "runtimedir.py": ["runtimedir", "cli_run", "helpers_killed"],
     "cgroups/hierarchy.py": ["cgroup_hierarchy", "cgroup_limits", "doctor"],
+    "mounts.py": ["mounts", "volumes", "cli_parse"],
+    "execprocess.py": ["exec", "cli_exec"],
+    "oci/config.py": ["oci_plan", "oci_config", "oci_bad_input"],
 }
 
 

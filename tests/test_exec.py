@@ -23,7 +23,7 @@ import pytest
 
 from aiocontain import Container, ContainerSpec, NetworkMode
 from aiocontain.errors import AiocontainError, CommandNotExecutable, CommandNotFound
-from tests.conftest import PODMAN_FLAGS, leftovers, user_processes
+from tests.conftest import PODMAN_FLAGS, leftovers, open_fds, user_processes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.container]
 
@@ -208,6 +208,21 @@ async def test_cancelled_wait_kills_the_exec_and_leaves_nothing(rootfs):
         container.kill()
         await container.wait()
     assert leftovers() == before
+
+
+async def test_an_exec_closed_holds_no_fd_of_ours(rootfs):
+    # Its pidfds (the command's and the joining helper's), control socket and pipes all go with its close.
+    async with Container(spec(rootfs)) as container:
+        assert await run_in(container, ["true"]) == (0, "")  # the first exec's one-time imports and sockets
+        fds = open_fds()
+        assert await run_in(container, ["echo", "x"]) == (0, "x\n")
+        process = await container.exec(["sleep", "1000"])
+        async with process:
+            process.kill()
+            assert await process.wait() == 128 + signal.SIGKILL
+        assert open_fds() == fds
+        container.kill()
+        await container.wait()
 
 
 async def test_container_end_kills_its_execs(rootfs):

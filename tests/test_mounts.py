@@ -36,6 +36,10 @@ def test_mount_keys_as_podman_has_them(tmp_path):
     assert (bind.source, bind.target, bind.readonly, bind.options) == (str(tmp_path), "/d", True, ("rslave",))
     tmp = mounts.mount("type=tmpfs,target=/t,tmpfs-size=1m,tmpfs-mode=700,readonly=false")
     assert (tmp.type, tmp.readonly, tmp.config()["data"]) == ("tmpfs", False, "size=1m,mode=700")
+    # a bare option after readonly keeps it read-only, and is kept itself
+    kept = mounts.mount(f"type=bind,src={tmp_path},dst=/d,readonly,nosuid,nodev")
+    assert (kept.readonly, kept.options) == (True, ("nosuid", "nodev"))
+    assert mounts.mount(f"type=bind,src={tmp_path},dst=/d,readonly,rw").readonly is False
 
 
 def test_tmpfs_defaults_are_podmans():
@@ -51,6 +55,7 @@ def test_tmpfs_defaults_are_podmans():
         (mounts.volume, "/nonexistent-aiocontain:/x", "cannot bind /nonexistent-aiocontain at /x"),
         (mounts.volume, "{tmp}:x", "mount target 'x' is not an absolute path"),
         (mounts.volume, "{tmp}:/x:bogus", "unknown option 'bogus' of the mount at /x"),
+        (mounts.volume, "{tmp}:/x:size=1m", "unknown option 'size=1m' of the mount at /x"),  # tmpfs's only
         (mounts.volume, "named:/x", "named volumes are not supported"),
         (mounts.volume, "/only-one-part", "invalid volume"),
         (mounts.volume, "{tmp}:/", "cannot mount over '/'"),
