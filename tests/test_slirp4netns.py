@@ -21,8 +21,8 @@ from tests.conftest import open_fds
 pytestmark = pytest.mark.anyio
 
 
-def _host(tg: anyio.abc.TaskGroup) -> NetworkHost:
-    return NetworkHost(pid=os.getpid(), runtime_dir=Path("/nonexistent"), tg=tg, failed=print, log=None)  # type: ignore[arg-type]
+def _host(tg: anyio.abc.TaskGroup, failures: list[object]) -> NetworkHost:
+    return NetworkHost(pid=os.getpid(), runtime_dir=Path("/nonexistent"), tg=tg, failed=failures.append, log=None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("failing", ["the second pipe", "the spawn"])
@@ -39,9 +39,10 @@ async def test_a_start_that_fails_leaves_no_fd(monkeypatch, failing):
             return real_pipe()
 
         monkeypatch.setattr(slirp4netns_module.os, "pipe", pipe)
-    before = open_fds()
+    before, failures = open_fds(), []
     async with anyio.create_task_group() as tg:
         with pytest.raises(OSError) as raised:
-            await driver.start(_host(tg))
+            await driver.start(_host(tg, failures))
     assert raised.value.errno == (errno.EMFILE if failing == "the second pipe" else errno.ENOENT)
     assert open_fds() == before
+    assert failures == []  # the start's own error, raised: no helper ran to report a failure
