@@ -383,9 +383,8 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
     size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fds = array.array("i")
-    # Close-on-exec, as every fd of ours: one received inheritable would reach any helper started meanwhile.
     data, ancdata, flags, _addr = sock.recvmsg(
-        min(max(size, 1), MAX_MESSAGE), socket.CMSG_SPACE(MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+        min(max(size, 1), MAX_MESSAGE), socket.CMSG_SPACE(MAX_FDS * fds.itemsize)
     )
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
