@@ -13,7 +13,8 @@ the same way, boots Debian's standard kernel under QEMU (TCG) with virtme-ng,
 which shares the host's root filesystem with the guest, and in that one boot
 runs tests/vm/guest.sh: it delegates a cgroup subtree to the test user as
 systemd does and runs pytest on tests/vm as that user. Session arguments go to
-pytest; AIOCONTAIN_VM_TIMEOUT bounds the whole boot (default 900 s). Elsewhere,
+pytest; AIOCONTAIN_VM_TIMEOUT bounds the whole boot (default 900 s), and a guest silent for
+AIOCONTAIN_VM_QUIET seconds (180) is asked where its CPUs are (scripts/vm_console.py). Elsewhere,
 tests/vm is skipped.
 
 `slow` (tests/slow) stages as `tests` does, builds a Debian rootfs with mmdebstrap once per machine (cached
@@ -74,6 +75,9 @@ VIRTME_NG = "virtme-ng==1.42"
 COSMIC_RAY = "cosmic-ray==8.7.0"
 
 VM_TIMEOUT = int(os.environ.get("AIOCONTAIN_VM_TIMEOUT", "900"))  # boot, tests and power-off, in seconds
+# Seconds of silence from the guest before scripts/vm_console.py asks QEMU where its CPUs are: past a stuck
+# test's own Python dump (150 s), so that a guest that can still report does so first.
+VM_QUIET = int(os.environ.get("AIOCONTAIN_VM_QUIET", "180"))
 VM_MEMORY = "1G"
 # udev's coldplug in the guest would load these for the emulated q35 machine and `-cpu max` (KVM, AHCI and
 # CD-ROM, watchdogs, SMBus, input, accelerated crypto); none is used, and loading them under TCG took about
@@ -285,11 +289,21 @@ def vm(session: nox.Session) -> None:
     vng = ["vng", "--run", str(kernel), "--disable-kvm", "--force-9p", "--memory", VM_MEMORY]
     # The guest kernel's console in the output, errors and worse only (loglevel=4): a guest whose kernel locks
     # up says where (soft lockups and RCU stalls print every CPU's backtrace), where a Python dump cannot.
-    vng += ["--verbose", "--append", "loglevel=4 softlockup_all_cpu_backtrace=1"]
+    # A guest that says nothing at all is asked through QEMU's monitor (scripts/vm_console.py): its kernel
+    # without KASLR, so that a CPU's address can be looked up in the kernel's symbols (Debian's -dbg package),
+    # and SysRq always on for the keys it presses.
+    vng += ["--verbose", "--append", "loglevel=4 softlockup_all_cpu_backtrace=1 nokaslr sysrq_always_enabled=1"]
     vng += ["--append", "modprobe.blacklist=" + ",".join(VM_UNNEEDED_MODULES), "--cwd", str(stage.work)]
     vng += ["--exec", shlex.join(["sh", "tests/vm/guest.sh", TEST_USER, str(command_file)])]
     env = {**os.environ, "PATH": f"{session.bin}{os.pathsep}{os.environ['PATH']}"}  # vng runs virtme-run by name
-    code = _run_piped(session, ["timeout", "--kill-after=30", str(VM_TIMEOUT), *vng], env)
+    with tempfile.TemporaryDirectory(prefix="aiocontain-vm-") as private:  # 0700: the monitor is root's alone
+        qmp = os.path.join(private, "qmp.sock")
+        vng += [f"--qemu-opts=-qmp unix:{qmp},server=on,wait=off"]
+        console = [sys.executable, str(ROOT / "scripts" / "vm_console.py"), "--qmp", qmp, "--quiet", str(VM_QUIET)]
+        console += ["--"]
+        argv = [*console, "timeout", "--kill-after=30", str(VM_TIMEOUT), *vng]
+        session.log(shlex.join(argv))
+        code = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, check=False).returncode
     if code in (124, 137):
         session.error(f"the guest did not finish within {VM_TIMEOUT} s (AIOCONTAIN_VM_TIMEOUT), and was killed")
     if code != 0:
@@ -371,22 +385,6 @@ def _guest_kernel() -> Path | None:
     """The newest installed Debian standard kernel (not -cloud-: that one lacks 9p, which shares the root)."""
     kernels = [path for path in Path("/boot").glob("vmlinuz-*-amd64") if "-cloud-" not in path.name]
     return max(kernels, key=lambda path: [int(part) for part in re.findall(r"\d+", path.name)], default=None)
-
-
-def _run_piped(session: nox.Session, argv: list[str], env: dict[str, str]) -> int:
-    """Run argv with its stdout and stderr through one pipe, copied to ours as they come; its exit code.
-
-    QEMU opens /proc/self/fd/1 and /proc/self/fd/2 again by path for the guest's output: on a regular file (a CI
-    log) each open truncates it and the writers overwrite each other. On a pipe neither happens.
-    """
-    session.log(shlex.join(argv))
-    pipe = subprocess.PIPE
-    with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=subprocess.STDOUT) as proc:
-        assert proc.stdout is not None
-        while chunk := os.read(proc.stdout.fileno(), 65536):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-    return proc.returncode
 
 
 def _json_target(posargs: list[str]) -> tuple[list[str], Path]:
