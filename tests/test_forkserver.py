@@ -786,3 +786,20 @@ def test_clone_into_namespaces_makes_pid_1_of_its_own_namespaces_with_a_pidfd():
     assert first == "1 cloned True"  # PID 1 of its namespace; its hostname is its own
     assert second == "True"  # the pidfd names the child
     assert third == f"{errno.EINVAL} clone3: {os.strerror(errno.EINVAL)}"
+
+
+async def test_a_release_left_unread_at_the_reap_does_not_lose_the_exit_status():
+    """The fork server reaps a PID 1 that exited before it read the runtime's Release (a short command under
+    load: both in one poll round), and closes the channel with it unread. The kernel then reports
+    ECONNRESET once, before the Reaped still queued: that is not the end of the channel."""
+    from aiocontain.forkserver import process
+
+    ours, servers = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        ours.setblocking(False)
+        messages.send(ours, messages.Release(cgroup="/sys/fs/cgroup/leaf"))
+        messages.send(servers, messages.Reaped(status=3 << 8))
+        servers.close()  # the Release unread
+        message, fds = await process._receive(ours)
+        assert (message, fds) == (messages.Reaped(status=3 << 8), [])
+        assert await process._receive(ours) == (None, [])  # then the end of the stream
