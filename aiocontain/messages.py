@@ -381,7 +381,13 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     """Receive one message as it was encoded, and any fds; (b"", []) at end of stream."""
     # Its length first (MSG_PEEK|MSG_TRUNC gives the whole datagram's), then a buffer of that size: one of
     # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
-    size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    try:
+        size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    except ConnectionResetError:
+        # The peer closed its end with a message of ours unread (the fork server reaping a PID 1 before it read
+        # the runtime's Release; a spare's Unshared when the server handed it a request first). The kernel says
+        # so once, ahead of what the peer sent before closing, which is still queued; its end of stream follows.
+        size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fds = array.array("i")
     data, ancdata, flags, _addr = sock.recvmsg(
         min(max(size, 1), MAX_MESSAGE), socket.CMSG_SPACE(MAX_FDS * fds.itemsize)

@@ -250,3 +250,17 @@ def test_a_large_message_arrives_whole_and_fds_only_once(pair: tuple[socket.sock
         close_all(fds)
     finally:
         close_all([read_end, write_end])
+
+
+def test_a_peer_that_closed_with_ours_unread_still_gives_what_it_sent(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A peer closing with one of our messages unread makes the kernel report ECONNRESET once, ahead of what the
+    peer sent before it closed: the fork server's Reaped after an unread Release, a request after a spare's
+    unread Unshared. recv gives that message, then the end of the stream."""
+    a, b = pair
+    messages.send(a, Unshared())
+    messages.send(b, Fork())
+    b.close()  # our Unshared unread
+    assert messages.recv(a) == (Fork(), [])
+    assert messages.recv(a) == (None, [])

@@ -299,12 +299,7 @@ def _wait_as_spare(sock: socket.socket, name: bytes, unshare_net: bool) -> NoRet
             messages.send(sock, Unshared())  # ready: the server offers us
         except OSError:
             pass  # the server closed its end: it retired us, or handed us a request already (the recv tells)
-        try:
-            message, fds = messages.recv(sock)
-        except ConnectionResetError:
-            # The server closed its end with our Unshared unread (it handed us a request first): the kernel says
-            # so once, and what the server sent is still queued behind it.
-            message, fds = messages.recv(sock)
+        message, fds = messages.recv(sock)  # what the server sent, even if it closed with our Unshared unread
         if not isinstance(message, Fork) or len(fds) != _FDS_PER_FORK - 1:
             os._exit(0)  # end of stream: the server retired it
         syscalls.set_name(name)

@@ -231,11 +231,6 @@ async def _receive(channel: socket.socket) -> tuple[messages.Message | None, lis
             return messages.recv(channel)
         except BlockingIOError:
             continue
-        except ConnectionResetError:
-            # The fork server closed its end with a message of ours unread (a Release it had no round to read
-            # before PID 1 exited and was reaped): the kernel says so once, before what the server sent, the
-            # Reaped, which is still queued. End of stream comes after it, if nothing was sent.
-            continue
         except OSError as exc:
             if fdlimit.exhausted(exc):
                 raise  # not the end of the channel: the pipeline says it in one line
