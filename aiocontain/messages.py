@@ -389,8 +389,9 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
         # so once, ahead of what the peer sent before closing, which is still queued; its end of stream follows.
         size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fds = array.array("i")
+    # Close-on-exec, as every fd of ours: one received inheritable would reach any helper started meanwhile.
     data, ancdata, flags, _addr = sock.recvmsg(
-        min(max(size, 1), MAX_MESSAGE), socket.CMSG_SPACE(MAX_FDS * fds.itemsize)
+        min(max(size, 1), MAX_MESSAGE), socket.CMSG_SPACE(MAX_FDS * fds.itemsize), socket.MSG_CMSG_CLOEXEC
     )
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -380,3 +380,69 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
     if wd < 0:
         _check(-1, f"inotify_add_watch {path}")
     return wd
+
+
+# posix_spawn(3) straight from glibc: os.posix_spawn cannot close the fds it does not name, and a helper must
+# start with none but its own (posix_spawn_file_actions_addclosefrom_np, glibc 2.34).
+_SPAWN_SETSIGDEF = 0x04
+_SPAWN_SETSIGMASK = 0x08
+_SPAWN_SETSID = 0x80
+_SPAWN_STRUCT = 512  # at least posix_spawn_file_actions_t (80 bytes) and posix_spawnattr_t (336) on any ABI
+_SIGSET = 128  # sigset_t
+_CLOSEFROM = getattr(_libc, "posix_spawn_file_actions_addclosefrom_np", None)
+
+
+def spawn_closes_other_fds() -> bool:
+    """Whether ``spawn`` can close every fd it is not given (glibc 2.34 or later)."""
+    return _CLOSEFROM is not None
+
+
+def spawn(
+    argv: list[bytes], env: list[bytes], dup2: list[tuple[int, int]], close_from: int, sigdefault: tuple[int, ...]
+) -> int:
+    """posix_spawn argv (argv[0] an absolute path) with env ("NAME=value" each), in a session of its own, no signal
+    blocked, those in sigdefault at their default action: the dup2s (source, target) in order, then every fd from
+    close_from on closed in the child. Its pid. Needs ``spawn_closes_other_fds()``."""
+    assert _CLOSEFROM is not None
+    attributes = _spawn_attributes(sigdefault)
+    actions = ctypes.create_string_buffer(_SPAWN_STRUCT)
+    _spawn_ok(_libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init")
+    try:
+        for source, target in dup2:
+            _spawn_ok(_libc.posix_spawn_file_actions_adddup2(actions, source, target), "posix_spawn dup2")
+        _spawn_ok(_CLOSEFROM(actions, close_from), "posix_spawn closefrom")
+        pid = ctypes.c_int(0)
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        c_env = (ctypes.c_char_p * (len(env) + 1))(*env, None)
+        error = _libc.posix_spawn(ctypes.byref(pid), argv[0], actions, attributes, c_argv, c_env)
+        if error:
+            raise OSError(error, os.strerror(error), os.fsdecode(argv[0]))
+        return pid.value
+    finally:
+        _libc.posix_spawn_file_actions_destroy(actions)
+
+
+_ATTRIBUTES: dict[tuple[int, ...], ctypes.Array[ctypes.c_char]] = {}  # made once for each set of signals
+
+
+def _spawn_attributes(sigdefault: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]:
+    found = _ATTRIBUTES.get(sigdefault)
+    if found is None:
+        found = ctypes.create_string_buffer(_SPAWN_STRUCT)
+        default, empty = ctypes.create_string_buffer(_SIGSET), ctypes.create_string_buffer(_SIGSET)
+        _spawn_ok(_libc.posix_spawnattr_init(found), "posix_spawnattr_init")
+        _libc.sigemptyset(empty)
+        _libc.sigemptyset(default)
+        for signum in sigdefault:
+            _libc.sigaddset(default, signum)
+        _spawn_ok(_libc.posix_spawnattr_setsigdefault(found, default), "posix_spawnattr_setsigdefault")
+        _spawn_ok(_libc.posix_spawnattr_setsigmask(found, empty), "posix_spawnattr_setsigmask")
+        flags = _SPAWN_SETSIGDEF | _SPAWN_SETSIGMASK | _SPAWN_SETSID
+        _spawn_ok(_libc.posix_spawnattr_setflags(found, ctypes.c_short(flags)), "posix_spawnattr_setflags")
+        _ATTRIBUTES[sigdefault] = found
+    return found
+
+
+def _spawn_ok(error: int, what: str) -> None:
+    if error:
+        raise OSError(error, f"{what}: {os.strerror(error)}")

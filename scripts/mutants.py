@@ -65,6 +65,7 @@ TESTS: dict[str, list[str]] = {
     "child/forkserver.py": ["forkserver", "helpers_killed", "cli_run", "concurrency"],
     "child/join.py": ["exec", "cli_exec", "oci_exec"],
     "channels.py": ["channels", "embedding", "cli_run", "bad_input", "helpers_killed", "terminal"],
+    "processes.py": ["helper_fds", "helpers_killed", "pasta"],
     "network/slirp4netns.py": [
         "slirp4netns",
         "init",

@@ -435,7 +435,8 @@ def podman(rootfs: Path):
 
     Skips when podman is not installed. Returns a function (podman run options..., command...) -> Result;
     options come before ``--rootfs``, e.g. ``podman("--network", "none", "/bin/sh", "-c", "...")``;
-    ``prefix`` is a command that runs podman (e.g. in a session keyring of the test's making).
+    ``prefix`` is a command that runs podman (e.g. in a session keyring of the test's making). Its ``argv``
+    (the same arguments) and ``env`` start one that the test holds itself.
     podman keeps its state under a short directory of its own (podman 4.3 waits 20 s on a long
     XDG_RUNTIME_DIR).
     """
@@ -449,15 +450,9 @@ def podman(rootfs: Path):
     env = {**os.environ, "HOME": str(base / "home"), "XDG_RUNTIME_DIR": str(base / "run")}
     _PODMAN_PAUSE_FILES.append(base / "run" / "libpod" / "tmp" / "pause.pid")
 
-    def run(
-        *args: str,
-        rootfs_dir: Path | None = None,
-        timeout: float = 120,
-        stdin: int | None = subprocess.DEVNULL,
-        prefix: Sequence[str] = (),
-    ) -> Result:
+    def argv(*args: str, rootfs_dir: Path | None = None, prefix: Sequence[str] = ()) -> list[str]:
         options, command = _split_podman_args(args)
-        argv = [
+        return [
             *prefix,
             "podman",
             *PODMAN_FLAGS,
@@ -468,9 +463,21 @@ def podman(rootfs: Path):
             str(rootfs_dir or rootfs),
             *command,
         ]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=stdin)
+
+    def run(
+        *args: str,
+        rootfs_dir: Path | None = None,
+        timeout: float = 120,
+        stdin: int | None = subprocess.DEVNULL,
+        prefix: Sequence[str] = (),
+    ) -> Result:
+        command = argv(*args, rootfs_dir=rootfs_dir, prefix=prefix)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, stdin=stdin)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
+    # For a podman run that a test holds while it looks at it from outside (with ``started``).
+    run.argv = argv  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
     yield run
     subprocess.run(["podman", "system", "reset", "--force"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(base, ignore_errors=True)

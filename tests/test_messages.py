@@ -188,6 +188,22 @@ def test_send_recv_passes_a_real_fd(pair: tuple[socket.socket, socket.socket]) -
             os.close(write_end)
 
 
+def test_received_fds_are_close_on_exec_as_all_of_ours(pair: tuple[socket.socket, socket.socket]) -> None:
+    """An fd received inheritable would reach any process started meanwhile (an exec helper, a network
+    helper) without being named for it: the kernel marks them close-on-exec as they arrive."""
+    a, b = pair
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    try:
+        messages.send(a, Ready(), [write_end])
+        _, (passed,) = messages.recv(b)
+        assert not os.get_inheritable(passed)
+        os.close(passed)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_send_recv_passes_several_fds_in_order(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     pipes = [os.pipe() for _ in range(3)]

@@ -1,7 +1,7 @@
 """The slirp4netns driver's own failure paths: a start that cannot finish leaves no fd of it open.
 
 Its working paths run in real containers (test_cli_run, test_init, test_ipv6, test_helpers_killed); these
-fail at the syscall boundary (os.pipe), where a real container cannot be made to fail on cue.
+fail at the syscall boundary (os.pipe, the spawn), where a real container cannot be made to fail on cue.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _host(tg: anyio.abc.TaskGroup, failures: list[object]) -> NetworkHost:
     return NetworkHost(pid=os.getpid(), runtime_dir=Path("/nonexistent"), tg=tg, failed=failures.append, log=None)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("failing", ["the second pipe"])
+@pytest.mark.parametrize("failing", ["the second pipe", "the spawn"])
 async def test_a_start_that_fails_leaves_no_fd(monkeypatch, failing):
     driver = Slirp4netns(mtu=65520, allow_host_loopback=False, timeout=1)
     driver.binary = "/nonexistent/slirp4netns"  # the spawn fails with ENOENT

@@ -129,7 +129,7 @@ def _started(connection: _socket.socket, argv: list[str]) -> int | None:
             return None
         sent = connection.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds.tobytes())])
         connection.sendall(request[sent:])  # a large environment may not fit the socket's buffer at once
-        answer, ancillary, _flags, _ = connection.recvmsg(5, _socket.CMSG_SPACE(fds.itemsize))
+        answer, ancillary, _flags, _ = connection.recvmsg(5, _socket.CMSG_SPACE(fds.itemsize), _socket.MSG_CMSG_CLOEXEC)
     except OSError:  # a timeout too
         return None
     received = array.array("i")

@@ -191,7 +191,7 @@ def _take_over(connection: socket.socket, key: str) -> list[str] | None:
     if runserver.confinement(pid) != runserver.confinement("self"):
         return None  # read from /proc, not taken from the request: confined alike, or the client runs it itself
     fds = array.array("i")
-    data, ancillary, _flags, _ = connection.recvmsg(65536, socket.CMSG_SPACE(3 * fds.itemsize))
+    data, ancillary, _flags, _ = connection.recvmsg(65536, socket.CMSG_SPACE(3 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
