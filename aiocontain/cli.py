@@ -516,6 +516,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
 
     env = from_options(args.env)
     tty, interactive = _terminal_defaults(args.tty, args.interactive)
+    relayed = [] if tty else _terminals(interactive)
     from aiocontain import mounts
 
     spec = ContainerSpec(
@@ -538,7 +539,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
         cpus=args.cpus,
         cgroups=args.cgroups,
         cgroup_parent=args.cgroup_parent,
-        **_stdio_options(tty, interactive),
+        **_stdio_options(tty, interactive, relayed),
         cap_add=args.cap_add,
         cap_drop=args.cap_drop,
         privileged=args.privileged,
@@ -577,6 +578,7 @@ def _run(args: argparse.Namespace, installed: Sequence[Installed] = ()) -> int:
             interactive,
             monitor,
             args.rm,
+            relayed,
             backend=args.backend,
         )
     finally:
@@ -640,9 +642,20 @@ def _terminal_defaults(tty: bool | None, interactive: bool | None) -> tuple[bool
     )
 
 
-def _stdio_options(tty: bool, interactive: bool) -> dict[str, Any]:
+def _terminals(interactive: bool) -> list[int]:
+    """The caller's terminals among the stdio a command without -t would get (terminal.terminals, without its
+    imports on the common path: no terminal at all)."""
+    if not any(os.isatty(fd) for fd in (0, 1, 2)):
+        return []
+    from aiocontain import terminal
+
+    return terminal.terminals(interactive)
+
+
+def _stdio_options(tty: bool, interactive: bool, relayed: Sequence[int] = ()) -> dict[str, Any]:
     """-t and -i into ContainerSpec fields. Without -i the command's stdin is /dev/null; with -t its stdio is
-    its terminal, which the CLI relays (and with -i, types into)."""
+    its terminal, which the CLI relays (and with -i, types into). Without -t, a terminal on the caller's stdio
+    (relayed) is never handed over: the command gets a pipe in its place, which the CLI relays."""
     import subprocess
 
     if tty:
@@ -650,6 +663,11 @@ def _stdio_options(tty: bool, interactive: bool) -> dict[str, Any]:
 
         null = subprocess.DEVNULL
         return {"tty": True, "tty_size": terminal.size(), "stdin": null, "stdout": null, "stderr": null}
+    if relayed:
+        from aiocontain import terminal
+
+        stdin, stdout, stderr = terminal.piped_stdio(relayed, interactive)
+        return {"stdin": stdin, "stdout": stdout, "stderr": stderr}
     return {"stdin": None if interactive else subprocess.DEVNULL}
 
 
@@ -711,6 +729,7 @@ async def _run_container(
     interactive: bool = False,
     monitor: Any = None,
     auto_remove: bool = False,
+    relayed: Sequence[int] = (),
 ) -> None:
     import anyio
 
@@ -726,13 +745,18 @@ async def _run_container(
         if events_file is not None:
             outer.start_soon(_write_events, container.events(), events_file)
         try:
-            await _supervise(container, spec, result, interactive, monitor)
+            await _supervise(container, spec, result, interactive, monitor, relayed)
         finally:
             container.close_events()  # already ended after teardown; this covers a run cut short before set-up
 
 
 async def _supervise(
-    container: Any, spec: Any, result: dict[str, Any], interactive: bool = False, monitor: Any = None
+    container: Any,
+    spec: Any,
+    result: dict[str, Any],
+    interactive: bool = False,
+    monitor: Any = None,
+    relayed: Sequence[int] = (),
 ) -> None:
     import contextlib
     import signal
@@ -777,11 +801,16 @@ async def _supervise(
                     for signum in pending:
                         forward(signum, tg)
                     with contextlib.ExitStack() as stack:
-                        attached = None
+                        attached: Any = None
                         if spec.tty:
                             from aiocontain import terminal
 
                             attached = stack.enter_context(terminal.relayed(container, interactive, tg))
+                        elif relayed:
+                            from aiocontain import terminal
+
+                            attached = terminal.Piped(relayed)
+                            attached.start(container, tg)
                         status = await container.wait()
                         if attached is not None:
                             await attached.finish()

@@ -11,9 +11,7 @@ terminal is relayed to a terminal of the command's own in the container, as ``ru
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
 from typing import Any
 
 from aiocontain import registry
@@ -68,10 +66,8 @@ async def _run(message: Any, interactive: bool, result: dict[str, Any]) -> None:
     # The caller's terminal is never handed to the command: what it leaves running in the container would keep
     # it after exec returns, to write to and (with -i) read what the user types next. A terminal on stdio is
     # relayed through pipes instead, as podman's conmon does; other stdio (files, pipes) is handed over as is.
-    relayed = [] if message.tty else [fd for fd in (0, 1, 2) if (fd or interactive) and os.isatty(fd)]
-    stdio = [subprocess.PIPE if fd in relayed else None for fd in (0, 1, 2)]
-    if not interactive:
-        stdio[0] = subprocess.DEVNULL
+    relayed = [] if message.tty else terminal.terminals(interactive)
+    stdio = terminal.piped_stdio(relayed, interactive)
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     with anyio.open_signal_receiver(*forwarded) as signals:
         try:
@@ -86,20 +82,12 @@ async def _run(message: Any, interactive: bool, result: dict[str, Any]) -> None:
                     process.send_signal(signum)
 
             tg.start_soon(relay_signals)
-            outputs = []
-            for fd, stream in ((1, process.stdout), (2, process.stderr)):
-                if fd in relayed and stream is not None:
-                    done = anyio.Event()
-                    outputs.append(done)
-                    tg.start_soon(terminal.copy_to_fd, stream, fd, done)
-            if 0 in relayed and process.stdin is not None:
-                tg.start_soon(terminal.copy_from_fd, 0, process.stdin)
+            piped = terminal.Piped(relayed)
+            piped.start(process, tg)
             with contextlib.ExitStack() as stack:
                 attached = stack.enter_context(terminal.relayed(process, interactive, tg)) if message.tty else None
                 result["code"] = await process.wait()
                 if attached is not None:
                     await attached.finish()
-                with anyio.move_on_after(terminal.DRAIN_TIMEOUT):  # its last output; not what it left running
-                    for done in outputs:
-                        await done.wait()
+                await piped.finish()
             tg.cancel_scope.cancel()

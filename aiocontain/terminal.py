@@ -8,9 +8,16 @@ every key (^C, ^Z, ^D) reaches the container's line discipline as a byte and
 does its work there, and is restored on every way out. Its window size is the
 pty's at start and follows SIGWINCH.
 
-The caller's stdin and stdout are reopened (``/proc/self/fd/N``: a file
-description of our own) when they are terminals or pipes, so that making them
-non-blocking never changes them for the shell that shares them.
+Without ``-t``, the caller's terminal is not handed to the command either
+(``Piped``): a stdin, stdout or stderr that is one is relayed through a pipe the
+command gets in its place, as podman's conmon does. A terminal is opened for
+reading and writing, so the command could otherwise read what the user types
+through its stdout, and change the terminal's modes for the caller
+(``stty -echo`` outlives the run).
+
+The caller's stdio is reopened (``/proc/self/fd/N``: a file description of our
+own) when it is a terminal or pipe, so that making it non-blocking never changes
+it for the shell that shares it.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import contextlib
 import os
 import signal
 import stat
+import subprocess
 import termios
 import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -138,19 +147,92 @@ class Relay:
                 self._container.resize(*rows_cols)
 
     def _reopen(self, fd: int, flags: int) -> int:
-        """A terminal or pipe as a file description of our own, non-blocking; anything else as it is."""
-        try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-                own = os.open(f"/proc/self/fd/{fd}", flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-                self._fds.append(own)
-                return own
-        except OSError:
-            pass
-        return fd
+        own = _own_description(fd, flags)
+        if own != fd:
+            self._fds.append(own)
+        return own
 
 
-async def copy_to_fd(stream: ByteReceiveStream, fd: int, done: anyio.Event) -> None:
+def _own_description(fd: int, flags: int) -> int:
+    """A terminal or pipe as a file description of our own, non-blocking; anything else as it is."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+            return os.open(f"/proc/self/fd/{fd}", flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        pass
+    return fd
+
+
+def terminals(interactive: bool) -> list[int]:
+    """The caller's stdio fds that are terminals and that a command without ``-t`` would get: stdin only when
+    kept (``-i``). Each is relayed (``Piped``), never handed over."""
+    return [fd for fd in (0, 1, 2) if (fd or interactive) and os.isatty(fd)]
+
+
+def piped_stdio(relayed: Sequence[int], interactive: bool) -> tuple[Any, Any, Any]:
+    """stdin, stdout, stderr for a command without ``-t`` (as ``ContainerSpec`` and ``ExecProcess`` take them):
+    a pipe for each fd in relayed, the caller's own fd for the rest, /dev/null for a stdin not kept. stdout and
+    stderr on one terminal share one pipe, so that their order on it stays the command's."""
+    stdin: Any = subprocess.PIPE if 0 in relayed else (None if interactive else subprocess.DEVNULL)
+    stdout: Any = subprocess.PIPE if 1 in relayed else None
+    stderr: Any = None
+    if 2 in relayed:
+        stderr = subprocess.STDOUT if 1 in relayed and _same_terminal(1, 2) else subprocess.PIPE
+    return stdin, stdout, stderr
+
+
+def _same_terminal(a: int, b: int) -> bool:
+    try:
+        return os.fstat(a).st_rdev == os.fstat(b).st_rdev
+    except OSError:
+        return False
+
+
+class Piped:
+    """Without ``-t``: the caller's terminals (``terminals``) relayed through the pipes the command got in their
+    place (``piped_stdio``). ``start`` once the command runs, ``finish`` once it has exited; the copies run in the
+    task group until cancelled, each through a file description of its own."""
+
+    def __init__(self, relayed: Sequence[int]) -> None:
+        self._relayed = relayed
+        self._outputs: list[anyio.Event] = []
+
+    def start(self, target: Container | ExecProcess, tg: TaskGroup) -> None:
+        for fd, stream in ((1, target.stdout), (2, target.stderr)):
+            if fd in self._relayed and stream is not None:
+                done = anyio.Event()
+                self._outputs.append(done)
+                tg.start_soon(_copy_out, stream, fd, done)
+        if 0 in self._relayed and target.stdin is not None:
+            tg.start_soon(_copy_in, 0, target.stdin)
+
+    async def finish(self) -> None:
+        """After the command's exit: wait, bounded, for the last of its output (not for what it left running)."""
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            for done in self._outputs:
+                await done.wait()
+
+
+async def _copy_out(stream: ByteReceiveStream, fd: int, done: anyio.Event) -> None:
+    own = _own_description(fd, os.O_WRONLY)
+    try:
+        await _copy_to_fd(stream, own, done)
+    finally:
+        if own != fd:
+            os.close(own)
+
+
+async def _copy_in(fd: int, stream: ByteSendStream) -> None:
+    own = _own_description(fd, os.O_RDONLY)
+    try:
+        await _copy_from_fd(own, stream)
+    finally:
+        if own != fd:
+            os.close(own)
+
+
+async def _copy_to_fd(stream: ByteReceiveStream, fd: int, done: anyio.Event) -> None:
     """Copy stream to the caller's fd until its end (then set done); a caller's fd that is gone still drains it."""
     out: _Fd | None = _Fd(fd)
     try:
@@ -166,7 +248,7 @@ async def copy_to_fd(stream: ByteReceiveStream, fd: int, done: anyio.Event) -> N
         done.set()
 
 
-async def copy_from_fd(fd: int, stream: ByteSendStream) -> None:
+async def _copy_from_fd(fd: int, stream: ByteSendStream) -> None:
     """Copy the caller's fd to stream until its end of file, then close the stream."""
     source = _Fd(fd)
     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):

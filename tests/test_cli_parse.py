@@ -414,8 +414,12 @@ def test_tty_and_interactive_spellings_and_defaults(
     assert fake_run.calls[0]["args"][3] is interactive
     if tty:  # the command's stdio is its own terminal; the CLI relays it
         assert (spec.stdin, spec.stdout, spec.stderr) == (subprocess.DEVNULL,) * 3
-    else:
-        assert spec.stdin == (None if interactive else subprocess.DEVNULL)
+    else:  # a terminal of the caller's is never handed over: a pipe in its place, which the CLI relays
+        kept_stdin = subprocess.PIPE if ttys[0] else None
+        assert spec.stdin == (kept_stdin if interactive else subprocess.DEVNULL)
+        assert spec.stdout == (subprocess.PIPE if ttys[1] else None)
+        assert spec.stderr is None
+        assert list(fake_run.calls[0]["args"][-1]) == [fd for fd in (0, 1) if ttys[fd] and (fd or interactive)]
 
 
 def test_a_bug_outside_run_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,8 +68,31 @@ def test_tiocsti_never_reaches_the_callers_terminal(probes, tty):
         # Pushed into the container's own terminal: allowed there, and it stays there.
         assert f"tiocsti pushed={LINE_LENGTH} errno=0" in output, output
     else:
-        # The caller's terminal is only an fd inside, not the container's controlling terminal.
-        assert "tiocsti pushed=0 errno=1" in output, output  # EPERM
+        # The caller's terminal is relayed through a pipe: no terminal inside at all (ENOTTY), as under podman.
+        assert "tiocsti pushed=0 errno=25" in output, output
+
+
+# An embedding program that gives a container its own stdio (None: inherited, as subprocess does).
+EMBEDDED_RUN = """
+import pathlib, sys, anyio
+from aiocontain import Container, ContainerSpec, NetworkMode
+async def main():
+    spec = ContainerSpec([sys.argv[2]], rootfs=pathlib.Path(sys.argv[1]), network=NetworkMode.NONE)
+    async with Container(spec) as container:
+        sys.exit((await container.wait()).code)
+anyio.run(main)
+"""
+
+
+def test_tiocsti_from_an_embedded_container_given_the_callers_terminal(probes):
+    # The library hands the command what the program gives it, here its terminal: the container's own session
+    # still keeps it from pushing anything into it (the terminal is an fd inside, not its controlling one).
+    probe = probes.build("tiocsti", TIOCSTI_PROBE)
+    argv = [sys.executable, "-c", EMBEDDED_RUN, str(probes.rootfs), probe]
+    output = _run_then_read_a_line(argv).decode(errors="replace")
+    assert "cli-exited=0" in output, output
+    assert "next-line=[SENTINEL]" in output, output
+    assert "tiocsti pushed=0 errno=1" in output, output  # EPERM
 
 
 def test_tiocsti_control_a_process_in_the_callers_session_does_inject(probes):

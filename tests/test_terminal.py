@@ -34,9 +34,18 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 
 
 class Terminal:
-    """argv run as a session leader with a pty as its controlling terminal and stdio; ``master`` is ours."""
+    """argv run as a session leader with a pty as its controlling terminal and stdio; ``master`` is ours.
 
-    def __init__(self, argv: list[str], size: tuple[int, int] | None = None) -> None:
+    ``stdin`` or ``stdout``, given, replace the terminal on that fd (a pipe, say: ``echo | aiocontain run``)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        size: tuple[int, int] | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.master, slave = os.openpty()
         self.slave = os.dup(slave)  # kept: the outer terminal's modes and input queue are read through it
         if size is not None:
@@ -44,17 +53,16 @@ class Terminal:
         self.modes = termios.tcgetattr(self.slave)
 
         def take_controlling_terminal() -> None:
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            fcntl.ioctl(2, termios.TIOCSCTTY, 0)
 
-        env = {**os.environ, "TERM": "dumb"}
         self.proc = subprocess.Popen(
             argv,
-            stdin=slave,
-            stdout=slave,
+            stdin=slave if stdin is None else stdin,
+            stdout=slave if stdout is None else stdout,
             stderr=slave,
             start_new_session=True,
             preexec_fn=take_controlling_terminal,
-            env=env,
+            env={**(os.environ if env is None else env), "TERM": "dumb"},
         )
         os.close(slave)
         self.exited = os.pidfd_open(self.proc.pid)
@@ -211,14 +219,85 @@ def test_terminal_modes_are_restored_after_a_signal_to_the_cli(rootfs):
         assert termios.tcgetattr(term.slave) == term.modes
 
 
-def test_tty_false_keeps_the_callers_stdio_without_its_terminal(rootfs):
-    # -t=false: the command reads and writes the caller's terminal as plain fds; it has no controlling terminal.
-    with Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", "tty; read x; echo got-$x")) as term:
-        term.expect(b"\n")
-        term.send(b"abc\n")
+# A command without -t tries every way to the caller's terminal that a terminal on its stdio would give it: the
+# terminal's modes through each fd (they would outlive the run), and what the user types next, read through
+# stderr (a terminal is opened for reading and writing). Then the order of its stdout and stderr, and its stdin.
+NO_TTY_PROBE = (
+    "tty; for fd in 0 1 2; do stty -echo <&$fd 2>/dev/null && echo changed-$fd; done; "
+    "echo $((2+3))out; echo $((3+3))err >&2; echo $((3+4))probed >&2; "
+    'stolen=$(head -n 1 <&2 2>/dev/null); [ -n "$stolen" ] && echo stolen=$stolen; '
+    "read -r line; echo got-$line; exit 3"
+)
+
+
+def _probe_callers_terminal(argv: list[str], stdio: str, env: dict[str, str] | None = None) -> tuple[str, bytes]:
+    """NO_TTY_PROBE's output, and what is left in the caller's terminal's input queue after it.
+
+    stdio: "terminal" (all three the caller's terminal), "stdin-pipe" (``echo line | aiocontain run ...``) or
+    "stdout-pipe" (``aiocontain run ... | cat``: stdin is then /dev/null, as -i is off by default)."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    try:
+        kept_stdin = stdin_r if stdio == "stdin-pipe" else None
+        kept_stdout = stdout_w if stdio == "stdout-pipe" else None
+        with Terminal(argv, stdin=kept_stdin, stdout=kept_stdout, env=env) as term:
+            for fd in (stdin_r, stdout_w):
+                os.close(fd)
+            stdin_r = stdout_w = -1
+            term.expect(b"7probed")
+            # While the command runs: the caller's modes are its own (echo still on).
+            assert termios.tcgetattr(term.slave) == term.modes, term.seen
+            # The user types: meant for whoever reads the caller's stdin. Typed before the pipe's line is written,
+            # so a probe reading its stderr, were that the terminal, would take it, whenever its read starts.
+            term.send(b"secret\n")
+            if stdio == "stdin-pipe":
+                os.write(stdin_w, b"piped\n")
+            os.close(stdin_w)
+            stdin_w = -1
+            assert term.wait() == 3, term.seen
+            assert termios.tcgetattr(term.slave) == term.modes, term.seen
+            pending = int.from_bytes(fcntl.ioctl(term.slave, termios.TIOCINQ, b"\0\0\0\0"), sys.byteorder)
+            left = os.read(term.slave, 4096) if pending else b""
+            seen = term.seen
+        if stdio == "stdout-pipe":
+            seen += os.read(stdout_r, 65536)
+        return seen.decode(errors="replace").replace("\r\n", "\n"), left
+    finally:
+        for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.parametrize("stdio", ["terminal", "stdin-pipe", "stdout-pipe"])
+def test_without_tty_the_callers_terminal_is_relayed_never_handed_over(rootfs, stdio):
+    output, left = _probe_callers_terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", NO_TTY_PROBE), stdio)
+    assert "not a tty\n" in output, output  # stdin, a pipe or /dev/null: no terminal on any fd
+    assert "changed-" not in output and "stolen=" not in output, output
+    if stdio == "stdout-pipe":
+        assert "6err\n7probed\n" in output and "5out\n" in output, output
+    else:
+        assert "5out\n6err\n7probed\n" in output, output  # stdout and stderr on one terminal: one pipe, in order
+    if stdio == "terminal":
+        assert "got-secret" in output and left == b"", (output, left)  # typed into the relayed stdin
+    else:
+        assert ("got-piped" if stdio == "stdin-pipe" else "got-\n") in output, output
+        assert left == b"secret\n", (output, left)  # still the caller's to read: the container took nothing
+
+
+def test_without_tty_the_callers_terminal_under_podman(rootfs, podman):
+    argv = podman.argv("--network", "none", "-i", "/bin/sh", "-c", NO_TTY_PROBE)
+    output, left = _probe_callers_terminal(argv, "terminal", env=podman.env)
+    # podman's conmon relays through pipes too; its stdout and stderr are two streams, so no order is checked
+    assert "not a tty\n" in output, output
+    assert "changed-" not in output and "stolen=" not in output, output
+    assert "got-secret" in output and left == b"", (output, left)
+
+
+def test_without_tty_a_large_output_is_relayed_whole_before_the_exit(rootfs):
+    script = "head -c 300000 /dev/zero | tr '\\0' x; echo; echo $((2+3))end"
+    with Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", script)) as term:
         assert term.wait() == 0, term.seen
-        assert b"got-abc" in term.seen
-        assert termios.tcgetattr(term.slave) == term.modes
+        assert term.seen.count(b"x") == 300000 and term.seen.endswith(b"5end\r\n"), term.seen[-200:]
 
 
 def test_a_pipe_without_a_terminal_still_works(rootfs):
