@@ -809,7 +809,7 @@ async def _supervise(
                         elif relayed:
                             from aiocontain import terminal
 
-                            attached = terminal.Piped(relayed)
+                            attached = terminal.Piped()
                             attached.start(container, tg)
                         status = await container.wait()
                         if attached is not None:

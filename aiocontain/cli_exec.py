@@ -82,7 +82,7 @@ async def _run(message: Any, interactive: bool, result: dict[str, Any]) -> None:
                     process.send_signal(signum)
 
             tg.start_soon(relay_signals)
-            piped = terminal.Piped(relayed)
+            piped = terminal.Piped()
             piped.start(process, tg)
             with contextlib.ExitStack() as stack:
                 attached = stack.enter_context(terminal.relayed(process, interactive, tg)) if message.tty else None

@@ -191,20 +191,20 @@ def _same_terminal(a: int, b: int) -> bool:
 
 class Piped:
     """Without ``-t``: the caller's terminals (``terminals``) relayed through the pipes the command got in their
-    place (``piped_stdio``). ``start`` once the command runs, ``finish`` once it has exited; the copies run in the
-    task group until cancelled, each through a file description of its own."""
+    place (``piped_stdio``: the target's streams are those pipes, each to or from the same fd of ours). ``start``
+    once the command runs, ``finish`` once it has exited; the copies run in the task group until cancelled, each
+    through a file description of its own."""
 
-    def __init__(self, relayed: Sequence[int]) -> None:
-        self._relayed = relayed
+    def __init__(self) -> None:
         self._outputs: list[anyio.Event] = []
 
     def start(self, target: Container | ExecProcess, tg: TaskGroup) -> None:
         for fd, stream in ((1, target.stdout), (2, target.stderr)):
-            if fd in self._relayed and stream is not None:
+            if stream is not None:
                 done = anyio.Event()
                 self._outputs.append(done)
                 tg.start_soon(_copy_out, stream, fd, done)
-        if 0 in self._relayed and target.stdin is not None:
+        if target.stdin is not None:
             tg.start_soon(_copy_in, 0, target.stdin)
 
     async def finish(self) -> None:

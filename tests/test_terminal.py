@@ -36,7 +36,8 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 class Terminal:
     """argv run as a session leader with a pty as its controlling terminal and stdio; ``master`` is ours.
 
-    ``stdin`` or ``stdout``, given, replace the terminal on that fd (a pipe, say: ``echo | aiocontain run``)."""
+    ``stdin``, ``stdout`` or ``stderr``, given, replace the terminal on that fd (a pipe, say: ``echo | aiocontain
+    run``)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class Terminal:
         size: tuple[int, int] | None = None,
         stdin: int | None = None,
         stdout: int | None = None,
+        stderr: int | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.master, slave = os.openpty()
@@ -52,14 +54,16 @@ class Terminal:
             set_size(self.master, *size)
         self.modes = termios.tcgetattr(self.slave)
 
+        on_terminal = 2 if stderr is None else 1 if stdout is None else 0
+
         def take_controlling_terminal() -> None:
-            fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+            fcntl.ioctl(on_terminal, termios.TIOCSCTTY, 0)
 
         self.proc = subprocess.Popen(
             argv,
             stdin=slave if stdin is None else stdin,
             stdout=slave if stdout is None else stdout,
-            stderr=slave,
+            stderr=slave if stderr is None else stderr,
             start_new_session=True,
             preexec_fn=take_controlling_terminal,
             env={**(os.environ if env is None else env), "TERM": "dumb"},
@@ -224,6 +228,7 @@ def test_terminal_modes_are_restored_after_a_signal_to_the_cli(rootfs):
 # stderr (a terminal is opened for reading and writing). Then the order of its stdout and stderr, and its stdin.
 NO_TTY_PROBE = (
     "tty; for fd in 0 1 2; do stty -echo <&$fd 2>/dev/null && echo changed-$fd; done; "
+    '[ "$(readlink /proc/$$/fd/1)" = "$(readlink /proc/$$/fd/2)" ] && echo one-stream; '
     "echo $((2+3))out; echo $((3+3))err >&2; echo $((3+4))probed >&2; "
     'stolen=$(head -n 1 <&2 2>/dev/null); [ -n "$stolen" ] && echo stolen=$stolen; '
     "read -r line; echo got-$line; exit 3"
@@ -274,9 +279,9 @@ def test_without_tty_the_callers_terminal_is_relayed_never_handed_over(rootfs, s
     assert "not a tty\n" in output, output  # stdin, a pipe or /dev/null: no terminal on any fd
     assert "changed-" not in output and "stolen=" not in output, output
     if stdio == "stdout-pipe":
-        assert "6err\n7probed\n" in output and "5out\n" in output, output
-    else:
-        assert "5out\n6err\n7probed\n" in output, output  # stdout and stderr on one terminal: one pipe, in order
+        assert "6err\n7probed\n" in output and "5out\n" in output and "one-stream" not in output, output
+    else:  # stdout and stderr on one terminal: one pipe, so in the command's order
+        assert "one-stream\n" in output and "5out\n6err\n7probed\n" in output, output
     if stdio == "terminal":
         assert "got-secret" in output and left == b"", (output, left)  # typed into the relayed stdin
     else:
@@ -291,6 +296,31 @@ def test_without_tty_the_callers_terminal_under_podman(rootfs, podman):
     assert "not a tty\n" in output, output
     assert "changed-" not in output and "stolen=" not in output, output
     assert "got-secret" in output and left == b"", (output, left)
+
+
+def test_without_tty_stdout_and_stderr_on_two_terminals_each_keep_their_own(rootfs):
+    other_master, other_slave = os.openpty()
+    try:
+        script = "echo $((2+3))out; echo $((3+3))err >&2"
+        with Terminal(run_argv(rootfs, "-t=false", "/bin/sh", "-c", script), stderr=other_slave) as term:
+            os.close(other_slave)
+            other_slave = -1
+            assert term.wait() == 0, term.seen
+            other = b""
+            while select.select([other_master], [], [], 5)[0]:
+                try:
+                    chunk = os.read(other_master, 4096)
+                except OSError:  # EIO: every holder of its other end has gone, and all it wrote was read
+                    break
+                other += chunk
+                if b"6err" in other:
+                    break
+        assert b"5out" in term.seen and b"6err" not in term.seen, term.seen
+        assert b"6err" in other and b"5out" not in other, other
+    finally:
+        os.close(other_master)
+        if other_slave >= 0:
+            os.close(other_slave)
 
 
 def test_without_tty_a_large_output_is_relayed_whole_before_the_exit(rootfs):
