@@ -185,7 +185,10 @@ def _parser(installed: Sequence[Installed] = ()) -> argparse.ArgumentParser:
         help="memory plus swap (memory.swap.max); -1 for unlimited swap (default: twice --memory)",
     )
     run.add_argument(
-        "--pids-limit", type=int, metavar="N", help="most processes at once (pids.max); -1 for no limit (default: none)"
+        "--pids-limit",
+        type=int,
+        metavar="N",
+        help="most processes at once (pids.max); -1 for no limit (default: 2048 where the pids controller is there)",
     )
     run.add_argument("--cpus", type=float, metavar="N", help="CPUs it may use (cpu.max), e.g. 0.5 (default: no limit)")
     run.add_argument(

@@ -54,7 +54,8 @@ class ContainerSpec:
     Limits take podman's units: ``memory="2m"`` (or bytes), ``memory_swap``
     (memory plus swap, -1 unlimited), ``pids_limit`` (-1 unlimited) and ``cpus``.
     They need a delegated cgroup v2 subtree: the one aiocontain runs in, or
-    ``cgroup_parent`` (a directory of a cgroup2 mount the user owns).
+    ``cgroup_parent`` (a directory of a cgroup2 mount the user owns). Where that
+    subtree has the pids controller, ``pids_limit`` unset is podman's default, 2048.
 
     stdin, stdout and stderr are passed to the container's process as for
     ``anyio.open_process`` (None: inherit this process's). ``tty=True`` gives the

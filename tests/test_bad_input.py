@@ -278,10 +278,13 @@ def test_limits_on_a_host_without_usable_cgroup_v2_name_cause_and_fix(rootfs):
     assert cgroup2_tree() == before
 
 
-def test_hybrid_host_runs_without_limits_and_without_a_cgroup(rootfs):
-    # No limit asked for: nothing to refuse, and no group is made on the hugetlb-only cgroup2 either.
+@pytest.mark.parametrize("unlimited", [[], ["--pids-limit", "-1"], ["--pids-limit", "0"]], ids=["none", "-1", "0"])
+def test_hybrid_host_runs_without_limits_and_without_a_cgroup(rootfs, unlimited):
+    # No limit asked for (podman's default pids limit is only where the controller is; -1 and 0 are no limit):
+    # nothing to refuse, and no group is made on the hugetlb-only cgroup2 either.
     before = cgroup2_tree()
-    result = run("--rootfs", str(rootfs), "--net", "none", "--log-level", "debug", "--log-format", "json", "true")
+    options = ("--net", "none", "--log-level", "debug", "--log-format", "json", *unlimited)
+    result = run("--rootfs", str(rootfs), *options, "true")
     assert result.code == 0, result
     skipped = [e for e in result.events() if e["event"] == "stage.skipped"]
     from aiocontain.cgroups import hierarchy

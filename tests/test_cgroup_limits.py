@@ -7,6 +7,7 @@ import os
 import pytest
 
 from aiocontain.cgroups import Limits, format_size, parse_size
+from aiocontain.cgroups.limits import DEFAULT_PIDS
 from aiocontain.errors import AiocontainError
 
 
@@ -62,15 +63,30 @@ def test_pids_and_cpus() -> None:
     limits = Limits.parse(pids=10, cpus=0.5)
     assert limits.files() == {"pids.max": "10", "cpu.max": "50000 100000"}
     assert limits.controllers() == ("cpu", "pids")
-    assert Limits.parse(pids=-1).files() == {"pids.max": "max"}
-    assert Limits.parse(pids=0).files() == {"pids.max": "max"}
     assert Limits.parse(cpus=0.01).files() == {"cpu.max": "1000 100000"}  # the kernel's smallest quota
+
+
+@pytest.mark.parametrize("unlimited", [-1, 0])
+def test_no_pids_limit_needs_no_cgroup(unlimited: int) -> None:
+    # A new group's pids.max is "max" already: nothing to write, and nothing to refuse where no cgroup can be had.
+    limits = Limits.parse(pids=unlimited)
+    assert not limits and limits.files() == {} and limits.controllers() == ()
+    assert limits.with_defaults(("cpu", "memory", "pids")).files() == {}
+
+
+def test_pids_default_is_podmans_where_the_controller_is_there() -> None:
+    assert DEFAULT_PIDS == 2048
+    assert Limits.parse().with_defaults(("memory", "pids")).files() == {"pids.max": "2048"}
+    assert Limits.parse(memory="2m").with_defaults(("memory", "pids")).files()["pids.max"] == "2048"
+    assert Limits.parse(pids=10).with_defaults(("pids",)).files() == {"pids.max": "10"}
+    assert Limits.parse().with_defaults(("cpu", "memory")).files() == {}  # no pids controller: no default
+    assert not Limits.parse()  # the default is never a reason to need a cgroup
 
 
 def test_no_limits_is_falsy() -> None:
     assert not Limits.parse()
     assert Limits.parse().files() == {} and Limits.parse().controllers() == ()
-    assert Limits.parse(pids=-1)
+    assert Limits.parse(pids=1)
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiocontain.errors import AiocontainError
 
 CPU_PERIOD = 100_000  # microseconds, the kernel's default cpu.max period
 MAX_BYTES = (1 << 63) - 1  # memory.max and memory.swap.max are signed 64-bit counts
 MAX_PIDS = 1 << 22  # the kernel's PID_MAX_LIMIT: pids.max takes no more
+# podman's default where the pids controller is there: a fork bomb inside stops at it, rather than at the user's
+# RLIMIT_NPROC, which every process of the user's on the host shares.
+DEFAULT_PIDS = 2048
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 # podman (docker's units.RAMInBytes): "512k", "2m", "2MB", "2MiB", "1.5g", or plain bytes
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$", re.IGNORECASE)
@@ -51,7 +54,9 @@ class Limits:
 
     ``memory_swap`` is podman's memory *plus* swap (-1: unlimited swap); unset
     with ``memory`` set, the container may swap as much again, as in podman.
-    ``pids`` of 0 or -1 means unlimited, as ``--pids-limit`` does in podman.
+    ``pids`` unset is podman's default, ``DEFAULT_PIDS`` where the pids controller
+    is delegated (``with_defaults``); 0 or -1 is no limit, as ``--pids-limit`` is in
+    podman, and needs no cgroup: a new group's pids.max is already "max".
     """
 
     memory: int | None = None
@@ -89,14 +94,25 @@ class Limits:
         return cls(memory=mem, memory_swap=swap, pids=pids, cpus=None if cpus is None else float(cpus))
 
     def __bool__(self) -> bool:
-        return any(value is not None for value in (self.memory, self.memory_swap, self.pids, self.cpus))
+        """Whether anything is limited: only then must a cgroup be had."""
+        return any(value is not None for value in (self.memory, self.memory_swap, self.cpus)) or self._pids_limited
+
+    @property
+    def _pids_limited(self) -> bool:
+        return self.pids is not None and self.pids > 0
+
+    def with_defaults(self, controllers: tuple[str, ...]) -> Limits:
+        """These limits in a leaf with these controllers enabled: podman's pids.max where none was given."""
+        if self.pids is None and "pids" in controllers:
+            return replace(self, pids=DEFAULT_PIDS)
+        return self
 
     def controllers(self) -> tuple[str, ...]:
         """The cgroup v2 controllers these limits need, in the order the kernel lists them."""
         wanted = {
             "cpu": self.cpus is not None,
             "memory": self.memory is not None,
-            "pids": self.pids is not None,
+            "pids": self._pids_limited,
         }
         return tuple(name for name, needed in wanted.items() if needed)
 
@@ -110,8 +126,8 @@ class Limits:
             else:
                 total = self.memory_swap if self.memory_swap is not None else 2 * self.memory
                 files["memory.swap.max"] = str(total - self.memory)
-        if self.pids is not None:
-            files["pids.max"] = "max" if self.pids <= 0 else str(self.pids)
+        if self._pids_limited:
+            files["pids.max"] = str(self.pids)
         if self.cpus is not None:
             files["cpu.max"] = f"{max(1000, round(self.cpus * CPU_PERIOD))} {CPU_PERIOD}"
         return files

@@ -1,6 +1,8 @@
 """Stage 3, cgroup: put the container's PID 1 in a cgroup v2 leaf of its own, with its limits.
 
 Before the release, so the command is limited from its first instruction.
+Where the pids controller is delegated and no pids limit was given, the leaf
+gets podman's default (``cgroups.limits.DEFAULT_PIDS``).
 Where the leaf goes was decided before anything started
 (``aiocontain.cgroups.hierarchy.place``); without a usable delegation and
 without limits asked for, the stage is skipped. While the container runs, an
@@ -27,7 +29,7 @@ async def run(ctx: StageContext) -> bool:
     if placement is None:
         return False
     assert ctx.init_pid is not None
-    limits = ctx.spec.limits
+    limits = ctx.spec.limits.with_defaults(placement.controllers)
     try:
         leaf = Leaf.create(placement, ctx.spec.short_id, limits)
     except OSError as exc:

@@ -181,9 +181,16 @@ def test_pids_limit_contains_a_fork_loop_and_the_run_ends(rootfs, containers_dir
 
 
 def test_without_limits_a_container_still_gets_its_own_cgroup(rootfs, containers_dir):
-    result = run(rootfs, "--", "/bin/sh", "-c", "cat /proc/self/cgroup /sys/fs/cgroup/memory.max")
-    assert (result.code, result.stdout.split()) == (0, ["0::/", "max"]), result
+    # ... and podman's default pids limit, 2048, as the pids controller is delegated here: a fork bomb inside
+    # stops there (the kernel holds pids.max: test_pids_limit_contains_a_fork_loop_and_the_run_ends), not at the
+    # user's RLIMIT_NPROC, which the user's every process on the host shares. -1 is no limit, as in podman.
+    probe = "cat /proc/self/cgroup /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max"
+    result = run(rootfs, "--log-level", "debug", "--", "/bin/sh", "-c", probe)
+    assert (result.code, result.stdout.split()) == (0, ["0::/", "max", "2048"]), result
+    assert event(result, "cgroup.created")["pids_limit"] == 2048
     assert int(str(event(result, "container.exited")["memory_peak"])) > 0
+    unlimited = run(rootfs, "--pids-limit", "-1", "--", "cat", "/sys/fs/cgroup/pids.max")
+    assert (unlimited.code, unlimited.stdout.strip()) == (0, "max"), unlimited
     assert (
         run(rootfs, "--cgroups", "disabled", "--", "/bin/sh", "-c", "ls /sys/fs/cgroup | wc -l").stdout.strip() == "0"
     )
