@@ -120,7 +120,8 @@ class Container:
 
     @property
     def cgroup(self) -> Path | None:
-        """The container's own cgroup v2 directory (its limits and usage), None when it has none."""
+        """The container's own cgroup v2 directory (its limits and usage; its processes are in ``container/`` below),
+        None when it has none."""
         leaf = self._ctx.cgroup if self._ctx else None
         return leaf.path if leaf is not None else None
 

@@ -1,4 +1,11 @@
-"""One container's cgroup: made with its limits, watched for OOM kills, read for usage, then removed."""
+"""One container's cgroup: made with its limits, watched for OOM kills, read for usage, then removed.
+
+A container's group holds its limits; its processes live one level down, in ``container/``, which is also the
+root of its cgroup namespace. The group is the user's (the runtime made it as the user), so its files are the
+container's root's too: a hierarchy mounted without ``nsdelegate`` lets a process inside write the limits of its
+cgroup namespace's root (a nested user and cgroup namespace mounts a writable cgroup2 there, with podman's
+seccomp profile). What it can reach that way is ``container/``, never the group above it, whose limits hold.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
     from aiocontain.events import EventLog
 
 EMPTY_TIMEOUT = 5.0
+PROCESSES = "container"  # the subgroup a container's processes live in, and its cgroup namespace's root
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,15 @@ def prepare(placement: Placement) -> None:
 
 
 class Leaf:
-    """The container's own group: ``create``, ``add`` its first process, ``usage`` at exit, ``remove``."""
+    """The container's own group: ``create``, ``add`` its first process, ``usage`` at exit, ``remove``.
+
+    ``path`` holds the limits and counts everything below it; ``processes`` (``path/container``) is where the
+    container's processes are, with the same limits for its own view of them.
+    """
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path = path
+        self.processes = path / PROCESSES
         self.limits = limits
         self.oom_reported = 0
 
@@ -78,28 +91,20 @@ class Leaf:
         path.mkdir()
         leaf = cls(path, limits)
         try:
-            optional = limits.optional_files()
-            for filename, value in limits.files().items():
-                target = path / filename
-                if filename in optional and not target.exists():
-                    continue  # e.g. no swap accounting: the swap allowance nobody asked for is moot
-                try:
-                    _write(target, value)
-                except FileNotFoundError:
-                    raise CgroupError(
-                        f"this kernel has no {filename} in {path}", fix="drop the option that sets it"
-                    ) from None
-                except OSError as exc:
-                    raise CgroupError(f"cannot set {filename} to {value}: {exc.strerror}") from None
+            _set_limits(path, limits)
+            if placement.controllers:  # so that the container's own group shows its limits and usage
+                _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in placement.controllers))
+            leaf.processes.mkdir()
+            _set_limits(leaf.processes, limits)
         except BaseException:
             with contextlib.suppress(OSError):
-                path.rmdir()
+                _remove_tree(path)
             raise
         return leaf
 
     def add(self, pid: int) -> None:
-        """Move a process in; its children are born inside."""
-        _write(self.path / "cgroup.procs", str(pid))
+        """Move a process in, below the limits' group; its children are born there."""
+        _write(self.processes / "cgroup.procs", str(pid))
 
     def read(self, filename: str) -> dict[str, int]:
         """A flat-keyed file such as memory.events or cpu.stat; empty when the controller is off."""
@@ -164,13 +169,45 @@ class Leaf:
             while self.populated():
                 await watch.changed()
         try:
-            self.path.rmdir()
+            _remove_tree(self.path)
         except FileNotFoundError:
             pass
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
             raise CgroupError(f"cannot remove the container's cgroup {self.path}: it still has processes") from None
+
+
+def _set_limits(group: Path, limits: Limits) -> None:
+    optional = limits.optional_files()
+    for filename, value in limits.files().items():
+        target = group / filename
+        if filename in optional and not target.exists():
+            continue  # e.g. no swap accounting: the swap allowance nobody asked for is moot
+        try:
+            _write(target, value)
+        except FileNotFoundError:
+            raise CgroupError(f"this kernel has no {filename} in {group}", fix="drop the option that sets it") from None
+        except OSError as exc:
+            raise CgroupError(f"cannot set {filename} to {value}: {exc.strerror}") from None
+
+
+def _remove_tree(path: Path) -> None:
+    """rmdir the group and every group below it, deepest first: the container may have made its own below
+    ``container/``. Walked only then: a walk lists each group's dozens of interface files."""
+    processes = path / PROCESSES
+    try:
+        processes.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        for directory, subgroups, _files in os.walk(processes, topdown=False):
+            for name in subgroups:
+                os.rmdir(os.path.join(directory, name))
+        processes.rmdir()
+    path.rmdir()
 
 
 def _write(path: Path, value: str) -> None:

@@ -14,7 +14,8 @@ _EMPTY_TIMEOUT = 5.0
 
 
 def remove(path: str) -> None:
-    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir."""
+    """cgroup.kill what is left, wait for cgroup.events to say empty (poll's POLLPRI: no sleeping), rmdir the
+    group and every group below it."""
     try:
         kill = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -35,6 +36,9 @@ def remove(path: str) -> None:
     finally:
         os.close(events)
     try:
+        for directory, subgroups, _files in os.walk(path, topdown=False):  # the container's own groups first
+            for name in subgroups:
+                os.rmdir(os.path.join(directory, name))
         os.rmdir(path)
     except OSError:
         pass

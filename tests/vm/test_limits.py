@@ -129,7 +129,9 @@ def test_limits_hold_the_values_asked_for_inside_and_out(rootfs, containers_dir)
         async with Container(spec) as container:
             leaf = container.cgroup
             assert leaf is not None and leaf.parent == containers_dir
-            assert (leaf / "cgroup.procs").read_text().split()[0] == str(container.pid)
+            # its processes one group down, the limits' group itself empty (see the test below)
+            assert (leaf / "cgroup.procs").read_text() == ""
+            assert (leaf / "container" / "cgroup.procs").read_text().split()[0] == str(container.pid)
             host_side = {name: (leaf / name).read_text().strip() for name in ("memory.max", "pids.max", "cpu.max")}
             await container.stdin.send(b"done\n")
             output = b"".join([chunk async for chunk in container.stdout]).decode().split("\n")
@@ -148,6 +150,36 @@ def test_limits_hold_the_values_asked_for_inside_and_out(rootfs, containers_dir)
         assert status.usage.oom_kills == 0 and not status.oom_killed
 
     anyio.run(main)
+
+
+# util-linux's unshare from the guest's /usr (busybox's cannot make a cgroup namespace), through its own loader
+HOST_UNSHARE = (
+    "/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path /host/usr/lib/x86_64-linux-gnu "
+    "/host/usr/bin/unshare"
+)
+
+
+def test_a_container_cannot_lift_its_own_limits(rootfs, containers_dir):
+    """A nested user and cgroup namespace inside (podman's seccomp profile allows both, with the default
+    capabilities) mounts a writable cgroup2 at the root of the container's cgroup namespace. This guest mounts
+    its hierarchy without nsdelegate, so the kernel lets it write memory.max and pids.max there: the attempt is
+    real. The limits asked for still hold, as they sit in the group above, which it cannot reach."""
+    lift = (  # and groups of its own below, which the teardown removes too (containers_dir checks)
+        "mkdir /tmp/cg && mount -t cgroup2 none /tmp/cg && mkdir -p /tmp/cg/own/deeper && "
+        "for f in memory.max pids.max; do echo max > /tmp/cg/$f; done"
+    )
+    forks = "i=0; while [ $i -lt 40 ]; do sleep 60 & i=$((i+1)); done"  # the shell gives up at the first refusal
+    script = (
+        f"{HOST_UNSHARE} -UrmC sh -c '{lift}; cat /tmp/cg/memory.max /tmp/cg/pids.max'; "
+        f"dd if=/dev/zero of=/dev/null bs=16M count=1 2>/dev/null; echo dd $?; {forks}"
+    )
+    options = ("-m", "8m", "--pids-limit", "20", "-v", "/usr:/host/usr:ro")
+    result = run(rootfs, *options, "--", "/bin/sh", "-c", script)
+    lines = result.stdout.split("\n")
+    assert lines[:2] == ["max", "max"], result  # raised where it could reach
+    assert "dd 137" in lines, result  # still OOM-killed at 8 MiB
+    exited = event(result, "container.exited")
+    assert exited["pids_peak"] == 20 and int(str(exited["oom_kills"])) >= 1, exited
 
 
 def test_concurrent_limited_containers_each_get_their_own_leaf(rootfs, containers_dir):
