@@ -64,6 +64,8 @@ class ChildChannel:
         message; it waits in the socket's buffer until then."""
         try:
             messages.send(self._sock, config)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # PID 1 is gone already: wait_ready reads its end (or its Failed) and says so in one line
         except OSError as exc:
             if exc.errno != errno.EMSGSIZE:
                 raise

@@ -379,15 +379,20 @@ def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
 
 def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     """Receive one message as it was encoded, and any fds; (b"", []) at end of stream."""
-    # Its length first (MSG_PEEK|MSG_TRUNC gives the whole datagram's), then a buffer of that size: one of
-    # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
     try:
-        size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        return _recv_raw_once(sock)
     except ConnectionResetError:
         # The peer closed its end with a message of ours unread (the fork server reaping a PID 1 before it read
         # the runtime's Release; a spare's Unshared when the server handed it a request first). The kernel says
         # so once, ahead of what the peer sent before closing, which is still queued; its end of stream follows.
-        size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        # Once: at the peek, or at the read when the close came between the two (the peek saw the message).
+        return _recv_raw_once(sock)
+
+
+def _recv_raw_once(sock: socket.socket) -> tuple[bytes, list[int]]:
+    # Its length first (MSG_PEEK|MSG_TRUNC gives the whole datagram's), then a buffer of that size: one of
+    # MAX_MESSAGE was mapped and unmapped again for every message (~20 us each, ~4 for the peek and the read).
+    size = sock.recv_into(_PEEKED, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
     fds = array.array("i")
     # Close-on-exec, as every fd of ours: one received inheritable would reach any helper started meanwhile.
     data, ancdata, flags, _addr = sock.recvmsg(

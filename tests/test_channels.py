@@ -119,6 +119,22 @@ async def test_a_pid_1_gone_before_ready_is_one_line(pair: tuple[socket.socket, 
             await channel.wait_ready()
 
 
+async def test_a_pid_1_gone_before_its_config_is_the_same_line_not_a_broken_pipe(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    channel = await child_steps(ours)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.read)
+        theirs.shutdown(socket.SHUT_RDWR)  # a spare that died on its way to the request: sending finds no reader
+        config = messages.Config(
+            rootfs="/", argv=["true"], env={}, workdir="/", hostname="h", unshare_net=False, want_netlink=False
+        )
+        channel.send_config(config)
+        with pytest.raises(SetupError, match=r"^the container process exited during set-up$"):
+            await channel.wait_ready()
+
+
 @pytest.fixture
 def init_channel() -> Iterator[tuple[InitChannel, int, socket.socket]]:
     release_r, release_w = os.pipe()

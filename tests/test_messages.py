@@ -280,3 +280,29 @@ def test_a_peer_that_closed_with_ours_unread_still_gives_what_it_sent(
     b.close()  # our Unshared unread
     assert messages.recv(a) == (Fork(), [])
     assert messages.recv(a) == (None, [])
+
+
+def test_a_peer_that_closes_between_the_peek_and_the_read_still_gives_what_it_sent(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The same close, timed between recv's peek at the message's length and its read: the spare had peeked at
+    the server's Fork when the server closed with its Unshared unread, and died of the ECONNRESET at the read (a
+    container's start then failed, "the container process exited during set-up", or a traceback from sending
+    its Config). The kernel's report comes at the read then; the message is still there."""
+    a, b = pair
+
+    class ClosesPeerAfterThePeek(socket.socket):
+        def recv_into(self, *args: object, **kwargs: object) -> int:
+            size = super().recv_into(*args, **kwargs)  # type: ignore[arg-type]
+            if not b._closed:  # type: ignore[attr-defined]
+                b.close()
+            return size
+
+    spare = ClosesPeerAfterThePeek(fileno=a.detach())
+    try:
+        messages.send(spare, Unshared())
+        messages.send(b, Fork())
+        assert messages.recv(spare) == (Fork(), [])
+        assert messages.recv(spare) == (None, [])
+    finally:
+        spare.close()
