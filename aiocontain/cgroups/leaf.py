@@ -21,6 +21,7 @@ import anyio
 from aiocontain.cgroups.hierarchy import RUNTIME_LEAF, Placement
 from aiocontain.cgroups.limits import Limits, format_size
 from aiocontain.cgroups.watch import FileWatch
+from aiocontain.child.cgroup import remove_below
 from aiocontain.errors import CgroupError
 
 if TYPE_CHECKING:
@@ -203,9 +204,7 @@ def _remove_tree(path: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EBUSY:
             raise
-        for directory, subgroups, _files in os.walk(processes, topdown=False):
-            for name in subgroups:
-                os.rmdir(os.path.join(directory, name))
+        remove_below(str(processes))
         processes.rmdir()
     path.rmdir()
 

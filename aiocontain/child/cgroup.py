@@ -36,9 +36,15 @@ def remove(path: str) -> None:
     finally:
         os.close(events)
     try:
-        for directory, subgroups, _files in os.walk(path, topdown=False):  # the container's own groups first
-            for name in subgroups:
-                os.rmdir(os.path.join(directory, name))
+        remove_below(path)
         os.rmdir(path)
     except OSError:
         pass
+
+
+def remove_below(path: str) -> None:
+    """rmdir every group below path, deepest first: the ones a container made of its own (a nested cgroup
+    namespace's, systemd's inside). Also the runtime's and aiocontain-oci's; stdlib-only, as this module is."""
+    for directory, subgroups, _files in os.walk(path, topdown=False):
+        for name in subgroups:
+            os.rmdir(os.path.join(directory, name))

@@ -176,9 +176,19 @@ def enter(directory: str, pid: int) -> None:
 
 
 def remove_directory(directory: str) -> None:
+    """rmdir the group, and first any group the container made below it (a nested cgroup namespace's own, or
+    systemd's inside), deepest first; the walk only then, as it lists each group's interface files too."""
     if directory:
         try:
-            os.rmdir(directory)
+            try:
+                os.rmdir(directory)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                from aiocontain.child.cgroup import remove_below
+
+                remove_below(directory)
+                os.rmdir(directory)
         except FileNotFoundError:
             pass
         except OSError as exc:
